@@ -1,0 +1,55 @@
+"""Exceptions of glm-agent. Each message says what went wrong and what to do."""
+
+from __future__ import annotations
+
+__all__ = [
+    "GlmAgentError",
+    "ToolCallParseError",
+    "CheckpointError",
+    "ContextLengthError",
+    "ModelError",
+    "ToolDefinitionError",
+    "InterpreterError",
+]
+
+
+class GlmAgentError(Exception):
+    """Base class of every error glm-agent raises on purpose."""
+
+
+class ToolCallParseError(GlmAgentError, ValueError):
+    """A reply's call segment could not be parsed; the message is written for the model to act on.
+
+    ``name`` is the call's metadata (tool name) and ``content`` the raw segment text.
+    """
+
+    def __init__(self, message: str, *, name: str = "", content: str = "") -> None:
+        super().__init__(message)
+        self.name = name
+        self.content = content
+
+
+class CheckpointError(GlmAgentError, OSError):
+    """A checkpoint or tokenizer file is missing, unreadable or of the wrong kind."""
+
+
+class ContextLengthError(GlmAgentError, ValueError):
+    """The prompt plus the requested new tokens do not fit the model's context."""
+
+    def __init__(self, message: str, *, prompt_tokens: int = 0, max_new_tokens: int = 0, context_length: int = 0) -> None:
+        super().__init__(message)
+        self.prompt_tokens = prompt_tokens
+        self.max_new_tokens = max_new_tokens
+        self.context_length = context_length
+
+
+class ModelError(GlmAgentError, RuntimeError):
+    """A model backend failed (server error, malformed response, generation failure)."""
+
+
+class ToolDefinitionError(GlmAgentError, TypeError):
+    """A function cannot become a tool (e.g. a parameter without a type hint)."""
+
+
+class InterpreterError(GlmAgentError, RuntimeError):
+    """The code interpreter could not start or reach its kernel."""
