@@ -27,6 +27,8 @@ class ToolCallParseError(GlmAgentError, ValueError):
         super().__init__(message)
         self.name = name
         self.content = content
+        #: the whole parsed reply (segments, text, the calls that did parse), when known
+        self.reply: object | None = None
 
 
 class CheckpointError(GlmAgentError, OSError):

@@ -4,9 +4,54 @@ from __future__ import annotations
 
 from typing import Any
 
+from glm_agent.chatglm3.parser import (
+    ASSISTANT_TOKEN,
+    CallFinished,
+    CallStarted,
+    Reply,
+    ReplyStreamParser,
+    Segment,
+    StreamEvent,
+    TextDelta,
+    extract_code,
+    parse_reply,
+    parse_tool_call,
+)
+from glm_agent.chatglm3.prompts import (
+    CHAT_SYSTEM,
+    CODE_SYSTEM_EN,
+    CODE_SYSTEM_ZH,
+    TOOLS_SYSTEM,
+    code_system_prompt,
+    upload_header,
+)
 from glm_agent.chatglm3.tokenizer import SPECIAL_TOKENS, ChatGLM3Tokenizer, format_system_content
+from glm_agent.errors import ToolCallParseError
 
-__all__ = ["ChatGLM3Tokenizer", "SPECIAL_TOKENS", "format_system_content", "load_model"]
+__all__ = [
+    "ChatGLM3Tokenizer",
+    "SPECIAL_TOKENS",
+    "format_system_content",
+    "parse_reply",
+    "parse_tool_call",
+    "extract_code",
+    "Reply",
+    "Segment",
+    "ReplyStreamParser",
+    "StreamEvent",
+    "TextDelta",
+    "CallStarted",
+    "CallFinished",
+    "ASSISTANT_TOKEN",
+    "ToolCallParseError",
+    "CHAT_SYSTEM",
+    "TOOLS_SYSTEM",
+    "CODE_SYSTEM_ZH",
+    "CODE_SYSTEM_EN",
+    "code_system_prompt",
+    "upload_header",
+    "load_model",
+]
 
 _LAZY = {
     "load_model": "glm_agent.chatglm3.checkpoint",
