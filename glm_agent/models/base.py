@@ -61,6 +61,10 @@ class BaseChatModel:
     def stream(self, messages: Sequence[MessageLike], **params: Any) -> Iterator[str]:
         raise NotImplementedError
 
+    def stream_ids(self, prompt_ids: Sequence[int], **params: Any) -> Iterator[str]:
+        """Continue a raw prompt given as token ids (``/v1/completions``); optional for backends."""
+        raise NotImplementedError(f"{type(self).__name__} cannot continue a raw token-id prompt")
+
     def generate(self, messages: Sequence[MessageLike], **params: Any) -> str:
         return "".join(self.stream(messages, **params))
 

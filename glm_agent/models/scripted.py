@@ -39,6 +39,7 @@ class ScriptedModel(BaseChatModel):
         self.name = label
         self.index = 0
         self.prompts: list[list[Message]] = []
+        self.prompt_ids: list[list[int]] = []
 
     @classmethod
     def from_file(cls, path: str | Path, **kwargs: Any) -> ScriptedModel:
@@ -58,11 +59,14 @@ class ScriptedModel(BaseChatModel):
     def remaining(self) -> int | None:
         return None if callable(self._replies) else len(self._replies) - self.index
 
-    def _next_reply(self, messages: list[Message]) -> str:
+    def _next_reply(self, messages: list[Message] | None, prompt_ids: list[int] | None = None) -> str:
         with self._lock:
-            self.prompts.append(messages)
+            if prompt_ids is not None:
+                self.prompt_ids.append(prompt_ids)
+            else:
+                self.prompts.append(messages or [])
             if callable(self._replies):
-                reply = self._replies(messages)
+                reply = self._replies(messages or [])
                 if not isinstance(reply, str):
                     raise ModelError(f"the scripted reply function returned {type(reply).__name__}, not str")
             else:
@@ -76,10 +80,13 @@ class ScriptedModel(BaseChatModel):
             return reply
 
     def stream(self, messages: Sequence[MessageLike], **params: Any) -> Iterator[str]:
-        reply = self._next_reply(to_messages(messages))
-        max_chars = params.get("max_chars")
-        if max_chars is not None:
-            reply = reply[:max_chars]
+        return self._chunks(self._next_reply(to_messages(messages)))
+
+    def stream_ids(self, prompt_ids: Sequence[int], **params: Any) -> Iterator[str]:
+        """Replays the next reply for a raw prompt (a reply function then gets ``[]`` as messages)."""
+        return self._chunks(self._next_reply(None, [int(i) for i in prompt_ids]))
+
+    def _chunks(self, reply: str) -> Iterator[str]:
         for start in range(0, len(reply), self.chunk_size):
             yield reply[start : start + self.chunk_size]
 
