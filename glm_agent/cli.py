@@ -10,7 +10,10 @@ __all__ = ["main"]
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glm-agent", description="Agents, tools and a code interpreter for ChatGLM3.")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from glm_agent.tools._command import add_tools_command
+
+    add_tools_command(sub)
     return parser
 
 

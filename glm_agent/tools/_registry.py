@@ -1,0 +1,265 @@
+"""``ToolRegistry``: the tools an agent may call, their schemas, and safe calls by name."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from glm_agent.errors import ToolDefinitionError
+from glm_agent.tools import _observation as obs
+from glm_agent.tools._result import ErrorKind, ToolResult
+from glm_agent.tools._runner import ToolTimeout, run_async, run_sync
+from glm_agent.tools._tool import Tool, ToolArgumentsError
+
+__all__ = ["ToolRegistry"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_OBSERVATION_CHARS = 4000
+
+
+class ToolRegistry:
+    """A named set of tools.
+
+    ``call`` / ``acall`` never raise for a bad call: an unknown tool, bad
+    arguments, an exception or a timeout come back as a failed ``ToolResult``
+    whose observation tells the model what to fix, and the registry stays usable.
+
+    Args:
+        tools: tools (or plain functions) to register.
+        output_dir: where bytes and images returned by tools are saved
+            (default: a temporary folder made on first use and kept).
+        max_observation_chars: longer observations are cut with a marker (None: never).
+        default_timeout: seconds a tool may run when it has no timeout of its own (None: no limit).
+    """
+
+    def __init__(
+        self,
+        tools: Iterable[Tool | Callable[..., Any]] = (),
+        *,
+        output_dir: str | Path | None = None,
+        max_observation_chars: int | None = DEFAULT_MAX_OBSERVATION_CHARS,
+        default_timeout: float | None = None,
+    ) -> None:
+        if max_observation_chars is not None and max_observation_chars < 1:
+            raise ValueError("max_observation_chars must be a positive number of characters or None")
+        if default_timeout is not None and not default_timeout > 0:
+            raise ValueError("default_timeout must be a positive number of seconds or None")
+        self._tools: dict[str, Tool] = {}
+        self._output_dir = Path(output_dir) if output_dir is not None else None
+        self._dir_lock = threading.Lock()
+        self.max_observation_chars = max_observation_chars
+        self.default_timeout = default_timeout
+        for item in tools:
+            self.register(item)
+
+    # -- membership -------------------------------------------------------------------------
+    def register(
+        self,
+        function: Tool | Callable[..., Any] | None = None,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        timeout: float | None = None,
+        replace: bool = False,
+    ) -> Any:
+        """Add a tool or a plain function (made a tool); also usable as a decorator.
+
+        A second tool with the same name is a ``ToolDefinitionError`` unless ``replace=True``.
+        """
+        if function is None:
+            return lambda fn: self.register(fn, name=name, description=description, timeout=timeout, replace=replace)
+        if isinstance(function, Tool) and name is None and description is None and timeout is None:
+            new = function
+        else:
+            base = function.function if isinstance(function, Tool) else function
+            new = Tool(
+                base,
+                name=name or (function.name if isinstance(function, Tool) else None),
+                description=description if description is not None else (
+                    function.description if isinstance(function, Tool) else None
+                ),
+                timeout=timeout if timeout is not None else (function.timeout if isinstance(function, Tool) else None),
+            )
+        return self.add(new, replace=replace)
+
+    def add(self, tool: Tool, *, replace: bool = False) -> Tool:
+        """Add a ``Tool`` object."""
+        if not isinstance(tool, Tool):
+            raise TypeError(f"add() takes a Tool, not {type(tool).__name__}; use register() for a function")
+        existing = self._tools.get(tool.name)
+        if existing is not None and existing is not tool and not replace:
+            raise ToolDefinitionError(
+                f"a tool named {tool.name!r} is already registered; rename one (@tool(name=...)) or pass replace=True"
+            )
+        self._tools[tool.name] = tool
+        return tool
+
+    def remove(self, name: str) -> Tool:
+        """Remove and return the tool called ``name``."""
+        try:
+            return self._tools.pop(name)
+        except KeyError:
+            raise KeyError(f"no tool named {name!r}; registered tools: {', '.join(self._tools) or '(none)'}") from None
+
+    def get(self, name: str) -> Tool | None:
+        return self._tools.get(name)
+
+    def __getitem__(self, name: str) -> Tool:
+        tool = self._tools.get(name)
+        if tool is None:
+            raise KeyError(f"no tool named {name!r}; registered tools: {', '.join(self._tools) or '(none)'}")
+        return tool
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tools
+
+    def __iter__(self) -> Iterator[Tool]:
+        return iter(list(self._tools.values()))
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    def __repr__(self) -> str:
+        return f"ToolRegistry({', '.join(self._tools)})"
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._tools)
+
+    def load(self, source: str | Path | ModuleType, *, replace: bool = False) -> list[Tool]:
+        """Add every ``Tool`` in a module, a module path, a ``.py`` file or a folder of them."""
+        from glm_agent.tools._loading import load_module_tools
+
+        tools = load_module_tools(source)
+        for tool in tools:
+            self.add(tool, replace=replace)
+        return tools
+
+    # -- schemas ----------------------------------------------------------------------------
+    def chatglm3_schemas(self) -> list[dict[str, Any]]:
+        """The tools for a ChatGLM3 system message (``SystemMessage(tools=...)``)."""
+        return [t.chatglm3_schema() for t in self._tools.values()]
+
+    def openai_schemas(self) -> list[dict[str, Any]]:
+        """The tools in the OpenAI ``tools=[{"type": "function", ...}]`` shape."""
+        return [t.openai_schema() for t in self._tools.values()]
+
+    # -- calls ------------------------------------------------------------------------------
+    @property
+    def output_dir(self) -> Path:
+        """Where returned bytes and images are saved; a temporary folder is made on first use."""
+        with self._dir_lock:
+            if self._output_dir is None:
+                self._output_dir = Path(tempfile.mkdtemp(prefix="glm-agent-tools-"))
+            return self._output_dir
+
+    def call(self, name: str, arguments: Mapping[str, Any] | None = None, *, timeout: float | None = None) -> ToolResult:
+        """Validate the arguments, run the tool and return its result; never raises for a bad call.
+
+        A sync tool with a time limit runs in a worker thread; past the limit it is
+        abandoned (a thread cannot be killed) and a ``timeout`` result comes back.
+        """
+        start = time.perf_counter()
+        prepared = self._prepare(name, arguments, start)
+        if isinstance(prepared, ToolResult):
+            return prepared
+        tool, kwargs, args = prepared
+        limit = self._limit(tool, timeout)
+        try:
+            value = run_sync(tool.name, tool.function, kwargs, limit, tool.is_async)
+        except ToolTimeout:
+            return self._failed(tool.name, args, "timeout", obs.timeout_text(tool.name, limit or 0), start)
+        except (Exception, SystemExit) as exc:
+            logger.info("tool %r failed with %s: %s", tool.name, type(exc).__name__, exc)
+            logger.debug("traceback of tool %r", tool.name, exc_info=exc)
+            return self._failed(tool.name, args, "exception", obs.exception_text(tool.name, exc), start, exc)
+        return self._finish(tool, args, value, start)
+
+    async def acall(
+        self, name: str, arguments: Mapping[str, Any] | None = None, *, timeout: float | None = None
+    ) -> ToolResult:
+        """``call`` for async code: async tools run on the loop, sync tools in a thread."""
+        start = time.perf_counter()
+        prepared = self._prepare(name, arguments, start)
+        if isinstance(prepared, ToolResult):
+            return prepared
+        tool, kwargs, args = prepared
+        limit = self._limit(tool, timeout)
+        try:
+            value = await run_async(tool.name, tool.function, kwargs, limit, tool.is_async)
+        except ToolTimeout:
+            return self._failed(tool.name, args, "timeout", obs.timeout_text(tool.name, limit or 0), start)
+        except (Exception, SystemExit) as exc:
+            logger.info("tool %r failed with %s: %s", tool.name, type(exc).__name__, exc)
+            logger.debug("traceback of tool %r", tool.name, exc_info=exc)
+            return self._failed(tool.name, args, "exception", obs.exception_text(tool.name, exc), start, exc)
+        return self._finish(tool, args, value, start)
+
+    def _limit(self, tool: Tool, timeout: float | None) -> float | None:
+        if timeout is not None:
+            return timeout
+        return tool.timeout if tool.timeout is not None else self.default_timeout
+
+    def _prepare(
+        self, name: str, arguments: Mapping[str, Any] | None, start: float
+    ) -> ToolResult | tuple[Tool, dict[str, Any], dict[str, Any]]:
+        args = dict(arguments) if isinstance(arguments, Mapping) else {}
+        clean_name = name.strip() if isinstance(name, str) else str(name)
+        tool = self._tools.get(clean_name)
+        if tool is None:
+            return self._failed(clean_name, args, "unknown_tool", obs.unknown_tool_text(clean_name, self._tools), start)
+        try:
+            kwargs = tool.validate_arguments(arguments)
+        except ToolArgumentsError as exc:
+            text = obs.invalid_arguments_text(tool.name, exc.problems)
+            return self._failed(tool.name, args, "invalid_arguments", text, start, exc)
+        return tool, kwargs, args
+
+    def _failed(
+        self,
+        name: str,
+        arguments: dict[str, Any],
+        kind: ErrorKind,
+        text: str,
+        start: float,
+        exc: BaseException | None = None,
+    ) -> ToolResult:
+        shown, cut = obs.truncate(text, self.max_observation_chars)
+        return ToolResult(
+            name=name,
+            arguments=arguments,
+            ok=False,
+            observation=shown,
+            error=kind,
+            elapsed_s=time.perf_counter() - start,
+            truncated=cut,
+            full_text=text,
+            exception=exc,
+        )
+
+    def _finish(self, tool: Tool, arguments: dict[str, Any], value: Any, start: float) -> ToolResult:
+        try:
+            text, files = obs.render_value(value, tool.name, lambda: self.output_dir)
+        except Exception as exc:
+            logger.warning("result of tool %r could not be rendered", tool.name, exc_info=exc)
+            text = f"Error: the result of tool {tool.name!r} could not be turned into text ({type(exc).__name__}: {exc})"
+            return self._failed(tool.name, arguments, "exception", text, start, exc)
+        shown, cut = obs.truncate(text, self.max_observation_chars)
+        return ToolResult(
+            name=tool.name,
+            arguments=arguments,
+            ok=True,
+            observation=shown,
+            value=value,
+            files=files,
+            elapsed_s=time.perf_counter() - start,
+            truncated=cut,
+            full_text=text,
+        )
