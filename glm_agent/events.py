@@ -1,0 +1,154 @@
+"""Typed events an agent run streams: text, calls, results, the final answer, errors.
+
+Every event has ``type`` (a short name) and ``to_dict()`` (a JSON-ready dict, used by
+``glm-agent run --json``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Union
+
+from glm_agent.messages import CodeCall, ToolCall
+
+__all__ = [
+    "AgentEvent",
+    "TextDelta",
+    "CallStarted",
+    "ToolCalled",
+    "ToolReturned",
+    "CodeStarted",
+    "CodeFinished",
+    "CallRefused",
+    "ParseFailed",
+    "FinalAnswer",
+    "RunError",
+    "Event",
+]
+
+
+@dataclass(frozen=True)
+class AgentEvent:
+    type: ClassVar[str] = "event"
+    step: int
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type}
+        for key, value in self.__dict__.items():
+            if key.startswith("_") or key in ("result", "exception"):
+                continue
+            out[key] = _jsonable(value)
+        return out
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (ToolCall, CodeCall)):
+        return value.model_dump()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return repr(value)
+
+
+@dataclass(frozen=True)
+class TextDelta(AgentEvent):
+    """More of the answer (or of a thought before a call)."""
+
+    type: ClassVar[str] = "text"
+    text: str
+
+
+@dataclass(frozen=True)
+class CallStarted(AgentEvent):
+    """The model started a call; its name is known, its arguments are still being generated."""
+
+    type: ClassVar[str] = "call_started"
+    name: str
+
+
+@dataclass(frozen=True)
+class ToolCalled(AgentEvent):
+    """A tool call was parsed and is about to run."""
+
+    type: ClassVar[str] = "tool_call"
+    call: ToolCall
+
+
+@dataclass(frozen=True)
+class ToolReturned(AgentEvent):
+    """A tool call finished (``ok`` false for unknown tools, bad arguments, exceptions, timeouts)."""
+
+    type: ClassVar[str] = "tool_result"
+    call: ToolCall
+    ok: bool
+    observation: str
+    error: str | None = None
+    files: list[Path] = field(default_factory=list)
+    result: Any = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class CodeStarted(AgentEvent):
+    """Code from the model is about to run in the kernel."""
+
+    type: ClassVar[str] = "code_started"
+    call: CodeCall
+
+
+@dataclass(frozen=True)
+class CodeFinished(AgentEvent):
+    """Code finished: its observation, whether it failed, and the images it made."""
+
+    type: ClassVar[str] = "code_result"
+    call: CodeCall
+    ok: bool
+    observation: str
+    images: list[Path] = field(default_factory=list)
+    result: Any = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class CallRefused(AgentEvent):
+    """The approval hook refused a call; the model is told so."""
+
+    type: ClassVar[str] = "call_refused"
+    call: Union[ToolCall, CodeCall]
+    observation: str
+
+
+@dataclass(frozen=True)
+class ParseFailed(AgentEvent):
+    """A call segment could not be parsed; the observation tells the model how to fix it."""
+
+    type: ClassVar[str] = "parse_error"
+    name: str
+    observation: str
+
+
+@dataclass(frozen=True)
+class FinalAnswer(AgentEvent):
+    """The run ended with an answer for the user."""
+
+    type: ClassVar[str] = "final_answer"
+    text: str
+
+
+@dataclass(frozen=True)
+class RunError(AgentEvent):
+    """The run stopped without an answer: ``kind`` is ``max_steps``, ``model`` or ``cancelled``."""
+
+    type: ClassVar[str] = "error"
+    kind: str
+    message: str
+    exception: BaseException | None = field(default=None, repr=False, compare=False)
+
+
+Event = Union[
+    TextDelta, CallStarted, ToolCalled, ToolReturned, CodeStarted, CodeFinished, CallRefused, ParseFailed, FinalAnswer, RunError
+]

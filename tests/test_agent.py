@@ -1,0 +1,219 @@
+"""The agent loop with the scripted model and real tools (the kernel parts live in test_agent_code.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Literal
+
+import pytest
+
+from glm_agent import Agent, tool
+from glm_agent import events as ev
+from glm_agent.chatglm3.prompts import CHAT_SYSTEM, CODE_SYSTEM_EN, CODE_SYSTEM_ZH, TOOLS_SYSTEM
+from glm_agent.messages import AssistantMessage, ObservationMessage, ToolCall, UserMessage, load_jsonl
+from glm_agent.models import ScriptedModel
+
+
+@tool
+def get_weather(city: str, unit: Literal["celsius", "fahrenheit"] = "celsius") -> dict:
+    """Get the current weather in a city.
+
+    Args:
+        city: the city name
+        unit: temperature unit
+    """
+    return {"city": city, "temperature": 21, "unit": unit}
+
+
+@tool
+def explode(reason: str) -> str:
+    """Always fails."""
+    raise RuntimeError(f"boom: {reason}")
+
+
+@tool(timeout=0.3)
+def slow(seconds: float) -> str:
+    """Sleeps."""
+    time.sleep(seconds)
+    return "done"
+
+
+def call(name: str, args: str = "") -> str:
+    return f"{name}\n ```python\ntool_call({args})\n```"
+
+
+WEATHER = call("get_weather", "city='Paris'")
+
+
+def test_tool_episode_events_history_and_result():
+    model = ScriptedModel(["\n Let me check.<|assistant|>" + WEATHER, "\n It is 21 degrees in Paris."])
+    agent = Agent(model, tools=[get_weather])
+    events = list(agent.stream("Weather in Paris?"))
+    kinds = [e.type for e in events]
+    assert kinds.index("text") < kinds.index("call_started") < kinds.index("tool_call") < kinds.index("tool_result")
+    assert kinds[-1] == "final_answer" and events[-1].text == "It is 21 degrees in Paris."
+    assert "".join(e.text for e in events if isinstance(e, ev.TextDelta) and e.step == 1) == "Let me check."
+    result = next(e for e in events if isinstance(e, ev.ToolReturned))
+    assert result.ok and result.call == ToolCall(name="get_weather", arguments={"city": "Paris"})
+    assert result.observation == '{"city": "Paris", "temperature": 21, "unit": "celsius"}'
+    # metadata is kept in history: the second prompt holds the call segment as the model wrote it
+    second_prompt = model.prompts[1]
+    assert second_prompt[-3:] == [
+        AssistantMessage(content="Let me check."),
+        AssistantMessage(metadata="get_weather", content="```python\ntool_call(city='Paris')\n```"),
+        ObservationMessage(content=result.observation),
+    ]
+    assert second_prompt[0].tools[0]["name"] == "get_weather" and second_prompt[0].content == TOOLS_SYSTEM
+
+
+def test_run_result():
+    agent = Agent(ScriptedModel([WEATHER, "\n 21."]), tools=[get_weather])
+    result = agent.run("Weather?")
+    assert result.answer == "21." and result.stopped == "answer" and result.steps == 2
+    assert [(c.name, c.ok) for c in result.calls] == [("get_weather", True)]
+    assert isinstance(result.messages[0], UserMessage) and result.messages[-1] == AssistantMessage(content="21.")
+
+
+def test_history_reencodes_as_a_continuation_of_each_prompt(tokenizer):
+    model = ScriptedModel(["\n ok<|assistant|>" + WEATHER, call("get_weather", "city='Rome', unit='fahrenheit'"), "\n done"])
+    agent = Agent(model, tools=[get_weather])
+    agent.run("two cities")
+    prompts = [tokenizer.apply_chat_template(p) for p in model.prompts]
+    for before, after in zip(prompts, prompts[1:]):
+        assert after[: len(before)] == before  # each turn extends the last: what the prefix cache relies on
+    final = tokenizer.apply_chat_template(agent.messages, add_generation_prompt=False)
+    assert final[: len(prompts[-1])] == prompts[-1]
+
+
+@pytest.mark.parametrize(
+    "reply, kind, words",
+    [
+        (call("get_weather", "city=Paris"), "parse_error", "the name `Paris`"),
+        (call("get_wether", "city='Paris'"), "tool_result", "no tool named 'get_wether'"),
+        (call("get_weather", "town='Paris'"), "tool_result", "town"),
+        (call("get_weather", "city='Paris', unit='kelvin'"), "tool_result", "unit"),
+        (call("explode", "reason='test'"), "tool_result", "boom: test"),
+        (call("slow", "seconds=5"), "tool_result", "0.3"),
+        ("interpreter\n ```python\nprint(1)\n```", "code_result", "code execution is not enabled"),
+    ],
+)
+def test_each_failure_becomes_an_observation_and_the_run_recovers(reply, kind, words):
+    model = ScriptedModel([reply, "\n recovered"])
+    agent = Agent(model, tools=[get_weather, explode, slow])
+    result = agent.run("go")
+    assert result.answer == "recovered" and result.steps == 2
+    failed = next(e for e in result.events if e.type == kind)
+    assert failed.ok is False if hasattr(failed, "ok") else True
+    assert words in failed.observation
+    assert agent.messages[-2] == ObservationMessage(content=failed.observation)
+    assert not result.calls[0].ok
+
+
+def test_max_steps_ends_cleanly():
+    agent = Agent(ScriptedModel([WEATHER] * 5), tools=[get_weather], max_steps=3)
+    result = agent.run("loop forever")
+    assert result.stopped == "max_steps" and result.answer is None and result.steps == 3
+    assert "3 steps" in result.error and result.events[-1].type == "error"
+    assert isinstance(agent.messages[-1], ObservationMessage)  # the conversation is well formed
+
+
+def test_two_calls_in_one_reply_run_in_order_with_one_observation_each():
+    reply = WEATHER + "<|assistant|>" + call("get_weather", "city='Rome'")
+    agent = Agent(ScriptedModel([reply, "\n both done"]), tools=[get_weather])
+    result = agent.run("Paris and Rome")
+    assert [c.call.arguments["city"] for c in result.calls] == ["Paris", "Rome"]
+    tail = agent.messages[-5:-1]
+    assert [m.role for m in tail] == ["assistant", "assistant", "observation", "observation"]
+    assert "Paris" in tail[2].content and "Rome" in tail[3].content
+
+
+def test_approval_hook_can_refuse():
+    seen = []
+
+    def approve(c):
+        seen.append(c)
+        return c.arguments.get("city") != "Secret"
+
+    model = ScriptedModel([call("get_weather", "city='Secret'"), WEATHER, "\n ok"])
+    result = Agent(model, tools=[get_weather], approve=approve).run("x")
+    refused = next(e for e in result.events if isinstance(e, ev.CallRefused))
+    assert "did not allow" in refused.observation and len(seen) == 2
+    assert [c.ok for c in result.calls] == [False, True]
+
+
+def test_model_failure_is_an_error_event_and_history_stays_consistent():
+    agent = Agent(ScriptedModel([WEATHER]), tools=[get_weather])
+    result = agent.run("x")
+    assert result.stopped == "model_error" and "ran out of replies" in result.error
+    assert isinstance(agent.messages[-1], ObservationMessage)
+
+
+def test_conversation_persists_reset_save_load(tmp_path):
+    model = ScriptedModel(["\n one", "\n two", "\n three"])
+    agent = Agent(model, system="You are terse.")
+    agent.run("first")
+    agent.run("second")
+    assert [m.content for m in model.prompts[1]] == ["You are terse.", "first", "one", "second"]
+    path = agent.save(tmp_path / "session.jsonl")
+    restored = Agent(ScriptedModel(["\n x"]))
+    restored.load(path)
+    assert restored.messages == agent.messages == load_jsonl(path)
+    agent.reset()
+    assert [m.role for m in agent.messages] == ["system"] and agent.messages[0].content == "You are terse."
+
+
+def test_system_prompt_defaults_per_mode():
+    model = ScriptedModel([])
+    assert Agent(model).messages[0].content == CHAT_SYSTEM
+    assert Agent(model, tools=[get_weather]).messages[0].content == TOOLS_SYSTEM
+    assert Agent(model, code_interpreter=True).messages[0].content == CODE_SYSTEM_ZH
+    assert Agent(model, code_interpreter=True, language="en").messages[0].content == CODE_SYSTEM_EN
+    custom = Agent(model, tools=[get_weather], system="Mine.").messages[0]
+    assert custom.content == "Mine." and custom.tools[0]["name"] == "get_weather"  # honoured, tools kept
+
+
+def test_cancelling_a_stream_mid_answer_keeps_the_conversation_consistent():
+    agent = Agent(ScriptedModel(["\n " + "word " * 50, "\n next"]))
+    stream = agent.stream("talk")
+    for event in stream:
+        if isinstance(event, ev.TextDelta) and len(agent.messages) == 2:
+            break
+    stream.close()
+    kept = agent.messages[-1]
+    assert kept.role == "assistant" and kept.content and ("word " * 50).startswith(kept.content)
+    assert agent.run("again").answer == "next"
+
+
+def test_cancelling_during_a_call_answers_the_pending_call():
+    agent = Agent(ScriptedModel([WEATHER + "<|assistant|>" + call("get_weather", "city='Rome'"), "\n next"]), tools=[get_weather])
+    stream = agent.stream("x")
+    for event in stream:
+        if isinstance(event, ev.ToolReturned):
+            break  # stop after the first of two calls
+    stream.close()
+    observations = [m for m in agent.messages if isinstance(m, ObservationMessage)]
+    assert len(observations) == 2 and "Cancelled" in observations[-1].content
+
+
+def test_async_twins():
+    async def go():
+        model = ScriptedModel(["\n hmm<|assistant|>" + WEATHER, "\n 21 degrees"])
+        agent = Agent(model, tools=[get_weather], approve=lambda c: asyncio.sleep(0, result=True))
+        kinds = [e.type async for e in agent.astream("weather?")]
+        again = await Agent(ScriptedModel(["\n hi"])).arun("hello")
+        return kinds, agent, again
+
+    kinds, agent, again = asyncio.run(go())
+    assert kinds[-1] == "final_answer" and "tool_result" in kinds
+    assert again.answer == "hi"
+    assert agent.messages[-1] == AssistantMessage(content="21 degrees")
+
+
+def test_events_serialise_to_json():
+    import json
+
+    agent = Agent(ScriptedModel([WEATHER, "\n ok"]), tools=[get_weather])
+    for e in agent.stream("x"):
+        data = e.to_dict()
+        assert data["type"] == e.type and json.loads(json.dumps(data)) == data
