@@ -217,7 +217,12 @@ def parameters_schema(model: type[BaseModel], fn: Callable[..., Any]) -> dict[st
     except Exception as exc:
         raise ToolDefinitionError(f"cannot describe the parameters of {_qualname(fn)} as JSON Schema: {exc}") from exc
     defs = raw.get("$defs", {})
-    properties = {name: clean_schema(schema, defs) for name, schema in raw.get("properties", {}).items()}
+    properties: dict[str, Any] = {}
+    for name, schema in raw.get("properties", {}).items():
+        try:
+            properties[name] = clean_schema(schema, defs)
+        except ToolDefinitionError as exc:
+            raise ToolDefinitionError(f"parameter {name!r} of {_qualname(fn)}: {exc}") from exc
     required = [f.alias or name for name, f in model.model_fields.items() if f.is_required()]
     return {"type": "object", "properties": properties, "required": required}
 

@@ -89,9 +89,9 @@ class Tool:
             raise ToolDefinitionError(f"a tool must be made from a callable, not {type(function).__name__}")
         if timeout is not None and not timeout > 0:
             raise ToolDefinitionError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
-        spec = describe_function(function)
         where = getattr(function, "__qualname__", None) or repr(function)
         self.name: str = check_tool_name(name if name is not None else getattr(function, "__name__", ""), where)
+        spec = describe_function(function)
         self.description: str = spec.description if description is None else description
         self.function = function
         self.timeout = timeout
@@ -169,9 +169,11 @@ class Tool:
             raise ToolArgumentsError(self.name, problems) from None
         if problems:
             raise ToolArgumentsError(self.name, problems)
+        given = validated.model_fields_set
         return {
-            self.arguments_model.model_fields[key].alias or key: getattr(validated, key)
-            for key in validated.model_fields_set
+            field.alias or key: getattr(validated, key)
+            for key, field in self.arguments_model.model_fields.items()
+            if key in given
         }
 
     def _problems(self, exc: ValidationError) -> list[ArgumentProblem]:
