@@ -14,6 +14,9 @@ def _build_parser() -> argparse.ArgumentParser:
     from glm_agent.tools._command import add_tools_command
 
     add_tools_command(sub)
+    from glm_agent.chatglm3._convert import add_convert_command
+
+    add_convert_command(sub)
     return parser
 
 
