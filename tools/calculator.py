@@ -91,6 +91,8 @@ def _evaluate_node(node: ast.AST) -> Any:
         if function is None:
             raise ValueError(f"unknown function {node.func.id!r}; known functions: {', '.join(_FUNCTIONS)}")
         return _check_size(function(*(_evaluate_node(arg) for arg in node.args)))
+    if isinstance(node, ast.Call):
+        raise ValueError("only the listed functions can be called, by name and with positional arguments")
     raise ValueError(f"{type(node).__name__} is not allowed; use numbers, + - * / // % **, parentheses and functions")
 
 
