@@ -517,3 +517,47 @@ def test_json_schema_and_pydantic_agree() -> None:
         assert not validator.is_valid(case), case
         with pytest.raises(ValueError):
             t.validate_arguments(case)
+
+
+# -- end to end: registry schemas in a prompt give the official token ids ---------------------------------
+@tool
+def track(symbol: Annotated[Any, "需要追踪的股票代码"] = None) -> str:
+    """追踪指定股票的实时价格"""
+    return str(symbol)
+
+
+@tool(name="text-to-speech")
+def text_to_speech(
+    text: Annotated[Any, "需要转换成语音的文本"] = None,
+    voice: Annotated[Any, "要使用的语音类型（男声、女声等）"] = None,
+    speed: Annotated[Any, "语音的速度（快、中等、慢等）"] = None,
+) -> str:
+    """将文本转换为语音"""
+    return ""
+
+
+@tool
+def get_current_weather(
+    location: Annotated[str, "The city and state, e.g. San Francisco, CA"],
+    unit: Literal["celsius", "fahrenheit"] = None,  # type: ignore[assignment]  # the official schema has no default
+) -> str:
+    """Get the current weather in a given location"""
+    return location
+
+
+@pytest.mark.parametrize(
+    ("case_id", "tools"),
+    [
+        ("chat-021", [track, text_to_speech]),
+        ("chat-022", [get_current_weather]),
+        ("chat-023", [tool(book_flight)]),
+        ("chat-029", [get_current_weather]),
+    ],
+)
+def test_registry_schemas_reproduce_the_official_prompt_tokens(tokenizer: Any, case_id: str, tools: list[Tool]) -> None:
+    cases = {c["id"]: c for c in json.loads((SHARED / "golden" / "tokens.json").read_text(encoding="utf-8"))}
+    case = cases[case_id]
+    messages = [dict(m) for m in case["messages"]]
+    assert messages[0]["role"] == "system"
+    messages[0]["tools"] = ToolRegistry(tools).chatglm3_schemas()
+    assert tokenizer.apply_chat_template(messages) == case["input_ids"]
