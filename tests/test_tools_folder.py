@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import http.server
 import json
-import os
 import sys
 import threading
 import time
@@ -73,7 +72,7 @@ def test_library_code_has_no_eval() -> None:
         assert "eval(" not in path.read_text(encoding="utf-8"), path
 
 
-def test_loading_errors_are_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_loading_errors_are_clear(tmp_path: Path) -> None:
     (tmp_path / "syntax.py").write_text("def broken(:\n", encoding="utf-8")
     (tmp_path / "imports.py").write_text("import a_module_that_does_not_exist_here\n", encoding="utf-8")
     (tmp_path / "empty.py").write_text("X = 1\n", encoding="utf-8")

@@ -62,6 +62,7 @@ def _import_file(path: Path) -> ModuleType:
     except Exception as exc:
         sys.modules.pop(name, None)
         raise ToolDefinitionError(f"cannot load tools from {path}: {type(exc).__name__}: {exc}") from exc
+    logger.debug("imported tool module %s from %s", name, path)
     return module
 
 
