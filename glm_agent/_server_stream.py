@@ -1,0 +1,224 @@
+"""The server's streaming parts: stop strings, reply → OpenAI deltas, backends in threads, the queue."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Union
+
+from glm_agent._openai_format import INTERPRETER, ToolChoice, call_block, new_call_id, openai_call
+from glm_agent.chatglm3.parser import CallFinished, CallStarted, ReplyStreamParser, TextDelta
+from glm_agent.messages import CodeCall
+
+__all__ = ["StopScanner", "ContentOut", "ToolCallOut", "ReplyTranslator", "ThreadStream", "RequestGate", "QueueFull"]
+
+logger = logging.getLogger(__name__)
+
+
+class StopScanner:
+    """Cuts streamed text at the first stop string, optionally dropping some strings (special tokens).
+
+    Text that might be the start of a stop string is held back until it is known not to be one.
+    """
+
+    def __init__(self, stops: list[str] | None = None, remove: list[str] | None = None) -> None:
+        self.stops = [s for s in (stops or []) if s]
+        self.remove = [s for s in (remove or []) if s]
+        self._hold = max((len(s) for s in self.stops + self.remove), default=1) - 1
+        self._buf = ""
+        self.stopped = False
+
+    def feed(self, delta: str) -> str:
+        """The text that is now safe to emit; after a stop string, ``stopped`` is True and nothing more comes."""
+        if self.stopped:
+            return ""
+        self._buf += delta
+        for s in self.remove:
+            self._buf = self._buf.replace(s, "")
+        cut = min((i for i in (self._buf.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            out, self._buf, self.stopped = self._buf[:cut], "", True
+            return out
+        keep = min(self._hold, len(self._buf))
+        out, self._buf = self._buf[: len(self._buf) - keep], self._buf[len(self._buf) - keep :]
+        return out
+
+    def flush(self) -> str:
+        out, self._buf = self._buf, ""
+        return "" if self.stopped else out
+
+
+@dataclass(frozen=True)
+class ContentOut:
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCallOut:
+    index: int
+    id: str
+    name: str
+    arguments: str  # JSON
+
+
+Out = Union[ContentOut, ToolCallOut]
+
+
+class ReplyTranslator:
+    """Turns raw ChatGLM3 reply deltas into OpenAI content and tool calls, as they become certain.
+
+    A call is sent once its segment has parsed, so a malformed call can still become text: when
+    calls are not enabled (no tools, ``tool_choice: "none"``), when a code call comes without an
+    ``interpreter`` tool, or when the call does not parse, the segment is content
+    (``"NAME\\n```python ...```"``), never an error.
+    """
+
+    def __init__(self, choice: ToolChoice) -> None:
+        self.choice = choice
+        self.parser = ReplyStreamParser()
+        self.raw = ""
+        self.calls: list[ToolCallOut] = []
+        self._any_content = False
+        self._need_separator = False
+
+    def feed(self, delta: str) -> list[Out]:
+        self.raw += delta
+        return self._translate(self.parser.feed(delta))
+
+    def close(self) -> list[Out]:
+        return self._translate(self.parser.close())
+
+    def _translate(self, events: list[Any]) -> list[Out]:
+        out: list[Out] = []
+        for event in events:
+            if isinstance(event, TextDelta):
+                text = event.text
+                if self._need_separator and not text.startswith("\n"):
+                    text = "\n" + text
+                self._need_separator = False
+                self._any_content = True
+                out.append(ContentOut(text))
+            elif isinstance(event, CallStarted):
+                continue  # the name is sent with the parsed call (a malformed one becomes text)
+            elif isinstance(event, CallFinished):
+                out.append(self._finished(event))
+        return out
+
+    def _finished(self, event: CallFinished) -> Out:
+        call = event.call
+        if call is not None and self.choice.calls_enabled and (not isinstance(call, CodeCall) or INTERPRETER in self.choice.names):
+            item = openai_call(call, new_call_id())
+            out = ToolCallOut(len(self.calls), item["id"], item["function"]["name"], item["function"]["arguments"])
+            self.calls.append(out)
+            return out
+        if call is None:
+            content = event.error.content if event.error is not None else ""
+            body = content.strip()
+        elif isinstance(call, CodeCall):
+            body = call_block(INTERPRETER, {"code": call.code})
+        else:
+            body = call_block(call.name, call.arguments)
+        text = f"{event.name}\n{body}"
+        if self._any_content:
+            text = "\n" + text
+        self._any_content = True
+        self._need_separator = True
+        return ContentOut(text)
+
+
+class ThreadStream:
+    """Iterates a sync backend stream in a worker thread; the event loop only awaits a queue.
+
+    ``close()`` (or cancelling the consumer) makes the worker stop at the next delta and close the
+    backend's generator, which ends generation. ``on_done`` runs on the loop when the worker ends.
+    """
+
+    def __init__(self, make_iter: Callable[[], Iterator[str]], on_done: Callable[[], None] | None = None, name: str = "backend") -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._stop = threading.Event()
+        self._make_iter = make_iter
+        self._on_done = on_done
+        self._finished = False
+        self.thread = threading.Thread(target=self._work, name=f"{name}-generate", daemon=True)
+        self.thread.start()
+
+    def _put(self, item: tuple[str, Any]) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the loop is gone (server shut down)
+            pass
+
+    def _work(self) -> None:
+        try:
+            it = self._make_iter()
+            try:
+                for delta in it:
+                    if self._stop.is_set():
+                        break
+                    self._put(("delta", delta))
+            finally:
+                close = getattr(it, "close", None)
+                if close is not None:
+                    close()
+        except BaseException as exc:  # handed to the consumer
+            self._put(("error", exc))
+        else:
+            self._put(("end", None))
+        finally:
+            if self._on_done is not None:
+                try:
+                    self._loop.call_soon_threadsafe(self._on_done)
+                except RuntimeError:
+                    pass
+
+    def __aiter__(self) -> ThreadStream:
+        return self
+
+    async def __anext__(self) -> str:
+        if self._finished:
+            raise StopAsyncIteration
+        kind, value = await self._queue.get()
+        if kind == "delta":
+            return value
+        self._finished = True
+        if kind == "error":
+            raise value
+        raise StopAsyncIteration
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+class QueueFull(Exception):
+    """Every generation slot is busy and the waiting line is full."""
+
+
+class RequestGate:
+    """At most ``max_concurrency`` generations at once and ``max_queue`` requests waiting; beyond: QueueFull."""
+
+    def __init__(self, max_concurrency: int = 1, max_queue: int = 32) -> None:
+        if max_concurrency < 1 or max_queue < 0:
+            raise ValueError("max_concurrency must be >= 1 and max_queue >= 0")
+        self.max_concurrency = max_concurrency
+        self.max_queue = max_queue
+        self._sem = asyncio.Semaphore(max_concurrency)
+        self.waiting = 0
+        self.active = 0
+
+    async def acquire(self) -> None:
+        if self._sem.locked() and self.waiting >= self.max_queue:
+            raise QueueFull(f"{self.active} generations are running and {self.waiting} requests are waiting")
+        self.waiting += 1
+        try:
+            await self._sem.acquire()
+        finally:
+            self.waiting -= 1
+        self.active += 1
+
+    def release(self) -> None:
+        self.active -= 1
+        self._sem.release()

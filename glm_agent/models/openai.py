@@ -1,0 +1,342 @@
+"""A chat backend on any OpenAI-compatible server: ``glm-agent serve``, vLLM, or a hosted provider.
+
+Two modes, both yielding the raw ChatGLM3 reply text the agent parses like any other backend's:
+
+- ``chat``: ``/chat/completions`` with tools; the agent's history is mapped to OpenAI's shape and
+  returned ``tool_calls`` are mapped back to ChatGLM3 call segments.
+- ``completion``: the exact ChatGLM3 prompt, built by our tokenizer, sent as token ids to
+  ``/completions`` with ChatGLM3's stop ids and special tokens kept: exact prompting on a vLLM
+  server running chatglm3-6b.
+
+Connection errors, 429 and 5xx are retried with exponential backoff (``Retry-After`` honoured);
+other 4xx are not. Every malformed answer is a :class:`ModelError` that says what was wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import httpx
+
+from glm_agent._openai_format import chatglm3_to_openai
+from glm_agent.errors import ModelError
+from glm_agent.messages import MessageLike, to_messages
+from glm_agent.models._openai_stream import ChatAssembler, CompletionAssembler, SSEDecoder, error_from_body
+from glm_agent.models.base import BaseChatModel, GenerationParams
+
+__all__ = ["OpenAIModel"]
+
+logger = logging.getLogger(__name__)
+
+_RETRYABLE = (httpx.NetworkError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.RemoteProtocolError)
+
+
+def _normalise_base_url(url: str) -> str:
+    url = url.rstrip("/")
+    if urlsplit(url).path in ("", "/"):
+        url += "/v1"
+    return url
+
+
+class OpenAIModel(BaseChatModel):
+    """Chat with an OpenAI-compatible server.
+
+    Args:
+        base_url: the API root, e.g. ``http://127.0.0.1:8000/v1`` (a bare host gets ``/v1``).
+        model: the model id to request (default: the first one ``GET /models`` lists).
+        mode: ``"chat"`` or ``"completion"`` (needs ``tokenizer``).
+        api_key: sent as ``Authorization: Bearer KEY``.
+        tokenizer: a ChatGLM3Tokenizer or a path to one (completion mode).
+        timeout: seconds to wait for each read (a token may take a while on a busy server).
+        connect_timeout: seconds to wait for a connection.
+        max_retries: retries on connection errors, 429 and 5xx.
+        backoff: first retry delay in seconds, doubled each time (at most ``max_backoff``).
+        transport / async_transport: httpx transports (e.g. for a proxy or tests of a remote API).
+    """
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000/v1",
+        model: str | None = None,
+        *,
+        mode: Literal["chat", "completion"] = "chat",
+        api_key: str | None = None,
+        tokenizer: Any = None,
+        timeout: float = 120.0,
+        connect_timeout: float = 10.0,
+        max_retries: int = 2,
+        backoff: float = 0.5,
+        max_backoff: float = 8.0,
+        headers: dict[str, str] | None = None,
+        transport: httpx.BaseTransport | None = None,
+        async_transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if mode not in ("chat", "completion"):
+            raise ValueError(f"mode must be 'chat' or 'completion', not {mode!r}")
+        if max_retries < 0 or backoff < 0:
+            raise ValueError("max_retries and backoff must be >= 0")
+        if isinstance(tokenizer, (str, Path)):
+            from glm_agent.chatglm3.tokenizer import ChatGLM3Tokenizer
+
+            tokenizer = ChatGLM3Tokenizer.from_pretrained(tokenizer)
+        if mode == "completion" and tokenizer is None:
+            raise ValueError("completion mode builds the ChatGLM3 prompt itself: pass tokenizer= (a ChatGLM3Tokenizer or its path)")
+        self.base_url = _normalise_base_url(base_url)
+        self.model = model
+        self.mode = mode
+        self.tokenizer = tokenizer
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.timeout = httpx.Timeout(timeout, connect=connect_timeout)
+        self.headers = {"Accept": "text/event-stream", **(headers or {})}
+        if api_key:
+            self.headers["Authorization"] = f"Bearer {api_key}"
+        self._transport = transport
+        self._async_transport = async_transport
+        self._client: httpx.Client | None = None
+        self.name = f"openai:{model or self.base_url}"
+        #: the usage the server reported for the last reply (None when it sent none)
+        self.last_usage: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"OpenAIModel({self.base_url!r}, model={self.model!r}, mode={self.mode!r})"
+
+    # -- requests ------------------------------------------------------------------------------
+    def _sampling(self, params: dict[str, Any]) -> dict[str, Any]:
+        try:
+            p = GenerationParams.of(params)
+        except ValueError as exc:
+            raise ValueError(f"bad generation parameters for {self.name}: {exc}") from None
+        body: dict[str, Any] = {"max_tokens": p.max_new_tokens, "temperature": p.temperature, "top_p": p.top_p}
+        if p.top_k is not None:
+            body["top_k"] = p.top_k
+        if p.repetition_penalty != 1.0:
+            body["repetition_penalty"] = p.repetition_penalty
+        if p.seed is not None:
+            body["seed"] = p.seed
+        if p.stop:
+            body["stop"] = list(p.stop)
+        return body
+
+    def _chat_body(self, messages: Sequence[MessageLike], params: dict[str, Any]) -> dict[str, Any]:
+        oa_messages, tools = chatglm3_to_openai(messages)
+        body: dict[str, Any] = {"messages": oa_messages, "stream": True, **self._sampling(params)}
+        if tools:
+            body["tools"] = tools
+        return body
+
+    def _completion_body(self, prompt_ids: Sequence[int], params: dict[str, Any]) -> dict[str, Any]:
+        stop_ids = list(self.tokenizer.stop_ids) if self.tokenizer is not None else []
+        return {
+            "prompt": [int(i) for i in prompt_ids],
+            "stream": True,
+            "stop_token_ids": stop_ids,
+            "skip_special_tokens": False,
+            "spaces_between_special_tokens": False,
+            **self._sampling(params),
+        }
+
+    def _request(self, messages: Sequence[MessageLike], params: dict[str, Any]) -> tuple[str, dict[str, Any], Any]:
+        if self.mode == "chat":
+            return "/chat/completions", self._chat_body(messages, params), ChatAssembler
+        ids = self.tokenizer.apply_chat_template(to_messages(messages), add_generation_prompt=True)
+        return "/completions", self._completion_body(ids, params), CompletionAssembler
+
+    def _delay(self, attempt: int, response: httpx.Response | None) -> float:
+        if response is not None:
+            after = response.headers.get("retry-after")
+            try:
+                return min(float(after), 60.0) if after is not None else min(self.max_backoff, self.backoff * 2**attempt)
+            except ValueError:
+                pass
+        return min(self.max_backoff, self.backoff * 2**attempt)
+
+    @staticmethod
+    def _should_retry(response: httpx.Response) -> bool:
+        return response.status_code == 429 or response.status_code >= 500
+
+    def _error(self, url: str, response: httpx.Response) -> ModelError:
+        try:
+            body: Any = response.json()
+        except ValueError:
+            body = response.text
+        return error_from_body(url, response.status_code, body)
+
+    # -- sync ----------------------------------------------------------------------------------
+    @property
+    def client(self) -> httpx.Client:
+        if self._client is None:
+            self._client = httpx.Client(timeout=self.timeout, transport=self._transport, headers=self.headers)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def __enter__(self) -> OpenAIModel:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _send(self, method: str, path: str, body: dict[str, Any] | None) -> httpx.Response:
+        url = self.base_url + path
+        for attempt in range(self.max_retries + 1):
+            last = attempt == self.max_retries
+            try:
+                response = self.client.send(self.client.build_request(method, url, json=body), stream=True)
+            except _RETRYABLE as exc:
+                if last:
+                    raise ModelError(f"cannot reach {url} after {attempt + 1} tries: {type(exc).__name__}: {exc}") from exc
+                logger.warning("retrying %s after %s", url, type(exc).__name__)
+                time.sleep(self._delay(attempt, None))
+                continue
+            except httpx.TimeoutException as exc:
+                raise ModelError(f"{url} did not answer in time ({type(exc).__name__}); raise timeout=") from exc
+            if response.status_code < 400:
+                return response
+            response.read()
+            response.close()
+            if self._should_retry(response) and not last:
+                logger.warning("retrying %s after HTTP %d", url, response.status_code)
+                time.sleep(self._delay(attempt, response))
+                continue
+            raise self._error(url, response)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _model_name(self) -> str:
+        if self.model is None:
+            response = self._send("GET", "/models", None)
+            try:
+                response.read()
+                self.model = _first_model(self.base_url, _json(self.base_url + "/models", response))
+            finally:
+                response.close()
+        return self.model
+
+    def _events(self, path: str, body: dict[str, Any], assembler_type: Any) -> Iterator[str]:
+        body = {"model": self._model_name(), **body}
+        url = self.base_url + path
+        assembler = assembler_type(url)
+        decoder = SSEDecoder(url)
+        response = self._send("POST", path, body)
+        try:
+            if "text/event-stream" not in response.headers.get("content-type", ""):
+                response.read()
+                yield from assembler.feed(_json(url, response))
+                yield from assembler.finish(True)
+                self.last_usage = assembler.usage
+                return
+            try:
+                for line in response.iter_lines():
+                    data = decoder.feed(line)
+                    if data is SSEDecoder.DONE:
+                        break
+                    if data is not None:
+                        yield from assembler.feed(data)
+                else:
+                    data = decoder.close()
+                    if data is not None and data is not SSEDecoder.DONE:
+                        yield from assembler.feed(data)
+            except httpx.HTTPError as exc:
+                raise ModelError(f"the connection to {url} broke mid-stream ({type(exc).__name__}: {exc}); the reply is incomplete") from exc
+            yield from assembler.finish(decoder.done)
+            self.last_usage = assembler.usage
+        finally:
+            response.close()
+
+    def stream(self, messages: Sequence[MessageLike], **params: Any) -> Iterator[str]:
+        path, body, assembler = self._request(messages, params)
+        return self._events(path, body, assembler)
+
+    def stream_ids(self, prompt_ids: Sequence[int], **params: Any) -> Iterator[str]:
+        """Continue raw prompt ids on the server's ``/completions`` (any mode)."""
+        return self._events("/completions", self._completion_body(prompt_ids, params), CompletionAssembler)
+
+    # -- async ---------------------------------------------------------------------------------
+    async def _asend(self, client: httpx.AsyncClient, method: str, path: str, body: dict[str, Any] | None) -> httpx.Response:
+        url = self.base_url + path
+        for attempt in range(self.max_retries + 1):
+            last = attempt == self.max_retries
+            try:
+                response = await client.send(client.build_request(method, url, json=body), stream=True)
+            except _RETRYABLE as exc:
+                if last:
+                    raise ModelError(f"cannot reach {url} after {attempt + 1} tries: {type(exc).__name__}: {exc}") from exc
+                await asyncio.sleep(self._delay(attempt, None))
+                continue
+            except httpx.TimeoutException as exc:
+                raise ModelError(f"{url} did not answer in time ({type(exc).__name__}); raise timeout=") from exc
+            if response.status_code < 400:
+                return response
+            await response.aread()
+            await response.aclose()
+            if self._should_retry(response) and not last:
+                await asyncio.sleep(self._delay(attempt, response))
+                continue
+            raise self._error(url, response)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def astream(self, messages: Sequence[MessageLike], **params: Any) -> AsyncIterator[str]:  # type: ignore[override]
+        path, body, assembler_type = self._request(messages, params)
+        async with httpx.AsyncClient(timeout=self.timeout, transport=self._async_transport, headers=self.headers) as client:
+            if self.model is None:
+                response = await self._asend(client, "GET", "/models", None)
+                try:
+                    await response.aread()
+                    self.model = _first_model(self.base_url, _json(self.base_url + "/models", response))
+                finally:
+                    await response.aclose()
+            url = self.base_url + path
+            assembler = assembler_type(url)
+            decoder = SSEDecoder(url)
+            response = await self._asend(client, "POST", path, {"model": self.model, **body})
+            try:
+                if "text/event-stream" not in response.headers.get("content-type", ""):
+                    await response.aread()
+                    for piece in assembler.feed(_json(url, response)) + assembler.finish(True):
+                        yield piece
+                    self.last_usage = assembler.usage
+                    return
+                try:
+                    async for line in response.aiter_lines():
+                        data = decoder.feed(line)
+                        if data is SSEDecoder.DONE:
+                            break
+                        if data is not None:
+                            for piece in assembler.feed(data):
+                                yield piece
+                    else:
+                        data = decoder.close()
+                        if data is not None and data is not SSEDecoder.DONE:
+                            for piece in assembler.feed(data):
+                                yield piece
+                except httpx.HTTPError as exc:
+                    raise ModelError(f"the connection to {url} broke mid-stream ({type(exc).__name__}: {exc}); the reply is incomplete") from exc
+                for piece in assembler.finish(decoder.done):
+                    yield piece
+                self.last_usage = assembler.usage
+            finally:
+                await response.aclose()
+
+
+def _json(url: str, response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        raise ModelError(f"{url} answered with something that is not JSON: {response.text[:200]!r}") from None
+
+
+def _first_model(base_url: str, data: Any) -> str:
+    items = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(items, list) or not items or not isinstance(items[0], dict) or not isinstance(items[0].get("id"), str):
+        raise ModelError(f"{base_url}/models lists no model; pass model= explicitly")
+    return items[0]["id"]

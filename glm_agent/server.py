@@ -1,0 +1,504 @@
+"""An OpenAI-compatible HTTP server over any chat backend (``glm-agent serve``).
+
+Routes: ``GET /health`` (no key needed; answers while generating), ``GET /v1/models``,
+``POST /v1/chat/completions`` (tools, ``tool_choice``, streaming tool calls) and
+``POST /v1/completions`` (a text prompt or token ids; the vLLM-compatible subset).
+
+Semantics worth knowing (ChatGLM3 has no constrained decoding here):
+- ``tool_choice``: ``auto`` (default) offers the tools; ``none`` leaves them out of the prompt and
+  returns any call as text; ``required`` / a named function restrict the prompt's tools (named: only
+  that one) but cannot force a call: a reply without one comes back as ordinary content.
+- A call that does not parse, a call when calls are not enabled, and a code-interpreter call when the
+  request has no ``interpreter`` tool come back as content text (``"NAME\\n```python ...```"``), never a 500.
+  A tool call is streamed once its segment has parsed: one delta with id and name, then one with
+  the arguments.
+- Usage: prompt tokens are the chat template's ids; completion tokens are the reply text re-encoded
+  (the backends stream text, not ids), so ``finish_reason: "length"`` is judged from that count.
+- ``tools`` given at start (``--tools FILE``) are offered when a request sends none; their calls come
+  back as ``tool_calls`` like any other (the server never runs tools).
+- Requests are queued per model: ``max_concurrency`` generate at once (1 for local weights),
+  ``max_queue`` wait, more get 429. Sync backends run in a worker thread; a client that goes away
+  stops its generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from glm_agent._openai_format import FormatError, chatglm3_tools, openai_to_chatglm3, resolve_tool_choice
+from glm_agent._server_schemas import ChatRequest, CompletionRequest, Unsupported
+from glm_agent._server_stream import ContentOut, QueueFull, ReplyTranslator, RequestGate, StopScanner, ThreadStream, ToolCallOut
+from glm_agent.chatglm3.parser import ASSISTANT_TOKEN
+from glm_agent.chatglm3.tokenizer import SPECIAL_TOKENS, ChatGLM3Tokenizer
+from glm_agent.errors import ContextLengthError, GlmAgentError
+from glm_agent.models.base import BaseChatModel
+
+__all__ = ["create_app", "serve", "BackgroundServer", "APIError"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_TOKENS = 1024
+
+
+class APIError(Exception):
+    """An error answered in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", code: str | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.code, self.param = status, message, type, code, param
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class _Disconnected(Exception):
+    """The client went away before its answer was ready."""
+
+
+def _backend_error(exc: BaseException) -> APIError:
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, ContextLengthError):
+        return APIError(400, str(exc), code="context_length_exceeded", param="messages")
+    if isinstance(exc, GlmAgentError):
+        return APIError(500, f"{type(exc).__name__}: {exc}", type="server_error", code="model_error")
+    logger.error("generation failed", exc_info=exc)
+    return APIError(500, f"the model failed: {type(exc).__name__}: {exc}", type="server_error")
+
+
+class _Server:
+    """What the routes share: the backend, its tokenizer, the queue and the limits."""
+
+    def __init__(self, model: Any, tokenizer: ChatGLM3Tokenizer, *, tools: Any, api_key: str | None, model_name: str | None,
+                 max_concurrency: int, max_queue: int, context_length: int | None, default_max_tokens: int) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_name = model_name or getattr(model, "name", None) or "chatglm3"
+        self.api_key = api_key
+        self.context_length = context_length if context_length is not None else getattr(model, "context_length", None)
+        self.default_max_tokens = default_max_tokens
+        self.created = int(time.time())
+        if tools is not None and hasattr(tools, "openai_schemas"):
+            tools = tools.openai_schemas()
+        self.default_tools: list[dict[str, Any]] | None = list(tools) if tools else None
+        chatglm3_tools(self.default_tools)  # refuse bad server tools at start, not per request
+        self.gate = RequestGate(max_concurrency, max_queue)
+        self.specials = list(SPECIAL_TOKENS)
+
+    # -- request checks ----------------------------------------------------------------------
+    def check_auth(self, request: Request) -> None:
+        if self.api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        if not token:
+            raise APIError(401, "missing API key: send the header 'Authorization: Bearer KEY'", code="invalid_api_key")
+        if not hmac.compare_digest(token.encode(), self.api_key.encode()):
+            raise APIError(401, "incorrect API key", code="invalid_api_key")
+
+    def check_model(self, name: str | None) -> None:
+        if name is not None and name != self.model_name:
+            raise APIError(404, f"the model {name!r} does not exist here; this server serves {self.model_name!r}",
+                           code="model_not_found", param="model")
+
+    def max_new_tokens(self, prompt_tokens: int, requested: int | None, param: str) -> int:
+        ctx = self.context_length
+        if ctx is None:
+            return requested or self.default_max_tokens
+        if prompt_tokens >= ctx or (requested is not None and prompt_tokens + requested > ctx):
+            asked = f" plus {requested} new tokens" if requested is not None else ""
+            raise APIError(400, f"the prompt has {prompt_tokens} tokens{asked}, but the model's context holds {ctx}; "
+                                "shorten the messages or lower max_tokens", code="context_length_exceeded", param=param)
+        return requested or min(self.default_max_tokens, ctx - prompt_tokens)
+
+    def count_tokens(self, text: str) -> int:
+        parts = text.split(ASSISTANT_TOKEN)
+        return sum(len(self.tokenizer.encode(p)) for p in parts if p) + len(parts) - 1
+
+    # -- generation --------------------------------------------------------------------------
+    async def start(self, make_iter: Callable[[], Iterator[str]], request: Request) -> tuple[ThreadStream, str | None]:
+        """Wait for a slot (or 429), start generating, and await the first delta (errors become statuses)."""
+        try:
+            await _unless_disconnected(request, self.gate.acquire(), undo=lambda _: self.gate.release())
+        except QueueFull as exc:
+            raise APIError(429, f"the server is busy: {exc}; retry later", type="rate_limit_exceeded", code="queue_full") from None
+        stream = ThreadStream(make_iter, on_done=self.gate.release, name=self.model_name)
+        try:
+            first = await _unless_disconnected(request, _first(stream))
+        except BaseException as exc:
+            stream.close()
+            if isinstance(exc, (_Disconnected, asyncio.CancelledError)):
+                raise
+            raise _backend_error(exc) from None
+        return stream, first
+
+
+async def _first(stream: ThreadStream) -> str | None:
+    try:
+        return await stream.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+async def _unless_disconnected(request: Request, awaitable: Any, undo: Callable[[Any], None] | None = None) -> Any:
+    """Await ``awaitable``, cancelling it (and raising ``_Disconnected``) if the client disconnects.
+
+    ``undo`` gets a result that arrived anyway while cancelling (e.g. a queue slot to give back).
+    """
+    task = asyncio.ensure_future(awaitable)
+
+    async def watch() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        task.cancel()
+        try:
+            late = await task
+        except BaseException:
+            pass
+        else:
+            if undo is not None:
+                undo(late)
+        raise _Disconnected()
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+
+
+async def _read(request: Request, schema: type[BaseModel]) -> Any:
+    raw = await request.body()
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise APIError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "the request body must be a JSON object", code="invalid_json")
+    try:
+        body = schema.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
+        raise APIError(400, f"invalid request: {problems}", param=param) from None
+    try:
+        body.check_supported()
+    except Unsupported as exc:
+        raise APIError(400, str(exc), param=exc.param) from None
+    return body
+
+
+def _sse(data: dict[str, Any]) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+async def _deltas(stream: ThreadStream, first: str | None, scanner: StopScanner) -> AsyncIterator[str]:
+    """The backend's text after stop strings; closes the backend stream when done or abandoned."""
+    try:
+        if first is not None:
+            text = scanner.feed(first)
+            if text:
+                yield text
+            async for delta in stream:
+                if scanner.stopped:
+                    break
+                text = scanner.feed(delta)
+                if text:
+                    yield text
+        tail = scanner.flush()
+        if tail:
+            yield tail
+    finally:
+        stream.close()
+
+
+def create_app(model: Any, tokenizer: ChatGLM3Tokenizer, *, tools: Any = None, api_key: str | None = None,
+               model_name: str | None = None, max_concurrency: int = 1, max_queue: int = 32,
+               context_length: int | None = None, default_max_tokens: int = DEFAULT_MAX_TOKENS) -> FastAPI:
+    """The FastAPI app serving ``model`` (any backend with ``stream``; ``stream_ids`` for raw prompts).
+
+    ``tools``: a ToolRegistry or OpenAI tool schemas offered when a request sends none.
+    ``context_length``: refuse prompts that do not fit (default: ``model.context_length`` if any).
+    """
+    state = _Server(model, tokenizer, tools=tools, api_key=api_key, model_name=model_name, max_concurrency=max_concurrency,
+                    max_queue=max_queue, context_length=context_length, default_max_tokens=default_max_tokens)
+    app = FastAPI(title="glm-agent", description="OpenAI-compatible ChatGLM3 server")
+    app.state.glm = state
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        err = APIError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
+        return JSONResponse(err.body(), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.error("request failed", exc_info=exc)
+        err = APIError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error")
+        return JSONResponse(err.body(), status_code=500)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": state.model_name, "active": state.gate.active, "waiting": state.gate.waiting}
+
+    def _model_card() -> dict[str, Any]:
+        return {"id": state.model_name, "object": "model", "created": state.created, "owned_by": "glm-agent"}
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict[str, Any]:
+        state.check_auth(request)
+        return {"object": "list", "data": [_model_card()]}
+
+    @app.get("/v1/models/{name:path}")
+    async def model_card(name: str, request: Request) -> dict[str, Any]:
+        state.check_auth(request)
+        state.check_model(name)
+        return _model_card()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        state.check_auth(request)
+        body: ChatRequest = await _read(request, ChatRequest)
+        state.check_model(body.model)
+        try:
+            tools = chatglm3_tools(body.tools if body.tools is not None else state.default_tools)
+            choice = resolve_tool_choice(tools, body.tool_choice)
+            messages = openai_to_chatglm3(body.messages, choice.tools)
+        except FormatError as exc:
+            raise APIError(400, str(exc), param=exc.param) from None
+        prompt_ids = tokenizer.apply_chat_template(messages)
+        max_new = state.max_new_tokens(len(prompt_ids), body.requested_max_tokens(), "messages")
+        params = body.generation_params(max_new)
+        try:
+            stream, first = await state.start(lambda: model.stream(messages, **params), request)
+        except _Disconnected:
+            return Response(status_code=499)
+        translator = ReplyTranslator(choice)
+        scanner = StopScanner(body.stop_list())
+        ident, created = "chatcmpl-" + uuid.uuid4().hex, int(time.time())
+
+        def finish() -> tuple[str, dict[str, int]]:
+            completion = state.count_tokens(translator.raw)
+            if translator.calls:
+                reason = "tool_calls"
+            elif not scanner.stopped and completion >= max_new:
+                reason = "length"
+            else:
+                reason = "stop"
+            return reason, _usage(len(prompt_ids), completion)
+
+        if not body.stream:
+            async def collect() -> dict[str, Any]:
+                texts: list[str] = []
+                async for delta in _deltas(stream, first, scanner):
+                    texts.extend(o.text for o in translator.feed(delta) if isinstance(o, ContentOut))
+                texts.extend(o.text for o in translator.close() if isinstance(o, ContentOut))
+                reason, usage = finish()
+                message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or (None if translator.calls else "")}
+                if translator.calls:
+                    message["tool_calls"] = [
+                        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in translator.calls
+                    ]
+                return {"id": ident, "object": "chat.completion", "created": created, "model": state.model_name,
+                        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": reason}], "usage": usage}
+
+            try:
+                return JSONResponse(await _unless_disconnected(request, collect()))
+            except _Disconnected:
+                return Response(status_code=499)
+            except APIError:
+                raise
+            except Exception as exc:
+                raise _backend_error(exc) from None
+            finally:
+                stream.close()
+
+        def chunk(delta: dict[str, Any], reason: str | None = None, usage: dict[str, int] | None = None) -> str:
+            data: dict[str, Any] = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": state.model_name,
+                                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}]}
+            if usage is not None:
+                data["usage"] = usage
+            return _sse(data)
+
+        def render(outs: list[Any]) -> Iterator[str]:
+            for out in outs:
+                if isinstance(out, ContentOut):
+                    yield chunk({"content": out.text})
+                elif isinstance(out, ToolCallOut):
+                    yield chunk({"tool_calls": [{"index": out.index, "id": out.id, "type": "function",
+                                                 "function": {"name": out.name, "arguments": ""}}]})
+                    yield chunk({"tool_calls": [{"index": out.index, "function": {"arguments": out.arguments}}]})
+
+        async def events() -> AsyncIterator[str]:
+            try:
+                yield chunk({"role": "assistant", "content": ""})
+                async for delta in _deltas(stream, first, scanner):
+                    for line in render(translator.feed(delta)):
+                        yield line
+                for line in render(translator.close()):
+                    yield line
+                reason, usage = finish()
+                yield chunk({}, reason, usage)
+                if body.include_usage():
+                    yield _sse({"id": ident, "object": "chat.completion.chunk", "created": created, "model": state.model_name,
+                                "choices": [], "usage": usage})
+                yield "data: [DONE]\n\n"
+            except Exception as exc:
+                yield _sse(_backend_error(exc).body())
+            finally:
+                stream.close()
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        state.check_auth(request)
+        body: CompletionRequest = await _read(request, CompletionRequest)
+        state.check_model(body.model)
+        if getattr(type(model), "stream_ids", BaseChatModel.stream_ids) is BaseChatModel.stream_ids:
+            raise APIError(400, f"the backend {state.model_name!r} cannot continue raw prompts; use /v1/chat/completions",
+                           code="unsupported")
+        if isinstance(body.prompt, str):
+            prompt_ids = [tokenizer.gmask_id, tokenizer.sop_id, *tokenizer.encode(body.prompt)]
+        else:
+            bad = [i for i in body.prompt if not 0 <= i < tokenizer.vocab_size]
+            if bad:
+                raise APIError(400, f"token id {bad[0]} is outside the vocabulary (0..{tokenizer.vocab_size - 1})", param="prompt")
+            prompt_ids = list(body.prompt)
+        stops = body.stop_list()
+        for i in body.stop_token_ids or []:
+            if not 0 <= i < tokenizer.vocab_size:
+                raise APIError(400, f"stop token id {i} is outside the vocabulary", param="stop_token_ids")
+            text = tokenizer.decode([i])
+            if text:  # eos decodes to nothing: backends always stop on it
+                stops.append(text)
+        max_new = state.max_new_tokens(len(prompt_ids), body.max_tokens, "prompt")
+        params = body.generation_params(max_new)
+        try:
+            stream, first = await state.start(lambda: model.stream_ids(prompt_ids, **params), request)
+        except _Disconnected:
+            return Response(status_code=499)
+        scanner = StopScanner(stops, remove=state.specials if body.skip_special_tokens else None)
+        ident, created = "cmpl-" + uuid.uuid4().hex, int(time.time())
+        produced: list[str] = []
+
+        def finish() -> tuple[str, dict[str, int]]:
+            completion = state.count_tokens("".join(produced))
+            reason = "length" if not scanner.stopped and completion >= max_new else "stop"
+            return reason, _usage(len(prompt_ids), completion)
+
+        def payload(text: str, reason: str | None) -> dict[str, Any]:
+            return {"id": ident, "object": "text_completion", "created": created, "model": state.model_name,
+                    "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": reason}]}
+
+        if not body.stream:
+            async def collect() -> dict[str, Any]:
+                async for delta in _deltas(stream, first, scanner):
+                    produced.append(delta)
+                reason, usage = finish()
+                return {**payload("".join(produced), reason), "usage": usage}
+
+            try:
+                return JSONResponse(await _unless_disconnected(request, collect()))
+            except _Disconnected:
+                return Response(status_code=499)
+            except Exception as exc:
+                raise _backend_error(exc) from None
+            finally:
+                stream.close()
+
+        async def events() -> AsyncIterator[str]:
+            try:
+                async for delta in _deltas(stream, first, scanner):
+                    produced.append(delta)
+                    yield _sse(payload(delta, None))
+                reason, usage = finish()
+                yield _sse({**payload("", reason), "usage": usage})
+                if body.include_usage():
+                    yield _sse({"id": ident, "object": "text_completion", "created": created, "model": state.model_name,
+                                "choices": [], "usage": usage})
+                yield "data: [DONE]\n\n"
+            except Exception as exc:
+                yield _sse(_backend_error(exc).body())
+            finally:
+                stream.close()
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    return app
+
+
+class BackgroundServer:
+    """Runs an app on uvicorn in a thread (port 0 picks a free one): for tests, benchmarks and notebooks.
+
+    ``with BackgroundServer(app) as srv: srv.url`` → ``http://127.0.0.1:PORT``; leaving stops it.
+    """
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> None:
+        import uvicorn
+
+        self.config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="off")
+        self.server = uvicorn.Server(self.config)
+        self.thread = threading.Thread(target=self.server.run, name="glm-agent-server", daemon=True)
+        self.host = host
+        self.port = port
+
+    def start(self, timeout: float = 20.0) -> BackgroundServer:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start on {self.host}:{self.port}")
+            time.sleep(0.01)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
+
+    def __enter__(self) -> BackgroundServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def serve(model: Any, tokenizer: ChatGLM3Tokenizer, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", **app_options: Any) -> None:
+    """Serve ``model`` until interrupted (``app_options`` go to :func:`create_app`)."""
+    import uvicorn
+
+    app = create_app(model, tokenizer, **app_options)
+    logger.info("serving %s on http://%s:%d/v1", app.state.glm.model_name, host, port)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
