@@ -1,0 +1,179 @@
+"""Token choice and exact streaming detokenization for local generation."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Sampler", "IncrementalDetokenizer", "StopStrings"]
+
+_REPLACEMENT = "\ufffd"
+
+
+class Sampler:
+    """Picks the next id from float32 logits: greedy at temperature 0, else temperature/top-k/top-p sampling.
+
+    Repetition penalty follows transformers (over prompt and generated ids: positive scores are
+    divided by it, negative ones multiplied). Non-finite scores are replaced as the official
+    ChatGLM3 code does (all zero, id 5 very likely), so generation never samples from NaN.
+    """
+
+    def __init__(
+        self,
+        *,
+        temperature: float,
+        top_p: float = 1.0,
+        top_k: int | None = None,
+        repetition_penalty: float = 1.0,
+        seed: int | None = None,
+        history: Sequence[int] = (),
+        device: Any = "cpu",
+    ) -> None:
+        self.temperature = temperature
+        self.top_p = top_p
+        self.top_k = top_k
+        self.repetition_penalty = repetition_penalty
+        self.generator: torch.Generator | None = None
+        if temperature > 0:
+            self.generator = torch.Generator(device=device)
+            if seed is None:
+                self.generator.seed()
+            else:
+                self.generator.manual_seed(seed)
+        self._seen: torch.Tensor | None = None
+        if repetition_penalty != 1.0:
+            self._seen = torch.tensor(sorted(set(history)), dtype=torch.long, device=device)
+
+    def __call__(self, logits: torch.Tensor) -> int:
+        scores = logits.float()
+        if not torch.isfinite(scores).all():
+            logger.warning("non-finite scores from the model; replaced as the official ChatGLM3 code does")
+            scores = torch.zeros_like(scores)
+            scores[5] = 5e4
+        if self._seen is not None and self._seen.numel():
+            picked = scores.gather(0, self._seen)
+            picked = torch.where(picked < 0, picked * self.repetition_penalty, picked / self.repetition_penalty)
+            scores = scores.scatter(0, self._seen, picked)
+        if self.temperature == 0:
+            token = int(scores.argmax())
+        else:
+            token = self._sample(scores / self.temperature)
+        self._remember(token)
+        return token
+
+    def _sample(self, scores: torch.Tensor) -> int:
+        if self.top_k is not None and self.top_k < scores.numel():
+            kth = torch.topk(scores, self.top_k).values[-1]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        if self.top_p < 1.0:
+            sorted_scores, order = torch.sort(scores, descending=False)
+            cumulative = sorted_scores.softmax(-1).cumsum(-1)
+            drop = cumulative <= 1 - self.top_p
+            drop[-1] = False  # always keep the most likely id
+            scores = scores.scatter(0, order, sorted_scores.masked_fill(drop, float("-inf")))
+        probs = scores.softmax(-1)
+        return int(torch.multinomial(probs, 1, generator=self.generator))
+
+    def _remember(self, token: int) -> None:
+        if self._seen is not None and not bool((self._seen == token).any()):
+            self._seen = torch.cat([self._seen, self._seen.new_tensor([token])])
+
+
+class IncrementalDetokenizer:
+    """Turns ids into text deltas whose concatenation equals ``tokenizer.decode`` of all ids.
+
+    Decoding restarts at token boundaries where decoding is additive (no byte-fallback, control
+    or unknown piece on either side), so each step decodes a short window. A window ending in U+FFFD (a multi-byte
+    character still incomplete) is held back until the character completes.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.sp = tokenizer.sp
+        self.ordinary = tokenizer.sp_vocab_size
+        self.ids: list[int] = []
+        self.text = ""  # everything emitted
+        self._start = 0  # window start in ids
+        self._window_emitted = 0  # chars of the window's text already emitted
+        self._window_lead = ""  # a space the window's first piece carries that a run-start decode drops
+
+    def push(self, token: int) -> str:
+        """Add one id; the text that became certain (possibly empty)."""
+        if self.ids and self._window_complete and self._boundary(self.ids[-1], token):
+            self._start = len(self.ids)
+            self._window_emitted = 0
+            self._window_lead = " " if self._starts_with_space(token, self.ids[-1]) else ""
+        self.ids.append(token)
+        window = self._window_text()
+        if window.endswith(_REPLACEMENT):
+            self._window_complete = False
+            return ""
+        self._window_complete = True
+        return self._emit(window)
+
+    def flush(self) -> str:
+        """Whatever is left at the end (an incomplete character appears as U+FFFD, as in a full decode)."""
+        if not self.ids:
+            return ""
+        return self._emit(self._window_text())
+
+    _window_complete = True
+
+    def _emit(self, window: str) -> str:
+        delta = window[self._window_emitted :]
+        self._window_emitted = len(window)
+        self.text += delta
+        return delta
+
+    def _window_text(self) -> str:
+        return self._window_lead + self.tokenizer.decode(self.ids[self._start :])
+
+    def _sticky(self, token: int) -> bool:
+        """Byte pieces join their neighbours into characters; control/unknown pieces change how a run starts."""
+        sp = self.sp
+        return token < self.ordinary and (sp.IsByte(token) or sp.IsControl(token) or sp.IsUnknown(token))
+
+    def _boundary(self, prev: int, token: int) -> bool:
+        return not self._sticky(prev) and not self._sticky(token)
+
+    def _starts_with_space(self, token: int, prev: int) -> bool:
+        """A run-start decode drops the dummy-prefix space that a mid-run piece keeps."""
+        if token >= self.ordinary or prev >= self.ordinary:
+            return False  # a special id ends the run: the full decode drops that space too
+        return self.sp.IdToPiece(token).startswith("\u2581")
+
+
+class StopStrings:
+    """Cuts streamed text at the first stop string, holding back a tail that may start one."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.hold = max((len(s) for s in self.stops), default=1) - 1
+        self.pending = ""
+        self.stopped = False
+
+    def feed(self, delta: str) -> str:
+        if not self.stops:
+            return delta
+        if self.stopped:
+            return ""
+        self.pending += delta
+        cut = min((i for i in (self.pending.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            out, self.pending = self.pending[:cut], ""
+            return out
+        safe = len(self.pending) - self.hold
+        if safe <= 0:
+            return ""
+        out, self.pending = self.pending[:safe], self.pending[safe:]
+        return out
+
+    def flush(self) -> str:
+        out, self.pending = ("" if self.stopped else self.pending), ""
+        return out

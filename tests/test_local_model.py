@@ -1,0 +1,281 @@
+"""LocalModel on the tiny real ChatGLM3 checkpoint: golden tokens, streaming, prefix cache, errors."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+from glm_agent.chatglm3 import ChatGLM3Tokenizer  # noqa: E402
+from glm_agent.chatglm3.checkpoint import load_model  # noqa: E402
+from glm_agent.errors import CheckpointError, ContextLengthError  # noqa: E402
+from glm_agent.models import LocalModel  # noqa: E402
+from glm_agent.models._decoding import IncrementalDetokenizer, Sampler, StopStrings  # noqa: E402
+from glm_agent.models.base import ChatModel, GenerationParams  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "chatglm3"
+GOLDEN = SHARED / "golden"
+TINY = GOLDEN / "tiny-chatglm3"
+
+pytestmark = pytest.mark.skipif(not TINY.is_dir(), reason=f"reference data {TINY} is absent (../shared/chatglm3)")
+
+GREEDY = {"temperature": 0, "max_new_tokens": 24}
+TOOLS = [
+    {
+        "name": "get_weather",
+        "description": "Current weather of a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    }
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> ChatGLM3Tokenizer:
+    return ChatGLM3Tokenizer.from_pretrained(TINY)
+
+
+@pytest.fixture(scope="module")
+def weights():
+    return load_model(TINY, dtype="float32", device="cpu", progress=False)
+
+
+@pytest.fixture(scope="module")
+def model(weights, tokenizer) -> LocalModel:
+    return LocalModel(weights, tokenizer)
+
+
+@pytest.fixture(scope="module")
+def golden() -> list[dict]:
+    return json.loads((GOLDEN / "model_golden.json").read_text())
+
+
+def conversation(turn: int) -> list[dict]:
+    """An agent episode after ``turn`` tool round trips."""
+    messages: list[dict] = [
+        {"role": "system", "content": "Answer the following questions as best as you can.", "tools": TOOLS},
+        {"role": "user", "content": "What is the weather in Paris and in 北京?"},
+    ]
+    for i in range(turn):
+        messages.append({"role": "assistant", "metadata": "get_weather", "content": f"```python\ntool_call(city='city{i}')\n```"})
+        messages.append({"role": "observation", "content": json.dumps({"city": f"city{i}", "temperature": 20 + i, "sky": "晴"})})
+    return messages
+
+
+@pytest.mark.parametrize("engine", ["auto", "transformers"])
+def test_greedy_tokens_and_logits_match_the_official_model(weights, tokenizer, golden, engine):
+    local = LocalModel(weights, tokenizer, engine=engine)
+    logits = load_file(str(GOLDEN / "model_logits.safetensors"))
+    for case in golden:
+        text = "".join(local._stream(case["input_ids"], GenerationParams(**GREEDY)))
+        assert local.last_stats.output_ids == case["greedy_new_tokens"], case["id"]
+        assert text == tokenizer.decode(case["greedy_new_tokens"])
+        runner = local._cache.runner
+        runner.crop(0)
+        last = runner.forward(case["input_ids"])
+        assert torch.allclose(last, logits[f"{case['id']}.logits"][-1], atol=1e-4, rtol=0), case["id"]
+        local.reset_cache()
+
+
+def test_lean_engine_leaves_the_model_usable_by_transformers(model, weights, golden):
+    assert type(model._cache.runner).__name__ == "LeanGlmRunner"
+    case = golden[0]
+    with torch.inference_mode():
+        out = weights.generate(torch.tensor([case["input_ids"]]), do_sample=False, max_new_tokens=24, eos_token_id=[2, 64795, 64797])
+    assert out[0, len(case["input_ids"]) :].tolist() == case["greedy_new_tokens"]
+
+
+def test_local_model_follows_the_chat_model_protocol(model):
+    assert isinstance(model, ChatModel)
+
+
+def test_stream_equals_generate_and_the_full_decode(model, tokenizer):
+    messages = conversation(1)
+    deltas = list(model.stream(messages, **GREEDY))
+    ids = model.last_stats.output_ids
+    assert model.last_stats.finish_reason in ("stop", "length")
+    assert "".join(deltas) == tokenizer.decode(ids)
+    assert all(deltas)
+    assert model.generate(messages, **GREEDY) == "".join(deltas)
+
+
+def test_prefix_cache_on_equals_off_over_a_multi_turn_episode(weights, tokenizer):
+    cached = LocalModel(weights, tokenizer, prefix_cache=True)
+    fresh = LocalModel(weights, tokenizer, prefix_cache=False)
+    messages = conversation(1)
+    previous_prompt = 0
+    for turn in range(5):
+        reply = cached.generate(messages, **GREEDY)
+        with_cache = cached.last_stats
+        assert fresh.generate(messages, **GREEDY) == reply
+        assert with_cache.output_ids == fresh.last_stats.output_ids
+        assert fresh.last_stats.prefill_tokens == fresh.last_stats.prompt_tokens
+        if turn:  # the whole previous prompt (and usually part of the reply) comes from the cache
+            assert with_cache.reused_tokens >= previous_prompt
+            assert with_cache.prefill_tokens == with_cache.prompt_tokens - with_cache.reused_tokens
+        previous_prompt = with_cache.prompt_tokens
+        messages.append({"role": "assistant", "content": reply.strip()})
+        messages.append({"role": "observation" if turn % 2 else "user", "content": f"result {turn}: 晴, {20 + turn}°C"})
+
+
+def test_a_repeated_prompt_prefills_one_token(model):
+    messages = conversation(2)
+    first = model.generate(messages, **GREEDY)
+    assert model.generate(messages, **GREEDY) == first
+    assert model.last_stats.prefill_tokens == 1
+
+
+def test_closing_the_stream_midway_keeps_the_cache_consistent(weights, tokenizer):
+    cached = LocalModel(weights, tokenizer)
+    fresh = LocalModel(weights, tokenizer, prefix_cache=False)
+    stream = cached.stream(conversation(1), **GREEDY)
+    next(stream)
+    next(stream)
+    stream.close()
+    assert cached.last_stats.finish_reason == "closed"
+    follow_up = conversation(2)
+    assert cached.generate(follow_up, **GREEDY) == fresh.generate(follow_up, **GREEDY)
+    assert cached.last_stats.reused_tokens > 0
+
+
+def test_concurrent_calls_run_one_at_a_time_and_give_the_sequential_results(weights, tokenizer):
+    local = LocalModel(weights, tokenizer)
+    prompts = [conversation(i) for i in range(3)]
+    expected = [LocalModel(weights, tokenizer, prefix_cache=False).generate(p, **GREEDY) for p in prompts]
+    results: dict[int, str] = {}
+
+    def work(i: int) -> None:
+        results[i] = local.generate(prompts[i], **GREEDY)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert [results[i] for i in range(3)] == expected
+
+
+async def test_astream_matches_stream(model):
+    messages = conversation(1)
+    deltas = [d async for d in model.astream(messages, **GREEDY)]
+    assert "".join(deltas) == model.generate(messages, **GREEDY)
+
+
+def test_sampling_is_reproducible_with_a_seed(model):
+    params = {"temperature": 0.9, "top_p": 0.9, "top_k": 50, "max_new_tokens": 16, "seed": 7}
+    a = model.generate(conversation(0), **params)
+    assert model.generate(conversation(0), **params) == a
+    assert model.generate(conversation(0), **{**params, "top_k": 1}) == model.generate(conversation(0), **{**GREEDY, "max_new_tokens": 16})
+
+
+def test_max_new_tokens_and_stop_strings(model, tokenizer):
+    model.generate(conversation(0), temperature=0, max_new_tokens=5)
+    assert len(model.last_stats.output_ids) == 5 and model.last_stats.finish_reason == "length"
+    full = model.generate(conversation(0), **GREEDY)
+    marker = full.strip()[3:6]
+    assert marker
+    cut = model.generate(conversation(0), **GREEDY, stop=[marker])
+    assert cut == full[: full.index(marker)]
+    assert model.last_stats.finish_reason == "stop"
+
+
+def test_context_length_is_checked_before_generating(weights, tokenizer):
+    local = LocalModel(weights, tokenizer, context_length=64)
+    prompt_tokens = len(tokenizer.apply_chat_template(conversation(0)))
+    with pytest.raises(ContextLengthError, match="shorten the conversation") as info:
+        local.generate(conversation(0), max_new_tokens=64)
+    assert (info.value.prompt_tokens, info.value.max_new_tokens, info.value.context_length) == (prompt_tokens, 64, 64)
+    default = LocalModel(weights, tokenizer)
+    assert default.context_length == 8192
+    with pytest.raises(ContextLengthError):
+        default.generate(conversation(0), max_new_tokens=8192)
+
+
+def test_invalid_parameters_are_refused(model):
+    with pytest.raises(ValueError, match="temperature"):
+        model.generate(conversation(0), temperature=-1)
+    with pytest.raises(ValueError, match="invalid generation parameters"):
+        model.generate(conversation(0), beams=4)
+
+
+def test_from_pretrained_without_tokenizer_model_names_the_file(tmp_path):
+    for file in TINY.iterdir():
+        if file.name != "tokenizer.model":
+            (tmp_path / file.name).symlink_to(file)
+    with pytest.raises(CheckpointError, match="tokenizer.model"):
+        LocalModel.from_pretrained(tmp_path)
+
+
+def test_from_pretrained_with_device_map_uses_transformers_forward(golden):
+    pytest.importorskip("accelerate")
+    local = LocalModel.from_pretrained(TINY, device_map={"": "cpu"})
+    case = golden[1]
+    "".join(local._stream(case["input_ids"], GenerationParams(**GREEDY)))
+    assert local.last_stats.output_ids == case["greedy_new_tokens"]
+
+
+# -- decoding helpers --------------------------------------------------------------------------
+
+
+def test_sampler_guards_non_finite_scores_and_applies_penalties():
+    nan = torch.full((10,), float("nan"))
+    assert Sampler(temperature=0)(nan) == 5
+    inf = torch.zeros(10)
+    inf[3] = float("inf")
+    assert Sampler(temperature=0.7, seed=1)(inf) == 5
+    scores = torch.tensor([0.0, 2.0, 1.9, -1.0])
+    assert Sampler(temperature=0)(scores) == 1
+    assert Sampler(temperature=0, repetition_penalty=1.2, history=[1])(scores) == 2
+    assert Sampler(temperature=1.0, top_p=0.01, seed=3)(scores) == 1
+    assert Sampler(temperature=5.0, top_k=1, seed=3)(scores) == 1
+
+
+def test_multibyte_characters_are_held_back_until_complete(tokenizer):
+    text = "天气 😀🌍 naïve 𝔘"
+    ids = tokenizer.encode(text)
+    assert any(tokenizer.sp.IsByte(i) for i in ids)  # the emoji need byte fallback
+    detok = IncrementalDetokenizer(tokenizer)
+    deltas = [detok.push(i) for i in ids] + [detok.flush()]
+    assert "".join(deltas) == tokenizer.decode(ids)
+    assert not any("\ufffd" in d for d in deltas)
+    assert "😀" in deltas
+
+
+def _interesting_ids(tokenizer: ChatGLM3Tokenizer) -> list[int]:
+    sp = tokenizer.sp
+    ids = [i for i in range(3, 260) if sp.IsByte(i)]  # byte-fallback pieces
+    ids += [0, 1, 2]  # unk, bos, eos
+    ids += tokenizer.encode("你好，世界 café  x\n\tnaïve 😀 tool_call(city='北京')")
+    ids += list(range(tokenizer.sp_vocab_size, tokenizer.vocab_size))  # special tokens
+    ids += [64800, 65023]  # padding rows decode to nothing
+    return sorted(set(ids))
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_streamed_deltas_always_concatenate_to_the_full_decode(tokenizer, data):
+    pool = _interesting_ids(tokenizer)
+    ids = data.draw(st.lists(st.sampled_from(pool), max_size=40))
+    detok = IncrementalDetokenizer(tokenizer)
+    deltas = [detok.push(i) for i in ids] + [detok.flush()]
+    full = tokenizer.decode(ids)
+    assert "".join(deltas) == full
+    if "\ufffd" not in full:
+        assert not any("\ufffd" in d for d in deltas)
+
+
+def test_stop_strings_hold_back_a_possible_start():
+    stops = StopStrings(["<END>"])
+    out = [stops.feed(d) for d in ["abc<", "EN", "D>tail"]] + [stops.flush()]
+    assert "".join(out) == "abc" and stops.stopped
+    plain = StopStrings(["<END>"])
+    out = [plain.feed(d) for d in ["a<E", "x<", "b"]] + [plain.flush()]
+    assert "".join(out) == "a<Ex<b" and not plain.stopped
