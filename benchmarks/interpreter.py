@@ -1,0 +1,114 @@
+"""Code interpreter benchmark: prints one JSON object.
+
+- ``roundtrip_ratio``: warm round trip of ``print(1)``, ``CodeInterpreter.run`` divided by raw
+  ``jupyter_client`` ``execute_interactive`` on a plain ipykernel (the floor: the faster of a
+  kernel on TCP, jupyter's default, and one on ipc, the transport we use), all measured in
+  alternation in this process. Target <= 1.25.
+- ``pool_speedup``: a new session's first run (session creation + ``print(1)``) with a cold
+  kernel start divided by the same with a ``KernelPool``.
+
+Usage: python benchmarks/interpreter.py [--runs 200] [--sessions 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+from jupyter_client.manager import KernelManager  # noqa: E402
+
+from glm_agent.interpreter import CodeInterpreter, KernelPool  # noqa: E402
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _raw_kernel(transport: str, scratch: str) -> tuple[KernelManager, object]:
+    extra = {"transport": "ipc", "ip": f"{scratch}/raw"} if transport == "ipc" else {}
+    manager = KernelManager(kernel_name="python3", **extra)
+    manager.start_kernel()
+    client = manager.client()
+    client.start_channels()
+    client.wait_for_ready(timeout=60)
+    return manager, client
+
+
+def roundtrip(runs: int) -> dict:
+    scratch = tempfile.mkdtemp(prefix="bench-")
+    kernels = {name: _raw_kernel(name, scratch) for name in ("tcp", "ipc")}
+    interpreter = CodeInterpreter(timeout=30)
+    try:
+        sides = {
+            name: (lambda c=client: c.execute_interactive("print(1)", timeout=30, output_hook=lambda _m: None))
+            for name, (_manager, client) in kernels.items()
+        }
+        sides["ours"] = lambda: interpreter.run("print(1)")
+        for _ in range(20):  # warm all
+            for fn in sides.values():
+                fn()
+        times: dict[str, list[float]] = {name: [] for name in sides}
+        for _ in range(runs):
+            for name, fn in sides.items():
+                times[name].append(_timed(fn))
+        assert interpreter.history[-1].text == "1\n", interpreter.history[-1].observation
+        mean = {name: statistics.fmean(values) for name, values in times.items()}
+        floor = min(mean["tcp"], mean["ipc"])
+        return {
+            "raw_tcp_execute_interactive_mean_s": mean["tcp"],
+            "raw_ipc_execute_interactive_mean_s": mean["ipc"],
+            "run_mean_s": mean["ours"],
+            "raw_tcp_median_s": statistics.median(times["tcp"]),
+            "raw_ipc_median_s": statistics.median(times["ipc"]),
+            "run_median_s": statistics.median(times["ours"]),
+            "roundtrip_ratio": mean["ours"] / floor,
+            "isolation": interpreter.isolation.mode,
+        }
+    finally:
+        interpreter.close()
+        for manager, client in kernels.values():
+            client.stop_channels()
+            manager.shutdown_kernel(now=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def first_run(sessions: int) -> dict:
+    def session(pool: KernelPool | None) -> None:
+        with CodeInterpreter(pool=pool, timeout=30) as interpreter:
+            assert interpreter.run("print(1)").text == "1\n"
+
+    cold = [_timed(lambda: session(None)) for _ in range(sessions)]
+    pooled = []
+    with KernelPool(size=2) as pool:
+        for _ in range(sessions):
+            pool.wait_ready(120)
+            pooled.append(_timed(lambda: session(pool)))
+    return {
+        "cold_first_run_mean_s": statistics.fmean(cold),
+        "pooled_first_run_mean_s": statistics.fmean(pooled),
+        "pool_speedup": statistics.fmean(cold) / statistics.fmean(pooled),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=200, help="warm round trips per side")
+    parser.add_argument("--sessions", type=int, default=5, help="sessions per side for the first-run comparison")
+    args = parser.parse_args()
+    result = {"benchmark": "interpreter", **roundtrip(args.runs), **first_run(args.sessions)}
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""The code interpreter: a sandboxed Jupyter kernel per session, with ChatGLM3 observations.
+
+>>> with CodeInterpreter(timeout=10) as interpreter:
+...     result = interpreter.run("print(sum(range(101)))")
+...     result.observation
+'```result\\n5050\\n```'
+"""
+
+from __future__ import annotations
+
+from glm_agent.interpreter._backend import KernelBackend
+from glm_agent.interpreter._isolation import Isolation, detect_isolation
+from glm_agent.interpreter._limits import Limits
+from glm_agent.interpreter._local import LocalKernel
+from glm_agent.interpreter._pool import KernelPool
+from glm_agent.interpreter._results import (
+    DisplayOutput,
+    ErrorOutput,
+    ExecutionResult,
+    OmittedOutput,
+    Output,
+    StreamOutput,
+)
+from glm_agent.interpreter._session import CodeInterpreter
+
+__all__ = [
+    "CodeInterpreter",
+    "ExecutionResult",
+    "KernelPool",
+    "Limits",
+    "Isolation",
+    "detect_isolation",
+    "KernelBackend",
+    "LocalKernel",
+    "Output",
+    "StreamOutput",
+    "DisplayOutput",
+    "ErrorOutput",
+    "OmittedOutput",
+]

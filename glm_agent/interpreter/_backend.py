@@ -1,0 +1,65 @@
+"""The transport interface between a session and one kernel.
+
+Everything a session does (output capture, timeouts, interrupts, restart on death,
+observations, images, notebook export) is written against this protocol, so that a
+kernel on this machine (:class:`~glm_agent.interpreter._local.LocalKernel`) and a kernel
+behind a Jupyter Kernel Gateway (WebSocket channels, REST interrupt/restart) share one
+code path above it. A backend only moves Jupyter messages and manages the process.
+
+Messages are Jupyter messaging-protocol dicts (``header``, ``parent_header``,
+``msg_type``, ``content``, ...) as ``jupyter_client.Session.deserialize`` returns them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+__all__ = ["KernelBackend", "Channel", "KernelMessage"]
+
+Channel = Literal["iopub", "shell"]
+KernelMessage = dict[str, Any]
+
+
+@runtime_checkable
+class KernelBackend(Protocol):
+    """One kernel as the host sees it."""
+
+    @property
+    def workspace(self) -> Path | None:
+        """The kernel's working directory on this machine, or None when it is remote."""
+
+    @property
+    def kernel_workspace(self) -> str:
+        """The same directory as code in the kernel sees it (``/mnt/data`` when isolated)."""
+
+    def start(self, timeout: float) -> None:
+        """Start the kernel and return once it answers and its iopub channel delivers.
+
+        Raises ``InterpreterError`` (with the kernel's own error output) if it cannot start.
+        """
+
+    def execute(self, code: str, *, silent: bool = False) -> str:
+        """Send an ``execute_request`` (never allowing stdin, never stopping on error); return its msg_id."""
+
+    def recv(self, timeout: float) -> tuple[Channel, KernelMessage] | None:
+        """The next message from the iopub or shell channel, or None after ``timeout`` seconds.
+
+        The backend delivers every message; filtering by ``parent_header.msg_id`` is the
+        caller's job.
+        """
+
+    def interrupt(self) -> None:
+        """Ask the kernel to stop the running cell (SIGINT for a local kernel)."""
+
+    def restart(self, timeout: float) -> None:
+        """Kill the kernel and every process it started, and start a fresh one (state is lost)."""
+
+    def is_alive(self) -> bool:
+        """Whether the kernel process still runs."""
+
+    def death_reason(self) -> str:
+        """Why a dead kernel ended, in words ("killed by signal SIGSEGV (segmentation fault)")."""
+
+    def shutdown(self) -> None:
+        """Stop the kernel and every process it started; idempotent and safe to call at exit."""

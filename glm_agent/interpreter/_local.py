@@ -1,0 +1,302 @@
+"""The local transport: an ipykernel on this machine, behind our launcher/supervisor, over ZMQ ``ipc``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from pathlib import Path
+
+import zmq
+from jupyter_client import BlockingKernelClient
+from jupyter_client.connect import write_connection_file
+
+from glm_agent.errors import InterpreterError
+from glm_agent.interpreter._backend import Channel, KernelMessage
+from glm_agent.interpreter._isolation import launcher_argv, runtime_root
+from glm_agent.interpreter._limits import Limits
+
+__all__ = ["LocalKernel", "describe_exit"]
+
+log = logging.getLogger(__name__)
+
+_SIGNAL_MEANING = {
+    signal.SIGSEGV: "segmentation fault",
+    signal.SIGBUS: "bus error",
+    signal.SIGABRT: "aborted",
+    signal.SIGFPE: "floating-point exception",
+    signal.SIGILL: "illegal instruction",
+    signal.SIGKILL: "killed: out of memory, the CPU time limit, or killed from outside",
+    signal.SIGXCPU: "its CPU time limit was reached",
+    signal.SIGXFSZ: "its file size limit was reached",
+    signal.SIGTERM: "terminated",
+}
+
+
+def describe_exit(returncode: int | None, limits: Limits | None = None) -> str:
+    """A kernel's end in words, from the supervisor's exit status."""
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        sig = -returncode
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        meaning = _SIGNAL_MEANING.get(sig, "")
+        if sig == signal.SIGXCPU and limits is not None and limits.cpu_seconds:
+            meaning = f"its CPU time limit of {limits.cpu_seconds} s was reached"
+        return f"killed by {name}" + (f" ({meaning})" if meaning else "")
+    if returncode == 126:
+        return "the sandbox could not be set up"
+    if returncode == 127:
+        return "the kernel could not be started"
+    return f"exited with code {returncode}"
+
+
+class _KernelProcess:
+    """One started kernel: the supervisor process, its lifeline, runtime dir and client sockets.
+
+    ``kill`` is idempotent and touches no session state, so that it can run from
+    ``weakref.finalize`` at garbage collection or interpreter exit.
+    """
+
+    def __init__(self, proc: subprocess.Popen, lifeline: int, runtime_dir: Path, log_path: Path) -> None:
+        self.proc = proc
+        self.lifeline: int | None = lifeline
+        self.runtime_dir = runtime_dir
+        self.log_path = log_path
+        self.client: BlockingKernelClient | None = None
+        self._lock = threading.Lock()
+
+    def log_tail(self, size: int = 2000) -> str:
+        try:
+            data = self.log_path.read_bytes()[-size:]
+        except OSError:
+            return ""
+        return data.decode("utf-8", "replace").strip()
+
+    def close_client(self) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            for channel in (client._shell_channel, client._iopub_channel, client._control_channel):
+                if channel is not None:
+                    channel.close()
+
+    def kill(self, graceful: float = 0.0) -> None:
+        """Stop the supervisor, the kernel and all it started; remove the runtime dir."""
+        with self._lock:
+            if self.lifeline is None:
+                return
+            try:
+                if graceful > 0 and self.proc.poll() is None and self.client is not None:
+                    self.client.shutdown()
+                    try:
+                        self.proc.wait(graceful)
+                    except subprocess.TimeoutExpired:
+                        pass
+                self.close_client()
+                os.close(self.lifeline)  # end of file: the supervisor SIGKILLs the kernel and exits
+                self.lifeline = None
+                try:
+                    self.proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    log.warning("kernel supervisor %d did not exit; killing it", self.proc.pid)
+                    self.proc.kill()
+                    self.proc.wait(5)
+            finally:
+                if self.lifeline is not None:
+                    os.close(self.lifeline)
+                    self.lifeline = None
+                shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+
+class LocalKernel:
+    """A kernel process on this machine (implements :class:`KernelBackend`)."""
+
+    def __init__(self, workspace: Path, *, limits: Limits, isolate: bool, extra_env: dict[str, str] | None = None) -> None:
+        self._workspace = Path(workspace).resolve()
+        self.limits = limits
+        self.isolate = isolate
+        self._extra_env = dict(extra_env or {})
+        self._process: _KernelProcess | None = None
+        self._finalizer: weakref.finalize | None = None
+        self._poller: zmq.Poller | None = None
+        self._iopub: zmq.Socket | None = None
+        self._shell: zmq.Socket | None = None
+
+    # -- identity ---------------------------------------------------------------------------
+    @property
+    def workspace(self) -> Path:
+        return self._workspace
+
+    @property
+    def kernel_workspace(self) -> str:
+        return "/mnt/data" if self.isolate else str(self._workspace)
+
+    @property
+    def pid(self) -> int | None:
+        """The supervisor's process id (the kernel is its only child)."""
+        return self._process.proc.pid if self._process else None
+
+    # -- life cycle -------------------------------------------------------------------------
+    def start(self, timeout: float) -> None:
+        if self._process is not None:
+            raise InterpreterError("this kernel is already started; call restart() for a fresh one")
+        self._workspace.mkdir(parents=True, exist_ok=True)
+        process = self._spawn()
+        self._process = process
+        self._finalizer = weakref.finalize(self, process.kill)
+        try:
+            self._connect(process, timeout)
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def _spawn(self) -> _KernelProcess:
+        runtime_dir = Path(tempfile.mkdtemp(prefix="k-", dir=runtime_root()))
+        scratch = runtime_dir / "scratch"
+        for sub in ("tmp", "ipython", "matplotlib", "home"):
+            (scratch / sub).mkdir(parents=True)
+        connection_file = runtime_dir / "connection.json"
+        write_connection_file(
+            str(connection_file), ip=str(runtime_dir / "kernel"), transport="ipc",
+            shell_port=1, iopub_port=2, stdin_port=3, control_port=4, hb_port=5,
+        )  # fmt: skip
+        env = {
+            "IPYTHONDIR": str(scratch / "ipython"),
+            "MPLCONFIGDIR": str(scratch / "matplotlib"),
+            "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+            "MALLOC_ARENA_MAX": "2",  # keeps address space use predictable under RLIMIT_AS
+            "JUPYTER_PLATFORM_DIRS": "1",
+            "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+            "TMPDIR": "/tmp" if self.isolate else str(scratch / "tmp"),
+        }
+        if self.isolate:
+            env["HOME"] = str(scratch / "home")
+        env.update(self._extra_env)
+        spec = {
+            "isolate": self.isolate,
+            "workspace": str(self._workspace),
+            "runtime_dir": str(runtime_dir),
+            "tmpfs_bytes": self.limits.tmpfs_bytes,
+            "cwd": self.kernel_workspace,
+            "env": env,
+            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", str(connection_file), "--HistoryManager.enabled=False"],
+            "limits": self.limits.rlimits(),
+        }
+        read_fd, write_fd = os.pipe()
+        spec["lifeline_fd"] = read_fd
+        log_path = runtime_dir / "kernel.log"
+        try:
+            with open(log_path, "wb") as log_file:
+                proc = subprocess.Popen(
+                    launcher_argv(spec), stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                    pass_fds=(read_fd,), start_new_session=True, cwd=str(runtime_dir),
+                )  # fmt: skip
+        except OSError as exc:
+            os.close(write_fd)
+            shutil.rmtree(runtime_dir, ignore_errors=True)
+            raise InterpreterError(f"could not launch a kernel with {sys.executable}: {exc}") from exc
+        finally:
+            os.close(read_fd)
+        log.debug("kernel supervisor %d started in %s (isolated=%s)", proc.pid, runtime_dir, self.isolate)
+        process = _KernelProcess(proc, write_fd, runtime_dir, log_path)
+        client = BlockingKernelClient(connection_file=str(connection_file), context=zmq.Context.instance())
+        client.load_connection_file()
+        client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=True)
+        process.client = client
+        return process
+
+    def _connect(self, process: _KernelProcess, timeout: float) -> None:
+        """Wait until the kernel answers on shell and its iopub messages reach us."""
+        client = process.client
+        assert client is not None
+        self._shell = client.shell_channel.socket
+        self._iopub = client.iopub_channel.socket
+        self._poller = zmq.Poller()
+        self._poller.register(self._iopub, zmq.POLLIN)
+        self._poller.register(self._shell, zmq.POLLIN)
+        deadline = time.monotonic() + timeout
+        request = client.kernel_info()
+        replied_at: float | None = None
+        while True:
+            now = time.monotonic()
+            if not self.is_alive():
+                raise InterpreterError(
+                    f"the kernel failed to start ({self.death_reason()}). Its output:\n{process.log_tail()}"
+                )
+            if now > deadline:
+                raise InterpreterError(
+                    f"the kernel did not answer within {timeout:g} s; raise start_timeout on a slow machine. "
+                    f"Its output:\n{process.log_tail()}"
+                )
+            if replied_at is not None and now - replied_at > 0.2:
+                request = client.kernel_info()  # iopub not subscribed yet: ask again to get status messages
+                replied_at = None
+            item = self.recv(0.1)
+            if item is None:
+                continue
+            channel, msg = item
+            if channel == "iopub":
+                return  # any iopub message: the subscription is live, nothing will be missed
+            if msg["msg_type"] == "kernel_info_reply" and msg["parent_header"].get("msg_id") == request:
+                replied_at = time.monotonic()
+
+    def restart(self, timeout: float) -> None:
+        self.shutdown()
+        self.start(timeout)
+
+    def shutdown(self, graceful: float = 0.0) -> None:
+        process, self._process = self._process, None
+        self._poller = self._iopub = self._shell = None
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        if process is not None:
+            process.kill(graceful)
+
+    # -- running ----------------------------------------------------------------------------
+    def _client(self) -> BlockingKernelClient:
+        if self._process is None or self._process.client is None:
+            raise InterpreterError("the kernel is not running; start() it first")
+        return self._process.client
+
+    def execute(self, code: str, *, silent: bool = False) -> str:
+        return self._client().execute(
+            code, silent=silent, store_history=not silent, allow_stdin=False, stop_on_error=False
+        )
+
+    def recv(self, timeout: float) -> tuple[Channel, KernelMessage] | None:
+        client = self._client()
+        assert self._poller is not None
+        ready = dict(self._poller.poll(max(0, int(timeout * 1000))))
+        if self._iopub in ready:
+            return "iopub", client.iopub_channel.get_msg(timeout=0)
+        if self._shell in ready:
+            return "shell", client.shell_channel.get_msg(timeout=0)
+        return None
+
+    def interrupt(self) -> None:
+        if self.is_alive():
+            assert self._process is not None
+            os.kill(self._process.proc.pid, signal.SIGINT)  # the supervisor forwards it to the kernel's group
+
+    def is_alive(self) -> bool:
+        return self._process is not None and self._process.proc.poll() is None
+
+    def death_reason(self) -> str:
+        if self._process is None:
+            return "not started"
+        return describe_exit(self._process.proc.poll(), self.limits)
+
+    def log_tail(self) -> str:
+        """The kernel process's own stdout/stderr (the last part)."""
+        return self._process.log_tail() if self._process else ""

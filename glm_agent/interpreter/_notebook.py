@@ -1,0 +1,111 @@
+"""Notebook export: a session's runs (with outputs, images included) and its conversation as .ipynb."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import nbformat
+from nbformat import v4
+
+from glm_agent.interpreter._results import (
+    DisplayOutput,
+    ErrorOutput,
+    ExecutionResult,
+    OmittedOutput,
+    StreamOutput,
+)
+
+if TYPE_CHECKING:
+    from glm_agent.messages import MessageLike
+
+__all__ = ["build_notebook", "write_notebook"]
+
+_FENCED = re.compile(r"```[^\n`]*\n(.*?)\n?```", re.DOTALL)
+
+
+def _code_of(content: str) -> str:
+    """The code of an ``interpreter`` call: the first fenced block, else the whole content."""
+    match = _FENCED.search(content)
+    return (match.group(1) if match else content).strip("\n")
+
+
+def _outputs(result: ExecutionResult) -> list[Any]:
+    out: list[Any] = []
+    for output in result.outputs:
+        if isinstance(output, StreamOutput):
+            out.append(v4.new_output("stream", name=output.name, text=output.text))
+        elif isinstance(output, DisplayOutput):
+            if output.kind == "execute_result":
+                out.append(
+                    v4.new_output("execute_result", data=output.data, metadata=output.metadata,
+                                  execution_count=output.execution_count)
+                )  # fmt: skip
+            else:
+                out.append(v4.new_output("display_data", data=output.data, metadata=output.metadata))
+        elif isinstance(output, ErrorOutput):
+            out.append(v4.new_output("error", ename=output.ename, evalue=output.evalue, traceback=output.traceback))
+        elif isinstance(output, OmittedOutput):
+            out.append(v4.new_output("stream", name="stderr", text=output.text))
+    for notice in result.notices:
+        out.append(v4.new_output("stream", name="stderr", text=notice + "\n"))
+    return out
+
+
+def _code_cell(result: ExecutionResult) -> Any:
+    return v4.new_code_cell(result.code, outputs=_outputs(result), execution_count=result.execution_count)
+
+
+def build_notebook(history: Sequence[ExecutionResult], conversation: Sequence[MessageLike] | None = None) -> Any:
+    """An nbformat v4 notebook: markdown for the conversation's text, code cells for the runs, in order.
+
+    Each ``interpreter`` call in the conversation is matched to the next run with the same
+    code; runs that no message mentions are appended in their order at the end.
+    """
+    from glm_agent.messages import AssistantMessage, ObservationMessage, UserMessage, to_messages
+
+    cells: list[Any] = []
+    pending = list(history)
+    shown_by_code = False  # the last cell is a run whose outputs already show the next observation
+    for message in to_messages(conversation or []):
+        if isinstance(message, UserMessage):
+            cells.append(v4.new_markdown_cell(f"**User**\n\n{message.content}"))
+        elif isinstance(message, AssistantMessage) and message.metadata.strip() == "interpreter":
+            code = _code_of(message.content)
+            match = next((r for r in pending if r.code.strip("\n") == code), None)
+            if match is not None:
+                pending.remove(match)
+                cells.append(_code_cell(match))
+            else:
+                cells.append(v4.new_code_cell(code))
+            shown_by_code = match is not None
+            continue
+        elif isinstance(message, AssistantMessage) and message.metadata.strip():
+            cells.append(v4.new_markdown_cell(f"**Tool call** `{message.metadata.strip()}`\n\n{message.content}"))
+        elif isinstance(message, AssistantMessage):
+            cells.append(v4.new_markdown_cell(f"**Assistant**\n\n{message.content}"))
+        elif isinstance(message, ObservationMessage) and not shown_by_code:
+            cells.append(v4.new_markdown_cell(f"**Observation**\n\n{message.content}"))
+        shown_by_code = False
+    cells.extend(_code_cell(r) for r in pending)
+    notebook = v4.new_notebook(cells=cells)
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    notebook.metadata["language_info"] = {
+        "name": "python",
+        "version": ".".join(map(str, sys.version_info[:3])),
+        "mimetype": "text/x-python",
+        "file_extension": ".py",
+    }
+    return notebook
+
+
+def write_notebook(path: Path, history: Sequence[ExecutionResult], conversation: Sequence[MessageLike] | None) -> Path:
+    """Build, validate and write the notebook; return its path."""
+    notebook = build_notebook(history, conversation)
+    nbformat.validate(notebook)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(notebook, str(path))
+    return path

@@ -1,0 +1,180 @@
+"""What one run produced (typed outputs, in order) and the ChatGLM3 observation text made from it."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+__all__ = [
+    "StreamOutput",
+    "DisplayOutput",
+    "ErrorOutput",
+    "OmittedOutput",
+    "Output",
+    "ExecutionResult",
+    "strip_ansi",
+    "truncate_middle",
+    "format_observation",
+    "output_text",
+    "IMAGE_MIMES",
+]
+
+IMAGE_MIMES = ("image/png", "image/jpeg", "image/svg+xml")
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
+_OVERWRITTEN = re.compile(r"[^\n]*\r(?!\n)")  # text a carriage return overwrote (progress bars)
+
+
+def strip_ansi(text: str) -> str:
+    """Remove ANSI colour and cursor codes."""
+    return _ANSI.sub("", text)
+
+
+@dataclass
+class StreamOutput:
+    """Text the code wrote to ``stdout`` or ``stderr`` (consecutive writes merged)."""
+
+    name: str
+    text: str
+    kind: Literal["stream"] = "stream"
+
+
+@dataclass
+class DisplayOutput:
+    """A rich value: ``display_data`` (shown with display / a figure) or ``execute_result`` (the cell's value).
+
+    ``data`` is the mime bundle as the kernel sent it (images base64, as in a notebook);
+    ``image`` is the file the image was saved to in the workspace, if any.
+    """
+
+    kind: Literal["display_data", "execute_result"]
+    data: dict[str, Any]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    execution_count: int | None = None
+    image: Path | None = None
+
+
+@dataclass
+class ErrorOutput:
+    """An exception the code raised; ``traceback`` is as the kernel sent it (with colour codes)."""
+
+    ename: str
+    evalue: str
+    traceback: list[str]
+    kind: Literal["error"] = "error"
+
+    @property
+    def text(self) -> str:
+        """The traceback without colour codes (what the model reads)."""
+        if self.traceback:
+            return strip_ansi("\n".join(self.traceback))
+        return f"{self.ename}: {self.evalue}"
+
+
+@dataclass
+class OmittedOutput:
+    """Marks output that was dropped to bound memory (only the head and the tail are kept)."""
+
+    chars: int
+    outputs: int = 0
+    kind: Literal["omitted"] = "omitted"
+
+    @property
+    def text(self) -> str:
+        parts = []
+        if self.chars:
+            parts.append(f"{self.chars:,} characters")
+        if self.outputs:
+            parts.append(f"{self.outputs:,} outputs")
+        return f"\n[... {' and '.join(parts)} of output omitted ...]\n"
+
+
+Output = Union[StreamOutput, DisplayOutput, ErrorOutput, OmittedOutput]
+
+
+def output_text(output: Output) -> str:
+    """How one output reads in an observation: text as is, ``[Image]`` for an image."""
+    if isinstance(output, StreamOutput):
+        return output.text
+    if isinstance(output, DisplayOutput):
+        if output.image is not None or any(m in output.data for m in IMAGE_MIMES):
+            return "[Image]\n"
+        if "text/plain" in output.data:
+            return str(output.data["text/plain"]) + "\n"
+        mimes = ", ".join(sorted(output.data)) or "empty"
+        return f"[{mimes} output]\n"
+    if isinstance(output, ErrorOutput):
+        return output.text + "\n"
+    return output.text
+
+
+def truncate_middle(text: str, max_chars: int) -> str:
+    """Keep the head and the tail of ``text`` within ``max_chars``, saying how much was cut."""
+    if len(text) <= max_chars:
+        return text
+    marker = "\n... [{:,} characters omitted] ...\n"
+    keep = max(0, max_chars - len(marker.format(len(text))))
+    head = keep // 2
+    tail = keep - head
+    omitted = len(text) - head - tail
+    return text[:head] + marker.format(omitted) + (text[-tail:] if tail else "")
+
+
+def format_observation(body: str, notices: list[str], max_chars: int) -> str:
+    """The ChatGLM3 observation: the output in a ```` ```result ```` fence, then any notices."""
+    body = _OVERWRITTEN.sub("", body).strip("\n")
+    observation = f"```result\n{truncate_middle(body, max_chars)}\n```"
+    if notices:
+        observation += "\n" + "\n".join(notices)
+    return observation
+
+
+@dataclass
+class ExecutionResult:
+    """The outcome of :meth:`CodeInterpreter.run`.
+
+    - ``outputs``: everything the cell produced, in order (stream text, values, displays, errors).
+    - ``text``: the full observation body (outputs as text, ``[Image]`` for images), before
+      truncation; output past ``max_output_chars`` is dropped in the middle (``dropped_chars``).
+    - ``observation``: what goes back to the model (fenced, truncated, with notices).
+    - ``status``: ``"ok"``, ``"error"`` (an exception), ``"timeout"`` or ``"died"`` (the kernel ended).
+    - ``timed_out`` / ``restarted`` / ``state_lost``: what happened to the kernel; ``notices``
+      say it in words (they are part of the observation).
+    """
+
+    code: str
+    outputs: list[Output]
+    status: Literal["ok", "error", "timeout", "died"]
+    text: str
+    observation: str
+    execution_count: int | None = None
+    timed_out: bool = False
+    restarted: bool = False
+    state_lost: bool = False
+    notices: list[str] = field(default_factory=list)
+    duration_s: float = 0.0
+    dropped_chars: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def error(self) -> ErrorOutput | None:
+        """The exception the code raised (the last one), or None."""
+        errors = [o for o in self.outputs if isinstance(o, ErrorOutput)]
+        return errors[-1] if errors else None
+
+    @property
+    def images(self) -> list[Path]:
+        """Image files saved in the workspace, in the order they were shown."""
+        return [o.image for o in self.outputs if isinstance(o, DisplayOutput) and o.image is not None]
+
+    @property
+    def stdout(self) -> str:
+        return "".join(o.text for o in self.outputs if isinstance(o, StreamOutput) and o.name == "stdout")
+
+    @property
+    def stderr(self) -> str:
+        return "".join(o.text for o in self.outputs if isinstance(o, StreamOutput) and o.name == "stderr")
