@@ -15,6 +15,7 @@ conversation (``call_<n>``) and observations paired with the calls before them i
 from __future__ import annotations
 
 import json
+import keyword
 import math
 import secrets
 from collections.abc import Iterable, Sequence
@@ -80,7 +81,7 @@ def python_literal(value: Any, *, _depth: int = 0) -> str:
             raise FormatError(f"tool-call argument {value!r} is not a finite number")
         return repr(value)
     if isinstance(value, str):
-        return repr(value)
+        return repr(value).replace("`", "\\x60")  # a ``` inside a string must not close the fence
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(python_literal(v, _depth=_depth + 1) for v in value) + "]"
     if isinstance(value, dict):
@@ -95,10 +96,10 @@ def call_block(name: str, arguments: dict[str, Any]) -> str:
         return f"```python\n{arguments['code']}\n```"
     parts = []
     for key, value in arguments.items():
-        if not isinstance(key, str) or not key.isidentifier() or key in ("True", "False", "None"):
+        if not isinstance(key, str) or not key.isidentifier() or keyword.iskeyword(key):
             raise FormatError(
                 f"argument name {key!r} of {name!r} is not a Python identifier; ChatGLM3 calls take keyword "
-                "arguments, so rename the parameter (letters, digits, underscores)"
+                "arguments, so rename the parameter (letters, digits, underscores; not a Python keyword)"
             )
         parts.append(f"{key}={python_literal(value)}")
     return "```python\ntool_call(" + ", ".join(parts) + ")\n```"

@@ -19,36 +19,52 @@ logger = logging.getLogger(__name__)
 
 
 class StopScanner:
-    """Cuts streamed text at the first stop string, optionally dropping some strings (special tokens).
+    """Cuts streamed text at the first stop string and drops ``remove`` strings (special tokens).
 
-    Text that might be the start of a stop string is held back until it is known not to be one.
+    The text is scanned left to right; at each position a stop string wins over a removed string,
+    and a longer one over a shorter. Text that might still begin a match is held back, so the
+    result does not depend on how the text was cut into deltas.
     """
 
     def __init__(self, stops: list[str] | None = None, remove: list[str] | None = None) -> None:
-        self.stops = [s for s in (stops or []) if s]
-        self.remove = [s for s in (remove or []) if s]
-        self._hold = max((len(s) for s in self.stops + self.remove), default=1) - 1
+        stops = [s for s in (stops or []) if s]
+        remove = [s for s in (remove or []) if s and s not in stops]
+        # at one position: stops first, then longer strings first
+        self._patterns = sorted([(s, True) for s in stops] + [(s, False) for s in remove], key=lambda p: (not p[1], -len(p[0])))
+        self._hold = max((len(s) for s, _ in self._patterns), default=1) - 1
         self._buf = ""
         self.stopped = False
+
+    def _scan(self, final: bool) -> str:
+        out: list[str] = []
+        while True:
+            hits = [(i, n) for n, (s, _) in enumerate(self._patterns) if (i := self._buf.find(s)) >= 0]
+            if not hits:
+                break
+            pos = min(i for i, _ in hits)
+            if not final and pos >= len(self._buf) - self._hold:
+                break  # a longer match starting here may not be complete yet
+            text, is_stop = self._patterns[min(n for i, n in hits if i == pos)]
+            out.append(self._buf[:pos])
+            self._buf = self._buf[pos + len(text) :]
+            if is_stop:
+                self.stopped, self._buf = True, ""
+                return "".join(out)
+        keep = 0 if final else min(self._hold, len(self._buf))
+        out.append(self._buf[: len(self._buf) - keep])
+        self._buf = self._buf[len(self._buf) - keep :]
+        return "".join(out)
 
     def feed(self, delta: str) -> str:
         """The text that is now safe to emit; after a stop string, ``stopped`` is True and nothing more comes."""
         if self.stopped:
             return ""
         self._buf += delta
-        for s in self.remove:
-            self._buf = self._buf.replace(s, "")
-        cut = min((i for i in (self._buf.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
-            out, self._buf, self.stopped = self._buf[:cut], "", True
-            return out
-        keep = min(self._hold, len(self._buf))
-        out, self._buf = self._buf[: len(self._buf) - keep], self._buf[len(self._buf) - keep :]
-        return out
+        return self._scan(final=False)
 
     def flush(self) -> str:
-        out, self._buf = self._buf, ""
-        return "" if self.stopped else out
+        """The held-back rest, at the end of the stream."""
+        return "" if self.stopped else self._scan(final=True)
 
 
 @dataclass(frozen=True)

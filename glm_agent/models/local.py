@@ -115,6 +115,13 @@ class LocalModel(BaseChatModel):
         self._check_context(len(prompt), p.max_new_tokens)
         return self._stream(prompt, p)
 
+    def stream_ids(self, prompt_ids: Sequence[int], **params: Any) -> Iterator[str]:
+        """Continue a raw prompt given as token ids (the server's ``/v1/completions``); same path as ``stream``."""
+        p = _params({**self.defaults.model_dump(), **params})
+        prompt = [int(i) for i in prompt_ids]
+        self._check_context(len(prompt), p.max_new_tokens)
+        return self._stream(prompt, p)
+
     def _check_context(self, prompt_tokens: int, max_new_tokens: int) -> None:
         if prompt_tokens + max_new_tokens > self.context_length:
             raise ContextLengthError(

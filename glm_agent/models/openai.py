@@ -271,6 +271,7 @@ class OpenAIModel(BaseChatModel):
             except _RETRYABLE as exc:
                 if last:
                     raise ModelError(f"cannot reach {url} after {attempt + 1} tries: {type(exc).__name__}: {exc}") from exc
+                logger.warning("retrying %s after %s", url, type(exc).__name__)
                 await asyncio.sleep(self._delay(attempt, None))
                 continue
             except httpx.TimeoutException as exc:
@@ -280,6 +281,7 @@ class OpenAIModel(BaseChatModel):
             await response.aread()
             await response.aclose()
             if self._should_retry(response) and not last:
+                logger.warning("retrying %s after HTTP %d", url, response.status_code)
                 await asyncio.sleep(self._delay(attempt, response))
                 continue
             raise self._error(url, response)
