@@ -20,6 +20,13 @@ def _build_parser() -> argparse.ArgumentParser:
     from glm_agent._serve_command import add_serve_command
 
     add_serve_command(sub)
+    from glm_agent._cli_chat import add_chat_command
+    from glm_agent._cli_notebook import add_notebook_command
+    from glm_agent._cli_run import add_run_command
+
+    add_chat_command(sub)
+    add_run_command(sub)
+    add_notebook_command(sub)
     return parser
 
 

@@ -1,0 +1,171 @@
+"""What ``glm-agent chat`` and ``glm-agent run`` share: options, model loading, building the agent, errors."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from glm_agent.errors import GlmAgentError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from glm_agent.agent import Agent
+    from glm_agent.models.base import ChatModel
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "MODEL_ENV",
+    "add_agent_options",
+    "model_spec",
+    "load_model",
+    "build_agent",
+    "is_scripted",
+    "cli_errors",
+    "UsageProblem",
+]
+
+logger = logging.getLogger(__name__)
+
+MODEL_ENV = "GLM_AGENT_MODEL"
+DEFAULT_MODEL = "THUDM/chatglm3-6b"
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class UsageProblem(GlmAgentError):
+    """Arguments that cannot work together (reported like any other error: one line, exit code 2)."""
+
+
+def add_agent_options(parser: argparse.ArgumentParser) -> None:
+    """Model, tools, code interpreter, prompt, sampling and approval options."""
+    parser.add_argument(
+        "--model",
+        metavar="PATH|HUB_ID",
+        help=f"a checkpoint folder, a Hugging Face id in the local cache, an OpenAI-compatible server URL "
+        f"(http://...), or scripted:FILE.json "
+        f"(default: ${MODEL_ENV}, else {DEFAULT_MODEL})",
+    )
+    parser.add_argument(
+        "--tools",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="FILE_OR_DIR",
+        help="tools from .py files, folders of them or module paths (repeatable)",
+    )
+    parser.add_argument("--code-interpreter", action="store_true", help="let the model run Python in a Jupyter kernel")
+    parser.add_argument("--system", metavar="TEXT", help="system prompt (default: ChatGLM3's official one for the mode)")
+    parser.add_argument("--language", choices=("zh", "en"), default="zh", help="language of the code-interpreter prompt")
+    parser.add_argument("--max-steps", type=int, default=10, metavar="N", help="model turns per question (default: 10)")
+    parser.add_argument("-y", "--yes", action="store_true", help="run every tool call and code without asking")
+    sampling = parser.add_argument_group("sampling")
+    sampling.add_argument("--temperature", type=float, metavar="T", help="0 means greedy (default: 0.8)")
+    sampling.add_argument("--top-p", type=float, metavar="P")
+    sampling.add_argument("--top-k", type=int, metavar="K")
+    sampling.add_argument("--max-new-tokens", type=int, metavar="N")
+    sampling.add_argument("--repetition-penalty", type=float, metavar="R")
+    sampling.add_argument("--seed", type=int)
+    local = parser.add_argument_group("local weights")
+    local.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: the backend's choice)")
+    local.add_argument("--dtype", help="e.g. bfloat16, float16, float32 (default: the backend's choice)")
+    local.add_argument("--allow-download", action="store_true", help="let a hub id download missing weights")
+
+
+def model_spec(args: argparse.Namespace) -> str:
+    """``--model``, else ``$GLM_AGENT_MODEL``, else the ChatGLM3-6B hub id (resolved in the local cache)."""
+    return args.model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+
+
+def _generation(args: argparse.Namespace) -> Any:
+    from pydantic import ValidationError
+
+    from glm_agent.models.base import GenerationParams
+
+    chosen = {
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "max_new_tokens": args.max_new_tokens,
+        "repetition_penalty": args.repetition_penalty,
+        "seed": args.seed,
+    }
+    try:
+        return GenerationParams.of(None, **chosen)
+    except ValidationError as exc:
+        problems = "; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in exc.errors())
+        raise UsageProblem(f"bad sampling option ({problems})") from None
+
+
+def load_model(spec: str, args: argparse.Namespace, console: Console) -> ChatModel:
+    """Load the model with a spinner on the console; a missing extra becomes an actionable error."""
+    from glm_agent.models._spec import load_chat_model
+
+    options: dict[str, Any] = {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v is not None}
+    if args.allow_download:
+        options["allow_download"] = True
+    with console.status(f"Loading model [bold]{spec}[/] ...", spinner="dots"):
+        try:
+            return load_chat_model(spec, **options)
+        except ModuleNotFoundError as exc:
+            raise UsageProblem(
+                f"cannot load {spec}: {exc}; local weights need the 'local' extra: pip install 'glm-agent[local]'"
+            ) from None
+
+
+def is_scripted(model: Any) -> bool:
+    """True for a model that replays prepared replies instead of generating them."""
+    from glm_agent.models.scripted import ScriptedModel
+
+    return isinstance(model, ScriptedModel)
+
+
+def build_agent(
+    args: argparse.Namespace, model: ChatModel, approve: Callable[[Any], bool] | None
+) -> Agent:
+    """An Agent from the command line's tools, interpreter, prompt and sampling options."""
+    from glm_agent.agent import Agent
+    from glm_agent.tools._loading import load_tools
+
+    if args.max_steps < 1:
+        raise UsageProblem("--max-steps must be at least 1")
+    generation = _generation(args)
+    tools = load_tools(args.tools) if args.tools else None
+    return Agent(
+        model,
+        tools=tools,
+        code_interpreter=True if args.code_interpreter else None,
+        system=args.system,
+        max_steps=args.max_steps,
+        approve=approve,
+        language=args.language,
+        generation=generation,
+    )
+
+
+def cli_errors(command: str) -> Callable[[Handler], Handler]:
+    """Turn our own errors (and a few plain ones users cause) into one line on stderr and exit code 2."""
+
+    def wrap(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        def run(args: argparse.Namespace) -> int:
+            try:
+                return handler(args)
+            except (GlmAgentError, FileNotFoundError, IsADirectoryError, PermissionError, ValueError) as exc:
+                logger.debug("glm-agent %s failed", command, exc_info=True)
+                print(f"glm-agent {command}: error: {_one_line(exc)}", file=sys.stderr)
+                return 2
+
+        return run
+
+    return wrap
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.split()) if len(text) < 2000 else " ".join(text[:2000].split()) + " ..."

@@ -1,0 +1,146 @@
+"""Show an agent's events on a terminal with rich: streamed text, calls, results, code, outputs, images."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.panel import Panel
+from rich.syntax import Syntax
+from rich.text import Text
+
+from glm_agent import events as ev
+from glm_agent.messages import CodeCall, ToolCall
+
+__all__ = ["EventRenderer", "scripted_banner"]
+
+MAX_SHOWN_CHARS = 3000
+
+
+def scripted_banner(model: Any) -> str:
+    """The label every command prints when the 'model' only replays prepared replies."""
+    return f"[scripted model] {getattr(model, 'name', 'scripted')}: replies are replayed from a file, not generated"
+
+
+def _clip(text: str, limit: int = MAX_SHOWN_CHARS) -> str:
+    return text if len(text) <= limit else text[:limit] + f"\n... ({len(text) - limit} more characters)"
+
+
+def _arguments(arguments: dict[str, Any]) -> str:
+    return json.dumps(arguments, ensure_ascii=False, default=repr)
+
+
+class EventRenderer:
+    """Print events as they arrive. Text streams inline; calls and results are set apart."""
+
+    def __init__(self, console: Console, *, refusal_hint: str | None = None) -> None:
+        self.console = console
+        self.refusal_hint = refusal_hint
+        self._mid_line = False
+        self._shown: object | None = None  # a call already shown (to ask for approval)
+        self._status: Any = None  # the spinner while a tool or code runs
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _end_line(self) -> None:
+        if self._mid_line:
+            self.console.print()
+            self._mid_line = False
+
+    def _line(self, text: str | Text) -> None:
+        self._end_line()
+        self.console.print(text, highlight=False)
+
+    def note(self, text: str, style: str = "dim") -> None:
+        """A line of the program's own (not the model's) in a quiet style."""
+        self._line(Text(text, style=style))
+
+    # -- events ------------------------------------------------------------------------------------
+    def render(self, event: ev.Event) -> None:
+        self.stop_waiting()
+        handler = getattr(self, f"_on_{type(event).__name__}", None)
+        if handler is not None:
+            handler(event)
+
+    def _on_TextDelta(self, e: ev.TextDelta) -> None:
+        if not e.text:
+            return
+        self.console.print(e.text, end="", markup=False, highlight=False, soft_wrap=True)
+        self._mid_line = not e.text.endswith("\n")
+
+    def _on_CallStarted(self, e: ev.CallStarted) -> None:
+        what = "writing code ..." if e.name == "interpreter" else f"calling {e.name} ..."
+        self.note(f"  {what}")
+
+    def show_call(self, call: ToolCall | CodeCall) -> None:
+        """Show a call before it runs (its arguments, or its code)."""
+        self._shown = call
+        if isinstance(call, CodeCall):
+            self._end_line()
+            code = Syntax(call.code, "python", theme="ansi_dark", word_wrap=True)
+            self.console.print(Panel(code, title="code", title_align="left", border_style="blue"))
+        else:
+            args = _arguments(call.arguments)
+            self._line(Text.assemble(("tool ", "bold cyan"), (call.name, "bold"), " ", (args, "cyan")))
+
+    def _show_once(self, call: ToolCall | CodeCall) -> None:
+        if self._shown is not call:
+            self.show_call(call)
+        self._shown = None
+
+    def _on_ToolCalled(self, e: ev.ToolCalled) -> None:
+        self._show_once(e.call)
+        self._wait(f"running {e.call.name} ...")
+
+    def _on_ToolReturned(self, e: ev.ToolReturned) -> None:
+        mark, style = ("ok", "green") if e.ok else ("error", "red")
+        self.console.print(
+            Panel(Text(_clip(e.observation)), title=f"{e.call.name}: {mark}", title_align="left", border_style=style),
+            highlight=False,
+        )
+        for path in e.files:
+            self._line(Text.assemble(("saved ", "bold magenta"), str(path)))
+
+    def _on_CodeStarted(self, e: ev.CodeStarted) -> None:
+        self._show_once(e.call)
+        self._wait("running code ...")
+
+    def _on_CodeFinished(self, e: ev.CodeFinished) -> None:
+        self._end_line()
+        style = "green" if e.ok else "red"
+        title = "output" if e.ok else "output: error"
+        body = Text(_clip(e.observation)) if e.observation.strip() else Text("(no output)", style="dim")
+        self.console.print(Panel(body, title=title, title_align="left", border_style=style), highlight=False)
+        for path in e.images:
+            self._line(Text.assemble(("image ", "bold magenta"), str(path)))
+
+    def _on_CallRefused(self, e: ev.CallRefused) -> None:
+        if self._shown is not e.call:
+            self.show_call(e.call)
+        self._shown = None
+        what = "code" if e.call.name == "interpreter" else e.call.name
+        hint = f" ({self.refusal_hint})" if self.refusal_hint else ""
+        self._line(Text(f"refused: {what}{hint}", style="yellow"))
+
+    def _on_ParseFailed(self, e: ev.ParseFailed) -> None:
+        self._line(Text.assemble(("unreadable call ", "bold red"), (e.name, "bold"), ": ", _clip(e.observation, 500)))
+
+    def _on_FinalAnswer(self, e: ev.FinalAnswer) -> None:
+        self._end_line()
+
+    def _on_RunError(self, e: ev.RunError) -> None:
+        self._line(Text.from_markup(f"[bold red]stopped:[/] {escape(e.message)}"))
+
+    def _wait(self, what: str) -> None:
+        self._status = self.console.status(what, spinner="dots")
+        self._status.start()
+
+    def stop_waiting(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+    def interrupted(self) -> None:
+        self.stop_waiting()
+        self._line(Text("[interrupted]", style="yellow"))

@@ -1,0 +1,100 @@
+"""``glm-agent run "question" ...``: answer one question (or a few, in one conversation) and exit.
+
+Exit status: 0 when every question got an answer, 1 when a run stopped without one
+(``max_steps``, a model failure), 2 for errors before running (bad options, no weights,
+a broken tool file), 130 when interrupted. ``--json`` prints each event's ``to_dict()``
+as one JSON line on stdout (labels and questions go to stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from glm_agent._cli_agent import add_agent_options, cli_errors
+
+__all__ = ["add_run_command"]
+
+
+def add_run_command(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "run",
+        help="answer a question with the agent and exit (--json: events as JSON Lines)",
+        description="Answer one question, or several in one conversation, and exit. Tool calls and code "
+        "run only with --yes or after a yes at the terminal; without a terminal they are refused.",
+    )
+    parser.add_argument("questions", nargs="+", metavar="QUESTION", help="asked in order, in one conversation")
+    add_agent_options(parser)
+    parser.add_argument("--json", action="store_true", help="print the event stream as JSON Lines on stdout")
+    parser.add_argument(
+        "--file", dest="files", action="append", default=[], metavar="FILE", help="upload a file with the first question"
+    )
+    parser.add_argument("--save", metavar="SESSION.jsonl", help="save the conversation as JSON Lines")
+    parser.add_argument("--notebook", metavar="OUT.ipynb", help="save the session as a Jupyter notebook")
+    parser.set_defaults(handler=run_command)
+    return parser
+
+
+@cli_errors("run")
+def run_command(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from glm_agent._cli_agent import build_agent, is_scripted, load_model, model_spec
+    from glm_agent._cli_approve import choose_approver
+    from glm_agent._cli_render import EventRenderer, scripted_banner
+
+    for file in args.files:
+        if not Path(file).is_file():
+            raise FileNotFoundError(f"--file {file}: no such file")
+    err = Console(stderr=True)
+    out = err if args.json else Console()
+    renderer = EventRenderer(out)
+    approve, hint = choose_approver(args.yes, renderer, err if args.json else out)
+    renderer.refusal_hint = hint
+    model = load_model(model_spec(args), args, err)
+    agent = build_agent(args, model, approve)
+    if is_scripted(model):
+        err.print(scripted_banner(model), style="bold yellow", markup=False, highlight=False, soft_wrap=True)
+    status = 0
+    try:
+        for i, question in enumerate(args.questions):
+            files = args.files if i == 0 else ()
+            if not args.json and len(args.questions) > 1:
+                renderer.note(f"> {question}", style="bold")
+            answered = _ask(agent, question, files, renderer, args.json)
+            if not answered:
+                status = 1
+                break
+        if args.save:
+            agent.save(args.save)
+            err.print(f"conversation saved to {args.save}", markup=False, highlight=False)
+        if args.notebook:
+            path = agent.save_notebook(args.notebook)
+            err.print(f"notebook saved to {path}", markup=False, highlight=False)
+    except KeyboardInterrupt:
+        err.print("[interrupted]", style="yellow", markup=False)
+        return 130
+    finally:
+        agent.close()
+    return status
+
+
+def _ask(agent: Any, question: str, files: Any, renderer: Any, as_json: bool) -> bool:
+    """Run one question, showing or printing its events; True when it ended with an answer."""
+    answered = False
+    stream = agent.stream(question, files=files)
+    try:
+        for event in stream:
+            if as_json:
+                sys.stdout.write(json.dumps(event.to_dict(), ensure_ascii=False) + "\n")
+                sys.stdout.flush()
+            else:
+                renderer.render(event)
+            answered = answered or event.type == "final_answer"
+    finally:
+        renderer.stop_waiting()
+        stream.close()  # on Ctrl-C: stops generation or code, answers pending calls
+    return answered

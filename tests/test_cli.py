@@ -1,0 +1,286 @@
+"""The ``glm-agent`` command through real subprocesses: run (--json), tools, notebook, chat, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pexpect
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = Path(sys.executable).with_name("glm-agent")
+COMMAND = [str(SCRIPT)] if SCRIPT.is_file() else [sys.executable, "-m", "glm_agent.cli"]
+CALCULATOR = str(REPO / "tools" / "calculator.py")
+
+
+def calc(expression: str) -> str:
+    return f"calculate\n ```python\ntool_call(expression={expression!r})\n```"
+
+
+def script(tmp_path: Path, replies: list[str], name: str = "replies.json") -> str:
+    path = tmp_path / name
+    path.write_text(json.dumps(replies), encoding="utf-8")
+    return f"scripted:{path}"
+
+
+def glm_agent(*args: str, input: str | None = None, env: dict[str, str] | None = None, timeout: float = 60):
+    full_env = {k: v for k, v in os.environ.items() if k != "GLM_AGENT_MODEL"}
+    full_env.update({"COLUMNS": "100", **(env or {})})
+    return subprocess.run(
+        [*COMMAND, *args],
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=REPO,
+    )
+
+
+def events(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
+    assert proc.returncode == 2, proc
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("[scripted model]")]
+    assert len(lines) == 1, proc.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+# -- import cost ---------------------------------------------------------------------------------
+def test_help_and_import_do_not_load_torch():
+    code = (
+        "import sys, contextlib, io\n"
+        "from glm_agent.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "    code = main([])\n"
+        "print(code, [m for m in ('torch', 'transformers', 'rich') if m in sys.modules], out.getvalue())\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("0 []")
+    for command in ("chat", "run", "tools", "notebook"):
+        assert command in proc.stdout
+
+
+# -- run -----------------------------------------------------------------------------------------
+def test_run_json_prints_the_event_stream(tmp_path):
+    model = script(tmp_path, ["\n Let me compute.<|assistant|>" + calc("2**10 + 3"), "\n It is 1027."])
+    proc = glm_agent("run", "What is 2**10 + 3?", "--model", model, "--tools", CALCULATOR, "--json", "--yes")
+    assert proc.returncode == 0, proc.stderr
+    out = events(proc.stdout)
+    kinds = [e["type"] for e in out]
+    assert kinds[-1] == "final_answer" and out[-1]["text"] == "It is 1027."
+    assert kinds.index("call_started") < kinds.index("tool_call") < kinds.index("tool_result")
+    result = next(e for e in out if e["type"] == "tool_result")
+    assert result["ok"] is True and result["observation"] == "1027"
+    assert result["call"] == {"name": "calculate", "arguments": {"expression": "2**10 + 3"}}
+    assert "".join(e["text"] for e in out if e["type"] == "text" and e["step"] == 1) == "Let me compute."
+    assert "[scripted model]" in proc.stderr  # labelled, and kept off the JSON stream
+
+
+def test_run_takes_the_model_from_the_environment_and_shows_calls(tmp_path):
+    model = script(tmp_path, [calc("sqrt(16)"), "\n Four."])
+    proc = glm_agent("run", "root of 16?", "--tools", CALCULATOR, "--yes", env={"GLM_AGENT_MODEL": model})
+    assert proc.returncode == 0, proc.stderr
+    assert "tool calculate" in proc.stdout and '"sqrt(16)"' in proc.stdout
+    assert "calculate: ok" in proc.stdout and "│ 4 " in proc.stdout
+    assert proc.stdout.rstrip().endswith("Four.")
+    assert "[scripted model]" in proc.stderr
+
+
+def test_run_without_yes_and_without_a_terminal_refuses_calls(tmp_path):
+    model = script(tmp_path, [calc("1 + 1"), "\n I was not allowed to calculate."])
+    proc = glm_agent("run", "1+1?", "--model", model, "--tools", CALCULATOR, "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = events(proc.stdout)
+    refused = next(e for e in out if e["type"] == "call_refused")
+    assert "did not allow" in refused["observation"]
+    assert not any(e["type"] == "tool_result" for e in out)
+    human = glm_agent("run", "1+1?", "--model", model, "--tools", CALCULATOR)
+    assert "refused: calculate" in human.stdout and "--yes" in human.stdout
+
+
+def test_run_asks_several_questions_in_one_conversation_and_saves_it(tmp_path):
+    model = script(tmp_path, ["\n Hello.", calc("6 * 7"), "\n 42."])
+    session = tmp_path / "session.jsonl"
+    proc = glm_agent(
+        "run", "hi", "6 times 7?", "--model", model, "--tools", CALCULATOR, "--yes", "--json", "--save", str(session)
+    )
+    assert proc.returncode == 0, proc.stderr
+    answers = [e["text"] for e in events(proc.stdout) if e["type"] == "final_answer"]
+    assert answers == ["Hello.", "42."]
+    rows = [json.loads(line) for line in session.read_text().splitlines()]
+    assert [r["role"] for r in rows] == ["system", "user", "assistant", "user", "assistant", "observation", "assistant"]
+    assert rows[0]["tools"][0]["name"] == "calculate" and rows[5]["content"] == "42"
+
+
+def test_run_without_an_answer_exits_1(tmp_path):
+    proc = glm_agent("run", "loop", "--model", script(tmp_path, [calc("1")] * 3), "--tools", CALCULATOR, "--yes",
+                     "--max-steps", "2", "--json")
+    assert proc.returncode == 1
+    assert events(proc.stdout)[-1] == {"type": "error", "step": 2, "kind": "max_steps",
+                                       "message": "stopped after 2 steps without a final answer"}
+    proc = glm_agent("run", "x", "--model", script(tmp_path, [calc("1")]), "--tools", CALCULATOR, "--yes")
+    assert proc.returncode == 1 and "ran out of replies" in proc.stdout
+
+
+# -- tools -----------------------------------------------------------------------------------------
+def test_tools_prints_schemas():
+    proc = glm_agent("tools", CALCULATOR)
+    assert proc.returncode == 0, proc.stderr
+    schemas = json.loads(proc.stdout)
+    assert schemas[0]["name"] == "calculate" and schemas[0]["parameters"]["required"] == ["expression"]
+    openai = json.loads(glm_agent("tools", CALCULATOR, "--format", "openai").stdout)
+    assert openai[0]["type"] == "function" and openai[0]["function"]["name"] == "calculate"
+
+
+# -- errors: one line, non-zero, no traceback ---------------------------------------------------------
+def test_missing_weights_is_one_line(tmp_path):
+    missing = tmp_path / "no-such-checkpoint"
+    proc = glm_agent("run", "hi", "--model", str(missing))
+    assert_one_line_error(proc, "glm-agent run: error:")
+    chat = glm_agent("chat", "--model", str(missing), input="hi\n")
+    assert_one_line_error(chat, "glm-agent chat: error:")
+
+
+def test_bad_tool_file_is_one_line(tmp_path):
+    broken = tmp_path / "broken_tools.py"
+    broken.write_text("from glm_agent import tool\n\n@tool\ndef f(x: int) -> int\n    return x\n")
+    model = script(tmp_path, ["\n hi"])
+    proc = glm_agent("run", "hi", "--model", model, "--tools", str(broken))
+    assert_one_line_error(proc, "broken_tools.py", "syntax error at line 4")
+    untyped = tmp_path / "untyped_tools.py"
+    untyped.write_text("from glm_agent import tool\n\n@tool\ndef f(x):\n    'Doc.'\n    return x\n")
+    assert_one_line_error(glm_agent("run", "hi", "--model", model, "--tools", str(untyped)), "untyped_tools.py", "'x'")
+    assert_one_line_error(glm_agent("tools", str(tmp_path / "nope.py")), "nope.py", "no such file")
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--temperature", "-1"], ["--temperature", "greater than or equal to 0"]),
+        (["--top-p", "2"], ["--top-p"]),
+        (["--max-steps", "0"], ["--max-steps must be at least 1"]),
+        (["--file", "/no/such/upload.csv"], ["/no/such/upload.csv"]),
+    ],
+)
+def test_bad_arguments_are_one_line(tmp_path, args, words):
+    proc = glm_agent("run", "hi", "--model", script(tmp_path, ["\n hi"]), *args)
+    assert_one_line_error(proc, *words)
+
+
+def test_bad_scripted_files_are_one_line(tmp_path):
+    assert_one_line_error(glm_agent("run", "hi", "--model", f"scripted:{tmp_path / 'none.json'}"), "not found")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"not": "a list"}')
+    assert_one_line_error(glm_agent("run", "hi", "--model", f"scripted:{bad}"), "JSON list of raw reply strings")
+
+
+def test_unknown_option_is_an_argparse_error():
+    proc = glm_agent("run", "hi", "--no-such-option")
+    assert proc.returncode == 2 and "unrecognized arguments: --no-such-option" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# -- chat through stdin --------------------------------------------------------------------------------
+def test_chat_from_stdin_with_approval_and_slash_commands(tmp_path):
+    model = script(tmp_path, ["\n Let me compute.<|assistant|>" + calc("2**10 + 3"), "\n 1027.", calc("1/0"), "\n Fresh start."])
+    saved = tmp_path / "chat.jsonl"
+    lines = ["what is 2**10+3", "y", "/help", f"/save {saved}", "/save", "/bogus", "divide by zero", "n", "/reset",
+             "hello", "/exit", "never read"]
+    proc = glm_agent("chat", "--model", model, "--tools", CALCULATOR, input="\n".join(lines) + "\n")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert out.startswith("[scripted model]")
+    assert "tools: calculate" in out and "run it?" in out
+    assert "calculate: ok" in out and "1027" in out
+    assert "/notebook FILE.ipynb" in out  # /help
+    assert f"conversation saved to {saved}" in out and "usage: /save FILE" in out
+    assert "unknown command /bogus" in out
+    assert "refused: calculate" in out and "new conversation" in out and "Fresh start." in out
+    rows = [json.loads(line) for line in saved.read_text().splitlines()]
+    assert [r["role"] for r in rows] == ["system", "user", "assistant", "assistant", "observation", "assistant"]
+
+
+def test_chat_ends_at_end_of_input(tmp_path):
+    proc = glm_agent("chat", "--model", script(tmp_path, ["\n Hi there."]), input="hello\n")
+    assert proc.returncode == 0 and "Hi there." in proc.stdout
+
+
+# -- chat at a terminal (pseudo-terminal): approvals and Ctrl-C ---------------------------------------
+SLOW_TOOL = '''
+import time
+from glm_agent import tool
+
+@tool
+def wait(seconds: float) -> str:
+    """Wait a number of seconds."""
+    time.sleep(seconds)
+    return "waited"
+'''
+
+
+def on_screen(text: str) -> str:
+    """A pattern for ``text`` as a terminal shows it: styles (ANSI escapes) may sit between the characters."""
+    escapes = r"(?:\x1b\[[0-9;?]*[A-Za-z])*"
+    return escapes.join(re.escape(c) for c in text)
+
+
+def test_chat_at_a_terminal_ctrl_c_stops_the_agent_and_ctrl_d_leaves(tmp_path):
+    slow = tmp_path / "slow_tools.py"
+    slow.write_text(SLOW_TOOL)
+    wait = "wait\n ```python\ntool_call(seconds=60)\n```"
+    model = script(tmp_path, [wait, wait, "\n Still here."])
+    env = {k: v for k, v in os.environ.items() if k != "GLM_AGENT_MODEL"}
+    env.update(NO_COLOR="1", TERM="xterm", COLUMNS="100")
+    child = pexpect.spawn(COMMAND[0], [*COMMAND[1:], "chat", "--model", model, "--tools", str(slow)],
+                          env=env, cwd=str(REPO), encoding="utf-8", timeout=30)
+    try:
+        child.expect(on_screen("[scripted model]"))
+        child.expect(on_screen("you> "))
+        child.sendline("wait a minute")
+        child.expect(on_screen("run it?"))  # asked before the call runs
+        child.sendcontrol("c")  # Ctrl-C while asked: the call is cancelled, back to the prompt
+        child.expect(on_screen("[interrupted]"))
+        child.expect(on_screen("you> "))
+        child.sendline("wait again")
+        child.expect(on_screen("run it?"))
+        child.sendline("y")
+        child.expect(on_screen("running wait"))  # the spinner while the tool runs
+        child.sendcontrol("c")  # Ctrl-C while the tool runs
+        child.expect(on_screen("[interrupted]"), timeout=10)
+        child.expect(on_screen("you> "))
+        child.sendline("are you there?")
+        child.expect(on_screen("Still here."))
+        child.expect(on_screen("you> "))
+        child.sendeof()  # Ctrl-D at the prompt leaves
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
+
+
+# -- a real checkpoint -----------------------------------------------------------------------------
+TINY = REPO.parent / "shared" / "chatglm3" / "golden" / "tiny-chatglm3"
+
+
+@pytest.mark.skipif(not (TINY / "config.json").is_file(), reason=f"tiny checkpoint not found at {TINY} (../shared)")
+def test_run_with_real_weights_streams_generated_text():
+    proc = glm_agent("run", "hi", "--model", str(TINY), "--json", "--max-new-tokens", "6", "--temperature", "0",
+                     timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    out = events(proc.stdout)
+    assert out[-1]["type"] == "final_answer" and out[-1]["step"] == 1
+    streamed = "".join(e["text"] for e in out if e["type"] == "text")
+    assert streamed.strip() == out[-1]["text"] and streamed  # random tiny weights: some text, not a scripted reply
+    assert "[scripted model]" not in proc.stderr
