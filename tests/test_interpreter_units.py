@@ -1,0 +1,137 @@
+"""The interpreter's pure parts: observation text, bounded capture, limits, exit descriptions, notebook building."""
+
+from __future__ import annotations
+
+import base64
+import signal
+
+import nbformat
+import pytest
+
+from glm_agent.interpreter import Limits
+from glm_agent.interpreter._capture import OutputCollector
+from glm_agent.interpreter._local import describe_exit
+from glm_agent.interpreter._notebook import build_notebook
+from glm_agent.interpreter._results import (
+    DisplayOutput,
+    ExecutionResult,
+    OmittedOutput,
+    StreamOutput,
+    format_observation,
+    strip_ansi,
+    truncate_middle,
+)
+from glm_agent.messages import AssistantMessage, UserMessage
+
+PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 16).decode()
+
+
+def _msg(kind: str, **content) -> dict:
+    return {"msg_type": kind, "content": content, "parent_header": {"msg_id": "m"}}
+
+
+def test_strip_ansi_removes_colour_and_cursor_codes():
+    assert strip_ansi("\x1b[0;31mZeroDivisionError\x1b[0m: x\x1b[2K\x1b]0;title\x07") == "ZeroDivisionError: x"
+
+
+def test_truncate_middle_keeps_head_and_tail_within_the_limit():
+    text = "".join(f"line {i}\n" for i in range(1000))
+    cut = truncate_middle(text, 300)
+    assert len(cut) <= 300
+    assert cut.startswith("line 0\nline 1\n") and cut.endswith("line 999\n")
+    omitted = int(cut.split("[")[1].split(" characters")[0].replace(",", ""))
+    assert len(cut) - len(f"\n... [{omitted:,} characters omitted] ...\n") + omitted == len(text)
+    assert truncate_middle("short", 300) == "short"
+
+
+def test_observation_is_a_result_fence_with_notices_after_it():
+    assert format_observation("5050\n", [], 100) == "```result\n5050\n```"
+    assert format_observation("", ["[Timed out]"], 100) == "```result\n\n```\n[Timed out]"
+    assert format_observation("10%\r50%\r100%\ndone\n", [], 100) == "```result\n100%\ndone\n```"  # progress bars
+
+
+def test_collector_merges_streams_and_keeps_order_of_rich_outputs(tmp_path):
+    collector = OutputCollector(tmp_path, "run001", max_chars=1000)
+    collector.add(_msg("stream", name="stdout", text="a"))
+    collector.add(_msg("stream", name="stdout", text="b\n"))
+    collector.add(_msg("display_data", data={"image/png": PNG, "text/plain": "<Figure>"}, metadata={}))
+    collector.add(_msg("stream", name="stderr", text="warn\n"))
+    collector.add(_msg("execute_result", data={"text/plain": "3"}, metadata={}, execution_count=4))
+    collector.add(_msg("status", execution_state="idle"))
+    outputs = collector.finish()
+    assert [o.kind for o in outputs] == ["stream", "display_data", "stream", "execute_result"]
+    assert outputs[0].text == "ab\n"
+    assert outputs[1].image == tmp_path / "run001-1.png"
+    assert outputs[1].image.read_bytes().startswith(b"\x89PNG")
+    assert outputs[3].execution_count == 4
+
+
+def test_collector_bounds_memory_and_counts_what_it_dropped(tmp_path):
+    collector = OutputCollector(tmp_path, "run", max_chars=100, max_outputs=3)
+    for i in range(10_000):
+        collector.add(_msg("stream", name="stdout", text=f"{i:05d}\n"))
+    for _ in range(5):
+        collector.add(_msg("display_data", data={"text/plain": "x"}, metadata={}))
+    outputs = collector.finish()
+    kept = sum(len(o.text) for o in outputs if isinstance(o, StreamOutput))
+    assert kept == 100
+    assert collector.dropped_chars == 60_000 - 100
+    assert outputs[0].text.startswith("00000\n")
+    assert isinstance(outputs[1], OmittedOutput) and outputs[1].chars == 60_000 - 100
+    assert outputs[2].text.endswith("09999\n")
+    assert sum(isinstance(o, DisplayOutput) for o in outputs) == 3
+    assert isinstance(outputs[-1], OmittedOutput) and outputs[-1].outputs == 2
+
+
+def test_collector_honours_clear_output(tmp_path):
+    collector = OutputCollector(tmp_path, "run", max_chars=1000)
+    collector.add(_msg("stream", name="stdout", text="old\n"))
+    collector.add(_msg("clear_output", wait=True))
+    collector.add(_msg("stream", name="stdout", text="new\n"))
+    assert [o.text for o in collector.finish()] == ["new\n"]
+
+
+def test_limits_defaults_and_validation():
+    limits = Limits()
+    assert limits.rlimits() == {
+        "memory_bytes": 4 * 1024**3,
+        "cpu_seconds": 3600,
+        "open_files": 1024,
+        "file_size_bytes": 1024**3,
+    }
+    assert Limits(memory_bytes=None).rlimits()["memory_bytes"] is None
+    with pytest.raises(ValueError, match="at least 64"):
+        Limits(open_files=3)
+    with pytest.raises(TypeError):
+        Limits(cpu_seconds=1.5)
+
+
+def test_describe_exit_names_signals_and_limits():
+    assert describe_exit(-signal.SIGSEGV) == "killed by SIGSEGV (segmentation fault)"
+    assert describe_exit(-signal.SIGXCPU, Limits(cpu_seconds=60)) == "killed by SIGXCPU (its CPU time limit of 60 s was reached)"
+    assert describe_exit(3) == "exited with code 3"
+    assert describe_exit(None) == "still running"
+
+
+def test_build_notebook_matches_calls_to_runs_and_keeps_unmatched_code():
+    run = ExecutionResult(code="print(1)", outputs=[StreamOutput("stdout", "1\n")], status="ok", text="1\n",
+                          observation="```result\n1\n```", execution_count=1)  # fmt: skip
+    conversation = [
+        UserMessage(content="go"),
+        AssistantMessage(metadata="interpreter", content="```python\nprint(1)\n```"),
+        {"role": "observation", "content": "```result\n1\n```"},
+        AssistantMessage(metadata="interpreter", content="```python\nprint(2)\n```"),  # ran elsewhere
+        {"role": "observation", "content": "```result\n2\n```"},
+        AssistantMessage(metadata="get_weather", content="```python\ntool_call(city='Beijing')\n```"),
+        {"role": "observation", "content": '{"temperature": 20}'},
+    ]
+    notebook = build_notebook([run], conversation)
+    nbformat.validate(notebook)
+    cells = [(c.cell_type, c.source) for c in notebook.cells]
+    assert cells[0] == ("markdown", "**User**\n\ngo")
+    assert cells[1] == ("code", "print(1)") and notebook.cells[1].outputs[0].text == "1\n"
+    assert cells[2] == ("code", "print(2)") and notebook.cells[2].outputs == []
+    assert cells[3] == ("markdown", "**Observation**\n\n```result\n2\n```")  # not shown by any run
+    assert cells[4][1].startswith("**Tool call** `get_weather`")
+    assert cells[5] == ("markdown", '**Observation**\n\n{"temperature": 20}')
+    assert len(cells) == 6
