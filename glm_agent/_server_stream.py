@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Union
@@ -146,15 +147,20 @@ class ReplyTranslator:
 
 
 class ThreadStream:
-    """Iterates a sync backend stream in a worker thread; the event loop only awaits a queue.
+    """Iterates a sync backend stream in a worker thread; the event loop only awaits a wake-up.
 
-    ``close()`` (or cancelling the consumer) makes the worker stop at the next delta and close the
-    backend's generator, which ends generation. ``on_done`` runs on the loop when the worker ends.
+    Deltas that arrive while the consumer is busy are joined into one, and the worker wakes the
+    loop once per batch, not once per delta. ``close()`` (or cancelling the consumer) makes the
+    worker stop at the next delta and close the backend's generator, which ends generation.
+    ``on_done`` runs on the loop when the worker ends.
     """
 
     def __init__(self, make_iter: Callable[[], Iterator[str]], on_done: Callable[[], None] | None = None, name: str = "backend") -> None:
         self._loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._items: deque[tuple[str, Any]] = deque()
+        self._lock = threading.Lock()
+        self._wake_pending = False
+        self._ready = asyncio.Event()
         self._stop = threading.Event()
         self._make_iter = make_iter
         self._on_done = on_done
@@ -163,10 +169,20 @@ class ThreadStream:
         self.thread.start()
 
     def _put(self, item: tuple[str, Any]) -> None:
+        with self._lock:
+            self._items.append(item)
+            if self._wake_pending:
+                return
+            self._wake_pending = True
         try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+            self._loop.call_soon_threadsafe(self._wake)
         except RuntimeError:  # the loop is gone (server shut down)
             pass
+
+    def _wake(self) -> None:
+        with self._lock:
+            self._wake_pending = False
+        self._ready.set()
 
     def _work(self) -> None:
         try:
@@ -197,10 +213,20 @@ class ThreadStream:
     async def __anext__(self) -> str:
         if self._finished:
             raise StopAsyncIteration
-        kind, value = await self._queue.get()
-        if kind == "delta":
-            return value
+        while True:
+            self._ready.clear()
+            with self._lock:
+                deltas: list[str] = []
+                while self._items and self._items[0][0] == "delta":
+                    deltas.append(self._items.popleft()[1])
+                item = self._items.popleft() if not deltas and self._items else None
+            if deltas:
+                return "".join(deltas)
+            if item is not None:
+                break
+            await self._ready.wait()
         self._finished = True
+        kind, value = item
         if kind == "error":
             raise value
         raise StopAsyncIteration

@@ -296,3 +296,19 @@ def test_client_disconnect_stops_generation(serve, stream):
     while httpx.get(srv.url + "/health").json()["active"]:
         assert time.monotonic() < deadline, "the generation slot was not given back"
         time.sleep(0.02)
+
+
+def test_completions_need_a_backend_that_continues_token_ids(serve):
+    from glm_agent.models.base import BaseChatModel
+
+    class ChatOnly(BaseChatModel):
+        name = "chat-only"
+
+        def stream(self, messages, **params):
+            yield "\n ok"
+
+    srv = serve(ChatOnly())
+    c = client(srv)
+    assert c.chat.completions.create(model="chat-only", messages=[{"role": "user", "content": "x"}]).choices[0].message.content == "ok"
+    with pytest.raises(openai.BadRequestError, match="cannot continue raw prompts"):
+        c.completions.create(model="chat-only", prompt=[1, 2, 3], max_tokens=4)

@@ -1,0 +1,84 @@
+"""``glm-agent serve`` as a real process, and the ``--model`` spec helper."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+
+from glm_agent.errors import ModelError
+from glm_agent.models import OpenAIModel, ScriptedModel
+from glm_agent.models._spec import load_chat_model
+from tests.conftest import REPO, SHARED, needs_shared
+
+CALL = "calculate\n ```python\ntool_call(expression='6 * 7')\n```"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cli(*args: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "glm_agent.cli", "serve", *args], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+@needs_shared
+def test_serve_command_serves_scripted_replies_with_file_tools(tmp_path):
+    replies = tmp_path / "replies.json"
+    replies.write_text(json.dumps([CALL]), encoding="utf-8")
+    port = _free_port()
+    proc = _cli("--model", f"scripted:{replies}", "--tokenizer", str(SHARED / "tokenizer.model"), "--port", str(port),
+                "--api-key", "k", "--tools", "tools/calculator.py", "--log-level", "warning")
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "glm-agent serve did not come up"
+            time.sleep(0.1)
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0)
+        assert [m.id for m in c.models.list()] == ["scripted:replies.json"]
+        r = c.chat.completions.create(model="scripted:replies.json", messages=[{"role": "user", "content": "6*7?"}])
+        (call,) = r.choices[0].message.tool_calls  # the server's --tools are offered when the request has none
+        assert call.function.name == "calculate" and json.loads(call.function.arguments) == {"expression": "6 * 7"}
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=15)
+
+
+def test_serve_command_errors_exit_2(tmp_path):
+    missing = _cli("--model", f"scripted:{tmp_path / 'nope.json'}")
+    _, err = missing.communicate(timeout=60)
+    assert missing.returncode == 2 and "scripted model file not found" in err
+    replies = tmp_path / "r.json"
+    replies.write_text("[]", encoding="utf-8")
+    no_tok = _cli("--model", f"scripted:{replies}")
+    _, err = no_tok.communicate(timeout=60)
+    assert no_tok.returncode == 2 and "--tokenizer" in err
+
+
+def test_model_specs(tmp_path):
+    replies = tmp_path / "r.json"
+    replies.write_text(json.dumps(["\n hi"]), encoding="utf-8")
+    model = load_chat_model(f"scripted:{replies}")
+    assert isinstance(model, ScriptedModel) and model.generate([]) == "\n hi"
+    remote = load_chat_model("http://127.0.0.1:9", model="m")
+    assert isinstance(remote, OpenAIModel) and remote.base_url == "http://127.0.0.1:9/v1"
+    for bad in ("", "scripted:"):
+        with pytest.raises(ModelError):
+            load_chat_model(bad)
