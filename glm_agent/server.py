@@ -27,7 +27,6 @@ import asyncio
 import hmac
 import json
 import logging
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -41,6 +40,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from glm_agent._openai_format import FormatError, chatglm3_tools, openai_to_chatglm3, resolve_tool_choice
 from glm_agent._server_schemas import ChatRequest, CompletionRequest, Unsupported
 from glm_agent._server_stream import ContentOut, QueueFull, ReplyTranslator, RequestGate, StopScanner, ThreadStream, ToolCallOut
+from glm_agent._server_thread import BackgroundServer
 from glm_agent.chatglm3.parser import ASSISTANT_TOKEN
 from glm_agent.chatglm3.tokenizer import SPECIAL_TOKENS, ChatGLM3Tokenizer
 from glm_agent.errors import ContextLengthError, GlmAgentError
@@ -453,46 +453,6 @@ def create_app(model: Any, tokenizer: ChatGLM3Tokenizer, *, tools: Any = None, a
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     return app
-
-
-class BackgroundServer:
-    """Runs an app on uvicorn in a thread (port 0 picks a free one): for tests, benchmarks and notebooks.
-
-    ``with BackgroundServer(app) as srv: srv.url`` → ``http://127.0.0.1:PORT``; leaving stops it.
-    """
-
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> None:
-        import uvicorn
-
-        self.config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="off")
-        self.server = uvicorn.Server(self.config)
-        self.thread = threading.Thread(target=self.server.run, name="glm-agent-server", daemon=True)
-        self.host = host
-        self.port = port
-
-    def start(self, timeout: float = 20.0) -> BackgroundServer:
-        self.thread.start()
-        deadline = time.monotonic() + timeout
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not start on {self.host}:{self.port}")
-            time.sleep(0.01)
-        self.port = self.server.servers[0].sockets[0].getsockname()[1]
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout)
-
-    def __enter__(self) -> BackgroundServer:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
 
 def serve(model: Any, tokenizer: ChatGLM3Tokenizer, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", **app_options: Any) -> None:
