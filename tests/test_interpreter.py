@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import resource
 import socket
 import threading
@@ -316,3 +317,33 @@ def test_isolated_kernel_writes_to_mnt_data_and_nowhere_else(interp):
     assert lines[1:4] == ["Read-only file system"] * 3
     assert lines[4] == "0000000000000000 1"  # no capabilities; PID 1 of its own namespace
     assert not Path("/etc/glm_agent_probe").exists()
+
+
+def test_unisolated_kernel_death_and_escaped_children_are_handled(tmp_path):
+    """Without namespaces the supervisor is a subreaper: even a child in its own session dies with the kernel."""
+    session = CodeInterpreter(tmp_path, isolate=False, timeout=10)
+    try:
+        code = "import subprocess\nescaped = subprocess.Popen(['sleep', '1001'], start_new_session=True)\nprint(escaped.pid)"
+        escaped_pid = int(session.run(code).stdout)
+        assert psutil.Process(escaped_pid).cmdline()[:2] == ["sleep", "1001"]
+        died = session.run("import ctypes\nctypes.string_at(0)")
+        assert died.status == "died" and "SIGSEGV" in died.observation
+        deadline = time.monotonic() + 5
+        while not _gone(escaped_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _gone(escaped_pid)
+        assert session.run("print('back')").observation == "```result\nback\n```"
+    finally:
+        session.close()
+
+
+async def test_arun_runs_and_cancelling_it_interrupts_the_kernel(interp):
+    assert (await interp.arun("print('async')")).observation == "```result\nasync\n```"
+    task = asyncio.ensure_future(interp.arun("import time\ntime.sleep(30)"))
+    await asyncio.sleep(0.5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    after = await asyncio.wait_for(interp.arun("print('next')"), timeout=10)  # not stuck behind the sleep
+    assert after.observation == "```result\nnext\n```"
+    assert interp.history[-2].error.ename == "KeyboardInterrupt"

@@ -12,6 +12,7 @@ from glm_agent.interpreter._backend import KernelBackend
 from glm_agent.interpreter._isolation import Isolation, detect_isolation
 from glm_agent.interpreter._limits import Limits
 from glm_agent.interpreter._local import LocalKernel
+from glm_agent.interpreter._notebook import conversation_to_notebook
 from glm_agent.interpreter._pool import KernelPool
 from glm_agent.interpreter._results import (
     DisplayOutput,
@@ -27,6 +28,7 @@ __all__ = [
     "CodeInterpreter",
     "ExecutionResult",
     "KernelPool",
+    "conversation_to_notebook",
     "Limits",
     "Isolation",
     "detect_isolation",

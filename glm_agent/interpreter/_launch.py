@@ -62,6 +62,12 @@ _RLIMITS = {
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+def _prctl(option: int, arg: int) -> int:
+    """prctl(2) where it exists (Linux); elsewhere a no-op that reports failure."""
+    prctl = getattr(_libc, "prctl", None)
+    return -1 if prctl is None else prctl(option, arg, 0, 0, 0)
+
+
 class SetupError(Exception):
     """The sandbox could not be built; the message says which step failed."""
 
@@ -127,11 +133,11 @@ def setup_filesystem(workspace: str, runtime_dir: str, tmpfs_bytes: int) -> None
 def drop_privileges() -> None:
     """Drop every capability for good: root in the sandbox can no longer remount or reach out."""
     cap = 0
-    while _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == 0:
+    while _prctl(PR_CAPBSET_DROP, cap) == 0:
         cap += 1
     if ctypes.get_errno() != errno.EINVAL or cap == 0:
         raise SetupError(f"could not drop capability {cap}: {os.strerror(ctypes.get_errno())}")
-    _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
 
     class Header(ctypes.Structure):
         _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
@@ -142,7 +148,7 @@ def drop_privileges() -> None:
     header = Header(0x20080522, 0)
     data = (Data * 2)()
     _check(_libc.capset(ctypes.byref(header), ctypes.byref(data)), "capset")
-    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    _check(_prctl(PR_SET_NO_NEW_PRIVS, 1), "no_new_privs")
 
 
 def apply_limits(limits: dict[str, int | None]) -> None:
@@ -159,7 +165,7 @@ def _kernel_child(spec: dict, supervisor_pid: int) -> None:
     """In the forked child: become the kernel. Never returns."""
     try:
         os.setsid()
-        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if not spec["isolate"] and os.getppid() != supervisor_pid:
             os._exit(1)  # the supervisor died before we armed the death signal
         os.close(spec["lifeline_fd"])
@@ -267,16 +273,21 @@ def _supervise(kernel_pid: int, spec: dict) -> None:
     signal.signal(signal.SIGTERM, lambda *_: os.kill(kernel_pid, signal.SIGKILL))
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     lifeline = spec["lifeline_fd"]
-    kernel_fd = os.pidfd_open(kernel_pid)
-    while True:
-        ready, _, _ = select.select([kernel_fd, lifeline], [], [])
-        if kernel_fd in ready:
-            break
+    try:
+        watch = [os.pidfd_open(kernel_pid)]  # readable when the kernel ends
+    except (AttributeError, OSError):
+        watch = []  # no pidfd (old kernel, not Linux): poll
+    status = None
+    while status is None:
+        ready, _, _ = select.select(watch + [lifeline], [], [], None if watch else 0.1)
         if lifeline in ready and not os.read(lifeline, 64):
             os.kill(kernel_pid, signal.SIGKILL)  # the host is gone or closed us: stop now
-            select.select([kernel_fd], [], [])
-            break
-    _, status = os.waitpid(kernel_pid, 0)
+            status = os.waitpid(kernel_pid, 0)[1]
+        elif watch and watch[0] in ready:
+            status = os.waitpid(kernel_pid, 0)[1]
+        elif not watch:
+            pid, wait_status = os.waitpid(kernel_pid, os.WNOHANG)
+            status = wait_status if pid else None
     if not isolate:
         _kill_descendants(kernel_pid)
     sys.stderr.flush()
@@ -298,7 +309,7 @@ def main(argv: list[str]) -> None:
             _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID), "unshare")
             setup_filesystem(spec["workspace"], spec["runtime_dir"], spec["tmpfs_bytes"])
         else:
-            _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+            _prctl(PR_SET_CHILD_SUBREAPER, 1)
     except (SetupError, OSError) as exc:
         sys.stderr.write(f"glm-agent kernel launcher: isolation setup failed: {exc}\n")
         os._exit(126)

@@ -22,7 +22,7 @@ from glm_agent.interpreter._results import (
 if TYPE_CHECKING:
     from glm_agent.messages import MessageLike
 
-__all__ = ["build_notebook", "write_notebook"]
+__all__ = ["build_notebook", "write_notebook", "conversation_to_notebook"]
 
 _FENCED = re.compile(r"```[^\n`]*\n(.*?)\n?```", re.DOTALL)
 
@@ -59,19 +59,36 @@ def _code_cell(result: ExecutionResult) -> Any:
     return v4.new_code_cell(result.code, outputs=_outputs(result), execution_count=result.execution_count)
 
 
-def build_notebook(history: Sequence[ExecutionResult], conversation: Sequence[MessageLike] | None = None) -> Any:
+def build_notebook(
+    history: Sequence[ExecutionResult],
+    conversation: Sequence[MessageLike] | None = None,
+    *,
+    observation_outputs: bool = False,
+) -> Any:
     """An nbformat v4 notebook: markdown for the conversation's text, code cells for the runs, in order.
 
     Each ``interpreter`` call in the conversation is matched to the next run with the same
     code; runs that no message mentions are appended in their order at the end.
+    ``observation_outputs``: a call with no matching run gets the observation that answered it
+    as its cell's output (text, as the model read it) instead of a markdown cell.
     """
     from glm_agent.messages import AssistantMessage, ObservationMessage, UserMessage, to_messages
 
     cells: list[Any] = []
     pending = list(history)
     shown_by_code = False  # the last cell is a run whose outputs already show the next observation
+    # observation_outputs: the calls not yet answered, in order (a cell without a run, "run", or "tool")
+    waiting: list[Any] = []
     for message in to_messages(conversation or []):
+        if observation_outputs and isinstance(message, ObservationMessage) and waiting:
+            entry = waiting.pop(0)
+            if entry == "tool":
+                cells.append(v4.new_markdown_cell(f"**Observation**\n\n{message.content}"))
+            elif entry != "run":
+                entry.outputs.append(v4.new_output("stream", name="stdout", text=_code_of(message.content) + "\n"))
+            continue
         if isinstance(message, UserMessage):
+            waiting = []
             cells.append(v4.new_markdown_cell(f"**User**\n\n{message.content}"))
         elif isinstance(message, AssistantMessage) and message.metadata.strip() == "interpreter":
             code = _code_of(message.content)
@@ -81,9 +98,11 @@ def build_notebook(history: Sequence[ExecutionResult], conversation: Sequence[Me
                 cells.append(_code_cell(match))
             else:
                 cells.append(v4.new_code_cell(code))
+            waiting.append(cells[-1] if match is None else "run")
             shown_by_code = match is not None
             continue
         elif isinstance(message, AssistantMessage) and message.metadata.strip():
+            waiting.append("tool")
             cells.append(v4.new_markdown_cell(f"**Tool call** `{message.metadata.strip()}`\n\n{message.content}"))
         elif isinstance(message, AssistantMessage):
             cells.append(v4.new_markdown_cell(f"**Assistant**\n\n{message.content}"))
@@ -102,10 +121,27 @@ def build_notebook(history: Sequence[ExecutionResult], conversation: Sequence[Me
     return notebook
 
 
-def write_notebook(path: Path, history: Sequence[ExecutionResult], conversation: Sequence[MessageLike] | None) -> Path:
+def write_notebook(
+    path: Path,
+    history: Sequence[ExecutionResult],
+    conversation: Sequence[MessageLike] | None,
+    *,
+    observation_outputs: bool = False,
+) -> Path:
     """Build, validate and write the notebook; return its path."""
-    notebook = build_notebook(history, conversation)
+    notebook = build_notebook(history, conversation, observation_outputs=observation_outputs)
     nbformat.validate(notebook)
     path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(notebook, str(path))
     return path
+
+
+def conversation_to_notebook(conversation: Sequence[MessageLike], path: str | Path, *, interpreter: Any = None) -> Path:
+    """A conversation as a notebook: its text as markdown, its ``interpreter`` calls as code cells.
+
+    With the ``interpreter`` that ran them, cells carry the real outputs (images embedded);
+    without one (a conversation loaded from JSON Lines), each cell's output is the
+    observation the model read.
+    """
+    history = list(getattr(interpreter, "history", None) or [])
+    return write_notebook(Path(path), history, conversation, observation_outputs=True)

@@ -168,8 +168,13 @@ class CodeInterpreter:
             return result
 
     async def arun(self, code: str, *, timeout: float | None | EllipsisType = ...) -> ExecutionResult:
-        """``run`` in a worker thread; runs of one session are serialised."""
-        return await asyncio.to_thread(self.run, code, timeout=timeout)
+        """``run`` in a worker thread; runs of one session are serialised. Cancelling interrupts the kernel."""
+        try:
+            return await asyncio.to_thread(self.run, code, timeout=timeout)
+        except asyncio.CancelledError:
+            if not self._closed:
+                self._backend.interrupt()
+            raise
 
     def _execute(self, code: str, limit: float | None, collector: OutputCollector, notices: list[str]) -> dict:
         """Send the code and collect its messages until the kernel is idle, timed out or dead."""
