@@ -284,3 +284,44 @@ def test_run_with_real_weights_streams_generated_text():
     streamed = "".join(e["text"] for e in out if e["type"] == "text")
     assert streamed.strip() == out[-1]["text"] and streamed  # random tiny weights: some text, not a scripted reply
     assert "[scripted model]" not in proc.stderr
+
+
+# -- code interpreter and notebooks ---------------------------------------------------------------------
+PLOT = "import matplotlib.pyplot as plt\nplt.plot([1, 4, 9])\nplt.show()\nprint(sum([1, 4, 9]))"
+
+
+def test_run_with_the_code_interpreter_then_notebook_from_the_saved_session(tmp_path):
+    import nbformat
+
+    model = script(tmp_path, [f"interpreter\n ```python\n{PLOT}\n```", "\n The sum is 14."])
+    session, live = tmp_path / "session.jsonl", tmp_path / "live.ipynb"
+    proc = glm_agent("run", "plot and sum 1, 4, 9", "--model", model, "--code-interpreter", "--yes", "--json",
+                     "--save", str(session), "--notebook", str(live))
+    assert proc.returncode == 0, proc.stderr
+    result = next(e for e in events(proc.stdout) if e["type"] == "code_result")
+    assert result["ok"] and "14" in result["observation"] and len(result["images"]) == 1
+    assert f"notebook saved to {live}" in proc.stderr
+    cell = next(c for c in nbformat.read(str(live), as_version=4).cells if c.cell_type == "code")
+    assert cell.source == PLOT and {o.output_type for o in cell.outputs} == {"display_data", "stream"}
+
+    out = tmp_path / "from_session.ipynb"
+    proc = glm_agent("notebook", str(session), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    notebook = nbformat.read(str(out), as_version=4)
+    nbformat.validate(notebook)
+    cells = [(c.cell_type, c.source.splitlines()[0]) for c in notebook.cells]
+    assert cells == [("markdown", "**User**"), ("code", "import matplotlib.pyplot as plt"), ("markdown", "**Assistant**")]
+    code = notebook.cells[1]
+    assert code.outputs[0].output_type == "stream" and "14" in code.outputs[0].text  # the observation the model read
+    assert notebook.cells[2].source.endswith("The sum is 14.")
+    assert glm_agent("notebook", str(session)).returncode == 0 and session.with_suffix(".ipynb").is_file()
+
+
+def test_notebook_command_errors_are_one_line(tmp_path):
+    assert_one_line_error(glm_agent("notebook", str(tmp_path / "none.jsonl")), "no conversation file")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"role": "user", "content": "hi"}\nnot json\n')
+    assert_one_line_error(glm_agent("notebook", str(bad), "-o", str(tmp_path / "x.ipynb")), "bad.jsonl", "line 2")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert_one_line_error(glm_agent("notebook", str(empty)), "holds no messages")
