@@ -37,7 +37,7 @@ class GenerationStats:
     reused_tokens: int = 0
     prefill_tokens: int = 0
     output_ids: list[int] = field(default_factory=list)
-    time_to_first_token: float = 0.0
+    time_to_first_token: float = 0.0  # from the call: prompt building, prefill, first choice
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
     finish_reason: str = ""  # "stop" (stop id or stop string), "length", or "closed"
@@ -110,10 +110,11 @@ class LocalModel(BaseChatModel):
     # -- generation -------------------------------------------------------------------------
     def stream(self, messages: Sequence[MessageLike], **params: Any) -> Iterator[str]:
         """Text deltas of the reply; their concatenation is the decoded reply, stop id excluded."""
+        called_at = time.perf_counter()
         p = _params({**self.defaults.model_dump(), **params})
         prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
         self._check_context(len(prompt), p.max_new_tokens)
-        return self._stream(prompt, p)
+        return self._stream(prompt, p, called_at)
 
     def stream_ids(self, prompt_ids: Sequence[int], **params: Any) -> Iterator[str]:
         """Continue a raw prompt given as token ids (the server's ``/v1/completions``); same path as ``stream``."""
@@ -133,7 +134,7 @@ class LocalModel(BaseChatModel):
                 context_length=self.context_length,
             )
 
-    def _stream(self, prompt: list[int], p: GenerationParams) -> Iterator[str]:
+    def _stream(self, prompt: list[int], p: GenerationParams, called_at: float | None = None) -> Iterator[str]:
         with self._lock:
             stats = GenerationStats(prompt_tokens=len(prompt), finish_reason="closed")
             self.last_stats = stats
@@ -151,6 +152,7 @@ class LocalModel(BaseChatModel):
             cache = self._cache
             feeding: list[int] = []
             start = time.perf_counter()
+            called_at = start if called_at is None else called_at
             try:
                 feeding = cache.prepare(prompt)
                 stats.reused_tokens = len(prompt) - len(feeding)
@@ -163,7 +165,7 @@ class LocalModel(BaseChatModel):
                 while True:
                     token = sampler(logits)
                     if not stats.output_ids:
-                        stats.time_to_first_token = time.perf_counter() - start
+                        stats.time_to_first_token = time.perf_counter() - called_at
                     if token in self.stop_ids:
                         stats.finish_reason = "stop"
                         break
