@@ -149,7 +149,10 @@ def build_agent(
 
 
 def cli_errors(command: str) -> Callable[[Handler], Handler]:
-    """Turn our own errors (and a few plain ones users cause) into one line on stderr and exit code 2."""
+    """Turn our own errors (and a few plain ones users cause) into one line on stderr and exit code 2.
+
+    Ctrl-C outside a run (while a model loads) ends with exit code 130 and no traceback.
+    """
 
     def wrap(handler: Handler) -> Handler:
         @functools.wraps(handler)
@@ -160,6 +163,9 @@ def cli_errors(command: str) -> Callable[[Handler], Handler]:
                 logger.debug("glm-agent %s failed", command, exc_info=True)
                 print(f"glm-agent {command}: error: {_one_line(exc)}", file=sys.stderr)
                 return 2
+            except KeyboardInterrupt:  # e.g. while a model loads
+                print(f"glm-agent {command}: interrupted", file=sys.stderr)
+                return 130
 
         return run
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import nbformat
 import pexpect
 import pytest
 
@@ -291,8 +294,6 @@ PLOT = "import matplotlib.pyplot as plt\nplt.plot([1, 4, 9])\nplt.show()\nprint(
 
 
 def test_run_with_the_code_interpreter_then_notebook_from_the_saved_session(tmp_path):
-    import nbformat
-
     model = script(tmp_path, [f"interpreter\n ```python\n{PLOT}\n```", "\n The sum is 14."])
     session, live = tmp_path / "session.jsonl", tmp_path / "live.ipynb"
     proc = glm_agent("run", "plot and sum 1, 4, 9", "--model", model, "--code-interpreter", "--yes", "--json",
@@ -325,3 +326,99 @@ def test_notebook_command_errors_are_one_line(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     assert_one_line_error(glm_agent("notebook", str(empty)), "holds no messages")
+
+
+def descendants(pid: int) -> set[int]:
+    """The processes under ``pid`` (Linux /proc), e.g. the kernel a chat started."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    return {p for p in pids if Path(f"/proc/{p}").exists() and "Z" not in _state(p)}
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc to find the kernel process")
+def test_chat_ctrl_c_stops_running_code_and_the_kernel_is_shut_down_on_exit(tmp_path):
+    compute = "interpreter\n ```python\nprint(6 * 7)\n```"
+    sleep = "interpreter\n ```python\nimport time\ntime.sleep(60)\n```"
+    model = script(tmp_path, [compute, "\n Done: 42.", sleep, compute, "\n Still 42."])
+    notebook = tmp_path / "chat.ipynb"
+    env = {k: v for k, v in os.environ.items() if k != "GLM_AGENT_MODEL"}
+    env.update(NO_COLOR="1", TERM="xterm", COLUMNS="100")
+    child = pexpect.spawn(COMMAND[0], [*COMMAND[1:], "chat", "--model", model, "--code-interpreter"],
+                          env=env, cwd=str(REPO), encoding="utf-8", timeout=60)
+    try:
+        child.expect(on_screen("you> "))
+        child.sendline("compute")
+        child.expect(on_screen("print(6 * 7)"))  # the code is shown before it runs
+        child.expect(on_screen("run it?"))
+        child.sendline("y")
+        child.expect(on_screen("42"))
+        child.expect(on_screen("Done: 42."))
+        child.expect(on_screen("you> "))
+        kernel = descendants(child.pid)
+        assert kernel, "a kernel process runs under the chat"
+        child.sendline("sleep a minute")
+        child.expect(on_screen("run it?"))
+        child.sendline("y")
+        child.expect(on_screen("running code"))
+        time.sleep(1)  # let the kernel start sleeping
+        child.sendcontrol("c")
+        child.expect(on_screen("[interrupted]"), timeout=15)
+        child.expect(on_screen("you> "))
+        child.sendline("again")
+        child.expect(on_screen("run it?"))
+        child.sendline("y")
+        child.expect(on_screen("Still 42."), timeout=15)  # the same kernel works after the interrupt
+        child.expect(on_screen("you> "))
+        child.sendline(f"/notebook {notebook}")
+        child.expect(on_screen("notebook saved to"))
+        child.expect(on_screen("you> "))
+        child.sendline("/exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
+    assert alive(kernel) == set(), "the kernel is shut down when chat exits"
+    cells = nbformat.read(str(notebook), as_version=4).cells
+    assert [c.source for c in cells if c.cell_type == "code"] == ["print(6 * 7)", "import time\ntime.sleep(60)", "print(6 * 7)"]
+
+
+def test_run_at_a_terminal_asks_before_each_call(tmp_path):
+    model = script(tmp_path, [calc("2 + 2") + "<|assistant|>" + calc("3 + 3"), "\n 4 and 6."])
+    env = {k: v for k, v in os.environ.items() if k != "GLM_AGENT_MODEL"}
+    env.update(NO_COLOR="1", TERM="xterm", COLUMNS="100")
+    child = pexpect.spawn(COMMAND[0], [*COMMAND[1:], "run", "sums", "--model", model, "--tools", CALCULATOR, "--json"],
+                          env=env, cwd=str(REPO), encoding="utf-8", timeout=30)
+    child.logfile_read = seen = io.StringIO()
+    try:
+        child.expect(on_screen("run it?"))
+        child.sendline("y")
+        child.expect(on_screen("run it?"))
+        child.sendline("n")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
+    lines = [json.loads(line) for line in seen.getvalue().splitlines() if line.startswith('{"type"')]
+    assert [e["type"] for e in lines if e["type"] in ("tool_result", "call_refused")] == ["tool_result", "call_refused"]
+    assert lines[-1] == {"type": "final_answer", "step": 2, "text": "4 and 6."}
