@@ -89,14 +89,14 @@ def test_timeout_interrupts_and_keeps_state(interp):
 
 
 def test_code_ignoring_sigint_gets_a_restart(interp):
-    interp.run("before_restart = 1")
+    interp.run("before_restart = 1\nopen('survives.txt', 'w').write('file')")
     code = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: pass"
     result = interp.run(code, timeout=1)
     assert result.timed_out and result.restarted and result.state_lost
     assert "kernel was restarted" in result.observation and "lost" in result.observation
     after = interp.run("print(before_restart)")
     assert after.error is not None and after.error.ename == "NameError"
-    assert interp.run("print('works')").observation == "```result\nworks\n```"
+    assert interp.run("print(open('survives.txt').read())").observation == "```result\nfile\n```"  # files stay
 
 
 def test_os_exit_is_detected_and_restarted(interp):

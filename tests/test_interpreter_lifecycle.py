@@ -156,9 +156,9 @@ from glm_agent.interpreter import CodeInterpreter
 session = CodeInterpreter(timeout=60)
 session.run("print(1)")
 pids = [session.backend.pid] + [p.pid for p in psutil.Process(session.backend.pid).children(recursive=True)]
-print(json.dumps(pids), flush=True)
+print(json.dumps([pids, str(session.workspace), str(session.backend.runtime_dir)]), flush=True)
 mode = sys.argv[1]
-if mode == "exit":
+if mode == "normal-exit":
     sys.exit(0)  # no close(): interpreter exit must stop the kernel
 if mode == "ctrl-c":
     session.run("import time; time.sleep(600)")  # the test sends SIGINT meanwhile
@@ -166,7 +166,7 @@ time.sleep(600)  # "sigkill": the test kills us; the lifeline pipe must stop the
 """
 
 
-@pytest.mark.parametrize("mode", ["exit", "ctrl-c", "sigkill"])
+@pytest.mark.parametrize("mode", ["normal-exit", "ctrl-c", "sigkill"])
 def test_host_exit_ctrl_c_or_death_stops_the_kernel(mode, tmp_path):
     script = tmp_path / "host.py"
     script.write_text(SCRIPT.format(repo=str(REPO)))
@@ -174,8 +174,8 @@ def test_host_exit_ctrl_c_or_death_stops_the_kernel(mode, tmp_path):
     try:
         line = host.stdout.readline()
         assert line, host.stderr.read()
-        pids = json.loads(line)
-        assert len(pids) == 2
+        pids, workspace, runtime_dir = json.loads(line)
+        assert len(pids) == 2 and Path(workspace).is_dir() and Path(runtime_dir).is_dir()
         if mode == "ctrl-c":
             time.sleep(0.5)
             host.send_signal(signal.SIGINT)
@@ -187,6 +187,7 @@ def test_host_exit_ctrl_c_or_death_stops_the_kernel(mode, tmp_path):
         else:
             assert host.wait(30) == 0
         assert not _wait_gone(pids)
+        assert not Path(workspace).exists() and not Path(runtime_dir).exists()  # temporary dirs go too
     finally:
         if host.poll() is None:
             host.kill()
@@ -235,3 +236,29 @@ def test_notebook_export_without_conversation(tmp_path):
     notebook = nbformat.read(str(path), as_version=4)
     assert [c.source for c in notebook.cells] == ["x = 21", "x * 2"]
     assert notebook.cells[1].outputs[0].data == {"text/plain": "42"}
+
+
+def test_close_from_another_thread_ends_a_running_cell():
+    session = CodeInterpreter(timeout=120)
+    session.run("print(1)")
+    pids = _tree(session.backend.pid)
+    outcome: list[object] = []
+
+    def worker() -> None:
+        try:
+            outcome.append(session.run("import time\ntime.sleep(120)"))
+        except InterpreterError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    time.sleep(0.5)
+    session.close()
+    thread.join(15)
+    assert not thread.is_alive()
+    (what,) = outcome
+    if isinstance(what, InterpreterError):
+        assert "closed while the code was running" in str(what)
+    else:  # the interrupt won the race: the cell ended with KeyboardInterrupt
+        assert what.error.ename == "KeyboardInterrupt"
+    assert not _wait_gone(pids)

@@ -29,6 +29,7 @@ import os
 import re
 import resource
 import select
+import shutil
 import signal
 import socket
 import sys
@@ -259,8 +260,13 @@ def _kill_descendants(kernel_pid: int) -> None:
         time.sleep(0.01)
 
 
-def _supervise(kernel_pid: int, spec: dict) -> None:
-    """Wait for the kernel or the host's end; clean up; exit as the kernel did. Never returns."""
+def _supervise(kernel_pid: int, spec: dict, orphan_dirs: list[tuple[int, str]]) -> None:
+    """Wait for the kernel or the host's end; clean up; exit as the kernel did. Never returns.
+
+    The host writes ``q`` to the lifeline before closing it on purpose (close, restart);
+    end of file without it means the host died, and the directories in ``orphan_dirs``
+    (runtime dir, a temporary workspace) are removed too.
+    """
     isolate = spec["isolate"]
 
     def forward(signum: int, _frame: object) -> None:
@@ -278,11 +284,15 @@ def _supervise(kernel_pid: int, spec: dict) -> None:
     except (AttributeError, OSError):
         watch = []  # no pidfd (old kernel, not Linux): poll
     status = None
+    deliberate = host_gone = False
     while status is None:
         ready, _, _ = select.select(watch + [lifeline], [], [], None if watch else 0.1)
-        if lifeline in ready and not os.read(lifeline, 64):
+        data = os.read(lifeline, 64) if lifeline in ready else b"-"
+        deliberate = deliberate or b"q" in data
+        if not data:
             os.kill(kernel_pid, signal.SIGKILL)  # the host is gone or closed us: stop now
             status = os.waitpid(kernel_pid, 0)[1]
+            host_gone = not deliberate
         elif watch and watch[0] in ready:
             status = os.waitpid(kernel_pid, 0)[1]
         elif not watch:
@@ -290,6 +300,9 @@ def _supervise(kernel_pid: int, spec: dict) -> None:
             status = wait_status if pid else None
     if not isolate:
         _kill_descendants(kernel_pid)
+    if host_gone:
+        for dir_fd, name in orphan_dirs:
+            shutil.rmtree(name, dir_fd=dir_fd, ignore_errors=True)
     sys.stderr.flush()
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
@@ -304,6 +317,10 @@ def _supervise(kernel_pid: int, spec: dict) -> None:
 def main(argv: list[str]) -> None:
     spec = json.loads(argv[1])
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core files in anyone's workspace
+    orphan_dirs = []  # opened before any mount, so that they can be removed from any view
+    for path in spec.get("remove_if_orphaned", []):
+        parent, name = os.path.split(os.path.normpath(path))
+        orphan_dirs.append((os.open(parent, os.O_RDONLY | os.O_DIRECTORY), name))
     try:
         if spec["isolate"]:
             _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID), "unshare")
@@ -317,7 +334,7 @@ def main(argv: list[str]) -> None:
     pid = os.fork()
     if pid == 0:
         _kernel_child(spec, supervisor_pid)
-    _supervise(pid, spec)
+    _supervise(pid, spec, orphan_dirs)
 
 
 if __name__ == "__main__":

@@ -103,6 +103,10 @@ class _KernelProcess:
                     except subprocess.TimeoutExpired:
                         pass
                 self.close_client()
+                try:
+                    os.write(self.lifeline, b"q")  # on purpose: the supervisor keeps the workspace
+                except OSError:
+                    pass  # the supervisor is gone already
                 os.close(self.lifeline)  # end of file: the supervisor SIGKILLs the kernel and exits
                 self.lifeline = None
                 try:
@@ -121,8 +125,19 @@ class _KernelProcess:
 class LocalKernel:
     """A kernel process on this machine (implements :class:`KernelBackend`)."""
 
-    def __init__(self, workspace: Path, *, limits: Limits, isolate: bool, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workspace: Path,
+        *,
+        limits: Limits,
+        isolate: bool,
+        extra_env: dict[str, str] | None = None,
+        temporary_workspace: bool = False,
+    ) -> None:
+        """``temporary_workspace``: if this process dies without closing the kernel, the
+        supervisor removes the workspace along with the runtime directory."""
         self._workspace = Path(workspace).resolve()
+        self.temporary_workspace = temporary_workspace
         self.limits = limits
         self.isolate = isolate
         self._extra_env = dict(extra_env or {})
@@ -140,6 +155,11 @@ class LocalKernel:
     @property
     def kernel_workspace(self) -> str:
         return "/mnt/data" if self.isolate else str(self._workspace)
+
+    @property
+    def runtime_dir(self) -> Path | None:
+        """Sockets, connection file, scratch space and log of the running kernel."""
+        return self._process.runtime_dir if self._process else None
 
     @property
     def pid(self) -> int | None:
@@ -191,6 +211,7 @@ class LocalKernel:
             "env": env,
             "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", str(connection_file), "--HistoryManager.enabled=False"],
             "limits": self.limits.rlimits(),
+            "remove_if_orphaned": [str(runtime_dir)] + ([str(self._workspace)] if self.temporary_workspace else []),
         }
         read_fd, write_fd = os.pipe()
         spec["lifeline_fd"] = read_fd

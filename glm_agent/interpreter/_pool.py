@@ -141,7 +141,7 @@ def _fill(state: _PoolState, size: int, limits: Limits, isolate: bool, start_tim
                 return
             state.starting += 1
         workspace = Path(tempfile.mkdtemp(prefix="ws-", dir=runtime_root()))
-        kernel = LocalKernel(workspace, limits=limits, isolate=isolate)
+        kernel = LocalKernel(workspace, limits=limits, isolate=isolate, temporary_workspace=True)
         try:
             kernel.start(start_timeout)
             run_silent(kernel, BOOTSTRAP, start_timeout)

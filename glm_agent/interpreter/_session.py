@@ -104,10 +104,14 @@ class CodeInterpreter:
             self._workspace = Path(tempfile.mkdtemp(prefix="ws-", dir=runtime_root()))
             owned = True
         remove = owned if keep_workspace is None else not keep_workspace
+        if isinstance(backend, LocalKernel):
+            backend.temporary_workspace = remove  # for the supervisor, should this process die
         self._workspace_finalizer = weakref.finalize(self, shutil.rmtree, self._workspace, True) if remove else None
         try:
             if backend is None:
-                backend = LocalKernel(self._workspace, limits=self.limits, isolate=self.isolation.enabled)
+                backend = LocalKernel(
+                    self._workspace, limits=self.limits, isolate=self.isolation.enabled, temporary_workspace=remove
+                )
                 backend.start(start_timeout)
                 run_silent(backend, BOOTSTRAP, start_timeout)
         except BaseException:
@@ -202,6 +206,8 @@ class CodeInterpreter:
                     return outcome
                 next_deadline = interrupt_deadline or deadline
                 wait = 0.25 if next_deadline is None else max(0.0, min(0.25, next_deadline - now))
+                if self._closed:
+                    raise InterpreterError("the interpreter was closed while the code was running")
                 item = backend.recv(wait)
                 if item is None:
                     if not backend.is_alive():
@@ -241,6 +247,8 @@ class CodeInterpreter:
 
     def _restart_or_note(self, notices: list[str]) -> bool:
         """Restart the kernel; on failure add a notice and return False."""
+        if self._closed:
+            raise InterpreterError("the interpreter was closed while the code was running")
         try:
             self._backend.restart(self.start_timeout)
             run_silent(self._backend, BOOTSTRAP, self.start_timeout)
@@ -347,13 +355,26 @@ class CodeInterpreter:
         return write_notebook(Path(path), self.history, conversation)
 
     def close(self) -> None:
-        """Stop the kernel and every process it started; remove a temporary workspace. Idempotent."""
+        """Stop the kernel and every process it started; remove a temporary workspace. Idempotent.
+
+        Safe from another thread while a run is in progress: that run is interrupted and
+        raises ``InterpreterError`` (sockets are closed only once it has let go of them).
+        """
         if self._closed:
             return
         self._closed = True
         backend = getattr(self, "_backend", None)
         if backend is not None:
-            backend.shutdown()
+            if not self._lock.acquire(blocking=False):
+                backend.interrupt()
+                acquired = self._lock.acquire(timeout=self.interrupt_grace + 2)
+            else:
+                acquired = True
+            try:
+                backend.shutdown()
+            finally:
+                if acquired:
+                    self._lock.release()
         if self._workspace_finalizer is not None:
             self._workspace_finalizer()
 
