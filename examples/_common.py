@@ -44,8 +44,10 @@ def choose_model(spec: str | None, script: str) -> tuple[Any, bool]:
     model = load_chat_model(spec) if spec else ScriptedModel.from_file(SCRIPTED / script)
     scripted = isinstance(model, ScriptedModel)
     if scripted:
-        print(f"[scripted model] {model.name}: replaying prepared replies, not a real model; "
-              "pass --model or set GLM_AGENT_MODEL to use ChatGLM3\n")
+        print(
+            f"[scripted model] {model.name}: replaying prepared replies, not a real model; "
+            "pass --model or set GLM_AGENT_MODEL to use ChatGLM3\n"
+        )
     return model, scripted
 
 

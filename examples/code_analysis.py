@@ -27,9 +27,10 @@ def main(args: argparse.Namespace) -> int:
     model, _ = choose_model(args.model, "code_analysis.json")
     out = Path(args.out).resolve()
     # the kernel works in `out` (the code sees it as /mnt/data); a workspace we name is kept after close
-    with CodeInterpreter(workspace=out, timeout=60) as interpreter, Agent(
-        model, code_interpreter=interpreter, language="en"
-    ) as agent:
+    with (
+        CodeInterpreter(workspace=out, timeout=60) as interpreter,
+        Agent(model, code_interpreter=interpreter, language="en") as agent,
+    ):
         print(f"Q: {args.question}")
         answer, images = None, []
         for event in agent.stream(args.question):
@@ -49,5 +50,7 @@ def main(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     parser = example_args(__doc__.splitlines()[0], QUESTION)
-    parser.add_argument("--out", default=EXAMPLES / "output", help="where the chart and notebook go (default: %(default)s)")
+    parser.add_argument(
+        "--out", default=EXAMPLES / "output", help="where the chart and notebook go (default: %(default)s)"
+    )
     run_example(main, parser)

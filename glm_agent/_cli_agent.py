@@ -60,8 +60,12 @@ def add_agent_options(parser: argparse.ArgumentParser) -> None:
         help="tools from .py files, folders of them or module paths (repeatable)",
     )
     parser.add_argument("--code-interpreter", action="store_true", help="let the model run Python in a Jupyter kernel")
-    parser.add_argument("--system", metavar="TEXT", help="system prompt (default: ChatGLM3's official one for the mode)")
-    parser.add_argument("--language", choices=("zh", "en"), default="zh", help="language of the code-interpreter prompt")
+    parser.add_argument(
+        "--system", metavar="TEXT", help="system prompt (default: ChatGLM3's official one for the mode)"
+    )
+    parser.add_argument(
+        "--language", choices=("zh", "en"), default="zh", help="language of the code-interpreter prompt"
+    )
     parser.add_argument("--max-steps", type=int, default=10, metavar="N", help="model turns per question (default: 10)")
     parser.add_argument("-y", "--yes", action="store_true", help="run every tool call and code without asking")
     sampling = parser.add_argument_group("sampling")
@@ -125,9 +129,7 @@ def is_scripted(model: Any) -> bool:
     return isinstance(model, ScriptedModel)
 
 
-def build_agent(
-    args: argparse.Namespace, model: ChatModel, approve: Callable[[Any], bool] | None
-) -> Agent:
+def build_agent(args: argparse.Namespace, model: ChatModel, approve: Callable[[Any], bool] | None) -> Agent:
     """An Agent from the command line's tools, interpreter, prompt and sampling options."""
     from glm_agent.agent import Agent
     from glm_agent.tools._loading import load_tools

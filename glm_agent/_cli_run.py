@@ -30,7 +30,12 @@ def add_run_command(subparsers: Any) -> argparse.ArgumentParser:
     add_agent_options(parser)
     parser.add_argument("--json", action="store_true", help="print the event stream as JSON Lines on stdout")
     parser.add_argument(
-        "--file", dest="files", action="append", default=[], metavar="FILE", help="upload a file with the first question"
+        "--file",
+        dest="files",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="upload a file with the first question",
     )
     parser.add_argument("--save", metavar="SESSION.jsonl", help="save the conversation as JSON Lines")
     parser.add_argument("--notebook", metavar="OUT.ipynb", help="save the session as a Jupyter notebook")

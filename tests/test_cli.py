@@ -128,11 +128,25 @@ def test_run_asks_several_questions_in_one_conversation_and_saves_it(tmp_path):
 
 
 def test_run_without_an_answer_exits_1(tmp_path):
-    proc = glm_agent("run", "loop", "--model", script(tmp_path, [calc("1")] * 3), "--tools", CALCULATOR, "--yes",
-                     "--max-steps", "2", "--json")
+    proc = glm_agent(
+        "run",
+        "loop",
+        "--model",
+        script(tmp_path, [calc("1")] * 3),
+        "--tools",
+        CALCULATOR,
+        "--yes",
+        "--max-steps",
+        "2",
+        "--json",
+    )
     assert proc.returncode == 1
-    assert events(proc.stdout)[-1] == {"type": "error", "step": 2, "kind": "max_steps",
-                                       "message": "stopped after 2 steps without a final answer"}
+    assert events(proc.stdout)[-1] == {
+        "type": "error",
+        "step": 2,
+        "kind": "max_steps",
+        "message": "stopped after 2 steps without a final answer",
+    }
     proc = glm_agent("run", "x", "--model", script(tmp_path, [calc("1")]), "--tools", CALCULATOR, "--yes")
     assert proc.returncode == 1 and "ran out of replies" in proc.stdout
 
@@ -197,10 +211,24 @@ def test_unknown_option_is_an_argparse_error():
 
 # -- chat through stdin --------------------------------------------------------------------------------
 def test_chat_from_stdin_with_approval_and_slash_commands(tmp_path):
-    model = script(tmp_path, ["\n Let me compute.<|assistant|>" + calc("2**10 + 3"), "\n 1027.", calc("1/0"), "\n Fresh start."])
+    model = script(
+        tmp_path, ["\n Let me compute.<|assistant|>" + calc("2**10 + 3"), "\n 1027.", calc("1/0"), "\n Fresh start."]
+    )
     saved = tmp_path / "chat.jsonl"
-    lines = ["what is 2**10+3", "y", "/help", f"/save {saved}", "/save", "/bogus", "divide by zero", "n", "/reset",
-             "hello", "/exit", "never read"]
+    lines = [
+        "what is 2**10+3",
+        "y",
+        "/help",
+        f"/save {saved}",
+        "/save",
+        "/bogus",
+        "divide by zero",
+        "n",
+        "/reset",
+        "hello",
+        "/exit",
+        "never read",
+    ]
     proc = glm_agent("chat", "--model", model, "--tools", CALCULATOR, input="\n".join(lines) + "\n")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
@@ -246,8 +274,14 @@ def test_chat_at_a_terminal_ctrl_c_stops_the_agent_and_ctrl_d_leaves(tmp_path):
     model = script(tmp_path, [wait, wait, "\n Still here."])
     env = {k: v for k, v in os.environ.items() if k != "GLM_AGENT_MODEL"}
     env.update(NO_COLOR="1", TERM="xterm", COLUMNS="100")
-    child = pexpect.spawn(COMMAND[0], [*COMMAND[1:], "chat", "--model", model, "--tools", str(slow)],
-                          env=env, cwd=str(REPO), encoding="utf-8", timeout=30)
+    child = pexpect.spawn(
+        COMMAND[0],
+        [*COMMAND[1:], "chat", "--model", model, "--tools", str(slow)],
+        env=env,
+        cwd=str(REPO),
+        encoding="utf-8",
+        timeout=30,
+    )
     try:
         child.expect(on_screen("[scripted model]"))
         child.expect(on_screen("you> "))
@@ -279,8 +313,9 @@ TINY = REPO.parent / "shared" / "chatglm3" / "golden" / "tiny-chatglm3"
 
 @pytest.mark.skipif(not (TINY / "config.json").is_file(), reason=f"tiny checkpoint not found at {TINY} (../shared)")
 def test_run_with_real_weights_streams_generated_text():
-    proc = glm_agent("run", "hi", "--model", str(TINY), "--json", "--max-new-tokens", "6", "--temperature", "0",
-                     timeout=180)
+    proc = glm_agent(
+        "run", "hi", "--model", str(TINY), "--json", "--max-new-tokens", "6", "--temperature", "0", timeout=180
+    )
     assert proc.returncode == 0, proc.stderr
     out = events(proc.stdout)
     assert out[-1]["type"] == "final_answer" and out[-1]["step"] == 1
@@ -296,8 +331,19 @@ PLOT = "import matplotlib.pyplot as plt\nplt.plot([1, 4, 9])\nplt.show()\nprint(
 def test_run_with_the_code_interpreter_then_notebook_from_the_saved_session(tmp_path):
     model = script(tmp_path, [f"interpreter\n ```python\n{PLOT}\n```", "\n The sum is 14."])
     session, live = tmp_path / "session.jsonl", tmp_path / "live.ipynb"
-    proc = glm_agent("run", "plot and sum 1, 4, 9", "--model", model, "--code-interpreter", "--yes", "--json",
-                     "--save", str(session), "--notebook", str(live))
+    proc = glm_agent(
+        "run",
+        "plot and sum 1, 4, 9",
+        "--model",
+        model,
+        "--code-interpreter",
+        "--yes",
+        "--json",
+        "--save",
+        str(session),
+        "--notebook",
+        str(live),
+    )
     assert proc.returncode == 0, proc.stderr
     result = next(e for e in events(proc.stdout) if e["type"] == "code_result")
     assert result["ok"] and "14" in result["observation"] and len(result["images"]) == 1
@@ -311,7 +357,11 @@ def test_run_with_the_code_interpreter_then_notebook_from_the_saved_session(tmp_
     notebook = nbformat.read(str(out), as_version=4)
     nbformat.validate(notebook)
     cells = [(c.cell_type, c.source.splitlines()[0]) for c in notebook.cells]
-    assert cells == [("markdown", "**User**"), ("code", "import matplotlib.pyplot as plt"), ("markdown", "**Assistant**")]
+    assert cells == [
+        ("markdown", "**User**"),
+        ("code", "import matplotlib.pyplot as plt"),
+        ("markdown", "**Assistant**"),
+    ]
     code = notebook.cells[1]
     assert code.outputs[0].output_type == "stream" and "14" in code.outputs[0].text  # the observation the model read
     assert notebook.cells[2].source.endswith("The sum is 14.")
@@ -364,8 +414,14 @@ def test_chat_ctrl_c_stops_running_code_and_the_kernel_is_shut_down_on_exit(tmp_
     notebook = tmp_path / "chat.ipynb"
     env = {k: v for k, v in os.environ.items() if k != "GLM_AGENT_MODEL"}
     env.update(NO_COLOR="1", TERM="xterm", COLUMNS="100")
-    child = pexpect.spawn(COMMAND[0], [*COMMAND[1:], "chat", "--model", model, "--code-interpreter"],
-                          env=env, cwd=str(REPO), encoding="utf-8", timeout=60)
+    child = pexpect.spawn(
+        COMMAND[0],
+        [*COMMAND[1:], "chat", "--model", model, "--code-interpreter"],
+        env=env,
+        cwd=str(REPO),
+        encoding="utf-8",
+        timeout=60,
+    )
     try:
         child.expect(on_screen("you> "))
         child.sendline("compute")
@@ -400,15 +456,25 @@ def test_chat_ctrl_c_stops_running_code_and_the_kernel_is_shut_down_on_exit(tmp_
     assert child.exitstatus == 0
     assert alive(kernel) == set(), "the kernel is shut down when chat exits"
     cells = nbformat.read(str(notebook), as_version=4).cells
-    assert [c.source for c in cells if c.cell_type == "code"] == ["print(6 * 7)", "import time\ntime.sleep(60)", "print(6 * 7)"]
+    assert [c.source for c in cells if c.cell_type == "code"] == [
+        "print(6 * 7)",
+        "import time\ntime.sleep(60)",
+        "print(6 * 7)",
+    ]
 
 
 def test_run_at_a_terminal_asks_before_each_call(tmp_path):
     model = script(tmp_path, [calc("2 + 2") + "<|assistant|>" + calc("3 + 3"), "\n 4 and 6."])
     env = {k: v for k, v in os.environ.items() if k != "GLM_AGENT_MODEL"}
     env.update(NO_COLOR="1", TERM="xterm", COLUMNS="100")
-    child = pexpect.spawn(COMMAND[0], [*COMMAND[1:], "run", "sums", "--model", model, "--tools", CALCULATOR, "--json"],
-                          env=env, cwd=str(REPO), encoding="utf-8", timeout=30)
+    child = pexpect.spawn(
+        COMMAND[0],
+        [*COMMAND[1:], "run", "sums", "--model", model, "--tools", CALCULATOR, "--json"],
+        env=env,
+        cwd=str(REPO),
+        encoding="utf-8",
+        timeout=30,
+    )
     child.logfile_read = seen = io.StringIO()
     try:
         child.expect(on_screen("run it?"))

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import nbformat
-import pytest
 from nbclient import NotebookClient
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,7 +19,12 @@ TESTED = {"tools_agent.py", "code_analysis.py", "official_demo_tools.py", "agent
 def run_example(name: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "GLM_AGENT_MODEL"}  # the example's own scripted replies
     return subprocess.run(
-        [sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO
+        [sys.executable, str(EXAMPLES / name), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=REPO,
     )
 
 
@@ -55,7 +59,10 @@ def test_official_demo_tools_run_unchanged():
     schemas = json.loads(out[out.index("[\n") : out.index("\n]\n") + 2])
     assert [s["name"] for s in schemas] == ["random_number_generator", "get_weather"]
     assert schemas[0]["parameters"]["required"] == ["seed", "range"]
-    assert schemas[0]["parameters"]["properties"]["seed"] == {"type": "integer", "description": "The random seed used by the generator"}
+    assert schemas[0]["parameters"]["properties"]["seed"] == {
+        "type": "integer",
+        "description": "The random seed used by the generator",
+    }
     # the official body checks isinstance(range, tuple): the call passed it, so the list became a tuple
     assert "<- ok: 82" in out and out.rstrip().endswith("is 82.")
 
@@ -91,7 +98,9 @@ def test_an_example_with_a_missing_model_says_so_in_one_line(tmp_path):
 def test_agent_notebook_executes(monkeypatch):
     monkeypatch.delenv("GLM_AGENT_MODEL", raising=False)  # the kernel inherits the environment
     notebook = nbformat.read(str(EXAMPLES / "agent_notebook.ipynb"), as_version=4)
-    client = NotebookClient(notebook, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(EXAMPLES)}})
+    client = NotebookClient(
+        notebook, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(EXAMPLES)}}
+    )
     client.execute()  # raises CellExecutionError on the first failing cell
     outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
