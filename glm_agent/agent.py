@@ -280,7 +280,8 @@ class Agent:
         yield turn.out_of_steps()
 
     def _params(self) -> dict[str, Any]:
-        return self.generation.model_dump()
+        # only what the user set: a backend's own defaults (e.g. LocalModel(temperature=0)) stay in force
+        return self.generation.model_dump(exclude_unset=True)
 
     # -- dispatch ------------------------------------------------------------------------------
     def _dispatch(self, outcome: CallFinished, step: int, turn: _Turn) -> Iterator[ev.Event]:
