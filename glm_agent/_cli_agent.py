@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from glm_agent.errors import GlmAgentError
@@ -24,7 +25,7 @@ __all__ = [
     "add_agent_options",
     "model_spec",
     "load_model",
-    "build_agent",
+    "open_agent",
     "is_scripted",
     "cli_errors",
     "UsageProblem",
@@ -60,6 +61,11 @@ def add_agent_options(parser: argparse.ArgumentParser) -> None:
         help="tools from .py files, folders of them or module paths (repeatable)",
     )
     parser.add_argument("--code-interpreter", action="store_true", help="let the model run Python in a Jupyter kernel")
+    parser.add_argument(
+        "--workspace",
+        metavar="DIR",
+        help="the kernel's folder (the code sees /mnt/data); kept, with the images (default: temporary)",
+    )
     parser.add_argument(
         "--system", metavar="TEXT", help="system prompt (default: ChatGLM3's official one for the mode)"
     )
@@ -129,25 +135,47 @@ def is_scripted(model: Any) -> bool:
     return isinstance(model, ScriptedModel)
 
 
-def build_agent(args: argparse.Namespace, model: ChatModel, approve: Callable[[Any], bool] | None) -> Agent:
-    """An Agent from the command line's tools, interpreter, prompt and sampling options."""
+@contextlib.contextmanager
+def open_agent(
+    args: argparse.Namespace, model: ChatModel, approve: Callable[[Any], bool] | None, console: Console
+) -> Iterator[Agent]:
+    """An Agent from the command line's tools, interpreter, prompt and sampling options; closed on exit.
+
+    With ``--workspace DIR`` the kernel starts now, in DIR, and what the code writes (images
+    included) stays there; otherwise a kernel starts on the first code call, in a temporary
+    folder removed on exit.
+    """
     from glm_agent.agent import Agent
     from glm_agent.tools._loading import load_tools
 
     if args.max_steps < 1:
         raise UsageProblem("--max-steps must be at least 1")
+    if args.workspace and not args.code_interpreter:
+        raise UsageProblem("--workspace is the code interpreter's folder; add --code-interpreter")
     generation = _generation(args)
     tools = load_tools(args.tools) if args.tools else None
-    return Agent(
+    interpreter: Any = True if args.code_interpreter else None
+    if args.workspace:
+        from glm_agent.interpreter import CodeInterpreter
+
+        with console.status("Starting the code interpreter ...", spinner="dots"):
+            interpreter = CodeInterpreter(workspace=args.workspace)
+    agent = Agent(
         model,
         tools=tools,
-        code_interpreter=True if args.code_interpreter else None,
+        code_interpreter=interpreter,
         system=args.system,
         max_steps=args.max_steps,
         approve=approve,
         language=args.language,
         generation=generation,
     )
+    try:
+        yield agent
+    finally:
+        agent.close()  # shuts down a kernel the agent started
+        if args.workspace:
+            interpreter.close()
 
 
 def cli_errors(command: str) -> Callable[[Handler], Handler]:

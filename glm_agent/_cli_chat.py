@@ -43,22 +43,21 @@ def add_chat_command(subparsers: Any) -> argparse.ArgumentParser:
 def chat_command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from glm_agent._cli_agent import build_agent, is_scripted, load_model, model_spec
+    from glm_agent._cli_agent import is_scripted, load_model, model_spec, open_agent
     from glm_agent._cli_approve import choose_approver
-    from glm_agent._cli_render import EventRenderer, scripted_banner
+    from glm_agent._cli_render import TEMPORARY_IMAGES, EventRenderer, scripted_banner
 
     console = Console()
     renderer = EventRenderer(console)
     approve, _ = choose_approver(args.yes, renderer, console, interactive=True)
     model = load_model(model_spec(args), args, console)
-    agent = build_agent(args, model, approve)
-    try:
+    if args.code_interpreter and not args.workspace:
+        renderer.image_note = TEMPORARY_IMAGES
+    with open_agent(args, model, approve, console) as agent:
         if is_scripted(model):
             console.print(scripted_banner(model), style="bold yellow", markup=False, highlight=False, soft_wrap=True)
         _welcome(console, agent, model)
-        _loop(console, renderer, agent)
-    finally:
-        agent.close()
+        _loop(console, renderer, agent, fresh_kernel_on_reset=bool(args.workspace))
     return 0
 
 
@@ -69,7 +68,7 @@ def _welcome(console: Any, agent: Any, model: Any) -> None:
     console.print("Type a question, or /help. Ctrl-C stops the agent; Ctrl-D leaves.", style="dim", highlight=False)
 
 
-def _loop(console: Any, renderer: Any, agent: Any) -> None:
+def _loop(console: Any, renderer: Any, agent: Any, *, fresh_kernel_on_reset: bool = False) -> None:
     while True:
         try:
             line = console.input(PROMPT)
@@ -80,7 +79,7 @@ def _loop(console: Any, renderer: Any, agent: Any) -> None:
         if not line:
             continue
         if line.startswith("/"):
-            if not _slash(console, agent, line):
+            if not _slash(console, agent, line, fresh_kernel_on_reset):
                 return
             continue
         _answer(renderer, agent, line)
@@ -99,14 +98,14 @@ def _answer(renderer: Any, agent: Any, question: str) -> None:
         stream.close()
 
 
-def _slash(console: Any, agent: Any, line: str) -> bool:
+def _slash(console: Any, agent: Any, line: str, fresh_kernel_on_reset: bool = False) -> bool:
     """Run one slash command; False means leave."""
     from glm_agent.errors import GlmAgentError
 
     command, _, rest = line.partition(" ")
     rest = rest.strip()
     actions: dict[str, Callable[[], str | None]] = {
-        "/reset": lambda: (agent.reset(), "new conversation")[1],
+        "/reset": lambda: _reset(agent, fresh_kernel_on_reset),
         "/save": lambda: f"conversation saved to {agent.save(_needs(rest, '/save FILE'))}",
         "/notebook": lambda: f"notebook saved to {agent.save_notebook(_needs(rest, '/notebook FILE.ipynb'))}",
         "/help": lambda: "\n".join(f"  {k:<22} {v}" for k, v in SLASH_HELP.items()),
@@ -125,6 +124,13 @@ def _slash(console: Any, agent: Any, line: str) -> bool:
     if message:
         console.print(message, style="dim", markup=False, highlight=False)
     return True
+
+
+def _reset(agent: Any, fresh_kernel: bool) -> str:
+    agent.reset()  # restarts a kernel the agent started itself
+    if fresh_kernel and agent.interpreter is not None:
+        agent.interpreter.restart()  # the --workspace kernel: same folder, fresh state
+    return "new conversation"
 
 
 def _needs(argument: str, usage: str) -> str:

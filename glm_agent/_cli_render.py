@@ -14,9 +14,10 @@ from rich.text import Text
 from glm_agent import events as ev
 from glm_agent.messages import CodeCall, ToolCall
 
-__all__ = ["EventRenderer", "scripted_banner"]
+__all__ = ["EventRenderer", "scripted_banner", "TEMPORARY_IMAGES"]
 
 MAX_SHOWN_CHARS = 3000
+TEMPORARY_IMAGES = "the kernel's folder is temporary and removed on exit; keep its files with --workspace DIR"
 
 
 def scripted_banner(model: Any) -> str:
@@ -26,6 +27,14 @@ def scripted_banner(model: Any) -> str:
 
 def _clip(text: str, limit: int = MAX_SHOWN_CHARS) -> str:
     return text if len(text) <= limit else text[:limit] + f"\n... ({len(text) - limit} more characters)"
+
+
+def _unfenced(observation: str) -> str:
+    """An observation without the ```result fence around it (the model needs it; a person does not)."""
+    text = observation.strip()
+    if text.startswith("```") and text.endswith("```") and "\n" in text:
+        return text[text.index("\n") + 1 : -3].rstrip("\n")
+    return observation
 
 
 def _arguments(arguments: dict[str, Any]) -> str:
@@ -41,6 +50,7 @@ class EventRenderer:
         self._mid_line = False
         self._shown: object | None = None  # a call already shown (to ask for approval)
         self._status: Any = None  # the spinner while a tool or code runs
+        self.image_note: str | None = None  # said once, after the first image
 
     # -- helpers ---------------------------------------------------------------------------------
     def _end_line(self) -> None:
@@ -50,7 +60,7 @@ class EventRenderer:
 
     def _line(self, text: str | Text) -> None:
         self._end_line()
-        self.console.print(text, highlight=False)
+        self.console.print(text, highlight=False, soft_wrap=True)
 
     def note(self, text: str, style: str = "dim") -> None:
         """A line of the program's own (not the model's) in a quiet style."""
@@ -110,10 +120,14 @@ class EventRenderer:
         self._end_line()
         style = "green" if e.ok else "red"
         title = "output" if e.ok else "output: error"
-        body = Text(_clip(e.observation)) if e.observation.strip() else Text("(no output)", style="dim")
+        shown = _unfenced(e.observation)
+        body = Text(_clip(shown)) if shown.strip() else Text("(no output)", style="dim")
         self.console.print(Panel(body, title=title, title_align="left", border_style=style), highlight=False)
         for path in e.images:
             self._line(Text.assemble(("image ", "bold magenta"), str(path)))
+        if e.images and self.image_note:
+            self.note(f"  ({self.image_note})")
+            self.image_note = None
 
     def _on_CallRefused(self, e: ev.CallRefused) -> None:
         if self._shown is not e.call:

@@ -47,9 +47,9 @@ def add_run_command(subparsers: Any) -> argparse.ArgumentParser:
 def run_command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from glm_agent._cli_agent import build_agent, is_scripted, load_model, model_spec
+    from glm_agent._cli_agent import is_scripted, load_model, model_spec, open_agent
     from glm_agent._cli_approve import choose_approver
-    from glm_agent._cli_render import EventRenderer, scripted_banner
+    from glm_agent._cli_render import TEMPORARY_IMAGES, EventRenderer, scripted_banner
 
     for file in args.files:
         if not Path(file).is_file():
@@ -60,31 +60,33 @@ def run_command(args: argparse.Namespace) -> int:
     approve, hint = choose_approver(args.yes, renderer, err if args.json else out)
     renderer.refusal_hint = hint
     model = load_model(model_spec(args), args, err)
-    agent = build_agent(args, model, approve)
-    if is_scripted(model):
-        err.print(scripted_banner(model), style="bold yellow", markup=False, highlight=False, soft_wrap=True)
-    status = 0
-    try:
-        for i, question in enumerate(args.questions):
-            files = args.files if i == 0 else ()
-            if not args.json and len(args.questions) > 1:
-                renderer.note(f"> {question}", style="bold")
-            answered = _ask(agent, question, files, renderer, args.json)
-            if not answered:
-                status = 1
-                break
-        if args.save:
-            agent.save(args.save)
-            err.print(f"conversation saved to {args.save}", markup=False, highlight=False)
-        if args.notebook:
-            path = agent.save_notebook(args.notebook)
-            err.print(f"notebook saved to {path}", markup=False, highlight=False)
-    except KeyboardInterrupt:
-        err.print("[interrupted]", style="yellow", markup=False)
-        return 130
-    finally:
-        agent.close()
+    if args.code_interpreter and not args.workspace:
+        renderer.image_note = TEMPORARY_IMAGES
+    with open_agent(args, model, approve, err) as agent:
+        if is_scripted(model):
+            err.print(scripted_banner(model), style="bold yellow", markup=False, highlight=False, soft_wrap=True)
+        try:
+            status = _ask_all(args, agent, renderer)
+            if args.save:
+                agent.save(args.save)
+                err.print(f"conversation saved to {args.save}", markup=False, highlight=False)
+            if args.notebook:
+                path = agent.save_notebook(args.notebook)
+                err.print(f"notebook saved to {path}", markup=False, highlight=False)
+        except KeyboardInterrupt:
+            err.print("[interrupted]", style="yellow", markup=False)
+            return 130
     return status
+
+
+def _ask_all(args: argparse.Namespace, agent: Any, renderer: Any) -> int:
+    """Ask the questions in order; 1 as soon as one ends without an answer."""
+    for i, question in enumerate(args.questions):
+        if not args.json and len(args.questions) > 1:
+            renderer.note(f"> {question}", style="bold")
+        if not _ask(agent, question, args.files if i == 0 else (), renderer, args.json):
+            return 1
+    return 0
 
 
 def _ask(agent: Any, question: str, files: Any, renderer: Any, as_json: bool) -> bool:

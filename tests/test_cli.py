@@ -189,6 +189,7 @@ def test_bad_tool_file_is_one_line(tmp_path):
         (["--top-p", "2"], ["--top-p"]),
         (["--max-steps", "0"], ["--max-steps must be at least 1"]),
         (["--file", "/no/such/upload.csv"], ["/no/such/upload.csv"]),
+        (["--workspace", "/tmp"], ["--workspace", "add --code-interpreter"]),
     ],
 )
 def test_bad_arguments_are_one_line(tmp_path, args, words):
@@ -330,7 +331,7 @@ PLOT = "import matplotlib.pyplot as plt\nplt.plot([1, 4, 9])\nplt.show()\nprint(
 
 def test_run_with_the_code_interpreter_then_notebook_from_the_saved_session(tmp_path):
     model = script(tmp_path, [f"interpreter\n ```python\n{PLOT}\n```", "\n The sum is 14."])
-    session, live = tmp_path / "session.jsonl", tmp_path / "live.ipynb"
+    session, live, workspace = tmp_path / "session.jsonl", tmp_path / "live.ipynb", tmp_path / "ws"
     proc = glm_agent(
         "run",
         "plot and sum 1, 4, 9",
@@ -343,10 +344,14 @@ def test_run_with_the_code_interpreter_then_notebook_from_the_saved_session(tmp_
         str(session),
         "--notebook",
         str(live),
+        "--workspace",
+        str(workspace),
     )
     assert proc.returncode == 0, proc.stderr
     result = next(e for e in events(proc.stdout) if e["type"] == "code_result")
     assert result["ok"] and "14" in result["observation"] and len(result["images"]) == 1
+    image = Path(result["images"][0])
+    assert image.parent.parent == workspace and image.read_bytes().startswith(b"\x89PNG")  # kept after exit
     assert f"notebook saved to {live}" in proc.stderr
     cell = next(c for c in nbformat.read(str(live), as_version=4).cells if c.cell_type == "code")
     assert cell.source == PLOT and {o.output_type for o in cell.outputs} == {"display_data", "stream"}
@@ -488,3 +493,25 @@ def test_run_at_a_terminal_asks_before_each_call(tmp_path):
     lines = [json.loads(line) for line in seen.getvalue().splitlines() if line.startswith('{"type"')]
     assert [e["type"] for e in lines if e["type"] in ("tool_result", "call_refused")] == ["tool_result", "call_refused"]
     assert lines[-1] == {"type": "final_answer", "step": 2, "text": "4 and 6."}
+
+
+def test_chat_with_a_workspace_keeps_files_and_reset_gives_a_fresh_kernel(tmp_path):
+    write = "interpreter\n ```python\nx = 5\nopen('/mnt/data/note.txt', 'w').write('kept')\nprint(x)\n```"
+    check = "interpreter\n ```python\nprint('x' in globals())\n```"
+    model = script(tmp_path, [write, "\n Written.", check, "\n Checked."])
+    workspace = tmp_path / "ws"
+    lines = ["write", "/reset", "check", "/exit"]
+    proc = glm_agent(
+        "chat",
+        "--model",
+        model,
+        "--code-interpreter",
+        "--workspace",
+        str(workspace),
+        "--yes",
+        input="\n".join(lines) + "\n",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "│ 5 " in proc.stdout and "new conversation" in proc.stdout
+    assert "│ False " in proc.stdout  # the kernel's state did not survive /reset
+    assert (workspace / "note.txt").read_text() == "kept"  # the folder did, after exit too
