@@ -19,7 +19,7 @@ from typing import Any
 
 from glm_agent import GlmAgentError
 from glm_agent.models import ScriptedModel
-from glm_agent.models._spec import load_chat_model
+from glm_agent.models import load_chat_model
 
 EXAMPLES = Path(__file__).resolve().parent
 SCRIPTED = EXAMPLES / "scripted"

@@ -114,7 +114,7 @@ def _generation(args: argparse.Namespace) -> Any:
 
 def load_model(spec: str, args: argparse.Namespace, console: Console) -> ChatModel:
     """Load the model with a spinner on the console; a missing extra becomes an actionable error."""
-    from glm_agent.models._spec import load_chat_model
+    from glm_agent.models import load_chat_model
 
     options: dict[str, Any] = {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v is not None}
     if args.allow_download:

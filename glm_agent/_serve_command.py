@@ -34,7 +34,7 @@ def add_serve_command(sub: Any) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     try:
         from glm_agent.chatglm3.tokenizer import ChatGLM3Tokenizer
-        from glm_agent.models._spec import load_chat_model
+        from glm_agent.models import load_chat_model
 
         model = load_chat_model(args.model)
         tokenizer = getattr(model, "tokenizer", None)

@@ -15,7 +15,7 @@ import pytest
 
 from glm_agent.errors import ModelError
 from glm_agent.models import OpenAIModel, ScriptedModel
-from glm_agent.models._spec import load_chat_model
+from glm_agent.models import load_chat_model
 from tests.conftest import REPO, SHARED, needs_shared
 
 CALL = "calculate\n ```python\ntool_call(expression='6 * 7')\n```"
