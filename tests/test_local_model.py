@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -279,3 +283,13 @@ def test_stop_strings_hold_back_a_possible_start():
     plain = StopStrings(["<END>"])
     out = [plain.feed(d) for d in ["a<E", "x<", "b"]] + [plain.flush()]
     assert "".join(out) == "a<Ex<b" and not plain.stopped
+
+
+def test_cpu_allocator_tuning_is_applied_once_and_can_be_turned_off():
+    code = "from glm_agent.models._cpu_tuning import keep_freed_memory as k; print(k(), k())"
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    env = {**os.environ, "GLM_AGENT_MALLOC_TUNING": "0"}
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert on.stdout.split() == ["True", "True"]
+    assert off.stdout.split() == ["False", "False"]

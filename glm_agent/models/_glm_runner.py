@@ -4,8 +4,10 @@ Two engines with one interface (``length``, ``forward(ids) -> last logits``, ``c
 
 - :class:`LeanGlmRunner` computes ``GlmForCausalLM``'s forward directly from its weights with
   preallocated KV buffers: no per-token cache concatenation, no mask building, grouped heads
-  attended without copying keys. On CPU it stores linear weights column-major (same values,
-  same shapes), which lets the matrix-vector products of decoding run near memory bandwidth.
+  attended without copying keys, q/k/v in one product. It re-lays out the model's weights in
+  place (same values and shapes; the model's own forward still works): q/k/v become views of
+  one fused matrix, and on CPU linear weights are stored column-major, which lets the
+  matrix-vector products of decoding run near memory bandwidth.
 - :class:`TransformersRunner` calls the model itself with a ``DynamicCache``; it serves models
   the lean engine cannot (accelerate-dispatched or offloaded weights, other architectures).
 """
@@ -21,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from glm_agent.errors import ModelError
+from glm_agent.models._cpu_tuning import keep_freed_memory
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +44,8 @@ def make_runner(model: Any, engine: str = "auto", *, prefill_chunk: int = 1024) 
     """The lean engine when the model allows it (``engine="auto"``), else transformers' own forward."""
     if engine not in ("auto", "lean", "transformers"):
         raise ValueError(f"unknown engine {engine!r}; use 'auto', 'lean' or 'transformers'")
+    if any(p.device.type == "cpu" for p in model.parameters()):
+        keep_freed_memory()  # page faults on every forward pass otherwise (see _cpu_tuning)
     if engine != "transformers":
         reason = LeanGlmRunner.unsupported_reason(model)
         if reason is None:
@@ -72,21 +77,21 @@ class LeanGlmRunner:
         self.rope_scaling = float(getattr(rotary, "attention_scaling", 1.0))
         if column_major is None:
             column_major = self.device.type == "cpu"
+        fused = [_fuse_qkv(layer.self_attn, column_major) for layer in base.layers]
         if column_major:
             _use_column_major(model)
         self.layers = [
             (
                 layer.input_layernorm,
-                layer.self_attn.q_proj,
-                layer.self_attn.k_proj,
-                layer.self_attn.v_proj,
+                qkv_weight,
+                qkv_bias,
                 layer.self_attn.o_proj.weight,
                 layer.post_attention_layernorm,
                 layer.mlp.gate_up_proj.weight,
                 layer.mlp.down_proj.weight,
-                layer.self_attn.q_proj.weight.device,
+                qkv_weight.device,
             )
-            for layer in base.layers
+            for layer, (qkv_weight, qkv_bias) in zip(base.layers, fused)
         ]
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
@@ -104,6 +109,9 @@ class LeanGlmRunner:
             return "the model is dispatched with accelerate hooks"
         if not all(type(m.mlp.activation_fn).__name__ in ("SiLU", "SiLUActivation") for m in model.model.layers):
             return "the MLP activation is not SiLU"
+        attn = model.model.layers[0].self_attn
+        if len({p.bias is None for p in (attn.q_proj, attn.k_proj, attn.v_proj)}) != 1:
+            return "q/k/v projections mix biases"
         rope = getattr(model.config, "rope_parameters", None) or getattr(model.config, "rope_scaling", None) or {}
         if rope.get("rope_type", "default") != "default":
             return f"rope_type {rope.get('rope_type')!r} is not supported"
@@ -153,15 +161,14 @@ class LeanGlmRunner:
         cos, sin = self._rotary(past, count)
         mask = self._mask(past, count)
         rep = self.num_heads // self.num_kv
-        for i, (ln1, q_proj, k_proj, v_proj, o_w, ln2, gate_up_w, down_w, device) in enumerate(self.layers):
+        heads, kv_heads = self.num_heads, self.num_kv
+        for i, (ln1, qkv_w, qkv_b, o_w, ln2, gate_up_w, down_w, device) in enumerate(self.layers):
             if x.device != device:
                 x = x.to(device)
                 cos, sin, mask = cos.to(device), sin.to(device), mask.to(device) if mask is not None else None
-            h = ln1(x)
-            q = F.linear(h, q_proj.weight, q_proj.bias).view(count, self.num_heads, self.head_dim)
-            k = F.linear(h, k_proj.weight, k_proj.bias).view(count, self.num_kv, self.head_dim)
-            v = F.linear(h, v_proj.weight, v_proj.bias).view(count, self.num_kv, self.head_dim)
-            q, k = _apply_rotary(q, cos, sin), _apply_rotary(k, cos, sin)
+            qkv = F.linear(ln1(x), qkv_w, qkv_b).view(count, heads + 2 * kv_heads, self.head_dim)
+            qk = _apply_rotary(qkv[:, : heads + kv_heads], cos, sin)
+            q, k, v = qk[:, :heads], qk[:, heads:], qkv[:, heads + kv_heads :]
             keys, values = self.keys[i], self.values[i]
             keys[0, :, past:total] = k.transpose(0, 1)
             values[0, :, past:total] = v.transpose(0, 1)
@@ -200,6 +207,32 @@ def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
     x_rot, x_pass = x[..., :rot], x[..., rot:]
     rotated = torch.stack((-x_rot[..., 1::2], x_rot[..., 0::2]), dim=-1).flatten(-2)
     return torch.cat([x_rot * cos + rotated * sin, x_pass], dim=-1)
+
+
+def _fuse_qkv(attn: Any, column_major: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One matrix (and bias) for q, k and v; the three projections become views into it.
+
+    One matrix-vector product per layer instead of three; the model's own forward is unchanged.
+    """
+    projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+    done = getattr(attn, "_glm_agent_fused_qkv", None)
+    if done is not None and done[0].data_ptr() == attn.q_proj.weight.data_ptr():
+        return done
+    has_bias = projections[0].bias is not None
+    with torch.no_grad():
+        weight = torch.cat([p.weight for p in projections], dim=0)
+        if column_major:
+            weight = weight.t().contiguous().t()
+        bias = torch.cat([p.bias for p in projections], dim=0) if has_bias else None
+        start = 0
+        for p in projections:
+            end = start + p.weight.shape[0]
+            p.weight.data = weight[start:end]
+            if bias is not None:
+                p.bias.data = bias[start:end]
+            start = end
+    attn._glm_agent_fused_qkv = (weight, bias)
+    return weight, bias
 
 
 def _use_column_major(model: Any) -> None:
