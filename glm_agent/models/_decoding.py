@@ -32,25 +32,26 @@ class Sampler:
         repetition_penalty: float = 1.0,
         seed: int | None = None,
         history: Sequence[int] = (),
-        device: Any = "cpu",
     ) -> None:
         self.temperature = temperature
         self.top_p = top_p
         self.top_k = top_k
         self.repetition_penalty = repetition_penalty
-        self.generator: torch.Generator | None = None
-        if temperature > 0:
-            self.generator = torch.Generator(device=device)
-            if seed is None:
-                self.generator.seed()
-            else:
-                self.generator.manual_seed(seed)
+        self.seed = seed
+        self.generator: torch.Generator | None = None  # made on the logits' device at the first call
+        self._history = sorted(set(history)) if repetition_penalty != 1.0 else None
         self._seen: torch.Tensor | None = None
-        if repetition_penalty != 1.0:
-            self._seen = torch.tensor(sorted(set(history)), dtype=torch.long, device=device)
 
     def __call__(self, logits: torch.Tensor) -> int:
         scores = logits.float()
+        if self._history is not None and self._seen is None:
+            self._seen = torch.tensor(self._history, dtype=torch.long, device=scores.device)
+        if self.temperature > 0 and self.generator is None:
+            self.generator = torch.Generator(device=scores.device)
+            if self.seed is None:
+                self.generator.seed()
+            else:
+                self.generator.manual_seed(self.seed)
         if not torch.isfinite(scores).all():
             logger.warning("non-finite scores from the model; replaced as the official ChatGLM3 code does")
             scores = torch.zeros_like(scores)

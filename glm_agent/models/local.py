@@ -73,7 +73,6 @@ class LocalModel(BaseChatModel):
         self.context_length = int(context_length or getattr(model.config, "max_position_embeddings", 8192))
         self.defaults = _params(defaults)
         self.stop_ids = frozenset(tokenizer.stop_ids)
-        self._device = next(model.parameters()).device
         self._cache = PrefixCache(make_runner(model, engine), enabled=prefix_cache)
         self._lock = threading.Lock()
         self.last_stats: GenerationStats | None = None
@@ -147,7 +146,6 @@ class LocalModel(BaseChatModel):
                 repetition_penalty=p.repetition_penalty,
                 seed=p.seed,
                 history=prompt,
-                device=self._device,
             )
             cache = self._cache
             feeding: list[int] = []
