@@ -34,9 +34,19 @@ __all__ = [
     "detect_isolation",
     "KernelBackend",
     "LocalKernel",
+    "KernelGateway",
     "Output",
     "StreamOutput",
     "DisplayOutput",
     "ErrorOutput",
     "OmittedOutput",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``KernelGateway`` is imported on first use: it needs the ``gateway`` extra (websockets)."""
+    if name == "KernelGateway":
+        from glm_agent.interpreter._gateway import KernelGateway
+
+        return KernelGateway
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

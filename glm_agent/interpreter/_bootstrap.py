@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import time
 
 from glm_agent.errors import InterpreterError
 from glm_agent.interpreter._backend import KernelBackend
 
-__all__ = ["BOOTSTRAP", "run_silent"]
+__all__ = ["BOOTSTRAP", "run_silent", "write_file"]
 
 # Threads started by a cell keep that cell as their output's parent, so that what they print
 # after the cell ended is not attributed to whichever cell runs then (ipykernel's default).
@@ -65,3 +66,28 @@ def run_silent(backend: KernelBackend, code: str, timeout: float) -> None:
                 raise InterpreterError(f"kernel set-up code failed: {content.get('ename')}: {content.get('evalue')}")
             return
     raise InterpreterError(f"the kernel did not finish its set-up within {timeout:g} s")
+
+
+def write_file(backend: KernelBackend, path: str, data: bytes, timeout: float, chunk_size: int = 1024 * 1024) -> None:
+    """Write ``data`` to ``path`` as the kernel sees it, through the kernel (a remote workspace).
+
+    Sent in base64 chunks (each one message under the gateway's WebSocket message limit),
+    written to ``path.part`` and renamed at the end, so a failed upload leaves no half file.
+    """
+    part = f"{path}.part"
+    try:
+        for offset in range(0, max(len(data), 1), chunk_size):
+            encoded = base64.b64encode(data[offset : offset + chunk_size]).decode("ascii")
+            mode = "wb" if offset == 0 else "ab"
+            run_silent(
+                backend,
+                f"with open({part!r}, {mode!r}) as _f:\n    _f.write(__import__('base64').b64decode({encoded!r}))",
+                timeout,
+            )
+        run_silent(backend, f"__import__('os').replace({part!r}, {path!r})", timeout)
+    except InterpreterError as exc:
+        try:
+            run_silent(backend, f"__import__('os').path.exists({part!r}) and __import__('os').unlink({part!r})", timeout)
+        except InterpreterError:
+            pass
+        raise InterpreterError(f"could not write {path} in the kernel: {exc}") from exc

@@ -23,7 +23,7 @@ from glm_agent.interpreter._backend import Channel, KernelMessage
 from glm_agent.interpreter._isolation import launcher_argv, runtime_root
 from glm_agent.interpreter._limits import Limits
 
-__all__ = ["LocalKernel", "describe_exit"]
+__all__ = ["LocalKernel", "describe_exit", "launch_spec"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,50 @@ def describe_exit(returncode: int | None, limits: Limits | None = None) -> str:
     if returncode == 127:
         return "the kernel could not be started"
     return f"exited with code {returncode}"
+
+
+def launch_spec(
+    *,
+    workspace: Path,
+    runtime_dir: Path,
+    connection_file: Path,
+    limits: Limits,
+    isolate: bool,
+    extra_env: dict[str, str] | None = None,
+    remove_if_orphaned: list[Path] | None = None,
+) -> dict:
+    """The launcher's spec (``_launch.py``) for an ipykernel with this connection file.
+
+    Creates the kernel's scratch directories under ``runtime_dir``. The caller adds
+    ``lifeline_fd``. Shared by :class:`LocalKernel` and the Kernel Gateway's kernel spec
+    (``_gateway_kernel.py``), so that both run kernels the same way.
+    """
+    scratch = runtime_dir / "scratch"
+    for sub in ("tmp", "ipython", "matplotlib", "home"):
+        (scratch / sub).mkdir(parents=True, exist_ok=True)
+    env = {
+        "IPYTHONDIR": str(scratch / "ipython"),
+        "MPLCONFIGDIR": str(scratch / "matplotlib"),
+        "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+        "MALLOC_ARENA_MAX": "2",  # keeps address space use predictable under RLIMIT_AS
+        "JUPYTER_PLATFORM_DIRS": "1",
+        "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+        "TMPDIR": "/tmp" if isolate else str(scratch / "tmp"),
+    }
+    if isolate:
+        env["HOME"] = str(scratch / "home")
+    env.update(extra_env or {})
+    return {
+        "isolate": isolate,
+        "workspace": str(workspace),
+        "runtime_dir": str(runtime_dir),
+        "tmpfs_bytes": limits.tmpfs_bytes,
+        "cwd": "/mnt/data" if isolate else str(workspace),
+        "env": env,
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", str(connection_file), "--HistoryManager.enabled=False"],
+        "limits": limits.rlimits(),
+        "remove_if_orphaned": [str(path) for path in remove_if_orphaned or []],
+    }
 
 
 class _KernelProcess:
@@ -182,37 +226,16 @@ class LocalKernel:
 
     def _spawn(self) -> _KernelProcess:
         runtime_dir = Path(tempfile.mkdtemp(prefix="k-", dir=runtime_root()))
-        scratch = runtime_dir / "scratch"
-        for sub in ("tmp", "ipython", "matplotlib", "home"):
-            (scratch / sub).mkdir(parents=True)
         connection_file = runtime_dir / "connection.json"
         write_connection_file(
             str(connection_file), ip=str(runtime_dir / "kernel"), transport="ipc",
             shell_port=1, iopub_port=2, stdin_port=3, control_port=4, hb_port=5,
         )  # fmt: skip
-        env = {
-            "IPYTHONDIR": str(scratch / "ipython"),
-            "MPLCONFIGDIR": str(scratch / "matplotlib"),
-            "MPLBACKEND": "module://matplotlib_inline.backend_inline",
-            "MALLOC_ARENA_MAX": "2",  # keeps address space use predictable under RLIMIT_AS
-            "JUPYTER_PLATFORM_DIRS": "1",
-            "PYDEVD_DISABLE_FILE_VALIDATION": "1",
-            "TMPDIR": "/tmp" if self.isolate else str(scratch / "tmp"),
-        }
-        if self.isolate:
-            env["HOME"] = str(scratch / "home")
-        env.update(self._extra_env)
-        spec = {
-            "isolate": self.isolate,
-            "workspace": str(self._workspace),
-            "runtime_dir": str(runtime_dir),
-            "tmpfs_bytes": self.limits.tmpfs_bytes,
-            "cwd": self.kernel_workspace,
-            "env": env,
-            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", str(connection_file), "--HistoryManager.enabled=False"],
-            "limits": self.limits.rlimits(),
-            "remove_if_orphaned": [str(runtime_dir)] + ([str(self._workspace)] if self.temporary_workspace else []),
-        }
+        spec = launch_spec(
+            workspace=self._workspace, runtime_dir=runtime_dir, connection_file=connection_file,
+            limits=self.limits, isolate=self.isolate, extra_env=self._extra_env,
+            remove_if_orphaned=[runtime_dir] + ([self._workspace] if self.temporary_workspace else []),
+        )  # fmt: skip
         read_fd, write_fd = os.pipe()
         spec["lifeline_fd"] = read_fd
         log_path = runtime_dir / "kernel.log"

@@ -19,7 +19,7 @@ import zmq
 
 from glm_agent.errors import InterpreterError
 from glm_agent.interpreter._backend import KernelBackend
-from glm_agent.interpreter._bootstrap import BOOTSTRAP, run_silent
+from glm_agent.interpreter._bootstrap import BOOTSTRAP, run_silent, write_file
 from glm_agent.interpreter._capture import OutputCollector
 from glm_agent.interpreter._isolation import Isolation, resolve_isolation, runtime_root
 from glm_agent.interpreter._limits import GiB, Limits
@@ -27,6 +27,7 @@ from glm_agent.interpreter._local import LocalKernel
 from glm_agent.interpreter._results import ErrorOutput, ExecutionResult, format_observation, output_text
 
 if TYPE_CHECKING:
+    from glm_agent.interpreter._gateway import KernelGateway
     from glm_agent.interpreter._pool import KernelPool
     from glm_agent.messages import MessageLike
 
@@ -53,6 +54,12 @@ class CodeInterpreter:
     available, True = required, False = off (see ``isolation``). ``pool`` hands out
     pre-started kernels. ``max_observation_chars`` bounds the observation (head + tail),
     ``max_output_chars`` what is kept of a run's output at all.
+
+    ``gateway="http://host:port"`` (with ``token=``, or a ``KernelGateway`` object) runs the
+    kernel on a Jupyter Kernel/Enterprise Gateway instead (see ``sandbox/README.md``): the same
+    runs, observations and restarts; limits and isolation are the gateway's kernel spec's
+    (reported in ``limits`` and ``isolation``), the kernel's files stay on the gateway, and
+    ``workspace`` is a local directory holding the images (``outputs/``).
     """
 
     def __init__(
@@ -68,6 +75,8 @@ class CodeInterpreter:
         interrupt_grace: float = 3.0,
         start_timeout: float = 60.0,
         keep_workspace: bool | None = None,
+        gateway: str | KernelGateway | None = None,
+        token: str | None = None,
     ) -> None:
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
@@ -81,6 +90,9 @@ class CodeInterpreter:
         self.history: list[ExecutionResult] = []
         self._lock = threading.RLock()
         self._closed = False
+        if gateway is not None:
+            self._init_remote(gateway, token, workspace, limits, isolate, pool, keep_workspace)
+            return
         if pool is not None:
             if limits is not None and limits != pool.limits:
                 raise ValueError("a session from a pool uses the pool's limits; create the KernelPool with the limits you want")
@@ -121,6 +133,34 @@ class CodeInterpreter:
                 self._workspace_finalizer()
             raise
         self._backend: KernelBackend = backend
+        self._image_dir = self._workspace / "outputs"
+
+    def _init_remote(self, gateway, token, workspace, limits, isolate, pool, keep_workspace) -> None:  # noqa: ANN001
+        """A kernel on a Kernel Gateway; images are saved in a local temporary directory."""
+        from glm_agent.interpreter._gateway import KernelGateway
+
+        given = {"workspace": workspace, "limits": limits, "isolate": isolate, "pool": pool}
+        if any(value is not None for value in given.values()):
+            names = ", ".join(name for name, value in given.items() if value is not None)
+            raise ValueError(
+                f"{names} cannot be combined with gateway=: the gateway's kernel spec sets the kernel's limits, "
+                "isolation and workspace (see sandbox/README.md)"
+            )
+        backend = gateway if isinstance(gateway, KernelGateway) else KernelGateway(gateway, token=token)
+        if keep_workspace is not None:
+            backend.temporary_workspace = not keep_workspace
+        self._workspace = Path(tempfile.mkdtemp(prefix="gw-", dir=runtime_root()))
+        self._workspace_finalizer = weakref.finalize(self, shutil.rmtree, self._workspace, True)
+        try:
+            backend.start(self.start_timeout)
+            run_silent(backend, BOOTSTRAP, self.start_timeout)
+        except BaseException:
+            backend.shutdown()
+            self._workspace_finalizer()
+            raise
+        self.limits = backend.limits
+        self.isolation = backend.isolation
+        self._backend = backend
         self._image_dir = self._workspace / "outputs"
 
     # -- properties ---------------------------------------------------------------------------
@@ -167,6 +207,7 @@ class CodeInterpreter:
                 outcome = {"status": "died", "execution_count": None, "timed_out": False, "restarted": False}
             restarted = restarted or outcome["restarted"]
             state_lost = state_lost or outcome["restarted"]
+            notices.extend(self._transport_notices())
             result = self._build_result(code, collector, outcome, notices, restarted, state_lost, started)
             self.history.append(result)
             return result
@@ -245,6 +286,11 @@ class CodeInterpreter:
             )
         return outcome
 
+    def _transport_notices(self) -> list[str]:
+        """What a remote transport had to do during the run (reconnects, a lost reply)."""
+        drain = getattr(self._backend, "drain_notices", None)
+        return drain() if drain is not None else []
+
     def _restart_or_note(self, notices: list[str]) -> bool:
         """Restart the kernel; on failure add a notice and return False."""
         if self._closed:
@@ -301,14 +347,16 @@ class CodeInterpreter:
 
     # -- /mnt/data ------------------------------------------------------------------------------
     def _code_for_kernel(self, code: str) -> str:
-        if self.isolation.enabled:
+        kernel_dir = self._backend.kernel_workspace
+        if kernel_dir == MNT_DATA:
             return code
-        return _MNT_DATA_IN_CODE.sub(lambda _m: str(self._workspace), code)
+        return _MNT_DATA_IN_CODE.sub(lambda _m: kernel_dir, code)
 
     def _path_for_model(self, text: str) -> str:
-        if self.isolation.enabled:
+        kernel_dir = self._backend.kernel_workspace
+        if kernel_dir == MNT_DATA:
             return text
-        return text.replace(str(self._workspace), MNT_DATA)
+        return text.replace(kernel_dir, MNT_DATA)
 
     # -- session control ------------------------------------------------------------------------
     def interrupt(self) -> None:
@@ -341,6 +389,12 @@ class CodeInterpreter:
             name = name or path.name
         if not _UPLOAD_NAME.match(name) or name in (".", ".."):
             raise InterpreterError(f"invalid upload name {name!r}: use a plain file name without '/' (e.g. 'data.csv')")
+        if self._backend.workspace is None:  # remote: through the kernel
+            data = Path(source).read_bytes() if data is None else data
+            with self._lock:
+                self._check_open()
+                write_file(self._backend, f"{self._backend.kernel_workspace}/{name}", data, self.start_timeout)
+            return f"#File: {MNT_DATA}/{name}\n#Size: {len(data)}\n#File uploaded\n"
         target = self._workspace / name
         if data is None:
             shutil.copyfile(source, target)

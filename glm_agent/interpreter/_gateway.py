@@ -1,0 +1,546 @@
+"""The remote transport: a kernel on a Jupyter Kernel Gateway (or Enterprise Gateway).
+
+REST for the kernel's life (``POST /api/kernels``, ``/interrupt``, ``/restart``,
+``DELETE``), the ``/api/kernels/{id}/channels`` WebSocket for Jupyter messages (JSON with
+a ``channel`` field). Implements :class:`~glm_agent.interpreter._backend.KernelBackend`,
+so that :class:`~glm_agent.interpreter.CodeInterpreter` runs the same code above it.
+
+What can go wrong, and what this backend does:
+
+- the gateway cannot be reached, or refuses the token: :class:`InterpreterError` saying so;
+- the kernel dies: the gateway restarts it (iopub ``status: restarting``); the kernel is
+  reported dead, and its replacement tells why its predecessor ended (``GLM_AGENT_LAST_EXIT``);
+- the kernel is gone (culled when idle, deleted, gateway restarted): ``restart`` starts a new one;
+- the WebSocket drops: reconnect once with the same session (the gateway replays what it
+  buffered meanwhile); if the run's reply was lost, the run ends with a notice saying so;
+- the gateway itself dies: the kernel is reported dead ("cannot reach the Kernel Gateway").
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import os
+import resource
+import threading
+import time
+import uuid
+import weakref
+from collections import deque
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+
+from glm_agent.errors import InterpreterError
+from glm_agent.interpreter._backend import Channel, KernelMessage
+from glm_agent.interpreter._gateway_kernel import LAST_EXIT_ENV, SESSION_ENV
+from glm_agent.interpreter._isolation import Isolation
+from glm_agent.interpreter._limits import Limits
+
+__all__ = ["KernelGateway", "TOKEN_ENV"]
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "GLM_AGENT_GATEWAY_TOKEN"
+_MAX_MESSAGE = 256 * 1024 * 1024  # images and long outputs arrive as single WebSocket messages
+_LOST_REPLY_AFTER = 1.5  # seconds of silence after a reconnect before asking the gateway
+_PROBE = {
+    "cwd": "__import__('os').getcwd()",
+    "pid": "__import__('os').getpid()",
+    "rlimits": "[__import__('resource').getrlimit(getattr(__import__('resource'), n))[0] "
+    "for n in ('RLIMIT_AS', 'RLIMIT_CPU', 'RLIMIT_NOFILE', 'RLIMIT_FSIZE')]",
+    "last_exit": f"__import__('os').environ.get({LAST_EXIT_ENV!r}, '')",
+}
+
+
+def _delete_kernel(base_url: str, headers: dict[str, str], kernel_id: str) -> None:
+    """Best effort DELETE (garbage collection, interpreter exit)."""
+    try:
+        httpx.delete(f"{base_url}/api/kernels/{kernel_id}", headers=headers, timeout=5)
+    except httpx.HTTPError:
+        pass
+
+
+class KernelGateway:
+    """A kernel on a Jupyter Kernel Gateway at ``url`` (implements :class:`KernelBackend`).
+
+    ``token``: the gateway's ``KG_AUTH_TOKEN`` (default: ``$GLM_AGENT_GATEWAY_TOKEN``).
+    ``kernel_name``: the kernel spec (default: the gateway's default). The workspace is
+    on the gateway's machine: ``workspace`` is None, files go in and out through the kernel.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        kernel_name: str | None = None,
+        request_timeout: float = 30.0,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise InterpreterError(f"invalid Kernel Gateway URL {url!r}: use http://host:port or https://host:port")
+        self.url = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+        self._ws_base = urlunsplit(("wss" if parts.scheme == "https" else "ws", parts.netloc, parts.path.rstrip("/"), "", ""))
+        token = token if token is not None else os.environ.get(TOKEN_ENV)
+        self._headers = {"Authorization": f"token {token}"} if token else {}
+        self.kernel_name = kernel_name
+        self._http = httpx.Client(base_url=self.url, headers=self._headers, timeout=request_timeout)
+        self._session = uuid.uuid4().hex  # the Jupyter session: the gateway replays missed messages to it
+        self._workspace_key = uuid.uuid4().hex  # names the workspace on the gateway, across kernel restarts
+        self.temporary_workspace = True  # empty the remote workspace at shutdown
+        self.kernel_id: str | None = None
+        self._ws: ClientConnection | None = None
+        self._send_lock = threading.Lock()
+        self._pending: deque[tuple[Channel, KernelMessage]] = deque()
+        self._finalizer: weakref.finalize | None = None
+        self._closing = False
+        self._dead: str | None = None  # why the kernel is not usable, when it is not
+        self._gateway_restarting = False  # the gateway is restarting a kernel that died
+        self._notices: list[str] = []
+        self._inflight: dict[str, Any] | None = None  # the execute request a run waits for
+        self._kernel_workspace = "/mnt/data"
+        self.isolation = Isolation("none", "not started")
+        self.limits = Limits(memory_bytes=None, cpu_seconds=None, open_files=None, file_size_bytes=None)
+
+    # -- identity ---------------------------------------------------------------------------
+    @property
+    def workspace(self) -> None:
+        return None
+
+    @property
+    def kernel_workspace(self) -> str:
+        return self._kernel_workspace
+
+    # -- REST -------------------------------------------------------------------------------
+    def _request(self, method: str, path: str, body: dict | None = None) -> httpx.Response:
+        """A REST call; 404 is returned to the caller, other failures raise a clear InterpreterError."""
+        try:
+            response = self._http.request(method, path, json=body)
+        except httpx.TransportError as exc:
+            raise InterpreterError(
+                f"cannot reach the Kernel Gateway at {self.url} ({type(exc).__name__}: {exc}); is it running? "
+                "(sandbox/README.md says how to start one)"
+            ) from exc
+        if response.status_code in (401, 403) and "Resource Limit" not in response.text:
+            raise InterpreterError(
+                f"the Kernel Gateway at {self.url} refused the request (HTTP {response.status_code}, authentication): "
+                f"pass token= (or set {TOKEN_ENV}) to the gateway's KG_AUTH_TOKEN"
+            )
+        if response.status_code >= 400 and response.status_code != 404:
+            try:
+                detail = response.json().get("message") or response.reason_phrase
+            except ValueError:
+                detail = response.text[:200] or response.reason_phrase
+            raise InterpreterError(f"the Kernel Gateway answered {method} {path} with HTTP {response.status_code}: {detail}")
+        return response
+
+    def kernel_model(self) -> dict | None:
+        """The gateway's record of this kernel (``execution_state``, ...), or None when it has none."""
+        if self.kernel_id is None:
+            return None
+        response = self._request("GET", f"/api/kernels/{self.kernel_id}")
+        return None if response.status_code == 404 else response.json()
+
+    # -- life cycle -------------------------------------------------------------------------
+    def start(self, timeout: float) -> None:
+        if self.kernel_id is not None:
+            raise InterpreterError("this kernel is already started; call restart() for a fresh one")
+        self._closing = False
+        self._new_kernel(timeout)
+
+    def _new_kernel(self, timeout: float) -> None:
+        body: dict[str, Any] = {"env": {SESSION_ENV: self._workspace_key}}
+        if self.kernel_name:
+            body["name"] = self.kernel_name
+        response = self._request("POST", "/api/kernels", body)
+        if response.status_code == 404:
+            raise InterpreterError(f"{self.url} has no /api/kernels: is this a Jupyter Kernel Gateway?")
+        self.kernel_id = response.json()["id"]
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        self._finalizer = weakref.finalize(self, _delete_kernel, self.url, dict(self._headers), self.kernel_id)
+        log.debug("gateway kernel %s started on %s", self.kernel_id, self.url)
+        try:
+            self._connect()
+            self._wait_ready(timeout)
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def _connect(self) -> None:
+        uri = f"{self._ws_base}/api/kernels/{self.kernel_id}/channels?session_id={self._session}"
+        try:
+            self._ws = connect(
+                uri, additional_headers=self._headers, max_size=_MAX_MESSAGE, open_timeout=10,
+                close_timeout=1, compression=None, proxy=None,
+            )  # fmt: skip
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if status in (401, 403):
+                raise InterpreterError(
+                    f"the Kernel Gateway at {self.url} refused the WebSocket (HTTP {status}, authentication): "
+                    f"pass token= (or set {TOKEN_ENV}) to the gateway's KG_AUTH_TOKEN"
+                ) from exc
+            raise InterpreterError(f"the Kernel Gateway refused the kernel's WebSocket (HTTP {status})") from exc
+        except (OSError, InvalidHandshake, TimeoutError) as exc:
+            raise InterpreterError(f"cannot open the kernel's WebSocket on {self.url}: {exc}") from exc
+
+    def _wait_ready(self, timeout: float) -> None:
+        """Wait until the kernel answers on shell (its iopub messages pass through the gateway by then)."""
+        deadline = time.monotonic() + timeout
+        request = self._send("shell", "kernel_info_request", {})
+        asked_at = time.monotonic()
+        while True:
+            if self._dead is not None and not self._gateway_restarting:
+                raise InterpreterError(f"the kernel failed to start: {self._dead}")
+            now = time.monotonic()
+            if now > deadline:
+                raise InterpreterError(
+                    f"the gateway's kernel did not answer within {timeout:g} s; raise start_timeout, "
+                    "or read the gateway's log"
+                )
+            if now - asked_at > 2:
+                request = self._send("shell", "kernel_info_request", {})  # sent while it was restarting
+                asked_at = now
+            item = self._read(min(0.2, deadline - now))
+            if item is None:
+                continue
+            channel, msg = item
+            if channel == "shell" and msg["parent_header"].get("msg_id") == request:
+                break
+        self._dead = None
+        self._gateway_restarting = False
+        self._pending.clear()
+        self._probe(max(1.0, deadline - time.monotonic()))
+
+    def _probe(self, timeout: float) -> None:
+        """Ask the kernel where it runs, under which limits, and why its predecessor ended."""
+        msg_id = self._send(
+            "shell", "execute_request",
+            {"code": "", "silent": True, "store_history": False, "user_expressions": _PROBE,
+             "allow_stdin": False, "stop_on_error": False},
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            item = self._read(0.2)
+            if item is None:
+                continue
+            channel, msg = item
+            if channel == "shell" and msg["parent_header"].get("msg_id") == msg_id:
+                values = {}
+                for name, value in msg["content"].get("user_expressions", {}).items():
+                    try:
+                        values[name] = ast.literal_eval(value["data"]["text/plain"])
+                    except (KeyError, ValueError, SyntaxError):
+                        pass
+                self._apply_probe(values)
+                return
+        raise InterpreterError(f"the gateway's kernel did not answer its set-up within {timeout:g} s")
+
+    def _apply_probe(self, values: dict[str, Any]) -> None:
+        self._kernel_workspace = str(values.get("cwd") or "/mnt/data")
+        self._last_exit = str(values.get("last_exit") or "")
+        if values.get("pid") == 1 and self._kernel_workspace == "/mnt/data":
+            self.isolation = Isolation("namespaces")
+        else:
+            self.isolation = Isolation("none", f"the kernel spec on the Kernel Gateway at {self.url} runs kernels unisolated")
+        rlimits = [None if v in (None, resource.RLIM_INFINITY) else v for v in values.get("rlimits") or [None] * 4]
+        try:
+            self.limits = Limits(*rlimits)
+        except (TypeError, ValueError):
+            self.limits = Limits(memory_bytes=None, cpu_seconds=None, open_files=None, file_size_bytes=None)
+
+    def restart(self, timeout: float) -> None:
+        if self._closing:
+            raise InterpreterError("the kernel was shut down")
+        self._inflight = None
+        self._pending.clear()
+        if self._gateway_restarting:
+            try:
+                self._reopen_if_closed()
+                self._wait_ready(timeout)  # the gateway restarted it already
+                return
+            except InterpreterError as exc:
+                log.warning("waiting for the gateway's own restart failed (%s); restarting through REST", exc)
+        if self.kernel_id is not None:
+            response = self._request("POST", f"/api/kernels/{self.kernel_id}/restart")
+            if response.status_code != 404:
+                self._dead = None
+                self._reopen_if_closed()
+                self._wait_ready(timeout)
+                return
+            log.info("gateway kernel %s is gone; starting a new one", self.kernel_id)
+        self._close_ws()
+        self.kernel_id = None
+        self._dead = None
+        self._gateway_restarting = False
+        self._new_kernel(timeout)
+
+    def _reopen_if_closed(self) -> None:
+        if self._ws is None or self._ws.protocol.state.name != "OPEN":
+            self._close_ws()
+            self._connect()
+
+    def shutdown(self) -> None:
+        if self._closing and self.kernel_id is None:
+            return
+        self._closing = True
+        kernel_id, self.kernel_id = self.kernel_id, None
+        if kernel_id is not None and self.temporary_workspace and self._dead is None and self._ws is not None:
+            self._empty_workspace()
+        self._close_ws()
+        if kernel_id is not None:
+            try:
+                self._request("DELETE", f"/api/kernels/{kernel_id}")
+            except InterpreterError as exc:
+                log.warning("could not delete gateway kernel %s: %s", kernel_id, exc)
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        self._http.close()
+
+    def _empty_workspace(self) -> None:
+        """Remove the session's files on the gateway (the gateway's wrapper then removes the directory)."""
+        code = (
+            "import os as _o, shutil as _s\n"
+            f"for _n in _o.listdir({self._kernel_workspace!r}):\n"
+            f"    _p = _o.path.join({self._kernel_workspace!r}, _n)\n"
+            "    _s.rmtree(_p, ignore_errors=True) if _o.path.isdir(_p) and not _o.path.islink(_p) else _o.unlink(_p)\n"
+        )
+        try:
+            msg_id = self._send("shell", "execute_request", _execute_content(code, silent=True))
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:
+                item = self._read(0.2)
+                if item and item[0] == "shell" and item[1]["parent_header"].get("msg_id") == msg_id:
+                    return
+        except (InterpreterError, ConnectionClosed, OSError) as exc:
+            log.debug("could not empty the remote workspace: %s", exc)
+
+    def _close_ws(self) -> None:
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            try:
+                ws.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection may fail in many ways
+                pass
+
+    # -- messages ---------------------------------------------------------------------------
+    def _send(self, channel: str, msg_type: str, content: dict) -> str:
+        msg_id = uuid.uuid4().hex
+        header = {
+            "msg_id": msg_id, "msg_type": msg_type, "session": self._session, "username": "glm-agent",
+            "version": "5.3", "date": datetime.now(timezone.utc).isoformat(),
+        }  # fmt: skip
+        data = json.dumps(
+            {"header": header, "parent_header": {}, "metadata": {}, "content": content, "channel": channel, "buffers": []}
+        )
+        with self._send_lock:
+            if self._ws is None:
+                raise InterpreterError("the kernel's WebSocket is not open")
+            try:
+                self._ws.send(data)
+            except ConnectionClosed:
+                if not self._reconnect():
+                    raise InterpreterError(f"the kernel is not reachable: {self._dead}") from None
+                self._ws.send(data)
+        return msg_id
+
+    def execute(self, code: str, *, silent: bool = False) -> str:
+        if self.kernel_id is None:
+            raise InterpreterError("the kernel is not running; start() it first")
+        try:
+            msg_id = self._send("shell", "execute_request", _execute_content(code, silent=silent))
+        except (InterpreterError, ConnectionClosed, OSError) as exc:
+            self._mark_dead(str(exc))  # the run then reports a dead kernel, and the session restarts it
+            return uuid.uuid4().hex
+        self._inflight = {"msg_id": msg_id, "replied": False, "idle": False, "last": time.monotonic(), "reconnected": False}
+        return msg_id
+
+    def recv(self, timeout: float) -> tuple[Channel, KernelMessage] | None:
+        if self.kernel_id is None and not self._pending:
+            raise InterpreterError("the kernel is not running; start() it first")
+        item = self._read(timeout)
+        if item is None:
+            self._check_lost_reply()
+        return item
+
+    def _read(self, timeout: float) -> tuple[Channel, KernelMessage] | None:
+        """The next iopub/shell message within ``timeout`` s (what is_alive() set aside comes first)."""
+        if self._pending:
+            return self._pending.popleft()
+        return self._receive(timeout)
+
+    def _receive(self, timeout: float) -> tuple[Channel, KernelMessage] | None:
+        """The next message from the WebSocket, reconnecting once if it dropped."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            if self._pending:  # a lost reply made up by a reconnect
+                return self._pending.popleft()
+            remaining = deadline - time.monotonic()
+            ws = self._ws
+            if ws is None or self._dead is not None and not self._gateway_restarting:
+                if remaining > 0:
+                    time.sleep(min(remaining, 0.05))
+                return None
+            try:
+                raw = ws.recv(timeout=max(0.0, remaining))
+            except TimeoutError:
+                return None
+            except ConnectionClosed:
+                if self._closing:
+                    raise InterpreterError("the interpreter was closed while the code was running") from None
+                if not self._reconnect():
+                    return None
+                continue
+            if isinstance(raw, bytes):
+                continue  # binary frames carry comm buffers, which a code run does not use
+            item = self._classify(json.loads(raw))
+            if item is not None:
+                return item
+
+    def _classify(self, msg: dict) -> tuple[Channel, KernelMessage] | None:
+        channel = msg.pop("channel", None)
+        if channel not in ("iopub", "shell"):
+            return None
+        parent = msg.get("parent_header") or {}
+        if channel == "iopub" and msg.get("msg_type") == "status" and not parent:
+            state = msg["content"].get("execution_state")
+            if state == "restarting":
+                self._gateway_restarting = True
+                self._mark_dead("it ended, and the gateway restarted it")
+            elif state == "dead":
+                self._gateway_restarting = False
+                self._mark_dead("it ended, and the gateway could not restart it")
+        inflight = self._inflight
+        if inflight is not None and parent.get("msg_id") == inflight["msg_id"]:
+            inflight["last"] = time.monotonic()
+            if channel == "shell" and msg.get("msg_type") == "execute_reply":
+                inflight["replied"] = True
+            elif msg.get("msg_type") == "status" and msg["content"].get("execution_state") == "idle":
+                inflight["idle"] = True
+            if inflight["replied"] and inflight["idle"]:
+                self._inflight = None
+        return channel, msg  # type: ignore[return-value]
+
+    def _reconnect(self) -> bool:
+        """After the WebSocket dropped: reconnect once (same session, so the gateway replays what it kept)."""
+        self._close_ws()
+        try:
+            if self.kernel_model() is None:
+                self._mark_dead(
+                    "the gateway no longer has this kernel: it was culled after being idle, shut down, "
+                    "or the gateway was restarted"
+                )
+                return False
+            self._connect()
+        except InterpreterError as exc:
+            self._mark_dead(str(exc))
+            return False
+        log.warning("the WebSocket to gateway kernel %s dropped; reconnected", self.kernel_id)
+        if self._inflight is not None:
+            self._inflight["reconnected"] = True
+            self._inflight["last"] = time.monotonic()
+            self._notices.append(
+                "[The connection to the Kernel Gateway dropped during this run and was re-established; "
+                "output the kernel sent while it was down may be missing.]"
+            )
+        return True
+
+    def _check_lost_reply(self) -> None:
+        """After a reconnect, a run whose reply never comes while the kernel is idle again has lost it."""
+        inflight = self._inflight
+        if inflight is None or not inflight["reconnected"] or self._dead is not None:
+            return
+        if time.monotonic() - inflight["last"] < _LOST_REPLY_AFTER:
+            return
+        inflight["last"] = time.monotonic()
+        try:
+            model = self.kernel_model()
+        except InterpreterError as exc:
+            self._mark_dead(str(exc))
+            return
+        if model is None or model.get("execution_state") != "idle":
+            return
+        self._inflight = None
+        self._notices.append(
+            "[The connection to the Kernel Gateway dropped during this run and the end of the run was lost with it: "
+            "its remaining output and its result are missing. The kernel is idle again, so the code has finished; "
+            "check its effects before running it again.]"
+        )
+        parent = {"msg_id": inflight["msg_id"]}
+        if not inflight["idle"]:
+            self._pending.append(("iopub", _synthetic("status", parent, {"execution_state": "idle"})))
+        if not inflight["replied"]:
+            self._pending.append(("shell", _synthetic("execute_reply", parent, {"status": "aborted", "execution_count": None})))
+
+    def _mark_dead(self, reason: str) -> None:
+        if self._dead is None:
+            self._dead = reason
+            log.warning("gateway kernel %s is not usable: %s", self.kernel_id, reason)
+
+    # -- control ----------------------------------------------------------------------------
+    def interrupt(self) -> None:
+        if self.kernel_id is None or self._dead is not None:
+            return
+        try:
+            self._request("POST", f"/api/kernels/{self.kernel_id}/interrupt")
+        except InterpreterError as exc:
+            log.warning("could not interrupt gateway kernel %s: %s", self.kernel_id, exc)
+
+    def is_alive(self) -> bool:
+        if self.kernel_id is None:
+            return False
+        if self._dead is None and self._ws is not None and not self._pending:
+            for _ in range(1000):  # a status the gateway sent since (dead, restarting) is among these
+                item = self._receive(0)
+                if item is None:
+                    break
+                self._pending.append(item)
+        return self._dead is None
+
+    def death_reason(self) -> str:
+        if self.kernel_id is None:
+            return "not started"
+        if self._dead is None:
+            return "still running"
+        if self._gateway_restarting:
+            try:  # its replacement knows how it ended
+                self._reopen_if_closed()
+                self._wait_ready(30)
+            except InterpreterError as exc:
+                return f"{self._dead}; its replacement did not start: {exc}"
+            self._gateway_restarting = True  # restart() finds it ready
+            self._dead = self._last_exit or "it ended (the gateway restarted it)"
+            self._last_exit = ""
+        return self._dead
+
+    def drain_notices(self) -> list[str]:
+        """What the transport did during the last run (reconnects, lost replies), for the observation."""
+        notices, self._notices = self._notices, []
+        return notices
+
+    def __repr__(self) -> str:
+        return f"KernelGateway({self.url!r}, kernel_id={self.kernel_id!r})"
+
+
+def _execute_content(code: str, *, silent: bool) -> dict:
+    return {
+        "code": code, "silent": silent, "store_history": not silent, "user_expressions": {},
+        "allow_stdin": False, "stop_on_error": False,
+    }  # fmt: skip
+
+
+def _synthetic(msg_type: str, parent: dict, content: dict) -> KernelMessage:
+    """A message the transport makes up to end a run whose real one was lost (marked in metadata)."""
+    header = {"msg_id": uuid.uuid4().hex, "msg_type": msg_type, "date": datetime.now(timezone.utc).isoformat()}
+    return {
+        "header": header, "parent_header": parent, "msg_type": msg_type, "content": content,
+        "metadata": {"glm_agent_synthetic": True},
+    }  # fmt: skip
