@@ -3,7 +3,8 @@
 For a randomly initialised ChatGLM3-shaped model (~100M parameters) in float32 and bfloat16,
 each in its own process (so peak RSS is per dtype):
 
-- ``tokens_per_s``: LocalModel greedy decoding (128-token prompt, 64 new tokens), best of 5;
+- ``tokens_per_s``: LocalModel greedy decoding (128-token prompt, 64 new tokens, 5 runs), from
+  the median time between consecutive tokens (sampling and detokenization included);
   ``peak_rss_mib``: that process's peak resident memory (torch, model, KV cache, decoding);
 - ``baseline_tokens_per_s``: transformers' ``generate()`` on the same weights, decode only
   (in its own process);
@@ -16,6 +17,7 @@ Prints one JSON object.
 
 from __future__ import annotations
 
+import argparse
 import json
 import multiprocessing
 import resource
@@ -77,8 +79,11 @@ def _setup(dtype_name: str):
     return tok, model, prompt
 
 
-def measure_local(dtype_name: str, queue) -> None:  # runs in a child process
+def measure_local(dtype_name: str, threads: int | None, queue) -> None:  # runs in a child process
     import torch
+
+    if threads:
+        torch.set_num_threads(threads)
     from _chatglm3_shaped import weight_bytes_read_per_token
 
     from glm_agent.models import LocalModel
@@ -88,41 +93,46 @@ def measure_local(dtype_name: str, queue) -> None:  # runs in a child process
     local = LocalModel(model, tok)
     local.stop_ids = frozenset()  # decode a fixed number of tokens
     params = GenerationParams(temperature=0, max_new_tokens=NEW_TOKENS)
-    per_token = []
+    per_run, steps = [], []
     for _ in range(REPEATS):
         local.reset_cache()
         for _delta in local._stream(prompt, params):
             pass
-        stats = local.last_stats
-        per_token.append(stats.decode_seconds / (len(stats.output_ids) - 1))  # forwards after the first choice
+        times = local.last_stats.token_times
+        per_run.append((times[-1] - times[0]) / (len(times) - 1))  # forwards after the first choice
+        steps += [b - a for a, b in zip(times, times[1:])]
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     bandwidth = memory_bandwidth()
-    best = min(per_token)
+    per_token = sorted(steps)[len(steps) // 2]  # median step: robust to other processes on a shared machine
     read = weight_bytes_read_per_token(model)
     queue.put(
         {
             "dtype": dtype_name,
-            "tokens_per_s": round(1 / best, 1),
-            "median_tokens_per_s": round(1 / sorted(per_token)[len(per_token) // 2], 1),
+            "tokens_per_s": round(1 / per_token, 1),
+            "mean_tokens_per_s_best_run": round(1 / min(per_run), 1),
             "weight_bytes_per_token": read,
             "memory_bandwidth_gb_s": round(bandwidth / 1e9, 2),
-            "achieved_gb_s": round(read / best / 1e9, 2),
-            "bandwidth_efficiency": round(read / best / bandwidth, 3),
+            "achieved_gb_s": round(read / per_token / 1e9, 2),
+            "bandwidth_efficiency": round(read / per_token / bandwidth, 3),
             "peak_rss_mib": round(peak_rss, 1),
             "threads": torch.get_num_threads(),
         }
     )
 
 
-def measure_generate(dtype_name: str, queue) -> None:  # runs in a child process
+def measure_generate(dtype_name: str, threads: int | None, queue) -> None:  # runs in a child process
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
     _tok, model, prompt = _setup(dtype_name)
     queue.put({"baseline_tokens_per_s": round(1 / baseline_decode_seconds(model, prompt), 1)})
 
 
-def _in_child(target, dtype_name: str) -> dict:
+def _in_child(target, dtype_name: str, threads: int | None) -> dict:
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    child = context.Process(target=target, args=(dtype_name, queue))
+    child = context.Process(target=target, args=(dtype_name, threads, queue))
     child.start()
     result = queue.get(timeout=900)
     child.join()
@@ -130,10 +140,13 @@ def _in_child(target, dtype_name: str) -> dict:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    args = parser.parse_args()
     results = {}
     for dtype_name in ("float32", "bfloat16"):
-        local = _in_child(measure_local, dtype_name)
-        baseline = _in_child(measure_generate, dtype_name)
+        local = _in_child(measure_local, dtype_name, args.threads)
+        baseline = _in_child(measure_generate, dtype_name, args.threads)
         local["baseline_tokens_per_s"] = baseline["baseline_tokens_per_s"]
         local["speedup_vs_generate"] = round(local["tokens_per_s"] / baseline["baseline_tokens_per_s"], 2)
         results[dtype_name] = local

@@ -9,6 +9,7 @@ and with it. Prints one JSON object; ratios are baseline / cached.
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
@@ -87,6 +88,11 @@ def episode(model: LocalModel) -> dict:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     tok = tokenizer()
     weights = random_model(torch.float32)
     params = sum(p.numel() for p in weights.parameters())

@@ -14,6 +14,7 @@ Two engines with one interface (``length``, ``forward(ids) -> last logits``, ``c
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from collections.abc import Sequence
@@ -70,7 +71,7 @@ class LeanGlmRunner:
         self.embed = base.embed_tokens.weight
         self.device = self.embed.device
         self.dtype = self.embed.dtype
-        self.norm = base.norm
+        self.norm = _rms_norm(base.norm, self.dtype)
         self.lm_head = model.lm_head.weight
         rotary = base.rotary_emb
         self.inv_freq = rotary.inv_freq.float()
@@ -82,11 +83,11 @@ class LeanGlmRunner:
             _use_column_major(model)
         self.layers = [
             (
-                layer.input_layernorm,
+                _rms_norm(layer.input_layernorm, self.dtype),
                 qkv_weight,
                 qkv_bias,
                 layer.self_attn.o_proj.weight,
-                layer.post_attention_layernorm,
+                _rms_norm(layer.post_attention_layernorm, self.dtype),
                 layer.mlp.gate_up_proj.weight,
                 layer.mlp.down_proj.weight,
                 qkv_weight.device,
@@ -209,6 +210,18 @@ def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
     return torch.cat([x_rot * cos + rotated * sin, x_pass], dim=-1)
 
 
+def _rms_norm(module: Any, dtype: torch.dtype) -> Any:
+    """The fused ``F.rms_norm`` for float32 (one op instead of seven), else the module itself.
+
+    In lower precision transformers' GLM rounds before scaling by the weight; the module keeps that.
+    """
+    weight = getattr(module, "weight", None)
+    eps = getattr(module, "variance_epsilon", None)
+    if dtype != torch.float32 or not hasattr(F, "rms_norm") or weight is None or eps is None:
+        return module
+    return functools.partial(F.rms_norm, normalized_shape=(weight.shape[0],), weight=weight, eps=eps)
+
+
 def _fuse_qkv(attn: Any, column_major: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One matrix (and bias) for q, k and v; the three projections become views into it.
 
@@ -221,7 +234,7 @@ def _fuse_qkv(attn: Any, column_major: bool) -> tuple[torch.Tensor, torch.Tensor
     has_bias = projections[0].bias is not None
     with torch.no_grad():
         weight = torch.cat([p.weight for p in projections], dim=0)
-        if column_major:
+        if column_major and weight.shape[0] >= weight.shape[1]:
             weight = weight.t().contiguous().t()
         bias = torch.cat([p.bias for p in projections], dim=0) if has_bias else None
         start = 0
@@ -236,14 +249,18 @@ def _fuse_qkv(attn: Any, column_major: bool) -> tuple[torch.Tensor, torch.Tensor
 
 
 def _use_column_major(model: Any) -> None:
-    """Store each linear weight transposed in memory (values and shape unchanged).
+    """Store linear weights with at least as many outputs as inputs transposed in memory.
 
-    ``F.linear`` then reads it as a contiguous ``W.T``: the matrix-vector products of decoding
-    stream it at close to memory bandwidth on CPU, about twice as fast as the row-major layout.
+    Values and shapes are unchanged. ``F.linear`` then reads such a weight as a contiguous
+    ``W.T``, and the matrix-vector products of decoding stream it close to memory bandwidth
+    on CPU (measured: the output layer 2.1x, the up-projections 1.5-1.9x faster). Wide
+    matrices (the down-projection) are faster row-major and stay so.
     """
     tied = model.model.embed_tokens.weight
     for module in model.modules():
-        if isinstance(module, torch.nn.Linear) and module.weight is not tied and module.weight.is_contiguous():
+        if not isinstance(module, torch.nn.Linear) or module.weight is tied or not module.weight.is_contiguous():
+            continue
+        if module.out_features >= module.in_features:
             with torch.no_grad():
                 module.weight.data = module.weight.data.t().contiguous().t()
 

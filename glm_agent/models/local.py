@@ -38,6 +38,7 @@ class GenerationStats:
     prefill_tokens: int = 0
     output_ids: list[int] = field(default_factory=list)
     time_to_first_token: float = 0.0  # from the call: prompt building, prefill, first choice
+    token_times: list[float] = field(default_factory=list)  # when each output id was chosen, from the call
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
     finish_reason: str = ""  # "stop" (stop id or stop string), "length", or "closed"
@@ -162,8 +163,9 @@ class LocalModel(BaseChatModel):
                 decode_start = time.perf_counter()
                 while True:
                     token = sampler(logits)
+                    stats.token_times.append(time.perf_counter() - called_at)
                     if not stats.output_ids:
-                        stats.time_to_first_token = time.perf_counter() - called_at
+                        stats.time_to_first_token = stats.token_times[0]
                     if token in self.stop_ids:
                         stats.finish_reason = "stop"
                         break
