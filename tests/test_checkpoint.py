@@ -278,3 +278,34 @@ def test_importing_the_package_does_not_import_torch():
     code = "import glm_agent.chatglm3 as c, sys; f = c.load_model; assert f.__module__ == 'glm_agent.chatglm3.checkpoint'"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120).returncode == 0
 
+
+
+def test_dtype_and_device_defaults():
+    from glm_agent.chatglm3.checkpoint import default_device, resolve_dtype
+
+    assert resolve_dtype(None, "cpu") == torch.float32
+    assert resolve_dtype(None, "mps") == torch.float16
+    assert resolve_dtype(None, "cuda") in (torch.bfloat16, torch.float16)
+    assert resolve_dtype("auto", "cpu", "float16") == torch.float16
+    assert resolve_dtype("bf16", "cpu") == torch.bfloat16
+    assert resolve_dtype(torch.float64, "cpu") == torch.float64
+    assert default_device() in ("cuda", "mps", "cpu")
+    assert (default_device() == "cuda") == torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_defaults_and_golden_tokens(golden):
+    from glm_agent.chatglm3 import ChatGLM3Tokenizer
+    from glm_agent.models import LocalModel
+    from glm_agent.models.base import GenerationParams
+
+    model = load_model(TINY, progress=False)
+    assert model.device.type == "cuda" and model.dtype in (torch.bfloat16, torch.float16)
+    exact = load_model(TINY, dtype="float32", device="cuda", progress=False)
+    local = LocalModel(exact, ChatGLM3Tokenizer.from_pretrained(TINY))
+    for case in golden:
+        "".join(local._stream(case["input_ids"], GenerationParams(temperature=0, max_new_tokens=24)))
+        assert local.last_stats.output_ids == case["greedy_new_tokens"], case["id"]
+    fast = LocalModel(model, ChatGLM3Tokenizer.from_pretrained(TINY))
+    reply = fast.generate([{"role": "user", "content": "你好"}], temperature=0, max_new_tokens=8)
+    assert len(fast.last_stats.output_ids) <= 8 and isinstance(reply, str)
