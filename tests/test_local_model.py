@@ -293,3 +293,17 @@ def test_cpu_allocator_tuning_is_applied_once_and_can_be_turned_off():
     if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
         assert on.stdout.split() == ["True", "True"]
     assert off.stdout.split() == ["False", "False"]
+
+
+def test_generation_stops_on_a_stop_id_which_is_not_part_of_the_text(tokenizer, golden):
+    weights = load_model(TINY, dtype="float32", device="cpu", progress=False)
+    case = golden[0]
+    sixth = case["greedy_new_tokens"][5]
+    with torch.no_grad():  # make <|observation|> score just above the token the model writes sixth
+        weights.lm_head.weight[tokenizer.observation_id] = weights.lm_head.weight[sixth] * 1.01
+    local = LocalModel(weights, tokenizer)
+    text = "".join(local._stream(case["input_ids"], GenerationParams(**GREEDY)))
+    assert local.last_stats.output_ids == case["greedy_new_tokens"][:5]
+    assert local.last_stats.finish_reason == "stop"
+    assert text == tokenizer.decode(case["greedy_new_tokens"][:5])
+    assert "<|observation|>" not in text
