@@ -166,7 +166,7 @@ def load_model(
     if device_map is not None and device is not None:
         raise CheckpointError("pass either device or device_map, not both")
     target = str(device) if device is not None else default_device()
-    torch_dtype = resolve_dtype(dtype, target if device_map is None else "cpu", cfg.get("torch_dtype"))
+    torch_dtype = resolve_dtype(dtype, target, cfg.get("torch_dtype"))  # with a device_map: the best device's default
     if cfg["model_type"] == "glm":
         model = _load_native(directory, torch_dtype, target, device_map)
     else:
@@ -183,9 +183,10 @@ def _load_native(directory: Path, dtype: torch.dtype, device: str, device_map: A
     weight_files(directory)  # a clear error for a missing shard before transformers reads any
     kwargs: dict[str, Any] = {"device_map": device_map} if device_map is not None else {}
     try:
-        model = GlmForCausalLM.from_pretrained(directory, dtype=dtype, **kwargs)
-    except TypeError:  # transformers < 4.56 names it torch_dtype
-        model = GlmForCausalLM.from_pretrained(directory, torch_dtype=dtype, **kwargs)
+        try:
+            model = GlmForCausalLM.from_pretrained(directory, dtype=dtype, **kwargs)
+        except TypeError:  # transformers < 4.56 names it torch_dtype
+            model = GlmForCausalLM.from_pretrained(directory, torch_dtype=dtype, **kwargs)
     except (OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"could not load the GLM checkpoint in {directory}: {exc}") from None
     return model if device_map is not None else model.to(device)
