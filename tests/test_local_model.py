@@ -307,3 +307,18 @@ def test_generation_stops_on_a_stop_id_which_is_not_part_of_the_text(tokenizer, 
     assert local.last_stats.finish_reason == "stop"
     assert text == tokenizer.decode(case["greedy_new_tokens"][:5])
     assert "<|observation|>" not in text
+
+
+def test_relayout_false_keeps_the_model_savable(tmp_path, tokenizer, golden):
+    from transformers import GlmForCausalLM
+
+    weights = load_model(TINY, dtype="float32", device="cpu", progress=False)
+    local = LocalModel(weights, tokenizer, relayout=False)
+    case = golden[2]
+    "".join(local._stream(case["input_ids"], GenerationParams(**GREEDY)))
+    assert local.last_stats.output_ids == case["greedy_new_tokens"]
+    assert all(p.is_contiguous() for p in weights.parameters())
+    weights.save_pretrained(tmp_path)
+    again = LocalModel(GlmForCausalLM.from_pretrained(tmp_path), tokenizer)
+    "".join(again._stream(case["input_ids"], GenerationParams(**GREEDY)))
+    assert again.last_stats.output_ids == case["greedy_new_tokens"]

@@ -41,8 +41,12 @@ class Runner(Protocol):
     def crop(self, length: int) -> None: ...
 
 
-def make_runner(model: Any, engine: str = "auto", *, prefill_chunk: int = 1024) -> Runner:
-    """The lean engine when the model allows it (``engine="auto"``), else transformers' own forward."""
+def make_runner(model: Any, engine: str = "auto", *, relayout: bool = True, prefill_chunk: int = 1024) -> Runner:
+    """The lean engine when the model allows it (``engine="auto"``), else transformers' own forward.
+
+    ``relayout=False`` keeps the model's weights exactly as they are (slower decoding on CPU),
+    for callers that still want to ``save_pretrained`` the model.
+    """
     if engine not in ("auto", "lean", "transformers"):
         raise ValueError(f"unknown engine {engine!r}; use 'auto', 'lean' or 'transformers'")
     if any(p.device.type == "cpu" for p in model.parameters()):
@@ -50,7 +54,7 @@ def make_runner(model: Any, engine: str = "auto", *, prefill_chunk: int = 1024) 
     if engine != "transformers":
         reason = LeanGlmRunner.unsupported_reason(model)
         if reason is None:
-            return LeanGlmRunner(model, prefill_chunk=prefill_chunk)
+            return LeanGlmRunner(model, prefill_chunk=prefill_chunk, relayout=relayout)
         if engine == "lean":
             raise ModelError(f"the lean engine cannot run this model: {reason}; use engine='transformers'")
         logger.info("using transformers' forward: %s", reason)
@@ -60,7 +64,7 @@ def make_runner(model: Any, engine: str = "auto", *, prefill_chunk: int = 1024) 
 class LeanGlmRunner:
     """``GlmForCausalLM``'s math over its own weights, with a croppable preallocated KV cache."""
 
-    def __init__(self, model: Any, *, prefill_chunk: int = 1024, column_major: bool | None = None) -> None:
+    def __init__(self, model: Any, *, prefill_chunk: int = 1024, relayout: bool = True) -> None:
         cfg = model.config
         self.num_heads = cfg.num_attention_heads
         self.num_kv = cfg.num_key_value_heads
@@ -76,23 +80,24 @@ class LeanGlmRunner:
         rotary = base.rotary_emb
         self.inv_freq = rotary.inv_freq.float()
         self.rope_scaling = float(getattr(rotary, "attention_scaling", 1.0))
-        if column_major is None:
-            column_major = self.device.type == "cpu"
-        fused = [_fuse_qkv(layer.self_attn, column_major) for layer in base.layers]
+        column_major = relayout and self.device.type == "cpu"
+        if relayout:
+            projections = [_fused_qkv(layer.self_attn, column_major) for layer in base.layers]
+        else:
+            projections = [_SeparateQKV(layer.self_attn) for layer in base.layers]
         if column_major:
             _use_column_major(model)
         self.layers = [
             (
                 _rms_norm(layer.input_layernorm, self.dtype),
-                qkv_weight,
-                qkv_bias,
+                qkv,
                 layer.self_attn.o_proj.weight,
                 _rms_norm(layer.post_attention_layernorm, self.dtype),
                 layer.mlp.gate_up_proj.weight,
                 layer.mlp.down_proj.weight,
-                qkv_weight.device,
+                layer.self_attn.q_proj.weight.device,
             )
-            for layer, (qkv_weight, qkv_bias) in zip(base.layers, fused)
+            for layer, qkv in zip(base.layers, projections)
         ]
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
@@ -163,11 +168,11 @@ class LeanGlmRunner:
         mask = self._mask(past, count)
         rep = self.num_heads // self.num_kv
         heads, kv_heads = self.num_heads, self.num_kv
-        for i, (ln1, qkv_w, qkv_b, o_w, ln2, gate_up_w, down_w, device) in enumerate(self.layers):
+        for i, (ln1, qkv_proj, o_w, ln2, gate_up_w, down_w, device) in enumerate(self.layers):
             if x.device != device:
                 x = x.to(device)
                 cos, sin, mask = cos.to(device), sin.to(device), mask.to(device) if mask is not None else None
-            qkv = F.linear(ln1(x), qkv_w, qkv_b).view(count, heads + 2 * kv_heads, self.head_dim)
+            qkv = qkv_proj(ln1(x)).view(count, heads + 2 * kv_heads, self.head_dim)
             qk = _apply_rotary(qkv[:, : heads + kv_heads], cos, sin)
             q, k, v = qk[:, :heads], qk[:, heads:], qkv[:, heads + kv_heads :]
             keys, values = self.keys[i], self.values[i]
@@ -222,11 +227,23 @@ def _rms_norm(module: Any, dtype: torch.dtype) -> Any:
     return functools.partial(F.rms_norm, normalized_shape=(weight.shape[0],), weight=weight, eps=eps)
 
 
-def _fuse_qkv(attn: Any, column_major: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One matrix (and bias) for q, k and v; the three projections become views into it.
+class _SeparateQKV:
+    """q, k and v as three products over the model's untouched weights, concatenated."""
 
-    One matrix-vector product per layer instead of three; the model's own forward is unchanged.
-    """
+    def __init__(self, attn: Any) -> None:
+        self.projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.cat([F.linear(h, p.weight, p.bias) for p in self.projections], dim=-1)
+
+
+def _fused_qkv(attn: Any, column_major: bool) -> Any:
+    """One product for q, k and v: their weights become views of one matrix (the model's forward is unchanged)."""
+    weight, bias = _fuse_qkv(attn, column_major)
+    return functools.partial(F.linear, weight=weight, bias=bias)
+
+
+def _fuse_qkv(attn: Any, column_major: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     projections = (attn.q_proj, attn.k_proj, attn.v_proj)
     done = getattr(attn, "_glm_agent_fused_qkv", None)
     if done is not None and done[0].data_ptr() == attn.q_proj.weight.data_ptr():

@@ -53,8 +53,11 @@ class LocalModel(BaseChatModel):
     does not fit with ``max_new_tokens`` raises :class:`ContextLengthError`; nothing is cut.
 
     ``engine="auto"`` uses a lean forward over the model's weights with preallocated KV
-    buffers (on CPU it stores the model's linear weights column-major in place: same values,
-    faster decoding); ``"transformers"`` calls the model's own forward.
+    buffers; ``"transformers"`` calls the model's own forward. For speed the lean engine
+    re-lays out the weights in place (same values and shapes, the model's forward still works:
+    q/k/v become views of one matrix, and on CPU tall matrices are stored column-major);
+    ``model.save_pretrained`` cannot write such a model, so pass ``relayout=False`` to keep the
+    weights as loaded (slower CPU decoding) if you need to save it afterwards.
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class LocalModel(BaseChatModel):
         name: str = "chatglm3-local",
         prefix_cache: bool = True,
         engine: str = "auto",
+        relayout: bool = True,
         context_length: int | None = None,
         **defaults: Any,
     ) -> None:
@@ -74,7 +78,7 @@ class LocalModel(BaseChatModel):
         self.context_length = int(context_length or getattr(model.config, "max_position_embeddings", 8192))
         self.defaults = _params(defaults)
         self.stop_ids = frozenset(tokenizer.stop_ids)
-        self._cache = PrefixCache(make_runner(model, engine), enabled=prefix_cache)
+        self._cache = PrefixCache(make_runner(model, engine, relayout=relayout), enabled=prefix_cache)
         self._lock = threading.Lock()
         self.last_stats: GenerationStats | None = None
 
