@@ -12,7 +12,6 @@ from glm_agent.interpreter._backend import KernelBackend
 from glm_agent.interpreter._isolation import Isolation, detect_isolation
 from glm_agent.interpreter._limits import Limits
 from glm_agent.interpreter._local import LocalKernel
-from glm_agent.interpreter._notebook import conversation_to_notebook
 from glm_agent.interpreter._pool import KernelPool
 from glm_agent.interpreter._results import (
     DisplayOutput,
@@ -44,9 +43,15 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    """``KernelGateway`` is imported on first use: it needs the ``gateway`` extra (websockets)."""
+    """Imported on first use: ``KernelGateway`` needs the ``gateway`` extra (websockets), and
+    ``conversation_to_notebook`` nbformat, which takes long to import (the gateway's kernel
+    command imports this package for every kernel)."""
     if name == "KernelGateway":
         from glm_agent.interpreter._gateway import KernelGateway
 
         return KernelGateway
+    if name == "conversation_to_notebook":
+        from glm_agent.interpreter._notebook import conversation_to_notebook
+
+        return conversation_to_notebook
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,6 +6,11 @@ kernel on this machine (:class:`~glm_agent.interpreter._local.LocalKernel`) and 
 behind a Jupyter Kernel Gateway (WebSocket channels, REST interrupt/restart) share one
 code path above it. A backend only moves Jupyter messages and manages the process.
 
+A remote backend (:class:`~glm_agent.interpreter._gateway.KernelGateway`) has no ``workspace``
+on this machine (None: the session then uploads through the kernel and keeps images locally)
+and may offer ``drain_notices() -> list[str]``: what the transport had to do during a run
+(a reconnect, a lost reply), which the session adds to the run's observation.
+
 Messages are Jupyter messaging-protocol dicts (``header``, ``parent_header``,
 ``msg_type``, ``content``, ...) as ``jupyter_client.Session.deserialize`` returns them.
 """

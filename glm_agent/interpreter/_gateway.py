@@ -19,26 +19,32 @@ What can go wrong, and what this backend does:
 from __future__ import annotations
 
 import ast
+import inspect
 import json
 import logging
-import os
 import resource
 import threading
 import time
 import uuid
 import weakref
 from collections import deque
-from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import httpx
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from glm_agent.errors import InterpreterError
 from glm_agent.interpreter._backend import Channel, KernelMessage
 from glm_agent.interpreter._gateway_kernel import LAST_EXIT_ENV, SESSION_ENV
+from glm_agent.interpreter._gateway_protocol import (
+    TOKEN_ENV,
+    GatewayREST,
+    GatewayRefused,
+    delete_kernel_quietly,
+    encode_message,
+    execute_content,
+    synthetic_message,
+)
 from glm_agent.interpreter._isolation import Isolation
 from glm_agent.interpreter._limits import Limits
 
@@ -46,9 +52,13 @@ __all__ = ["KernelGateway", "TOKEN_ENV"]
 
 log = logging.getLogger(__name__)
 
-TOKEN_ENV = "GLM_AGENT_GATEWAY_TOKEN"
+# websockets >= 17 asks for legacy=True to return the connection itself (as older versions do)
+_CONNECT_OPTIONS = {"legacy": True} if "legacy" in inspect.signature(connect).parameters else {}
 _MAX_MESSAGE = 256 * 1024 * 1024  # images and long outputs arrive as single WebSocket messages
 _LOST_REPLY_AFTER = 1.5  # seconds of silence after a reconnect before asking the gateway
+_GONE = (
+    "the gateway no longer has this kernel: it was culled after being idle, shut down, or the gateway was restarted"
+)
 _PROBE = {
     "cwd": "__import__('os').getcwd()",
     "pid": "__import__('os').getpid()",
@@ -56,14 +66,6 @@ _PROBE = {
     "for n in ('RLIMIT_AS', 'RLIMIT_CPU', 'RLIMIT_NOFILE', 'RLIMIT_FSIZE')]",
     "last_exit": f"__import__('os').environ.get({LAST_EXIT_ENV!r}, '')",
 }
-
-
-def _delete_kernel(base_url: str, headers: dict[str, str], kernel_id: str) -> None:
-    """Best effort DELETE (garbage collection, interpreter exit)."""
-    try:
-        httpx.delete(f"{base_url}/api/kernels/{kernel_id}", headers=headers, timeout=5)
-    except httpx.HTTPError:
-        pass
 
 
 class KernelGateway:
@@ -82,21 +84,16 @@ class KernelGateway:
         kernel_name: str | None = None,
         request_timeout: float = 30.0,
     ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise InterpreterError(f"invalid Kernel Gateway URL {url!r}: use http://host:port or https://host:port")
-        self.url = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
-        self._ws_base = urlunsplit(("wss" if parts.scheme == "https" else "ws", parts.netloc, parts.path.rstrip("/"), "", ""))
-        token = token if token is not None else os.environ.get(TOKEN_ENV)
-        self._headers = {"Authorization": f"token {token}"} if token else {}
+        self._rest = GatewayREST(url, token, request_timeout)
+        self.url = self._rest.url
         self.kernel_name = kernel_name
-        self._http = httpx.Client(base_url=self.url, headers=self._headers, timeout=request_timeout)
         self._session = uuid.uuid4().hex  # the Jupyter session: the gateway replays missed messages to it
         self._workspace_key = uuid.uuid4().hex  # names the workspace on the gateway, across kernel restarts
         self.temporary_workspace = True  # empty the remote workspace at shutdown
         self.kernel_id: str | None = None
         self._ws: ClientConnection | None = None
         self._send_lock = threading.Lock()
+        self._recv_lock = threading.RLock()  # one reader at a time (a close() from another thread waits)
         self._pending: deque[tuple[Channel, KernelMessage]] = deque()
         self._finalizer: weakref.finalize | None = None
         self._closing = False
@@ -105,6 +102,7 @@ class KernelGateway:
         self._notices: list[str] = []
         self._inflight: dict[str, Any] | None = None  # the execute request a run waits for
         self._kernel_workspace = "/mnt/data"
+        self._last_exit = ""
         self.isolation = Isolation("none", "not started")
         self.limits = Limits(memory_bytes=None, cpu_seconds=None, open_files=None, file_size_bytes=None)
 
@@ -117,35 +115,14 @@ class KernelGateway:
     def kernel_workspace(self) -> str:
         return self._kernel_workspace
 
-    # -- REST -------------------------------------------------------------------------------
-    def _request(self, method: str, path: str, body: dict | None = None) -> httpx.Response:
-        """A REST call; 404 is returned to the caller, other failures raise a clear InterpreterError."""
-        try:
-            response = self._http.request(method, path, json=body)
-        except httpx.TransportError as exc:
-            raise InterpreterError(
-                f"cannot reach the Kernel Gateway at {self.url} ({type(exc).__name__}: {exc}); is it running? "
-                "(sandbox/README.md says how to start one)"
-            ) from exc
-        if response.status_code in (401, 403) and "Resource Limit" not in response.text:
-            raise InterpreterError(
-                f"the Kernel Gateway at {self.url} refused the request (HTTP {response.status_code}, authentication): "
-                f"pass token= (or set {TOKEN_ENV}) to the gateway's KG_AUTH_TOKEN"
-            )
-        if response.status_code >= 400 and response.status_code != 404:
-            try:
-                detail = response.json().get("message") or response.reason_phrase
-            except ValueError:
-                detail = response.text[:200] or response.reason_phrase
-            raise InterpreterError(f"the Kernel Gateway answered {method} {path} with HTTP {response.status_code}: {detail}")
-        return response
+    @property
+    def remote_workspace_id(self) -> str:
+        """Names this session's workspace on the gateway (``KERNEL_GLM_AGENT_SESSION``), across kernel restarts."""
+        return self._workspace_key
 
     def kernel_model(self) -> dict | None:
         """The gateway's record of this kernel (``execution_state``, ...), or None when it has none."""
-        if self.kernel_id is None:
-            return None
-        response = self._request("GET", f"/api/kernels/{self.kernel_id}")
-        return None if response.status_code == 404 else response.json()
+        return None if self.kernel_id is None else self._rest.kernel(self.kernel_id)
 
     # -- life cycle -------------------------------------------------------------------------
     def start(self, timeout: float) -> None:
@@ -158,35 +135,54 @@ class KernelGateway:
         body: dict[str, Any] = {"env": {SESSION_ENV: self._workspace_key}}
         if self.kernel_name:
             body["name"] = self.kernel_name
-        response = self._request("POST", "/api/kernels", body)
+        for attempt in range(3):
+            try:
+                response = self._rest.request("POST", "/api/kernels", body)
+                break
+            except GatewayRefused as exc:
+                # Kernel Gateway 3.0 answers 500 when max_kernels is set and another kernel is
+                # starting at the same moment (it lists kernels before the other has a model)
+                if "HTTP 500" not in str(exc) or attempt == 2:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
         if response.status_code == 404:
             raise InterpreterError(f"{self.url} has no /api/kernels: is this a Jupyter Kernel Gateway?")
         self.kernel_id = response.json()["id"]
         if self._finalizer is not None:
             self._finalizer.detach()
-        self._finalizer = weakref.finalize(self, _delete_kernel, self.url, dict(self._headers), self.kernel_id)
+        self._finalizer = weakref.finalize(self, delete_kernel_quietly, self.url, dict(self._rest.headers), self.kernel_id)
         log.debug("gateway kernel %s started on %s", self.kernel_id, self.url)
         try:
             self._connect()
             self._wait_ready(timeout)
         except BaseException:
-            self.shutdown()
+            self._discard_kernel()
             raise
 
+    def _discard_kernel(self) -> None:
+        """Close the WebSocket and delete the kernel on the gateway (best effort)."""
+        kernel_id, self.kernel_id = self.kernel_id, None
+        self._close_ws()
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        if kernel_id is not None:
+            try:
+                self._rest.request("DELETE", f"/api/kernels/{kernel_id}")
+            except InterpreterError as exc:
+                log.warning("could not delete gateway kernel %s: %s", kernel_id, exc)
+
     def _connect(self) -> None:
-        uri = f"{self._ws_base}/api/kernels/{self.kernel_id}/channels?session_id={self._session}"
+        uri = f"{self._rest.ws_base}/api/kernels/{self.kernel_id}/channels?session_id={self._session}"
         try:
             self._ws = connect(
-                uri, additional_headers=self._headers, max_size=_MAX_MESSAGE, open_timeout=10,
-                close_timeout=1, compression=None, proxy=None,
+                uri, additional_headers=self._rest.headers, max_size=_MAX_MESSAGE, open_timeout=10,
+                close_timeout=1, compression=None, proxy=None, **_CONNECT_OPTIONS,
             )  # fmt: skip
         except InvalidStatus as exc:
             status = exc.response.status_code
             if status in (401, 403):
-                raise InterpreterError(
-                    f"the Kernel Gateway at {self.url} refused the WebSocket (HTTP {status}, authentication): "
-                    f"pass token= (or set {TOKEN_ENV}) to the gateway's KG_AUTH_TOKEN"
-                ) from exc
+                raise self._rest.auth_error(status, "WebSocket") from exc
             raise InterpreterError(f"the Kernel Gateway refused the kernel's WebSocket (HTTP {status})") from exc
         except (OSError, InvalidHandshake, TimeoutError) as exc:
             raise InterpreterError(f"cannot open the kernel's WebSocket on {self.url}: {exc}") from exc
@@ -221,11 +217,7 @@ class KernelGateway:
 
     def _probe(self, timeout: float) -> None:
         """Ask the kernel where it runs, under which limits, and why its predecessor ended."""
-        msg_id = self._send(
-            "shell", "execute_request",
-            {"code": "", "silent": True, "store_history": False, "user_expressions": _PROBE,
-             "allow_stdin": False, "stop_on_error": False},
-        )  # fmt: skip
+        msg_id = self._send("shell", "execute_request", execute_content("", silent=True, user_expressions=_PROBE))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             item = self._read(0.2)
@@ -268,13 +260,17 @@ class KernelGateway:
                 return
             except InterpreterError as exc:
                 log.warning("waiting for the gateway's own restart failed (%s); restarting through REST", exc)
-        if self.kernel_id is not None:
-            response = self._request("POST", f"/api/kernels/{self.kernel_id}/restart")
-            if response.status_code != 404:
+        if self.kernel_id is not None and self.kernel_model() is not None:
+            try:
+                self._rest.request("POST", f"/api/kernels/{self.kernel_id}/restart")
                 self._dead = None
                 self._reopen_if_closed()
                 self._wait_ready(timeout)
                 return
+            except GatewayRefused as exc:  # e.g. deleted meanwhile: a new kernel will do
+                log.warning("the gateway could not restart kernel %s (%s); starting a new one", self.kernel_id, exc)
+                self._rest.request("DELETE", f"/api/kernels/{self.kernel_id}")
+        elif self.kernel_id is not None:
             log.info("gateway kernel %s is gone; starting a new one", self.kernel_id)
         self._close_ws()
         self.kernel_id = None
@@ -291,19 +287,14 @@ class KernelGateway:
         if self._closing and self.kernel_id is None:
             return
         self._closing = True
-        kernel_id, self.kernel_id = self.kernel_id, None
-        if kernel_id is not None and self.temporary_workspace and self._dead is None and self._ws is not None:
-            self._empty_workspace()
-        self._close_ws()
-        if kernel_id is not None:
-            try:
-                self._request("DELETE", f"/api/kernels/{kernel_id}")
-            except InterpreterError as exc:
-                log.warning("could not delete gateway kernel %s: %s", kernel_id, exc)
-        if self._finalizer is not None:
-            self._finalizer.detach()
-            self._finalizer = None
-        self._http.close()
+        if self.kernel_id is not None and self.temporary_workspace and self._dead is None and self._ws is not None:
+            if self._recv_lock.acquire(timeout=1):  # not while a run still reads (close() from another thread)
+                try:
+                    self._empty_workspace()
+                finally:
+                    self._recv_lock.release()
+        self._discard_kernel()
+        self._rest.close()
 
     def _empty_workspace(self) -> None:
         """Remove the session's files on the gateway (the gateway's wrapper then removes the directory)."""
@@ -314,7 +305,7 @@ class KernelGateway:
             "    _s.rmtree(_p, ignore_errors=True) if _o.path.isdir(_p) and not _o.path.islink(_p) else _o.unlink(_p)\n"
         )
         try:
-            msg_id = self._send("shell", "execute_request", _execute_content(code, silent=True))
+            msg_id = self._send("shell", "execute_request", execute_content(code, silent=True))
             deadline = time.monotonic() + 3
             while time.monotonic() < deadline:
                 item = self._read(0.2)
@@ -333,14 +324,7 @@ class KernelGateway:
 
     # -- messages ---------------------------------------------------------------------------
     def _send(self, channel: str, msg_type: str, content: dict) -> str:
-        msg_id = uuid.uuid4().hex
-        header = {
-            "msg_id": msg_id, "msg_type": msg_type, "session": self._session, "username": "glm-agent",
-            "version": "5.3", "date": datetime.now(timezone.utc).isoformat(),
-        }  # fmt: skip
-        data = json.dumps(
-            {"header": header, "parent_header": {}, "metadata": {}, "content": content, "channel": channel, "buffers": []}
-        )
+        msg_id, data = encode_message(channel, msg_type, content, self._session)
         with self._send_lock:
             if self._ws is None:
                 raise InterpreterError("the kernel's WebSocket is not open")
@@ -356,7 +340,7 @@ class KernelGateway:
         if self.kernel_id is None:
             raise InterpreterError("the kernel is not running; start() it first")
         try:
-            msg_id = self._send("shell", "execute_request", _execute_content(code, silent=silent))
+            msg_id = self._send("shell", "execute_request", execute_content(code, silent=silent))
         except (InterpreterError, ConnectionClosed, OSError) as exc:
             self._mark_dead(str(exc))  # the run then reports a dead kernel, and the session restarts it
             return uuid.uuid4().hex
@@ -390,7 +374,8 @@ class KernelGateway:
                     time.sleep(min(remaining, 0.05))
                 return None
             try:
-                raw = ws.recv(timeout=max(0.0, remaining))
+                with self._recv_lock:
+                    raw = ws.recv(timeout=max(0.0, remaining))
             except TimeoutError:
                 return None
             except ConnectionClosed:
@@ -432,12 +417,11 @@ class KernelGateway:
     def _reconnect(self) -> bool:
         """After the WebSocket dropped: reconnect once (same session, so the gateway replays what it kept)."""
         self._close_ws()
+        if self._closing or self.kernel_id is None:
+            return False
         try:
             if self.kernel_model() is None:
-                self._mark_dead(
-                    "the gateway no longer has this kernel: it was culled after being idle, shut down, "
-                    "or the gateway was restarted"
-                )
+                self._mark_dead(_GONE)
                 return False
             self._connect()
         except InterpreterError as exc:
@@ -476,9 +460,9 @@ class KernelGateway:
         )
         parent = {"msg_id": inflight["msg_id"]}
         if not inflight["idle"]:
-            self._pending.append(("iopub", _synthetic("status", parent, {"execution_state": "idle"})))
+            self._pending.append(("iopub", synthetic_message("status", parent, {"execution_state": "idle"})))
         if not inflight["replied"]:
-            self._pending.append(("shell", _synthetic("execute_reply", parent, {"status": "aborted", "execution_count": None})))
+            self._pending.append(("shell", synthetic_message("execute_reply", parent, {"status": "aborted", "execution_count": None})))
 
     def _mark_dead(self, reason: str) -> None:
         if self._dead is None:
@@ -490,11 +474,16 @@ class KernelGateway:
         if self.kernel_id is None or self._dead is not None:
             return
         try:
-            self._request("POST", f"/api/kernels/{self.kernel_id}/interrupt")
+            self._rest.request("POST", f"/api/kernels/{self.kernel_id}/interrupt")
         except InterpreterError as exc:
             log.warning("could not interrupt gateway kernel %s: %s", self.kernel_id, exc)
 
     def is_alive(self) -> bool:
+        """Messages that arrived (a ``restarting``/``dead`` status), then the gateway's record of the kernel.
+
+        The REST check finds kernels deleted or culled behind our back: the gateway does not
+        close their WebSockets.
+        """
         if self.kernel_id is None:
             return False
         if self._dead is None and self._ws is not None and not self._pending:
@@ -503,6 +492,12 @@ class KernelGateway:
                 if item is None:
                     break
                 self._pending.append(item)
+        if self._dead is None:
+            try:
+                if self.kernel_model() is None:
+                    self._mark_dead(_GONE)
+            except InterpreterError as exc:
+                self._mark_dead(str(exc))
         return self._dead is None
 
     def death_reason(self) -> str:
@@ -529,18 +524,3 @@ class KernelGateway:
     def __repr__(self) -> str:
         return f"KernelGateway({self.url!r}, kernel_id={self.kernel_id!r})"
 
-
-def _execute_content(code: str, *, silent: bool) -> dict:
-    return {
-        "code": code, "silent": silent, "store_history": not silent, "user_expressions": {},
-        "allow_stdin": False, "stop_on_error": False,
-    }  # fmt: skip
-
-
-def _synthetic(msg_type: str, parent: dict, content: dict) -> KernelMessage:
-    """A message the transport makes up to end a run whose real one was lost (marked in metadata)."""
-    header = {"msg_id": uuid.uuid4().hex, "msg_type": msg_type, "date": datetime.now(timezone.utc).isoformat()}
-    return {
-        "header": header, "parent_header": parent, "msg_type": msg_type, "content": content,
-        "metadata": {"glm_agent_synthetic": True},
-    }  # fmt: skip

@@ -6,7 +6,8 @@ exactly like :class:`~glm_agent.interpreter.LocalKernel` does (same launcher/sup
 rlimits, namespaces, scratch directories; :func:`~glm_agent.interpreter._local.launch_spec`)
 and stands in for the host process towards the supervisor: it holds the lifeline (if the
 gateway kills this wrapper, the supervisor kills the kernel), forwards the gateway's
-SIGINT (interrupt) and maps SIGTERM to a kill.
+SIGINT (interrupt) and maps SIGTERM to a kill; it gets SIGTERM when the gateway process
+dies, so kernels do not outlive their gateway.
 
 Layout, under the gateway's runtime (connection) directory ``R``:
 
@@ -41,6 +42,7 @@ import sys
 from pathlib import Path
 
 from glm_agent.interpreter._isolation import detect_isolation, launcher_argv
+from glm_agent.interpreter._launch import PR_SET_PDEATHSIG, _prctl
 from glm_agent.interpreter._limits import Limits
 from glm_agent.interpreter._local import describe_exit, launch_spec
 
@@ -186,6 +188,10 @@ def _run(spec: dict) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="glm-agent gateway kernel: %(message)s")
+    gateway = os.getppid()
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)  # the gateway died (even SIGKILL): stop the kernel too
+    if os.getppid() != gateway:
+        return 1
     args = _parse(argv)
     try:
         spec, runtime_dir, workspace, links, exit_file = _prepare(args)

@@ -1,0 +1,113 @@
+"""The Kernel Gateway's two halves of the wire: its REST API (with clear errors) and the JSON
+messages of its ``/api/kernels/{id}/channels`` WebSocket (Jupyter messages with a ``channel``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from datetime import datetime, timezone
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from glm_agent.errors import InterpreterError
+from glm_agent.interpreter._backend import KernelMessage
+
+__all__ = ["GatewayREST", "GatewayRefused", "TOKEN_ENV", "execute_content", "encode_message", "synthetic_message"]
+
+TOKEN_ENV = "GLM_AGENT_GATEWAY_TOKEN"
+
+
+class GatewayRefused(InterpreterError):
+    """The gateway answered with an HTTP error (so it is reachable)."""
+
+
+class GatewayREST:
+    """REST calls to a Kernel Gateway at ``url`` with token auth. 404 is returned to the caller;
+    every other failure raises an :class:`InterpreterError` that says what to do."""
+
+    def __init__(self, url: str, token: str | None, timeout: float) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise InterpreterError(f"invalid Kernel Gateway URL {url!r}: use http://host:port or https://host:port")
+        path = parts.path.rstrip("/")
+        self.url = urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+        self.ws_base = urlunsplit(("wss" if parts.scheme == "https" else "ws", parts.netloc, path, "", ""))
+        token = token if token is not None else os.environ.get(TOKEN_ENV)
+        self.headers = {"Authorization": f"token {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.url, headers=self.headers, timeout=timeout)
+
+    def auth_error(self, status: int, what: str = "request") -> GatewayRefused:
+        return GatewayRefused(
+            f"the Kernel Gateway at {self.url} refused the {what} (HTTP {status}, authentication): "
+            f"pass token= (or set {TOKEN_ENV}) to the gateway's KG_AUTH_TOKEN"
+        )
+
+    def request(self, method: str, path: str, body: dict | None = None) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, json=body)
+        except httpx.TransportError as exc:
+            raise InterpreterError(
+                f"cannot reach the Kernel Gateway at {self.url} ({type(exc).__name__}: {exc}); is it running? "
+                "(sandbox/README.md says how to start one)"
+            ) from exc
+        status = response.status_code
+        if status in (401, 403) and "Resource Limit" not in response.text:
+            raise self.auth_error(status)
+        if status >= 400 and status != 404:
+            try:
+                detail = response.json().get("message") or response.reason_phrase
+            except ValueError:
+                detail = response.text[:200] or response.reason_phrase
+            raise GatewayRefused(f"the Kernel Gateway answered {method} {path} with HTTP {status}: {detail}")
+        return response
+
+    def kernel(self, kernel_id: str) -> dict | None:
+        """The gateway's record of a kernel (``execution_state``, ...), or None when it has none."""
+        path = f"/api/kernels/{kernel_id}"
+        try:
+            response = self.request("GET", path)
+        except GatewayRefused:
+            raise
+        except InterpreterError:  # a broken pooled connection, or a network blip: one more try
+            response = self.request("GET", path)
+        return None if response.status_code == 404 else response.json()
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def delete_kernel_quietly(base_url: str, headers: dict[str, str], kernel_id: str) -> None:
+    """Best effort DELETE (garbage collection, interpreter exit)."""
+    try:
+        httpx.delete(f"{base_url}/api/kernels/{kernel_id}", headers=headers, timeout=5)
+    except httpx.HTTPError:
+        pass
+
+
+def encode_message(channel: str, msg_type: str, content: dict, session: str) -> tuple[str, str]:
+    """A Jupyter message for the WebSocket: (msg_id, JSON text)."""
+    msg_id = uuid.uuid4().hex
+    header = {
+        "msg_id": msg_id, "msg_type": msg_type, "session": session, "username": "glm-agent",
+        "version": "5.3", "date": datetime.now(timezone.utc).isoformat(),
+    }  # fmt: skip
+    message = {"header": header, "parent_header": {}, "metadata": {}, "content": content, "channel": channel, "buffers": []}
+    return msg_id, json.dumps(message)
+
+
+def execute_content(code: str, *, silent: bool, user_expressions: dict[str, str] | None = None) -> dict:
+    return {
+        "code": code, "silent": silent, "store_history": not silent, "user_expressions": user_expressions or {},
+        "allow_stdin": False, "stop_on_error": False,
+    }  # fmt: skip
+
+
+def synthetic_message(msg_type: str, parent: dict, content: dict) -> KernelMessage:
+    """A message the transport makes up to end a run whose real one was lost (marked in metadata)."""
+    header = {"msg_id": uuid.uuid4().hex, "msg_type": msg_type, "date": datetime.now(timezone.utc).isoformat()}
+    return {
+        "header": header, "parent_header": parent, "msg_type": msg_type, "content": content,
+        "metadata": {"glm_agent_synthetic": True},
+    }  # fmt: skip
