@@ -8,6 +8,9 @@ behind the session's back, a WebSocket dropped mid-run, the gateway process kill
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from hashlib import sha256
 import threading
 import time
@@ -19,7 +22,7 @@ import pytest
 
 from glm_agent.errors import InterpreterError
 from glm_agent.interpreter import CodeInterpreter, KernelGateway, Limits, detect_isolation
-from tests.gateway_server import FlakyProxy, GatewayServer, free_port
+from tests.gateway_server import CONFIG, FlakyProxy, GatewayServer, free_port
 
 KINDS = ["local", "gateway"]
 
@@ -60,6 +63,9 @@ def make_session(gateway):
     yield sessions
     for session in sessions.sessions:
         session.close()
+    assert gateway.kernels() == []  # closing every session left no kernel on the gateway ...
+    _, alive = psutil.wait_procs(gateway.kernel_processes(), timeout=10)
+    assert not alive  # ... and no kernel process under it
 
 
 @pytest.fixture(scope="module", params=KINDS)
@@ -220,12 +226,8 @@ def test_gateway_session_reports_the_gateways_limits_and_isolation(make_session)
 
 
 def test_the_gateway_has_no_kernels_but_those_of_open_sessions(gateway, make_session):
+    """(And once the module's sessions are closed, none at all: checked when ``make_session`` ends.)"""
     assert {k["id"] for k in gateway.kernels()} == make_session.open_on_gateway()
-    for session in make_session.sessions:
-        if isinstance(session.backend, KernelGateway) and not session.closed:
-            session.close()
-    assert gateway.kernels() == []
-    assert not gateway.kernel_processes()
 
 
 # -- what only a remote kernel can suffer ----------------------------------------------------------
@@ -322,3 +324,14 @@ def test_culled_kernel_and_killed_gateway():
             session.close()
         server.stop()
     assert not Path(server.runtime_dir).exists()
+
+
+def test_the_gateway_configuration_refuses_to_run_without_a_token():
+    jupyter = Path(sys.executable).with_name("jupyter")
+    env = {k: v for k, v in os.environ.items() if k != "KG_AUTH_TOKEN"}
+    env["KG_PORT"] = str(free_port())
+    proc = subprocess.run(
+        [str(jupyter), "kernelgateway", "--config", str(CONFIG)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode != 0
+    assert "set KG_AUTH_TOKEN to a random token of at least 16 characters" in proc.stderr

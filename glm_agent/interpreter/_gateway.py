@@ -18,11 +18,9 @@ What can go wrong, and what this backend does:
 
 from __future__ import annotations
 
-import ast
 import inspect
 import json
 import logging
-import resource
 import threading
 import time
 import uuid
@@ -35,14 +33,16 @@ from websockets.sync.client import ClientConnection, connect
 
 from glm_agent.errors import InterpreterError
 from glm_agent.interpreter._backend import Channel, KernelMessage
-from glm_agent.interpreter._gateway_kernel import LAST_EXIT_ENV, SESSION_ENV
+from glm_agent.interpreter._gateway_kernel import SESSION_ENV
 from glm_agent.interpreter._gateway_protocol import (
     TOKEN_ENV,
     GatewayREST,
+    PROBE,
     GatewayRefused,
     delete_kernel_quietly,
     encode_message,
     execute_content,
+    read_probe,
     synthetic_message,
 )
 from glm_agent.interpreter._isolation import Isolation
@@ -59,13 +59,6 @@ _LOST_REPLY_AFTER = 1.5  # seconds of silence after a reconnect before asking th
 _GONE = (
     "the gateway no longer has this kernel: it was culled after being idle, shut down, or the gateway was restarted"
 )
-_PROBE = {
-    "cwd": "__import__('os').getcwd()",
-    "pid": "__import__('os').getpid()",
-    "rlimits": "[__import__('resource').getrlimit(getattr(__import__('resource'), n))[0] "
-    "for n in ('RLIMIT_AS', 'RLIMIT_CPU', 'RLIMIT_NOFILE', 'RLIMIT_FSIZE')]",
-    "last_exit": f"__import__('os').environ.get({LAST_EXIT_ENV!r}, '')",
-}
 
 
 class KernelGateway:
@@ -217,7 +210,7 @@ class KernelGateway:
 
     def _probe(self, timeout: float) -> None:
         """Ask the kernel where it runs, under which limits, and why its predecessor ended."""
-        msg_id = self._send("shell", "execute_request", execute_content("", silent=True, user_expressions=_PROBE))
+        msg_id = self._send("shell", "execute_request", execute_content("", silent=True, user_expressions=PROBE))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             item = self._read(0.2)
@@ -225,28 +218,10 @@ class KernelGateway:
                 continue
             channel, msg = item
             if channel == "shell" and msg["parent_header"].get("msg_id") == msg_id:
-                values = {}
-                for name, value in msg["content"].get("user_expressions", {}).items():
-                    try:
-                        values[name] = ast.literal_eval(value["data"]["text/plain"])
-                    except (KeyError, ValueError, SyntaxError):
-                        pass
-                self._apply_probe(values)
+                found = read_probe(msg["content"], self.url)
+                self._kernel_workspace, self._last_exit, self.isolation, self.limits = found
                 return
         raise InterpreterError(f"the gateway's kernel did not answer its set-up within {timeout:g} s")
-
-    def _apply_probe(self, values: dict[str, Any]) -> None:
-        self._kernel_workspace = str(values.get("cwd") or "/mnt/data")
-        self._last_exit = str(values.get("last_exit") or "")
-        if values.get("pid") == 1 and self._kernel_workspace == "/mnt/data":
-            self.isolation = Isolation("namespaces")
-        else:
-            self.isolation = Isolation("none", f"the kernel spec on the Kernel Gateway at {self.url} runs kernels unisolated")
-        rlimits = [None if v in (None, resource.RLIM_INFINITY) else v for v in values.get("rlimits") or [None] * 4]
-        try:
-            self.limits = Limits(*rlimits)
-        except (TypeError, ValueError):
-            self.limits = Limits(memory_bytes=None, cpu_seconds=None, open_files=None, file_size_bytes=None)
 
     def restart(self, timeout: float) -> None:
         if self._closing:
@@ -420,7 +395,7 @@ class KernelGateway:
         if self._closing or self.kernel_id is None:
             return False
         try:
-            if self.kernel_model() is None:
+            if not self._kernel_exists():
                 self._mark_dead(_GONE)
                 return False
             self._connect()
@@ -494,7 +469,7 @@ class KernelGateway:
                 self._pending.append(item)
         if self._dead is None:
             try:
-                if self.kernel_model() is None:
+                if not self._kernel_exists():
                     self._mark_dead(_GONE)
             except InterpreterError as exc:
                 self._mark_dead(str(exc))
@@ -515,6 +490,14 @@ class KernelGateway:
             self._dead = self._last_exit or "it ended (the gateway restarted it)"
             self._last_exit = ""
         return self._dead
+
+    def _kernel_exists(self) -> bool:
+        """Whether the gateway has this kernel; a 404 is confirmed half a second later, because the
+        gateway can drop a kernel from its list for a moment while it restarts it."""
+        if self.kernel_model() is not None:
+            return True
+        time.sleep(0.5)
+        return self.kernel_model() is not None
 
     def drain_notices(self) -> list[str]:
         """What the transport did during the last run (reconnects, lost replies), for the observation."""

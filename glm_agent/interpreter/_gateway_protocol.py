@@ -3,8 +3,10 @@ messages of its ``/api/kernels/{id}/channels`` WebSocket (Jupyter messages with 
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import resource
 import uuid
 from datetime import datetime, timezone
 from urllib.parse import urlsplit, urlunsplit
@@ -13,8 +15,14 @@ import httpx
 
 from glm_agent.errors import InterpreterError
 from glm_agent.interpreter._backend import KernelMessage
+from glm_agent.interpreter._gateway_kernel import LAST_EXIT_ENV
+from glm_agent.interpreter._isolation import Isolation
+from glm_agent.interpreter._limits import Limits
 
-__all__ = ["GatewayREST", "GatewayRefused", "TOKEN_ENV", "execute_content", "encode_message", "synthetic_message"]
+__all__ = [
+    "GatewayREST", "GatewayRefused", "TOKEN_ENV", "PROBE", "read_probe",
+    "execute_content", "encode_message", "synthetic_message",
+]  # fmt: skip
 
 TOKEN_ENV = "GLM_AGENT_GATEWAY_TOKEN"
 
@@ -111,3 +119,35 @@ def synthetic_message(msg_type: str, parent: dict, content: dict) -> KernelMessa
         "header": header, "parent_header": parent, "msg_type": msg_type, "content": content,
         "metadata": {"glm_agent_synthetic": True},
     }  # fmt: skip
+
+
+# user_expressions of the first (silent) request to a new kernel: where it runs, its limits, and
+# why its predecessor ended (the gateway's kernel command passes that on)
+PROBE = {
+    "cwd": "__import__('os').getcwd()",
+    "pid": "__import__('os').getpid()",
+    "rlimits": "[__import__('resource').getrlimit(getattr(__import__('resource'), n))[0] "
+    "for n in ('RLIMIT_AS', 'RLIMIT_CPU', 'RLIMIT_NOFILE', 'RLIMIT_FSIZE')]",
+    "last_exit": f"__import__('os').environ.get({LAST_EXIT_ENV!r}, '')",
+}
+
+
+def read_probe(reply_content: dict, url: str) -> tuple[str, str, Isolation, Limits]:
+    """(kernel workspace, predecessor's end, isolation, limits) from the probe's execute_reply."""
+    values = {}
+    for name, value in reply_content.get("user_expressions", {}).items():
+        try:
+            values[name] = ast.literal_eval(value["data"]["text/plain"])  # reprs of str/int/list
+        except (KeyError, TypeError, ValueError, SyntaxError):
+            pass
+    workspace = str(values.get("cwd") or "/mnt/data")
+    if values.get("pid") == 1 and workspace == "/mnt/data":
+        isolation = Isolation("namespaces")
+    else:
+        isolation = Isolation("none", f"the kernel spec on the Kernel Gateway at {url} runs kernels unisolated")
+    rlimits = [None if v in (None, resource.RLIM_INFINITY) else v for v in values.get("rlimits") or [None] * 4]
+    try:
+        limits = Limits(*rlimits)
+    except (TypeError, ValueError):
+        limits = Limits(memory_bytes=None, cpu_seconds=None, open_files=None, file_size_bytes=None)
+    return workspace, str(values.get("last_exit") or ""), isolation, limits
