@@ -515,3 +515,16 @@ def test_chat_with_a_workspace_keeps_files_and_reset_gives_a_fresh_kernel(tmp_pa
     assert "│ 5 " in proc.stdout and "new conversation" in proc.stdout
     assert "│ False " in proc.stdout  # the kernel's state did not survive /reset
     assert (workspace / "note.txt").read_text() == "kept"  # the folder did, after exit too
+
+
+def test_a_reader_that_leaves_early_is_not_a_traceback():
+    # `glm-agent tools tools/ | head -1`: the pipe closes before all schemas are written
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "glm_agent.cli", "tools", str(REPO / "tools")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+    )
+    proc.stdout.close()  # before the command has written anything: its first write meets a closed pipe
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and b"Traceback" not in err
