@@ -15,7 +15,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from glm_agent import events as ev
 from glm_agent.chatglm3.parser import CallFinished, CallStarted, ReplyStreamParser
