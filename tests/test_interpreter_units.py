@@ -135,3 +135,18 @@ def test_build_notebook_matches_calls_to_runs_and_keeps_unmatched_code():
     assert cells[4][1].startswith("**Tool call** `get_weather`")
     assert cells[5] == ("markdown", '**Observation**\n\n{"temperature": 20}')
     assert len(cells) == 6
+
+
+def test_python_under_tmp_is_bound_back_into_the_sandbox(tmp_path, monkeypatch):
+    # CI clones (and many venvs) live under /tmp, which the sandbox replaces with a private tmpfs
+    import sys
+
+    from glm_agent.interpreter._isolation import hidden_python_paths
+
+    venv = tmp_path / "checkout" / ".venv"
+    (venv / "lib").mkdir(parents=True)
+    monkeypatch.setattr(sys, "prefix", str(venv))
+    monkeypatch.setattr(sys, "path", ["/tmp", str(venv / "lib"), str(tmp_path / "checkout"), "/usr/lib", ""])
+    kept = hidden_python_paths()
+    assert str(tmp_path / "checkout") in kept  # the checkout covers its .venv
+    assert str(venv) not in kept and "/tmp" not in kept and "/usr/lib" not in kept

@@ -83,6 +83,33 @@ def runtime_root() -> Path:
     return root
 
 
+#: what the sandbox covers with private, empty filesystems
+SANDBOX_OVERLAYS = ("/tmp", "/dev/shm", "/mnt")
+
+
+def hidden_python_paths() -> list[str]:
+    """Directories this Python needs that the sandbox's private ``/tmp``, ``/dev/shm`` or ``/mnt``
+    would hide (e.g. a virtual environment or a checkout under ``/tmp``, as CI clones often are).
+
+    The launcher binds them back read-only at the same paths, so the kernel's interpreter and
+    packages stay importable. An overlay root itself (say ``sys.path[0] == "/tmp"``) is never
+    re-exposed.
+    """
+
+    def under(path: str, root: str) -> bool:
+        return path == root or path.startswith(root.rstrip("/") + "/")
+
+    candidates = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix, os.path.dirname(sys.executable)}
+    candidates.update(p for p in sys.path if p)
+    kept: list[str] = []
+    for path in sorted({os.path.abspath(p) for p in candidates}, key=len):
+        if path in SANDBOX_OVERLAYS or not os.path.isdir(path):
+            continue
+        if any(under(path, root) for root in SANDBOX_OVERLAYS) and not any(under(path, k) for k in kept):
+            kept.append(path)
+    return kept
+
+
 def launcher_argv(spec: dict[str, Any]) -> list[str]:
     """The command that starts the launcher/supervisor with this spec (stdlib only, no site)."""
     return [sys.executable, "-I", "-S", str(LAUNCHER), json.dumps(spec)]
@@ -127,6 +154,7 @@ def _probe() -> Isolation:
             "lifeline_fd": read_fd,
             "probe_port": server.getsockname()[1],
             "probe_readonly_dir": str(LAUNCHER.parent),
+            "readonly_paths": hidden_python_paths(),
         }
         try:
             proc = subprocess.run(

@@ -102,13 +102,19 @@ def _under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def setup_filesystem(workspace: str, runtime_dir: str, tmpfs_bytes: int) -> None:
-    """Build the isolated filesystem view (in a fresh mount namespace)."""
+def setup_filesystem(workspace: str, runtime_dir: str, tmpfs_bytes: int, readonly_paths: list[str] = ()) -> None:
+    """Build the isolated filesystem view (in a fresh mount namespace).
+
+    ``readonly_paths`` are directories the kernel's Python needs that the private ``/tmp``,
+    ``/dev/shm`` or ``/mnt`` would hide (a virtual environment or checkout under ``/tmp``):
+    they are bound back, read-only, at the same paths.
+    """
     _mount("none", "/", None, MS_REC | MS_PRIVATE)  # nothing we do here reaches the host
     keep_fds = {
         "/mnt/data": os.open(workspace, os.O_PATH | os.O_DIRECTORY),
         runtime_dir: os.open(runtime_dir, os.O_PATH | os.O_DIRECTORY),
     }
+    readonly_fds = {path: os.open(path, os.O_PATH | os.O_DIRECTORY) for path in readonly_paths}
     for point, flags in _mount_points():
         if _under(point, "/proc"):
             continue  # replaced by the kernel's own /proc
@@ -128,6 +134,11 @@ def setup_filesystem(workspace: str, runtime_dir: str, tmpfs_bytes: int) -> None
         os.makedirs(target, exist_ok=True)
         _mount(f"/proc/self/fd/{fd}", target, None, MS_BIND)
         _mount(None, target, None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV)
+        os.close(fd)
+    for target, fd in readonly_fds.items():
+        os.makedirs(target, exist_ok=True)
+        _mount(f"/proc/self/fd/{fd}", target, None, MS_BIND | MS_REC)
+        _mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
         os.close(fd)
 
 
@@ -212,6 +223,8 @@ def _probe_checks(spec: dict) -> int:
         problems.append("the host filesystem is writable from the sandbox")
     if os.getpid() != 1:
         problems.append("no PID namespace")
+    if not os.access(sys.executable, os.X_OK):
+        problems.append(f"the kernel's Python ({sys.executable}) is not visible in the sandbox")
     for problem in problems:
         sys.stderr.write(problem + "\n")
     return 1 if problems else 0
@@ -324,7 +337,7 @@ def main(argv: list[str]) -> None:
     try:
         if spec["isolate"]:
             _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID), "unshare")
-            setup_filesystem(spec["workspace"], spec["runtime_dir"], spec["tmpfs_bytes"])
+            setup_filesystem(spec["workspace"], spec["runtime_dir"], spec["tmpfs_bytes"], spec.get("readonly_paths", []))
         else:
             _prctl(PR_SET_CHILD_SUBREAPER, 1)
     except (SetupError, OSError) as exc:

@@ -20,7 +20,7 @@ from jupyter_client.connect import write_connection_file
 
 from glm_agent.errors import InterpreterError
 from glm_agent.interpreter._backend import Channel, KernelMessage
-from glm_agent.interpreter._isolation import launcher_argv, runtime_root
+from glm_agent.interpreter._isolation import hidden_python_paths, launcher_argv, runtime_root
 from glm_agent.interpreter._limits import Limits
 
 __all__ = ["LocalKernel", "describe_exit", "launch_spec"]
@@ -102,6 +102,7 @@ def launch_spec(
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", str(connection_file), "--HistoryManager.enabled=False"],
         "limits": limits.rlimits(),
         "remove_if_orphaned": [str(path) for path in remove_if_orphaned or []],
+        "readonly_paths": hidden_python_paths() if isolate else [],
     }
 
 
