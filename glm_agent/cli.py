@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(handler(args) or 0)
+        code = int(handler(args) or 0)
+        sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at interpreter exit
+        return code
     except BrokenPipeError:  # `glm-agent tools ... | head`: the reader left; not an error of ours
         import os
 
