@@ -181,11 +181,18 @@ class KernelGateway:
             raise InterpreterError(f"cannot open the kernel's WebSocket on {self.url}: {exc}") from exc
 
     def _wait_ready(self, timeout: float) -> None:
-        """Wait until the kernel answers on shell (its iopub messages pass through the gateway by then)."""
+        """Wait until the kernel answers on shell *and* its iopub messages reach us.
+
+        After the gateway restarts a kernel it re-opens the WebSocket's ZMQ streams; under load
+        the iopub stream sometimes does not come back (shell replies arrive, status and output
+        never do, so every run would time out). A kernel_info request whose shell reply comes
+        without its iopub status within 2 s therefore gets a fresh WebSocket and is asked again.
+        """
         deadline = time.monotonic() + timeout
         request = self._send("shell", "kernel_info_request", {})
         asked_at = time.monotonic()
-        while True:
+        replied = heard = False
+        while not (replied and heard):
             if self._dead is not None and not self._gateway_restarting:
                 raise InterpreterError(f"the kernel failed to start: {self._dead}")
             now = time.monotonic()
@@ -195,14 +202,19 @@ class KernelGateway:
                     "or read the gateway's log"
                 )
             if now - asked_at > 2:
+                if replied and not heard:
+                    log.warning("gateway kernel %s: iopub is silent after a restart; reconnecting its WebSocket", self.kernel_id)
+                    self._close_ws()
+                    self._connect()
                 request = self._send("shell", "kernel_info_request", {})  # sent while it was restarting
-                asked_at = now
+                asked_at, replied, heard = now, False, False
             item = self._read(min(0.2, deadline - now))
             if item is None:
                 continue
             channel, msg = item
-            if channel == "shell" and msg["parent_header"].get("msg_id") == request:
-                break
+            if msg["parent_header"].get("msg_id") == request:
+                replied = replied or channel == "shell"
+                heard = heard or channel == "iopub"
         self._dead = None
         self._gateway_restarting = False
         self._pending.clear()
