@@ -101,7 +101,7 @@ def test_book_flight_schema_is_the_tuned_shape_byte_for_byte() -> None:
 def test_book_flight_schema_matches_golden_prompt() -> None:
     golden = SHARED / "golden" / "responses.json"
     if not golden.is_file():
-        pytest.skip(f"ChatGLM3 reference data not found at {golden}")
+        pytest.skip(f"ChatGLM3 reference data not found at {golden} (../shared/chatglm3 is absent)")
     cases = json.loads(golden.read_text(encoding="utf-8"))
     tools = [t for case in cases for m in case["history"] for t in (m.get("tools") or []) if t["name"] == "book_flight"]
     assert tools, "golden responses have no book_flight tool"
