@@ -231,17 +231,19 @@ class ToolRegistry:
         start: float,
         exc: BaseException | None = None,
     ) -> ToolResult:
+        return self._result(name, arguments, text, start, ok=False, error=kind, exception=exc)
+
+    def _result(self, name: str, arguments: dict[str, Any], text: str, start: float, **fields: Any) -> ToolResult:
+        """A result whose observation is ``text`` cut to the registry's limit (the whole text kept)."""
         shown, cut = obs.truncate(text, self.max_observation_chars)
         return ToolResult(
             name=name,
             arguments=arguments,
-            ok=False,
             observation=shown,
-            error=kind,
             elapsed_s=time.perf_counter() - start,
             truncated=cut,
             full_text=text,
-            exception=exc,
+            **fields,
         )
 
     def _finish(self, tool: Tool, arguments: dict[str, Any], value: Any, start: float) -> ToolResult:
@@ -251,15 +253,4 @@ class ToolRegistry:
             logger.warning("result of tool %r could not be rendered", tool.name, exc_info=exc)
             text = f"Error: the result of tool {tool.name!r} could not be turned into text ({type(exc).__name__}: {exc})"
             return self._failed(tool.name, arguments, "exception", text, start, exc)
-        shown, cut = obs.truncate(text, self.max_observation_chars)
-        return ToolResult(
-            name=tool.name,
-            arguments=arguments,
-            ok=True,
-            observation=shown,
-            value=value,
-            files=files,
-            elapsed_s=time.perf_counter() - start,
-            truncated=cut,
-            full_text=text,
-        )
+        return self._result(tool.name, arguments, text, start, ok=True, value=value, files=files)
