@@ -208,6 +208,13 @@ async def _read(request: Request, schema: type[BaseModel]) -> Any:
     return body
 
 
+def _stream_end(obj: str, ident: str, created: int, model: str, usage: dict[str, int] | None) -> Iterator[str]:
+    """The end of an SSE stream: the usage-only chunk (``stream_options.include_usage``), then ``[DONE]``."""
+    if usage is not None:
+        yield _sse({"id": ident, "object": obj, "created": created, "model": model, "choices": [], "usage": usage})
+    yield "data: [DONE]\n\n"
+
+
 def _sse(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
@@ -366,10 +373,8 @@ def create_app(model: Any, tokenizer: ChatGLM3Tokenizer, *, tools: Any = None, a
                     yield line
                 reason, usage = finish()
                 yield chunk({}, reason, usage)
-                if body.include_usage():
-                    yield _sse({"id": ident, "object": "chat.completion.chunk", "created": created, "model": state.model_name,
-                                "choices": [], "usage": usage})
-                yield "data: [DONE]\n\n"
+                for line in _stream_end("chat.completion.chunk", ident, created, state.model_name, usage if body.include_usage() else None):
+                    yield line
             except Exception as exc:
                 yield _sse(_backend_error(exc).body())
             finally:
@@ -441,10 +446,8 @@ def create_app(model: Any, tokenizer: ChatGLM3Tokenizer, *, tools: Any = None, a
                     yield _sse(payload(delta, None))
                 reason, usage = finish()
                 yield _sse({**payload("", reason), "usage": usage})
-                if body.include_usage():
-                    yield _sse({"id": ident, "object": "text_completion", "created": created, "model": state.model_name,
-                                "choices": [], "usage": usage})
-                yield "data: [DONE]\n\n"
+                for line in _stream_end("text_completion", ident, created, state.model_name, usage if body.include_usage() else None):
+                    yield line
             except Exception as exc:
                 yield _sse(_backend_error(exc).body())
             finally:
