@@ -44,7 +44,7 @@ def episode_agent() -> float:
 
 def episode_model_alone() -> float:
     model = ScriptedModel(REPLIES, chunk_size=4)
-    messages = Agent(ScriptedModel([]), tools=[add]).messages + [{"role": "user", "content": "x"}]
+    messages = [*Agent(ScriptedModel([]), tools=[add]).messages, {"role": "user", "content": "x"}]
     t = time.perf_counter()
     for _ in range(STEPS):
         for _delta in model.stream(messages):

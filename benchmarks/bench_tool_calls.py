@@ -11,7 +11,7 @@ import datetime
 import json
 import time
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any
 
 from typing_extensions import NotRequired, TypedDict
 
@@ -23,13 +23,15 @@ class Passenger(TypedDict):
     age: NotRequired[int]
 
 
-def book_flight(passengers: list[Passenger], date: datetime.date, flexible: bool = False, budget: Optional[float] = None) -> dict[str, Any]:
+def book_flight(
+    passengers: list[Passenger], date: datetime.date, flexible: bool = False, budget: float | None = None
+) -> dict[str, Any]:
     """Book a flight."""
     return {"code": "ABC123", "passengers": len(passengers), "date": date.isoformat()}
 
 
 async def book_flight_async(
-    passengers: list[Passenger], date: datetime.date, flexible: bool = False, budget: Optional[float] = None
+    passengers: list[Passenger], date: datetime.date, flexible: bool = False, budget: float | None = None
 ) -> dict[str, Any]:
     """Book a flight."""
     return {"code": "ABC123", "passengers": len(passengers), "date": date.isoformat()}
@@ -81,7 +83,9 @@ def main() -> None:
     report.update({k: round(v, 2) for k, v in results.items()})
     base = results["direct_call_us"]
     report["ratio_registry_call_to_direct"] = round(results["registry_call_us"] / base, 1)
-    report["ratio_call_with_timeout_to_call"] = round(results["registry_call_with_timeout_us"] / results["registry_call_us"], 2)
+    report["ratio_call_with_timeout_to_call"] = round(
+        results["registry_call_with_timeout_us"] / results["registry_call_us"], 2
+    )
     report["ratio_acall_async_to_direct_await"] = round(results["acall_async_tool_us"] / results["direct_await_us"], 1)
     report["ratio_acall_sync_to_call"] = round(results["acall_sync_tool_us"] / results["registry_call_us"], 2)
     print(json.dumps(report))

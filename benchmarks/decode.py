@@ -18,6 +18,7 @@ Prints one JSON object.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import multiprocessing
 import resource
@@ -75,7 +76,11 @@ def _setup(dtype_name: str):
 
     tok = tokenizer()
     model = random_model(getattr(torch, dtype_name))
-    prompt = [tok.gmask_id, tok.sop_id, tok.user_id] + [1000 + (i * 37) % 30000 for i in range(PROMPT_TOKENS - 4)] + [tok.assistant_id]
+    prompt = (
+        [tok.gmask_id, tok.sop_id, tok.user_id]
+        + [1000 + (i * 37) % 30000 for i in range(PROMPT_TOKENS - 4)]
+        + [tok.assistant_id]
+    )
     return tok, model, prompt
 
 
@@ -100,7 +105,7 @@ def measure_local(dtype_name: str, threads: int | None, queue) -> None:  # runs 
             pass
         times = local.last_stats.token_times
         per_run.append((times[-1] - times[0]) / (len(times) - 1))  # forwards after the first choice
-        steps += [b - a for a, b in zip(times, times[1:])]
+        steps += [b - a for a, b in itertools.pairwise(times)]
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     bandwidth = memory_bandwidth()
     per_token = sorted(steps)[len(steps) // 2]  # median step: robust to other processes on a shared machine
@@ -152,7 +157,10 @@ def main() -> None:
         results[dtype_name] = local
     out = {
         "benchmark": "decode",
-        "model": {"parameters": 100766208, "shape": "ChatGLM3, hidden 512, 10 layers, 4 heads x 128, 2 KV groups, vocab 65024"},
+        "model": {
+            "parameters": 100766208,
+            "shape": "ChatGLM3, hidden 512, 10 layers, 4 heads x 128, 2 KV groups, vocab 65024",
+        },
         "prompt_tokens": PROMPT_TOKENS,
         "new_tokens": NEW_TOKENS,
         "bandwidth_efficiency": results["float32"]["bandwidth_efficiency"],

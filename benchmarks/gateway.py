@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from glm_agent.interpreter import CodeInterpreter  # noqa: E402
-from tests.gateway_server import GatewayServer  # noqa: E402
+from glm_agent.interpreter import CodeInterpreter
+from tests.gateway_server import GatewayServer
 
 
 def _timed(fn) -> float:

@@ -21,12 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
+import shutil
+import tempfile
 
-from jupyter_client.manager import KernelManager  # noqa: E402
+from jupyter_client.manager import KernelManager
 
-from glm_agent.interpreter import CodeInterpreter, KernelPool  # noqa: E402
+from glm_agent.interpreter import CodeInterpreter, KernelPool
 
 
 def _timed(fn) -> float:

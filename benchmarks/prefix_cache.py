@@ -20,9 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _chatglm3_shaped import random_model, tokenizer  # noqa: E402
+from _chatglm3_shaped import random_model, tokenizer
 
-from glm_agent.models import LocalModel  # noqa: E402
+from glm_agent.models import LocalModel
 
 TURNS = 10
 NEW_TOKENS = 32
@@ -31,10 +31,26 @@ NEW_TOKENS = 32
 def tools() -> list[dict]:
     """Tool definitions: with the default tools prompt, about 600 tokens of system message."""
     specs = [
-        ("get_weather", "Current weather for a city: temperature, sky, humidity and wind, from the nearest station.", {"city": "City name", "unit": "celsius or fahrenheit"}),
-        ("search_web", "Search the web and return the top results with titles, addresses and short snippets.", {"query": "Search terms", "limit": "Number of results"}),
-        ("read_file", "Read a text file from the shared workspace and return its content as UTF-8 text.", {"path": "Path inside the workspace"}),
-        ("write_file", "Write text to a file in the shared workspace, replacing any previous content of that file.", {"path": "Path inside the workspace", "text": "New content"}),
+        (
+            "get_weather",
+            "Current weather for a city: temperature, sky, humidity and wind, from the nearest station.",
+            {"city": "City name", "unit": "celsius or fahrenheit"},
+        ),
+        (
+            "search_web",
+            "Search the web and return the top results with titles, addresses and short snippets.",
+            {"query": "Search terms", "limit": "Number of results"},
+        ),
+        (
+            "read_file",
+            "Read a text file from the shared workspace and return its content as UTF-8 text.",
+            {"path": "Path inside the workspace"},
+        ),
+        (
+            "write_file",
+            "Write text to a file in the shared workspace, replacing any previous content of that file.",
+            {"path": "Path inside the workspace", "text": "New content"},
+        ),
     ]
     return [
         {
@@ -52,14 +68,21 @@ def tools() -> list[dict]:
 
 def observation(turn: int) -> str:
     """About 100 tokens of tool result."""
-    rows = [{"id": turn * 10 + i, "city": ["Paris", "北京", "Lima", "Oslo"][i % 4], "temp_c": 12.5 + i, "sky": "clear"} for i in range(3)]
+    rows = [
+        {"id": turn * 10 + i, "city": ["Paris", "北京", "Lima", "Oslo"][i % 4], "temp_c": 12.5 + i, "sky": "clear"}
+        for i in range(3)
+    ]
     return json.dumps({"turn": turn, "status": "ok", "rows": rows}, ensure_ascii=False)
 
 
 def episode(model: LocalModel) -> dict:
     tok = model.tokenizer
     messages: list[dict] = [
-        {"role": "system", "content": "Answer the following questions as best as you can. You have access to the following tools:", "tools": tools()},
+        {
+            "role": "system",
+            "content": "Answer the following questions as best as you can. You have access to the following tools:",
+            "tools": tools(),
+        },
         {"role": "user", "content": "Collect the weather for our four offices and summarise it for the weekly email."},
     ]
     ttft, prompt_tokens, prefilled, outputs = [], [], [], []

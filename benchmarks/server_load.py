@@ -30,8 +30,16 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER = REPO.parent / "shared" / "chatglm3" / "tokenizer.model"
 REPLY = "\n 好的，我查一下。<|assistant|>get_weather\n ```python\ntool_call(city='北京', days=3)\n```"
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
-          "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}},
+        },
+    }
+]
 MESSAGES = [{"role": "user", "content": "北京未来三天的天气？"}]
 
 _SERVER = textwrap.dedent(
@@ -64,7 +72,7 @@ def _free_port() -> int:
 
 def _percentiles(latencies: list[float]) -> tuple[float, float]:
     ordered = sorted(latencies)
-    p99 = ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))]
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
     return statistics.median(ordered) * 1000, p99 * 1000
 
 
@@ -138,8 +146,20 @@ def main() -> None:
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
-        [sys.executable, "-c", _SERVER, str(TOKENIZER), str(port), str(args.token_ms), REPLY, str(args.clients), str(args.clients)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-c",
+            _SERVER,
+            str(TOKENIZER),
+            str(port),
+            str(args.token_ms),
+            REPLY,
+            str(args.clients),
+            str(args.clients),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         deadline = time.monotonic() + 60
@@ -164,20 +184,24 @@ def main() -> None:
     base_s, base = asyncio.run(_in_process(args.clients, args.requests, args.token_ms))
     p50, p99 = _percentiles(served)
     b50, b99 = _percentiles(base)
-    print(json.dumps({
-        "clients": args.clients,
-        "requests": args.requests,
-        "stream": args.stream,
-        "token_ms": args.token_ms,
-        "reply_chars": len(REPLY),
-        "requests_per_s": round(args.requests / served_s, 1),
-        "p50_ms": round(p50, 2),
-        "p99_ms": round(p99, 2),
-        "baseline_requests_per_s": round(args.requests / base_s, 1),
-        "baseline_p50_ms": round(b50, 2),
-        "baseline_p99_ms": round(b99, 2),
-        "overhead_ratio": round(p50 / b50, 3),
-    }))
+    print(
+        json.dumps(
+            {
+                "clients": args.clients,
+                "requests": args.requests,
+                "stream": args.stream,
+                "token_ms": args.token_ms,
+                "reply_chars": len(REPLY),
+                "requests_per_s": round(args.requests / served_s, 1),
+                "p50_ms": round(p50, 2),
+                "p99_ms": round(p99, 2),
+                "baseline_requests_per_s": round(args.requests / base_s, 1),
+                "baseline_p50_ms": round(b50, 2),
+                "baseline_p99_ms": round(b99, 2),
+                "overhead_ratio": round(p50 / b50, 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -18,8 +18,7 @@ from types import ModuleType
 from typing import Any
 
 from glm_agent import GlmAgentError
-from glm_agent.models import ScriptedModel
-from glm_agent.models import load_chat_model
+from glm_agent.models import ScriptedModel, load_chat_model
 
 EXAMPLES = Path(__file__).resolve().parent
 SCRIPTED = EXAMPLES / "scripted"

@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from _common import EXAMPLES, choose_model, example_args, run_example, show
+
 from glm_agent import Agent, CodeInterpreter
 
 QUESTION = (

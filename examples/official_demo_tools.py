@@ -16,6 +16,7 @@ import json
 from typing import Annotated
 
 from _common import choose_model, example_args, run_example, show
+
 from glm_agent import Agent, tool
 
 QUESTION = "Generate a random number between 1 and 100 with seed 42."
@@ -23,8 +24,8 @@ QUESTION = "Generate a random number between 1 and 100 with seed 42."
 
 @tool
 def random_number_generator(
-        seed: Annotated[int, 'The random seed used by the generator', True],
-        range: Annotated[tuple[int, int], 'The range of the generated numbers', True],
+    seed: Annotated[int, "The random seed used by the generator", True],
+    range: Annotated[tuple[int, int], "The range of the generated numbers", True],
 ) -> int:
     """
     Generates a random number x, s.t. range[0] <= x < range[1]
@@ -37,12 +38,13 @@ def random_number_generator(
         raise TypeError("Range must be a tuple of integers")
 
     import random
+
     return random.Random(seed).randint(*range)
 
 
 @tool
 def get_weather(
-        city_name: Annotated[str, 'The name of the city to be queried', True],
+    city_name: Annotated[str, "The name of the city to be queried", True],
 ) -> str:
     """
     Get the current weather for `city_name`
@@ -55,13 +57,15 @@ def get_weather(
         "current_condition": ["temp_C", "FeelsLikeC", "humidity", "weatherDesc", "observation_time"],
     }
     import requests
+
     try:
         resp = requests.get(f"https://wttr.in/{city_name}?format=j1")
         resp.raise_for_status()
         resp = resp.json()
         ret = {k: {_v: resp[k][0][_v] for _v in v} for k, v in key_selection.items()}
-    except:
+    except:  # noqa: E722 (the official demo, unchanged)
         import traceback
+
         ret = "Error encountered while fetching weather data!\n" + traceback.format_exc()
 
     return str(ret)

@@ -16,8 +16,8 @@ import json
 from types import ModuleType
 
 import httpx
-
 from _common import SCRIPTED, TOOLS, choose_model, example_args, import_file, run_example, show
+
 from glm_agent import Agent
 from glm_agent.tools import load_tools
 

@@ -42,7 +42,14 @@ _LAZY = {
 }
 
 __all__ = [
-    *_LAZY,
+    "tool",
+    "Tool",
+    "ToolRegistry",
+    "ToolResult",
+    "Agent",
+    "RunResult",
+    "CodeInterpreter",
+    "ExecutionResult",
     "AssistantMessage",
     "CodeCall",
     "ObservationMessage",

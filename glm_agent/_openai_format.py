@@ -85,7 +85,9 @@ def python_literal(value: Any, *, _depth: int = 0) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(python_literal(v, _depth=_depth + 1) for v in value) + "]"
     if isinstance(value, dict):
-        items = (f"{python_literal(k, _depth=_depth + 1)}: {python_literal(v, _depth=_depth + 1)}" for k, v in value.items())
+        items = (
+            f"{python_literal(k, _depth=_depth + 1)}: {python_literal(v, _depth=_depth + 1)}" for k, v in value.items()
+        )
         return "{" + ", ".join(items) + "}"
     raise FormatError(f"tool-call argument of type {type(value).__name__} has no literal form")
 
@@ -121,7 +123,9 @@ def parse_arguments(name: str, arguments: Any, param: str = "arguments") -> dict
     try:
         value = json.loads(arguments)
     except json.JSONDecodeError as exc:
-        raise FormatError(f"the arguments of {name!r} are not valid JSON ({exc.msg} at {exc.pos}): {arguments[:200]!r}", param) from None
+        raise FormatError(
+            f"the arguments of {name!r} are not valid JSON ({exc.msg} at {exc.pos}): {arguments[:200]!r}", param
+        ) from None
     if not isinstance(value, dict):
         raise FormatError(f"the arguments of {name!r} must be a JSON object, not {type(value).__name__}", param)
     return value
@@ -152,15 +156,25 @@ def chatglm3_tools(tools: Sequence[Any] | None) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for i, item in enumerate(tools or []):
         where = f"tools[{i}]"
-        if not isinstance(item, dict) or item.get("type", "function") != "function" or not isinstance(item.get("function"), dict):
-            raise FormatError(f'{where} must be {{"type": "function", "function": {{"name": ..., "parameters": ...}}}}', where)
+        if (
+            not isinstance(item, dict)
+            or item.get("type", "function") != "function"
+            or not isinstance(item.get("function"), dict)
+        ):
+            raise FormatError(
+                f'{where} must be {{"type": "function", "function": {{"name": ..., "parameters": ...}}}}', where
+            )
         fn = item["function"]
         name = fn.get("name")
         if not isinstance(name, str) or not name or any(c.isspace() for c in name):
-            raise FormatError(f"{where}.function.name must be a non-empty name without spaces", f"{where}.function.name")
+            raise FormatError(
+                f"{where}.function.name must be a non-empty name without spaces", f"{where}.function.name"
+            )
         params = fn.get("parameters", {"type": "object", "properties": {}})
         if not isinstance(params, dict):
-            raise FormatError(f"{where}.function.parameters must be a JSON Schema object", f"{where}.function.parameters")
+            raise FormatError(
+                f"{where}.function.parameters must be a JSON Schema object", f"{where}.function.parameters"
+            )
         out.append({"name": name, "description": fn.get("description") or "", "parameters": params})
     names = [t["name"] for t in out]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -202,12 +216,18 @@ def resolve_tool_choice(tools: list[dict[str, Any]], tool_choice: Any) -> ToolCh
         fn = tool_choice.get("function")
         name = fn.get("name") if isinstance(fn, dict) else None
         if tool_choice.get("type", "function") != "function" or not isinstance(name, str):
-            raise FormatError('tool_choice must be "auto", "none", "required" or {"type": "function", "function": {"name": ...}}', "tool_choice")
+            raise FormatError(
+                'tool_choice must be "auto", "none", "required" or {"type": "function", "function": {"name": ...}}',
+                "tool_choice",
+            )
         chosen = [t for t in tools if t["name"] == name]
         if not chosen:
             raise FormatError(f"tool_choice names {name!r}, which is not among the request's tools", "tool_choice")
         return ToolChoice(chosen, True, name)
-    raise FormatError('tool_choice must be "auto", "none", "required" or {"type": "function", "function": {"name": ...}}', "tool_choice")
+    raise FormatError(
+        'tool_choice must be "auto", "none", "required" or {"type": "function", "function": {"name": ...}}',
+        "tool_choice",
+    )
 
 
 # -- OpenAI request → ChatGLM3 messages --------------------------------------------------------

@@ -15,14 +15,19 @@ logger = logging.getLogger(__name__)
 
 
 def add_serve_command(sub: Any) -> None:
-    p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API",
-                       description="Serve a ChatGLM3 model (or any backend) as an OpenAI-compatible API on /v1.")
+    p = sub.add_parser(
+        "serve",
+        help="serve a model over an OpenAI-compatible HTTP API",
+        description="Serve a ChatGLM3 model (or any backend) as an OpenAI-compatible API on /v1.",
+    )
     p.add_argument("--model", required=True, help="checkpoint dir, hub id, scripted:FILE.json or an http(s):// server")
     p.add_argument("--tokenizer", help="tokenizer.model or checkpoint dir (default: the model's own)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 routes")
-    p.add_argument("--tools", nargs="+", default=[], metavar="FILE", help="tool modules offered when a request sends no tools")
+    p.add_argument(
+        "--tools", nargs="+", default=[], metavar="FILE", help="tool modules offered when a request sends no tools"
+    )
     p.add_argument("--served-model-name", help="the model id clients send (default: the backend's name)")
     p.add_argument("--max-concurrency", type=int, default=1, help="generations at once (default 1)")
     p.add_argument("--max-queue", type=int, default=32, help="requests waiting before 429 (default 32)")
@@ -41,7 +46,9 @@ def run_serve(args: argparse.Namespace) -> int:
         if args.tokenizer:
             tokenizer = ChatGLM3Tokenizer.from_pretrained(args.tokenizer)
         if not isinstance(tokenizer, ChatGLM3Tokenizer):
-            raise GlmAgentError(f"{args.model} brings no ChatGLM3 tokenizer; pass --tokenizer PATH (a tokenizer.model or checkpoint dir)")
+            raise GlmAgentError(
+                f"{args.model} brings no ChatGLM3 tokenizer; pass --tokenizer PATH (a tokenizer.model or checkpoint dir)"
+            )
         tools = None
         if args.tools:
             from glm_agent.tools import load_tools
@@ -53,9 +60,19 @@ def run_serve(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
-        serve(model, tokenizer, host=args.host, port=args.port, log_level=args.log_level, tools=tools, api_key=args.api_key,
-              model_name=args.served_model_name, max_concurrency=args.max_concurrency, max_queue=args.max_queue,
-              context_length=args.context_length)
+        serve(
+            model,
+            tokenizer,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            tools=tools,
+            api_key=args.api_key,
+            model_name=args.served_model_name,
+            max_concurrency=args.max_concurrency,
+            max_queue=args.max_queue,
+            context_length=args.context_length,
+        )
     except (GlmAgentError, ValueError) as exc:
         print(f"glm-agent serve: {exc}", file=sys.stderr)
         return 2

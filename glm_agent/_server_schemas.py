@@ -6,7 +6,7 @@ clear message rather than ignored (``n > 1``, ``logprobs``, ``echo``, ``suffix``
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -30,7 +30,7 @@ class _Sampling(BaseModel):
     top_k: int | None = None
     repetition_penalty: float | None = Field(None, gt=0)
     seed: int | None = None
-    stop: Union[str, list[str], None] = None
+    stop: str | list[str] | None = None
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     n: int = Field(1, ge=1)
@@ -75,7 +75,7 @@ class ChatRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: Union[str, list[int], list[str], list[list[int]]]
+    prompt: str | list[int] | list[str] | list[list[int]]
     max_tokens: int | None = Field(16, ge=1)
     stop_token_ids: list[int] | None = None
     skip_special_tokens: bool = True

@@ -31,7 +31,9 @@ class StopScanner:
         stops = [s for s in (stops or []) if s]
         remove = [s for s in (remove or []) if s and s not in stops]
         # at one position: stops first, then longer strings first
-        self._patterns = sorted([(s, True) for s in stops] + [(s, False) for s in remove], key=lambda p: (not p[1], -len(p[0])))
+        self._patterns = sorted(
+            [(s, True) for s in stops] + [(s, False) for s in remove], key=lambda p: (not p[1], -len(p[0]))
+        )
         self._hold = max((len(s) for s, _ in self._patterns), default=1) - 1
         self._buf = ""
         self.stopped = False
@@ -126,7 +128,11 @@ class ReplyTranslator:
 
     def _finished(self, event: CallFinished) -> Out:
         call = event.call
-        if call is not None and self.choice.calls_enabled and (not isinstance(call, CodeCall) or INTERPRETER in self.choice.names):
+        if (
+            call is not None
+            and self.choice.calls_enabled
+            and (not isinstance(call, CodeCall) or INTERPRETER in self.choice.names)
+        ):
             item = openai_call(call, new_call_id())
             out = ToolCallOut(len(self.calls), item["id"], item["function"]["name"], item["function"]["arguments"])
             self.calls.append(out)
@@ -155,7 +161,9 @@ class ThreadStream:
     ``on_done`` runs on the loop when the worker ends.
     """
 
-    def __init__(self, make_iter: Callable[[], Iterator[str]], on_done: Callable[[], None] | None = None, name: str = "backend") -> None:
+    def __init__(
+        self, make_iter: Callable[[], Iterator[str]], on_done: Callable[[], None] | None = None, name: str = "backend"
+    ) -> None:
         self._loop = asyncio.get_running_loop()
         self._items: deque[tuple[str, Any]] = deque()
         self._lock = threading.Lock()

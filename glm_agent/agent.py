@@ -436,7 +436,9 @@ class _Turn:
     def code_done(self, call: CodeCall, result: Any) -> ev.CodeFinished:
         self._observe("interpreter", result.observation)
         ok = getattr(result, "ok", getattr(result, "error", None) is None)
-        return ev.CodeFinished(self.step, call, bool(ok), result.observation, list(getattr(result, "images", [])), result)
+        return ev.CodeFinished(
+            self.step, call, bool(ok), result.observation, list(getattr(result, "images", [])), result
+        )
 
     def model_failed(self, exc: Exception) -> ev.RunError:
         logger.warning("the model failed: %s", exc)

@@ -38,7 +38,9 @@ class CheckpointError(GlmAgentError, OSError):
 class ContextLengthError(GlmAgentError, ValueError):
     """The prompt plus the requested new tokens do not fit the model's context."""
 
-    def __init__(self, message: str, *, prompt_tokens: int = 0, max_new_tokens: int = 0, context_length: int = 0) -> None:
+    def __init__(
+        self, message: str, *, prompt_tokens: int = 0, max_new_tokens: int = 0, context_length: int = 0
+    ) -> None:
         super().__init__(message)
         self.prompt_tokens = prompt_tokens
         self.max_new_tokens = max_new_tokens

@@ -118,7 +118,7 @@ class CallRefused(AgentEvent):
     """The approval hook refused a call; the model is told so."""
 
     type: ClassVar[str] = "call_refused"
-    call: Union[ToolCall, CodeCall]
+    call: ToolCall | CodeCall
     observation: str
 
 
@@ -150,5 +150,14 @@ class RunError(AgentEvent):
 
 
 Event = Union[
-    TextDelta, CallStarted, ToolCalled, ToolReturned, CodeStarted, CodeFinished, CallRefused, ParseFailed, FinalAnswer, RunError
+    TextDelta,
+    CallStarted,
+    ToolCalled,
+    ToolReturned,
+    CodeStarted,
+    CodeFinished,
+    CallRefused,
+    ParseFailed,
+    FinalAnswer,
+    RunError,
 ]

@@ -75,7 +75,7 @@ class ObservationMessage(_Base):
 
 
 Message = Annotated[
-    Union[SystemMessage, UserMessage, AssistantMessage, ObservationMessage],
+    SystemMessage | UserMessage | AssistantMessage | ObservationMessage,
     Field(discriminator="role"),
 ]
 MessageLike = Union[SystemMessage, UserMessage, AssistantMessage, ObservationMessage, dict]
@@ -130,7 +130,9 @@ def to_message(obj: MessageLike) -> SystemMessage | UserMessage | AssistantMessa
         raise ValueError(f"invalid message {obj!r}: {exc}") from exc
 
 
-def to_messages(messages: Iterable[MessageLike]) -> list[SystemMessage | UserMessage | AssistantMessage | ObservationMessage]:
+def to_messages(
+    messages: Iterable[MessageLike],
+) -> list[SystemMessage | UserMessage | AssistantMessage | ObservationMessage]:
     return [to_message(m) for m in messages]
 
 

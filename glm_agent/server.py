@@ -39,7 +39,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from glm_agent._openai_format import FormatError, chatglm3_tools, openai_to_chatglm3, resolve_tool_choice
 from glm_agent._server_schemas import ChatRequest, CompletionRequest, Unsupported
-from glm_agent._server_stream import ContentOut, QueueFull, ReplyTranslator, RequestGate, StopScanner, ThreadStream, ToolCallOut
+from glm_agent._server_stream import (
+    ContentOut,
+    QueueFull,
+    ReplyTranslator,
+    RequestGate,
+    StopScanner,
+    ThreadStream,
+    ToolCallOut,
+)
 from glm_agent._server_thread import BackgroundServer
 from glm_agent.chatglm3.parser import ASSISTANT_TOKEN
 from glm_agent.chatglm3.tokenizer import SPECIAL_TOKENS, ChatGLM3Tokenizer
@@ -56,7 +64,14 @@ DEFAULT_MAX_TOKENS = 1024
 class APIError(Exception):
     """An error answered in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
 
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error", code: str | None = None, param: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.code, self.param = status, message, type, code, param
 
@@ -82,8 +97,19 @@ def _backend_error(exc: BaseException) -> APIError:
 class _Server:
     """What the routes share: the backend, its tokenizer, the queue and the limits."""
 
-    def __init__(self, model: Any, tokenizer: ChatGLM3Tokenizer, *, tools: Any, api_key: str | None, model_name: str | None,
-                 max_concurrency: int, max_queue: int, context_length: int | None, default_max_tokens: int) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: ChatGLM3Tokenizer,
+        *,
+        tools: Any,
+        api_key: str | None,
+        model_name: str | None,
+        max_concurrency: int,
+        max_queue: int,
+        context_length: int | None,
+        default_max_tokens: int,
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.model_name = model_name or getattr(model, "name", None) or "chatglm3"
@@ -111,8 +137,12 @@ class _Server:
 
     def check_model(self, name: str | None) -> None:
         if name is not None and name != self.model_name:
-            raise APIError(404, f"the model {name!r} does not exist here; this server serves {self.model_name!r}",
-                           code="model_not_found", param="model")
+            raise APIError(
+                404,
+                f"the model {name!r} does not exist here; this server serves {self.model_name!r}",
+                code="model_not_found",
+                param="model",
+            )
 
     def max_new_tokens(self, prompt_tokens: int, requested: int | None, param: str) -> int:
         ctx = self.context_length
@@ -120,8 +150,13 @@ class _Server:
             return requested or self.default_max_tokens
         if prompt_tokens >= ctx or (requested is not None and prompt_tokens + requested > ctx):
             asked = f" plus {requested} new tokens" if requested is not None else ""
-            raise APIError(400, f"the prompt has {prompt_tokens} tokens{asked}, but the model's context holds {ctx}; "
-                                "shorten the messages or lower max_tokens", code="context_length_exceeded", param=param)
+            raise APIError(
+                400,
+                f"the prompt has {prompt_tokens} tokens{asked}, but the model's context holds {ctx}; "
+                "shorten the messages or lower max_tokens",
+                code="context_length_exceeded",
+                param=param,
+            )
         return requested or min(self.default_max_tokens, ctx - prompt_tokens)
 
     def count_tokens(self, text: str) -> int:
@@ -134,7 +169,9 @@ class _Server:
         try:
             await _unless_disconnected(request, self.gate.acquire(), undo=lambda _: self.gate.release())
         except QueueFull as exc:
-            raise APIError(429, f"the server is busy: {exc}; retry later", type="rate_limit_exceeded", code="queue_full") from None
+            raise APIError(
+                429, f"the server is busy: {exc}; retry later", type="rate_limit_exceeded", code="queue_full"
+            ) from None
         stream = ThreadStream(make_iter, on_done=self.gate.release, name=self.model_name)
         try:
             first = await _unless_disconnected(request, _first(stream))
@@ -174,7 +211,7 @@ async def _unless_disconnected(request: Request, awaitable: Any, undo: Callable[
         task.cancel()
         try:
             late = await task
-        except BaseException:
+        except BaseException:  # noqa: S110 (the cancelled task's own error is of no interest)
             pass
         else:
             if undo is not None:
@@ -243,16 +280,34 @@ async def _deltas(stream: ThreadStream, first: str | None, scanner: StopScanner)
         stream.close()
 
 
-def create_app(model: Any, tokenizer: ChatGLM3Tokenizer, *, tools: Any = None, api_key: str | None = None,
-               model_name: str | None = None, max_concurrency: int = 1, max_queue: int = 32,
-               context_length: int | None = None, default_max_tokens: int = DEFAULT_MAX_TOKENS) -> FastAPI:
+def create_app(
+    model: Any,
+    tokenizer: ChatGLM3Tokenizer,
+    *,
+    tools: Any = None,
+    api_key: str | None = None,
+    model_name: str | None = None,
+    max_concurrency: int = 1,
+    max_queue: int = 32,
+    context_length: int | None = None,
+    default_max_tokens: int = DEFAULT_MAX_TOKENS,
+) -> FastAPI:
     """The FastAPI app serving ``model`` (any backend with ``stream``; ``stream_ids`` for raw prompts).
 
     ``tools``: a ToolRegistry or OpenAI tool schemas offered when a request sends none.
     ``context_length``: refuse prompts that do not fit (default: ``model.context_length`` if any).
     """
-    state = _Server(model, tokenizer, tools=tools, api_key=api_key, model_name=model_name, max_concurrency=max_concurrency,
-                    max_queue=max_queue, context_length=context_length, default_max_tokens=default_max_tokens)
+    state = _Server(
+        model,
+        tokenizer,
+        tools=tools,
+        api_key=api_key,
+        model_name=model_name,
+        max_concurrency=max_concurrency,
+        max_queue=max_queue,
+        context_length=context_length,
+        default_max_tokens=default_max_tokens,
+    )
     app = FastAPI(title="glm-agent", description="OpenAI-compatible ChatGLM3 server")
     app.state.glm = state
 
@@ -322,19 +377,30 @@ def create_app(model: Any, tokenizer: ChatGLM3Tokenizer, *, tools: Any = None, a
             return reason, _usage(len(prompt_ids), completion)
 
         if not body.stream:
+
             async def collect() -> dict[str, Any]:
                 texts: list[str] = []
                 async for delta in _deltas(stream, first, scanner):
                     texts.extend(o.text for o in translator.feed(delta) if isinstance(o, ContentOut))
                 texts.extend(o.text for o in translator.close() if isinstance(o, ContentOut))
                 reason, usage = finish()
-                message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or (None if translator.calls else "")}
+                message: dict[str, Any] = {
+                    "role": "assistant",
+                    "content": "".join(texts) or (None if translator.calls else ""),
+                }
                 if translator.calls:
                     message["tool_calls"] = [
-                        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in translator.calls
+                        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                        for c in translator.calls
                     ]
-                return {"id": ident, "object": "chat.completion", "created": created, "model": state.model_name,
-                        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": reason}], "usage": usage}
+                return {
+                    "id": ident,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": state.model_name,
+                    "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": reason}],
+                    "usage": usage,
+                }
 
             try:
                 return JSONResponse(await _unless_disconnected(request, collect()))
@@ -348,8 +414,13 @@ def create_app(model: Any, tokenizer: ChatGLM3Tokenizer, *, tools: Any = None, a
                 stream.close()
 
         def chunk(delta: dict[str, Any], reason: str | None = None, usage: dict[str, int] | None = None) -> str:
-            data: dict[str, Any] = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": state.model_name,
-                                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}]}
+            data: dict[str, Any] = {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": state.model_name,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}],
+            }
             if usage is not None:
                 data["usage"] = usage
             return _sse(data)
@@ -359,8 +430,18 @@ def create_app(model: Any, tokenizer: ChatGLM3Tokenizer, *, tools: Any = None, a
                 if isinstance(out, ContentOut):
                     yield chunk({"content": out.text})
                 elif isinstance(out, ToolCallOut):
-                    yield chunk({"tool_calls": [{"index": out.index, "id": out.id, "type": "function",
-                                                 "function": {"name": out.name, "arguments": ""}}]})
+                    yield chunk(
+                        {
+                            "tool_calls": [
+                                {
+                                    "index": out.index,
+                                    "id": out.id,
+                                    "type": "function",
+                                    "function": {"name": out.name, "arguments": ""},
+                                }
+                            ]
+                        }
+                    )
                     yield chunk({"tool_calls": [{"index": out.index, "function": {"arguments": out.arguments}}]})
 
         async def events() -> AsyncIterator[str]:
@@ -373,7 +454,9 @@ def create_app(model: Any, tokenizer: ChatGLM3Tokenizer, *, tools: Any = None, a
                     yield line
                 reason, usage = finish()
                 yield chunk({}, reason, usage)
-                for line in _stream_end("chat.completion.chunk", ident, created, state.model_name, usage if body.include_usage() else None):
+                for line in _stream_end(
+                    "chat.completion.chunk", ident, created, state.model_name, usage if body.include_usage() else None
+                ):
                     yield line
             except Exception as exc:
                 yield _sse(_backend_error(exc).body())
@@ -388,14 +471,19 @@ def create_app(model: Any, tokenizer: ChatGLM3Tokenizer, *, tools: Any = None, a
         body: CompletionRequest = await _read(request, CompletionRequest)
         state.check_model(body.model)
         if getattr(type(model), "stream_ids", BaseChatModel.stream_ids) is BaseChatModel.stream_ids:
-            raise APIError(400, f"the backend {state.model_name!r} cannot continue raw prompts; use /v1/chat/completions",
-                           code="unsupported")
+            raise APIError(
+                400,
+                f"the backend {state.model_name!r} cannot continue raw prompts; use /v1/chat/completions",
+                code="unsupported",
+            )
         if isinstance(body.prompt, str):
             prompt_ids = [tokenizer.gmask_id, tokenizer.sop_id, *tokenizer.encode(body.prompt)]
         else:
             bad = [i for i in body.prompt if not 0 <= i < tokenizer.vocab_size]
             if bad:
-                raise APIError(400, f"token id {bad[0]} is outside the vocabulary (0..{tokenizer.vocab_size - 1})", param="prompt")
+                raise APIError(
+                    400, f"token id {bad[0]} is outside the vocabulary (0..{tokenizer.vocab_size - 1})", param="prompt"
+                )
             prompt_ids = list(body.prompt)
         stops = body.stop_list()
         for i in body.stop_token_ids or []:
@@ -420,10 +508,16 @@ def create_app(model: Any, tokenizer: ChatGLM3Tokenizer, *, tools: Any = None, a
             return reason, _usage(len(prompt_ids), completion)
 
         def payload(text: str, reason: str | None) -> dict[str, Any]:
-            return {"id": ident, "object": "text_completion", "created": created, "model": state.model_name,
-                    "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": reason}]}
+            return {
+                "id": ident,
+                "object": "text_completion",
+                "created": created,
+                "model": state.model_name,
+                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": reason}],
+            }
 
         if not body.stream:
+
             async def collect() -> dict[str, Any]:
                 async for delta in _deltas(stream, first, scanner):
                     produced.append(delta)
@@ -446,7 +540,9 @@ def create_app(model: Any, tokenizer: ChatGLM3Tokenizer, *, tools: Any = None, a
                     yield _sse(payload(delta, None))
                 reason, usage = finish()
                 yield _sse({**payload("", reason), "usage": usage})
-                for line in _stream_end("text_completion", ident, created, state.model_name, usage if body.include_usage() else None):
+                for line in _stream_end(
+                    "text_completion", ident, created, state.model_name, usage if body.include_usage() else None
+                ):
                     yield line
             except Exception as exc:
                 yield _sse(_backend_error(exc).body())
@@ -458,7 +554,15 @@ def create_app(model: Any, tokenizer: ChatGLM3Tokenizer, *, tools: Any = None, a
     return app
 
 
-def serve(model: Any, tokenizer: ChatGLM3Tokenizer, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", **app_options: Any) -> None:
+def serve(
+    model: Any,
+    tokenizer: ChatGLM3Tokenizer,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "info",
+    **app_options: Any,
+) -> None:
     """Serve ``model`` until interrupted (``app_options`` go to :func:`create_app`)."""
     import uvicorn
 

@@ -50,7 +50,9 @@ os.environ["JUPYTER_RUNTIME_DIR"] = os.environ.get(
 )
 
 # -- kernel life ---------------------------------------------------------------------------------
-c.KernelRestarter.time_to_dead = 0.5  # notice a dead kernel within half a second (a cheap process poll), then restart it
+c.KernelRestarter.time_to_dead = (
+    0.5  # notice a dead kernel within half a second (a cheap process poll), then restart it
+)
 c.MappingKernelManager.cull_idle_timeout = int(os.environ.get("KG_CULL_IDLE_TIMEOUT", "3600"))
 c.MappingKernelManager.cull_interval = int(os.environ.get("KG_CULL_INTERVAL", "300"))
 c.MappingKernelManager.cull_connected = True  # an idle kernel is culled even with a client attached
@@ -73,7 +75,7 @@ from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebso
 class NoDelayChannelsConnection(ZMQChannelsWebsocketConnection):
     """The standard kernel WebSocket connection with TCP_NODELAY on."""
 
-    def connect(self):  # noqa: ANN201 - same signature as the base class
+    def connect(self):
         try:
             self.websocket_handler.set_nodelay(True)
         except (AssertionError, AttributeError):  # no stream (closed meanwhile): nothing to tune

@@ -40,7 +40,9 @@ class GatewayServer:
         self.runtime_dir = Path(tempfile.mkdtemp(prefix="glm-agent-test-gateway-", dir="/tmp"))
         self.log_path = self.runtime_dir.parent / f"{self.runtime_dir.name}.log"
         jupyter = Path(sys.executable).with_name("jupyter")
-        command = [str(jupyter), "kernelgateway"] if jupyter.exists() else [sys.executable, "-m", "jupyter", "kernelgateway"]
+        command = (
+            [str(jupyter), "kernelgateway"] if jupyter.exists() else [sys.executable, "-m", "jupyter", "kernelgateway"]
+        )
         environment = dict(os.environ)
         environment.update(
             KG_AUTH_TOKEN=self.token, KG_PORT=str(self.port), KG_IP="127.0.0.1",

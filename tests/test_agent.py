@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from typing import Literal
 
@@ -76,11 +77,13 @@ def test_run_result():
 
 
 def test_history_reencodes_as_a_continuation_of_each_prompt(tokenizer):
-    model = ScriptedModel(["\n ok<|assistant|>" + WEATHER, call("get_weather", "city='Rome', unit='fahrenheit'"), "\n done"])
+    model = ScriptedModel(
+        ["\n ok<|assistant|>" + WEATHER, call("get_weather", "city='Rome', unit='fahrenheit'"), "\n done"]
+    )
     agent = Agent(model, tools=[get_weather])
     agent.run("two cities")
     prompts = [tokenizer.apply_chat_template(p) for p in model.prompts]
-    for before, after in zip(prompts, prompts[1:]):
+    for before, after in itertools.pairwise(prompts):
         assert after[: len(before)] == before  # each turn extends the last: what the prefix cache relies on
     final = tokenizer.apply_chat_template(agent.messages, add_generation_prompt=False)
     assert final[: len(prompts[-1])] == prompts[-1]
@@ -186,7 +189,9 @@ def test_cancelling_a_stream_mid_answer_keeps_the_conversation_consistent():
 
 
 def test_cancelling_during_a_call_answers_the_pending_call():
-    agent = Agent(ScriptedModel([WEATHER + "<|assistant|>" + call("get_weather", "city='Rome'"), "\n next"]), tools=[get_weather])
+    agent = Agent(
+        ScriptedModel([WEATHER + "<|assistant|>" + call("get_weather", "city='Rome'"), "\n next"]), tools=[get_weather]
+    )
     stream = agent.stream("x")
     for event in stream:
         if isinstance(event, ev.ToolReturned):

@@ -3,6 +3,7 @@ from __future__ import annotations
 import ast
 import os
 import random
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -81,7 +82,10 @@ def test_model_token_stream_round_trips_through_history(tokenizer):
     "text, arguments",
     [
         ("f\n ```python\ntool_call(a='x', b=\"y\")\n```", {"a": "x", "b": "y"}),
-        ("f\n```\ntool_call(n=-3, x=+2.5, t=(1, 2), s={1}, e=[], d={'k': {'n': [None, True, False]}})\n```  \n", {"n": -3, "x": 2.5, "t": [1, 2], "s": [1], "e": [], "d": {"k": {"n": [None, True, False]}}}),
+        (
+            "f\n```\ntool_call(n=-3, x=+2.5, t=(1, 2), s={1}, e=[], d={'k': {'n': [None, True, False]}})\n```  \n",
+            {"n": -3, "x": 2.5, "t": [1, 2], "s": [1], "e": [], "d": {"k": {"n": [None, True, False]}}},
+        ),
         ("  f  \n  ```python\n\ntool_call(\n    city='北京',\n)\n\n```", {"city": "北京"}),
         ("f\n```py\nf(q='call by its own name')\n```", {"q": "call by its own name"}),
         ("f\n```python\ntool_call()\n```", {}),
@@ -135,7 +139,9 @@ def test_fence_problems(text, words):
 
 
 def test_errors_can_be_collected_instead_of_raised():
-    reply = parse_reply("ok<|assistant|>f\n```\ntool_call(a=b)\n```<|assistant|>g\n```\ntool_call(a=1)\n```", raise_errors=False)
+    reply = parse_reply(
+        "ok<|assistant|>f\n```\ntool_call(a=b)\n```<|assistant|>g\n```\ntool_call(a=1)\n```", raise_errors=False
+    )
     assert reply.text == "ok"
     assert reply.calls == [ToolCall(name="g", arguments={"a": 1})]
     assert len(reply.errors) == 1 and reply.errors[0].name == "f"
@@ -180,8 +186,37 @@ def test_nothing_in_a_reply_is_executed(tmp_path, monkeypatch):
 
 
 _pieces = st.sampled_from(
-    ["<|assistant|>", "\n", " ", "```", "```python\n", "tool_call(", ")", "=", "'", '"', "x", "1", "-", "[", "]", "{", "}",
-     ":", ",", "interpreter", "get_weather", "__import__('os').system('touch PWNED')", "None", "True", "你好", "\\", "#", "**", "(("]
+    [
+        "<|assistant|>",
+        "\n",
+        " ",
+        "```",
+        "```python\n",
+        "tool_call(",
+        ")",
+        "=",
+        "'",
+        '"',
+        "x",
+        "1",
+        "-",
+        "[",
+        "]",
+        "{",
+        "}",
+        ":",
+        ",",
+        "interpreter",
+        "get_weather",
+        "__import__('os').system('touch PWNED')",
+        "None",
+        "True",
+        "你好",
+        "\\",
+        "#",
+        "**",
+        "((",
+    ]
 )
 _adversarial = st.lists(st.one_of(_pieces, st.text(max_size=8)), max_size=40).map("".join)
 
@@ -259,7 +294,9 @@ def test_call_is_announced_as_soon_as_its_name_line_is_complete():
     assert parser.feed("ther\n ```py") == [CallStarted(name="get_weather", index=0)]
     assert parser.feed("thon\ntool_call(city='x')\n") == []  # call code never shows as text
     events = parser.feed("```") + parser.close()
-    assert events == [CallFinished(name="get_weather", index=0, call=ToolCall(name="get_weather", arguments={"city": "x"}))]
+    assert events == [
+        CallFinished(name="get_weather", index=0, call=ToolCall(name="get_weather", arguments={"city": "x"}))
+    ]
 
 
 def test_answer_text_streams_before_the_reply_ends():
@@ -282,6 +319,6 @@ def test_streaming_property(text, seed):
 def test_no_eval_in_the_parser_source():
     import glm_agent.chatglm3.parser as mod
 
-    tree = ast.parse(open(mod.__file__, encoding="utf-8").read())
+    tree = ast.parse(Path(mod.__file__).read_text(encoding="utf-8"))
     called = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
     assert not called & {"eval", "exec", "compile", "__import__"}

@@ -96,11 +96,14 @@ def _copy_config(dst: Path, **changes) -> None:
 def test_safetensors_shards_load_and_match(tmp_path, golden, golden_logits):
     state = _official_state()
     keys = sorted(state)
-    halves = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2], "model-00002-of-00002.safetensors": keys[len(keys) // 2 :]}
+    halves = {
+        "model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+        "model-00002-of-00002.safetensors": keys[len(keys) // 2 :],
+    }
     weight_map = {}
     for name, part in halves.items():
         save_file({k: state[k].contiguous() for k in part}, str(tmp_path / name))
-        weight_map.update({k: name for k in part})
+        weight_map.update(dict.fromkeys(part, name))
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     _copy_config(tmp_path)
     model = load_model(tmp_path, dtype="float32", device="cpu", progress=False)
@@ -173,7 +176,9 @@ def test_hub_id_not_cached_offline_says_how_to_get_weights(tmp_path, monkeypatch
     import huggingface_hub.constants as hub_constants
 
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path))
-    with pytest.raises(CheckpointError, match=r"THUDM/chatglm3-6b-32k is not in the Hugging Face cache.*huggingface-cli download"):
+    with pytest.raises(
+        CheckpointError, match=r"THUDM/chatglm3-6b-32k is not in the Hugging Face cache.*huggingface-cli download"
+    ):
         load_model("THUDM/chatglm3-6b-32k")
 
 
@@ -275,9 +280,10 @@ def test_importing_the_package_does_not_import_torch():
     code = "import sys, glm_agent.chatglm3 as c; assert callable(c.__getattr__); assert 'torch' not in sys.modules; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    code = "import glm_agent.chatglm3 as c, sys; f = c.load_model; assert f.__module__ == 'glm_agent.chatglm3.checkpoint'"
+    code = (
+        "import glm_agent.chatglm3 as c, sys; f = c.load_model; assert f.__module__ == 'glm_agent.chatglm3.checkpoint'"
+    )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120).returncode == 0
-
 
 
 def test_dtype_and_device_defaults():

@@ -124,7 +124,9 @@ def test_kernel_killed_between_runs_is_restarted(interp):
         time.sleep(0.01)
     result = interp.run("print('fresh')")
     assert result.restarted and result.state_lost and result.status == "ok"
-    assert result.observation.startswith("```result\nfresh\n```\n[The kernel had stopped since the last run (killed by SIGKILL")
+    assert result.observation.startswith(
+        "```result\nfresh\n```\n[The kernel had stopped since the last run (killed by SIGKILL"
+    )
 
 
 def test_ten_gigabytes_fail_under_the_memory_limit(interp):

@@ -11,9 +11,9 @@ import asyncio
 import os
 import subprocess
 import sys
-from hashlib import sha256
 import threading
 import time
+from hashlib import sha256
 from pathlib import Path
 
 import nbformat
@@ -181,7 +181,9 @@ def test_a_million_lines_are_bounded(interp):
 async def test_concurrent_sessions_do_not_see_each_other(kind, make_session):
     sessions = await asyncio.gather(*(asyncio.to_thread(make_session, kind, timeout=20) for _ in range(3)))
     try:
-        await asyncio.gather(*(s.arun(f"secret = {i}\nopen('mine.txt', 'w').write('{i}')") for i, s in enumerate(sessions)))
+        await asyncio.gather(
+            *(s.arun(f"secret = {i}\nopen('mine.txt', 'w').write('{i}')") for i, s in enumerate(sessions))
+        )
         results = await asyncio.gather(
             *(s.arun("import os\nprint(secret, open('mine.txt').read(), sorted(os.listdir('.')))") for s in sessions)
         )
@@ -207,7 +209,7 @@ def test_closing_leaves_no_kernel_behind(kind, make_session, gateway, tmp_path):
     else:
         processes = [psutil.Process(session.backend.pid), *psutil.Process(session.backend.pid).children(recursive=True)]
     session.close()
-    gone, alive = psutil.wait_procs(processes, timeout=10)
+    _gone, alive = psutil.wait_procs(processes, timeout=10)
     assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
     if kind == "gateway":
         assert kernel_id not in {k["id"] for k in gateway.kernels()}
@@ -263,7 +265,9 @@ def test_websocket_dropped_mid_run_reconnects_and_says_so(make_session, gateway)
         threading.Timer(0.7, proxy.cut).start()
         result = session.run("import time\nprint('before', flush=True)\ntime.sleep(2)\nprint('after')")
         assert result.status == "ok" and result.stdout == "before\nafter\n"  # the gateway kept what came meanwhile
-        assert "[The connection to the Kernel Gateway dropped during this run and was re-established" in result.observation
+        assert (
+            "[The connection to the Kernel Gateway dropped during this run and was re-established" in result.observation
+        )
         assert session.run("print('next')").observation == "```result\nnext\n```"
     finally:
         proxy.close()

@@ -63,7 +63,9 @@ async def test_eight_concurrent_sessions_do_not_see_each_other():
     try:
         assert len({s.backend.pid for s in sessions}) == 8
         assert len({s.workspace for s in sessions}) == 8
-        await asyncio.gather(*(s.arun(f"secret = {i}\nopen('mine.txt', 'w').write('{i}')") for i, s in enumerate(sessions)))
+        await asyncio.gather(
+            *(s.arun(f"secret = {i}\nopen('mine.txt', 'w').write('{i}')") for i, s in enumerate(sessions))
+        )
         results = await asyncio.gather(
             *(s.arun("import os\nprint(secret, open('mine.txt').read(), sorted(os.listdir('.')))") for s in sessions)
         )
@@ -170,7 +172,9 @@ time.sleep(600)  # "sigkill": the test kills us; the lifeline pipe must stop the
 def test_host_exit_ctrl_c_or_death_stops_the_kernel(mode, tmp_path):
     script = tmp_path / "host.py"
     script.write_text(SCRIPT.format(repo=str(REPO)))
-    host = subprocess.Popen([sys.executable, str(script), mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    host = subprocess.Popen(
+        [sys.executable, str(script), mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         line = host.stdout.readline()
         assert line, host.stderr.read()

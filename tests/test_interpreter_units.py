@@ -108,7 +108,10 @@ def test_limits_defaults_and_validation():
 
 def test_describe_exit_names_signals_and_limits():
     assert describe_exit(-signal.SIGSEGV) == "killed by SIGSEGV (segmentation fault)"
-    assert describe_exit(-signal.SIGXCPU, Limits(cpu_seconds=60)) == "killed by SIGXCPU (its CPU time limit of 60 s was reached)"
+    assert (
+        describe_exit(-signal.SIGXCPU, Limits(cpu_seconds=60))
+        == "killed by SIGXCPU (its CPU time limit of 60 s was reached)"
+    )
     assert describe_exit(3) == "exited with code 3"
     assert describe_exit(None) == "still running"
 

@@ -69,8 +69,12 @@ def conversation(turn: int) -> list[dict]:
         {"role": "user", "content": "What is the weather in Paris and in 北京?"},
     ]
     for i in range(turn):
-        messages.append({"role": "assistant", "metadata": "get_weather", "content": f"```python\ntool_call(city='city{i}')\n```"})
-        messages.append({"role": "observation", "content": json.dumps({"city": f"city{i}", "temperature": 20 + i, "sky": "晴"})})
+        messages.append(
+            {"role": "assistant", "metadata": "get_weather", "content": f"```python\ntool_call(city='city{i}')\n```"}
+        )
+        messages.append(
+            {"role": "observation", "content": json.dumps({"city": f"city{i}", "temperature": 20 + i, "sky": "晴"})}
+        )
     return messages
 
 
@@ -93,7 +97,9 @@ def test_lean_engine_leaves_the_model_usable_by_transformers(model, weights, gol
     assert type(model._cache.runner).__name__ == "LeanGlmRunner"
     case = golden[0]
     with torch.inference_mode():
-        out = weights.generate(torch.tensor([case["input_ids"]]), do_sample=False, max_new_tokens=24, eos_token_id=[2, 64795, 64797])
+        out = weights.generate(
+            torch.tensor([case["input_ids"]]), do_sample=False, max_new_tokens=24, eos_token_id=[2, 64795, 64797]
+        )
     assert out[0, len(case["input_ids"]) :].tolist() == case["greedy_new_tokens"]
 
 
@@ -177,7 +183,9 @@ def test_sampling_is_reproducible_with_a_seed(model):
     params = {"temperature": 0.9, "top_p": 0.9, "top_k": 50, "max_new_tokens": 16, "seed": 7}
     a = model.generate(conversation(0), **params)
     assert model.generate(conversation(0), **params) == a
-    assert model.generate(conversation(0), **{**params, "top_k": 1}) == model.generate(conversation(0), **{**GREEDY, "max_new_tokens": 16})
+    assert model.generate(conversation(0), **{**params, "top_k": 1}) == model.generate(
+        conversation(0), **{**GREEDY, "max_new_tokens": 16}
+    )
 
 
 def test_max_new_tokens_and_stop_strings(model, tokenizer):

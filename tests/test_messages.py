@@ -20,18 +20,31 @@ from glm_agent.messages import (
 from .conftest import GOLDEN, needs_shared
 
 CONVERSATION = [
-    {"role": "system", "content": "Answer ...", "tools": [{"name": "f", "description": "d", "parameters": {"type": "object", "properties": {}, "required": []}}]},
+    {
+        "role": "system",
+        "content": "Answer ...",
+        "tools": [
+            {"name": "f", "description": "d", "parameters": {"type": "object", "properties": {}, "required": []}}
+        ],
+    },
     {"role": "user", "content": "天气 <|user|> \n"},
     {"role": "assistant", "metadata": "", "content": "好的"},
     {"role": "assistant", "metadata": "f", "content": "```python\ntool_call()\n```"},
-    {"role": "observation", "content": "{\"t\": 1}"},
+    {"role": "observation", "content": '{"t": 1}'},
     {"role": "assistant", "metadata": "", "content": "done"},
 ]
 
 
 def test_dicts_become_typed_messages_and_back():
     msgs = [to_message(d) for d in CONVERSATION]
-    assert [type(m) for m in msgs] == [SystemMessage, UserMessage, AssistantMessage, AssistantMessage, ObservationMessage, AssistantMessage]
+    assert [type(m) for m in msgs] == [
+        SystemMessage,
+        UserMessage,
+        AssistantMessage,
+        AssistantMessage,
+        ObservationMessage,
+        AssistantMessage,
+    ]
     assert msgs[3].is_call and not msgs[2].is_call
     assert [to_dict(m) for m in msgs] == CONVERSATION
 
@@ -45,7 +58,13 @@ def test_official_shape_variants_are_accepted():
 
 @pytest.mark.parametrize(
     "bad",
-    [{"role": "robot", "content": "x"}, {"role": "user"}, {"role": "user", "content": 3}, {"role": "user", "content": "x", "tools": []}, "text"],
+    [
+        {"role": "robot", "content": "x"},
+        {"role": "user"},
+        {"role": "user", "content": 3},
+        {"role": "user", "content": "x", "tools": []},
+        "text",
+    ],
 )
 def test_invalid_messages_are_clear_errors(bad):
     with pytest.raises((ValueError, TypeError)):

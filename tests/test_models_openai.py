@@ -24,7 +24,11 @@ from glm_agent.models import OpenAIModel, ScriptedModel
 from glm_agent.server import BackgroundServer, create_app
 from tests.conftest import REPO, SHARED, needs_shared
 
-WEATHER = {"name": "get_weather", "description": "Weather in a city", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+WEATHER = {
+    "name": "get_weather",
+    "description": "Weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+}
 CALL = "get_weather\n ```python\ntool_call(city='北京', days=[1, 2], exact=False)\n```"
 HISTORY = [
     SystemMessage(content=TOOLS_SYSTEM, tools=[WEATHER]),
@@ -56,9 +60,13 @@ def test_chat_mode_maps_history_exactly_and_returns_raw_replies(servers, tokeniz
     with OpenAIModel(srv.url, mode="chat") as model:
         raw = "".join(model.stream(HISTORY))
         reply = parse_reply(raw)
-        assert reply.text == "我来查一下。" and reply.calls == [ToolCall(name="get_weather", arguments={"city": "北京", "days": [1, 2], "exact": False})]
+        assert reply.text == "我来查一下。" and reply.calls == [
+            ToolCall(name="get_weather", arguments={"city": "北京", "days": [1, 2], "exact": False})
+        ]
         assert backend.prompts[0] == HISTORY  # agent history → OpenAI → server → the very same ChatGLM3 messages
-        assert model.model == "scripted" and model.last_usage["prompt_tokens"] == len(tokenizer.apply_chat_template(HISTORY))
+        assert model.model == "scripted" and model.last_usage["prompt_tokens"] == len(
+            tokenizer.apply_chat_template(HISTORY)
+        )
         assert model.generate([UserMessage(content="hi")], temperature=0, max_new_tokens=16) == "\n北京晴。"
         assert parse_reply(asyncio.run(model.agenerate([UserMessage(content="hi")]))).text == "好"
 
@@ -163,7 +171,9 @@ def _misbehaving_app(hits: dict[str, int]) -> Starlette:
         if model == "flaky":
             return sse(chunk({"content": "fine"}), chunk({}, "stop"), "data: [DONE]\n\n")
         if model == "bad-request":
-            return JSONResponse({"error": {"message": "temperature too high", "type": "invalid_request_error"}}, status_code=400)
+            return JSONResponse(
+                {"error": {"message": "temperature too high", "type": "invalid_request_error"}}, status_code=400
+            )
         if model == "html-500":
             return PlainTextResponse("<html>Bad Gateway</html>", status_code=502)
         if model == "not-json":
@@ -171,19 +181,46 @@ def _misbehaving_app(hits: dict[str, int]) -> Starlette:
         if model == "no-choices":
             return sse('data: {"id": "x"}\n\n')
         if model == "bad-arguments":
-            call = {"index": 0, "id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{city: Paris"}}
+            call = {
+                "index": 0,
+                "id": "c1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": "{city: Paris"},
+            }
             return sse(chunk({"tool_calls": [call]}), chunk({}, "tool_calls"), "data: [DONE]\n\n")
         if model == "cut-short":
             return sse(chunk({"content": "half"}))
         if model == "tools":  # vLLM-style: name first, arguments in pieces, a comment line, keep-alive
             first = {"index": 0, "id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
-            return sse(": keep-alive\n\n", chunk({"role": "assistant", "content": "Sure."}), chunk({"tool_calls": [first]}),
-                       chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]}),
-                       chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"Paris", "n": null}'}}]}),
-                       chunk({"tool_calls": [{"index": 1, "id": "c2", "type": "function", "function": {"name": "interpreter", "arguments": '{"code": "print(1)"}'}}]}),
-                       chunk({}, "tool_calls"), "data: [DONE]\n\n")
+            return sse(
+                ": keep-alive\n\n",
+                chunk({"role": "assistant", "content": "Sure."}),
+                chunk({"tool_calls": [first]}),
+                chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]}),
+                chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"Paris", "n": null}'}}]}),
+                chunk(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": 1,
+                                "id": "c2",
+                                "type": "function",
+                                "function": {"name": "interpreter", "arguments": '{"code": "print(1)"}'},
+                            }
+                        ]
+                    }
+                ),
+                chunk({}, "tool_calls"),
+                "data: [DONE]\n\n",
+            )
         if model == "plain-json":
-            return JSONResponse({"choices": [{"index": 0, "message": {"role": "assistant", "content": "whole"}, "finish_reason": "stop"}]})
+            return JSONResponse(
+                {
+                    "choices": [
+                        {"index": 0, "message": {"role": "assistant", "content": "whole"}, "finish_reason": "stop"}
+                    ]
+                }
+            )
         return JSONResponse({"error": {"message": "unknown"}}, status_code=404)
 
     return Starlette(routes=[Route("/v1/chat/completions", handle, methods=["POST"])])
@@ -246,8 +283,13 @@ def test_server_killed_mid_stream_raises_a_clear_error(tmp_path, mode):
     script.write_text(_SLOW_SERVER, encoding="utf-8")
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, str(script), str(SHARED / "tokenizer.model"), str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(SHARED / "tokenizer.model"), str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         model = OpenAIModel(f"http://127.0.0.1:{port}", "scripted", max_retries=30, backoff=0.2, max_backoff=0.2)
         got: list[str] = []
@@ -262,6 +304,7 @@ def test_server_killed_mid_stream_raises_a_clear_error(tmp_path, mode):
                     got.append(piece)
                     kill_after_first_pieces()
             else:
+
                 async def consume():
                     async for piece in model.astream([UserMessage(content="x")]):
                         got.append(piece)

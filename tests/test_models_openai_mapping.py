@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-
-import pytest
 import keyword
 
+import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -27,11 +26,18 @@ from glm_agent.messages import AssistantMessage, ObservationMessage, SystemMessa
 from glm_agent.models._openai_stream import ChatAssembler, SSEDecoder
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(10**12), 10**12) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**12), 10**12)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
 )
-WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "d", "parameters": {"type": "object", "properties": {}}}}
+WEATHER = {
+    "type": "function",
+    "function": {"name": "get_weather", "description": "d", "parameters": {"type": "object", "properties": {}}},
+}
 
 
 @settings(max_examples=200, deadline=None)
@@ -60,13 +66,26 @@ def test_request_messages_map_to_chatglm3():
     msgs = openai_to_chatglm3(
         [
             {"role": "user", "content": [{"type": "text", "text": "天气"}, {"type": "text", "text": "？"}]},
-            {"role": "assistant", "content": None, "tool_calls": [{"id": "a", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "北京"}'}}]},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "a",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "北京"}'},
+                    }
+                ],
+            },
             {"role": "tool", "tool_call_id": "a", "content": "晴"},
         ],
         tools,
     )
     assert msgs == [
-        SystemMessage(content=TOOLS_SYSTEM, tools=[{"name": "get_weather", "description": "d", "parameters": {"type": "object", "properties": {}}}]),
+        SystemMessage(
+            content=TOOLS_SYSTEM,
+            tools=[{"name": "get_weather", "description": "d", "parameters": {"type": "object", "properties": {}}}],
+        ),
         UserMessage(content="天气？"),
         AssistantMessage(metadata="get_weather", content="```python\ntool_call(city='北京')\n```"),
         ObservationMessage(content="晴"),
@@ -74,7 +93,9 @@ def test_request_messages_map_to_chatglm3():
     with pytest.raises(FormatError, match="role is 'robot'"):
         openai_to_chatglm3([{"role": "robot", "content": "x"}], None)
     with pytest.raises(FormatError, match="not valid JSON"):
-        openai_to_chatglm3([{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{x"}}]}], None)
+        openai_to_chatglm3(
+            [{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{x"}}]}], None
+        )
     with pytest.raises(FormatError, match="named twice"):
         chatglm3_tools([WEATHER, WEATHER])
     with pytest.raises(FormatError, match='"type": "function"'):
@@ -87,7 +108,9 @@ def test_tool_choice_resolution():
     none = resolve_tool_choice(tools, "none")
     assert none.tools is None and not none.calls_enabled
     assert resolve_tool_choice(tools, "required").required == "*"
-    assert resolve_tool_choice(tools, {"type": "function", "function": {"name": "get_weather"}}).required == "get_weather"
+    assert (
+        resolve_tool_choice(tools, {"type": "function", "function": {"name": "get_weather"}}).required == "get_weather"
+    )
     with pytest.raises(FormatError, match="needs tools"):
         resolve_tool_choice([], "required")
     with pytest.raises(FormatError, match="tool_choice must be"):
@@ -96,21 +119,39 @@ def test_tool_choice_resolution():
 
 def test_agent_history_maps_to_openai_and_back():
     history = [
-        SystemMessage(content=TOOLS_SYSTEM, tools=[{"name": "get_weather", "description": "d", "parameters": {"type": "object", "properties": {}}}]),
+        SystemMessage(
+            content=TOOLS_SYSTEM,
+            tools=[{"name": "get_weather", "description": "d", "parameters": {"type": "object", "properties": {}}}],
+        ),
         UserMessage(content="q"),
         AssistantMessage(metadata="", content="thinking"),
         AssistantMessage(metadata="get_weather", content="```python\ntool_call(city='A')\n```"),
         ObservationMessage(content="sunny"),
         AssistantMessage(metadata="interpreter", content="```python\nprint(2)\n```"),
         ObservationMessage(content="2"),
-        AssistantMessage(metadata="get_weather", content="```python\ntool_call(city=A)\n```"),  # malformed: kept as text
+        AssistantMessage(
+            metadata="get_weather", content="```python\ntool_call(city=A)\n```"
+        ),  # malformed: kept as text
         ObservationMessage(content="could not read the call"),
         AssistantMessage(metadata="", content="done"),
     ]
     messages, tools = chatglm3_to_openai(history)
     assert tools == [WEATHER]
-    assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "assistant", "tool", "assistant", "user", "assistant"]
-    assert messages[2]["content"] == "thinking" and messages[2]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": '{"city": "A"}'}
+    assert [m["role"] for m in messages] == [
+        "system",
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+        "tool",
+        "assistant",
+        "user",
+        "assistant",
+    ]
+    assert messages[2]["content"] == "thinking" and messages[2]["tool_calls"][0]["function"] == {
+        "name": "get_weather",
+        "arguments": '{"city": "A"}',
+    }
     assert messages[3]["tool_call_id"] == messages[2]["tool_calls"][0]["id"]
     assert json.loads(messages[4]["tool_calls"][0]["function"]["arguments"]) == {"code": "print(2)"}
     assert messages[6]["content"].startswith("get_weather\n") and "tool_calls" not in messages[6]
@@ -125,7 +166,7 @@ def test_raw_reply_from_an_openai_message_parses_back():
 
 def test_sse_decoder_and_errors():
     dec = SSEDecoder("srv")
-    assert dec.feed(": comment") is None and dec.feed("data: {\"a\":") is None and dec.feed("data: 1}") is None
+    assert dec.feed(": comment") is None and dec.feed('data: {"a":') is None and dec.feed("data: 1}") is None
     assert dec.feed("") == {"a": 1}
     dec.feed("data: [DONE]")
     assert dec.feed("") is SSEDecoder.DONE and dec.done

@@ -23,7 +23,11 @@ WEATHER_TOOL = {
     "function": {
         "name": "get_weather",
         "description": "Current weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}, "required": ["city"]},
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+            "required": ["city"],
+        },
     },
 }
 CALL = "get_weather\n ```python\ntool_call(city='北京', days=3, metric=True, note=None)\n```"
@@ -73,7 +77,9 @@ def test_plain_chat_with_usage(serve, tokenizer):
     srv = serve(model)
     c = client(srv)
     assert [m.id for m in c.models.list()] == ["scripted"]
-    r = c.chat.completions.create(model="scripted", messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "你好"}])
+    r = c.chat.completions.create(
+        model="scripted", messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "你好"}]
+    )
     msg = r.choices[0].message
     assert msg.content == "你好！我是 ChatGLM3。" and msg.tool_calls is None and r.choices[0].finish_reason == "stop"
     expected_prompt = tokenizer.apply_chat_template([SystemMessage(content="Be brief."), UserMessage(content="你好")])
@@ -86,7 +92,9 @@ def test_plain_chat_with_usage(serve, tokenizer):
 def test_tool_calls_come_back_with_json_arguments(serve):
     model = ScriptedModel([THOUGHT_AND_CALL])
     srv = serve(model)
-    r = client(srv).chat.completions.create(model="scripted", messages=[{"role": "user", "content": "北京天气"}], tools=[WEATHER_TOOL])
+    r = client(srv).chat.completions.create(
+        model="scripted", messages=[{"role": "user", "content": "北京天气"}], tools=[WEATHER_TOOL]
+    )
     choice = r.choices[0]
     assert choice.finish_reason == "tool_calls" and choice.message.content == "我来查一下。"
     (call,) = choice.message.tool_calls
@@ -101,17 +109,30 @@ def test_streamed_tool_call_is_reassembled_by_the_client(serve):
     model = ScriptedModel([THOUGHT_AND_CALL, THOUGHT_AND_CALL])
     srv = serve(model)
     c = client(srv)
-    chunks = list(c.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "天气"}], tools=[WEATHER_TOOL],
-                                            stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        c.chat.completions.create(
+            model="scripted",
+            messages=[{"role": "user", "content": "天气"}],
+            tools=[WEATHER_TOOL],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     assert text == "我来查一下。"
     call_deltas = [d for ch in chunks if ch.choices for d in ch.choices[0].delta.tool_calls or []]
-    assert call_deltas[0].id and call_deltas[0].function.name == "get_weather" and call_deltas[0].function.arguments == ""
+    assert (
+        call_deltas[0].id and call_deltas[0].function.name == "get_weather" and call_deltas[0].function.arguments == ""
+    )
     assert call_deltas[1].function.name is None and json.loads(call_deltas[1].function.arguments)["city"] == "北京"
-    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason] == ["tool_calls"]
+    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason] == [
+        "tool_calls"
+    ]
     assert chunks[-1].choices == [] and chunks[-1].usage.prompt_tokens > 0
     # the official helper reassembles the stream into a message
-    with c.chat.completions.stream(model="scripted", messages=[{"role": "user", "content": "天气"}], tools=[WEATHER_TOOL]) as s:
+    with c.chat.completions.stream(
+        model="scripted", messages=[{"role": "user", "content": "天气"}], tools=[WEATHER_TOOL]
+    ) as s:
         final = s.get_final_completion()
     (call,) = final.choices[0].message.tool_calls
     assert call.function.name == "get_weather" and json.loads(call.function.arguments)["days"] == 3
@@ -126,14 +147,21 @@ def test_full_loop_sends_tool_results_back(serve):
     first = c.chat.completions.create(model="scripted", messages=messages, tools=[WEATHER_TOOL])
     call = first.choices[0].message.tool_calls[0]
     messages.append(first.choices[0].message.model_dump(exclude_none=True))
-    messages.append({"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temp": 25, "sky": "晴"}, ensure_ascii=False)})
+    messages.append(
+        {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temp": 25, "sky": "晴"}, ensure_ascii=False)}
+    )
     second = c.chat.completions.create(model="scripted", messages=messages, tools=[WEATHER_TOOL])
     assert second.choices[0].message.content == "北京晴，25°C。"
     history = model.prompts[1]
-    assert history[2] == AssistantMessage(metadata="get_weather", content="```python\ntool_call(city='北京', days=3, metric=True, note=None)\n```")
+    assert history[2] == AssistantMessage(
+        metadata="get_weather", content="```python\ntool_call(city='北京', days=3, metric=True, note=None)\n```"
+    )
     assert history[3] == ObservationMessage(content='{"temp": 25, "sky": "晴"}')
     # the call segment re-parses to the same call, so the model sees what it wrote
-    assert parse_reply(CALL).calls[0].arguments == parse_reply(f"{history[2].metadata}\n{history[2].content}").calls[0].arguments
+    assert (
+        parse_reply(CALL).calls[0].arguments
+        == parse_reply(f"{history[2].metadata}\n{history[2].content}").calls[0].arguments
+    )
 
 
 def test_tool_choice_semantics(serve):
@@ -142,23 +170,42 @@ def test_tool_choice_semantics(serve):
     c = client(srv)
     other = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
     # none: no tools in the prompt, the call comes back as text
-    r = c.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "x"}], tools=[WEATHER_TOOL], tool_choice="none")
-    assert r.choices[0].message.tool_calls is None and r.choices[0].message.content.startswith("get_weather\n```python\ntool_call(")
+    r = c.chat.completions.create(
+        model="scripted", messages=[{"role": "user", "content": "x"}], tools=[WEATHER_TOOL], tool_choice="none"
+    )
+    assert r.choices[0].message.tool_calls is None and r.choices[0].message.content.startswith(
+        "get_weather\n```python\ntool_call("
+    )
     assert model.prompts[0] == [UserMessage(content="x")]
     # a named function: only that tool is offered
-    r = c.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "x"}], tools=[WEATHER_TOOL, other],
-                                  tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    r = c.chat.completions.create(
+        model="scripted",
+        messages=[{"role": "user", "content": "x"}],
+        tools=[WEATHER_TOOL, other],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    )
     assert r.choices[0].message.tool_calls[0].function.name == "get_weather"
     assert [t["name"] for t in model.prompts[1][0].tools] == ["get_weather"]
     # required: every tool offered
-    c.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "x"}], tools=[WEATHER_TOOL, other], tool_choice="required")
+    c.chat.completions.create(
+        model="scripted",
+        messages=[{"role": "user", "content": "x"}],
+        tools=[WEATHER_TOOL, other],
+        tool_choice="required",
+    )
     assert [t["name"] for t in model.prompts[2][0].tools] == ["get_weather", "get_time"]
     # required cannot force a call (no constrained decoding): the text comes back as is
-    r = c.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "x"}], tools=[WEATHER_TOOL], tool_choice="required")
+    r = c.chat.completions.create(
+        model="scripted", messages=[{"role": "user", "content": "x"}], tools=[WEATHER_TOOL], tool_choice="required"
+    )
     assert r.choices[0].message.content == "no call" and r.choices[0].finish_reason == "stop"
     with pytest.raises(openai.BadRequestError, match="not among the request's tools"):
-        c.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "x"}], tools=[WEATHER_TOOL],
-                                  tool_choice={"type": "function", "function": {"name": "nope"}})
+        c.chat.completions.create(
+            model="scripted",
+            messages=[{"role": "user", "content": "x"}],
+            tools=[WEATHER_TOOL],
+            tool_choice={"type": "function", "function": {"name": "nope"}},
+        )
 
 
 def test_malformed_call_and_code_call_come_back_as_text(serve):
@@ -171,7 +218,13 @@ def test_malformed_call_and_code_call_come_back_as_text(serve):
     assert r.choices[0].message.tool_calls is None and "os.system('ls')" in r.choices[0].message.content
     r = c.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "x"}])
     assert r.choices[0].message.content == "interpreter\n```python\nprint(1 + 1)\n```"
-    interpreter = {"type": "function", "function": {"name": "interpreter", "parameters": {"type": "object", "properties": {"code": {"type": "string"}}}}}
+    interpreter = {
+        "type": "function",
+        "function": {
+            "name": "interpreter",
+            "parameters": {"type": "object", "properties": {"code": {"type": "string"}}},
+        },
+    }
     r = c.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "x"}], tools=[interpreter])
     assert json.loads(r.choices[0].message.tool_calls[0].function.arguments) == {"code": "print(1 + 1)"}
 
@@ -183,7 +236,11 @@ def test_stop_strings_and_server_tools(serve, tokenizer):
     r = c.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "x"}], stop=["three"])
     assert r.choices[0].message.content == "one two" and r.choices[0].finish_reason == "stop"
     assert model.prompts[0][0].tools[0]["name"] == "get_weather"  # offered by the server when the request has none
-    chunks = list(c.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "x"}], stop="two", stream=True))
+    chunks = list(
+        c.chat.completions.create(
+            model="scripted", messages=[{"role": "user", "content": "x"}], stop="two", stream=True
+        )
+    )
     assert "".join(ch.choices[0].delta.content or "" for ch in chunks) == "one"
 
 
@@ -195,8 +252,15 @@ def test_completions_with_token_ids_and_text(serve, tokenizer):
     r = c.completions.create(model="scripted", prompt=ids, max_tokens=64, extra_body={"skip_special_tokens": False})
     assert r.choices[0].text == "\n 你好<|assistant|>more" and model.prompt_ids[0] == ids
     assert r.usage.prompt_tokens == len(ids) and r.usage.completion_tokens > 0
-    chunks = list(c.completions.create(model="scripted", prompt=ids, max_tokens=64, stream=True,
-                                       extra_body={"stop_token_ids": list(tokenizer.stop_ids), "skip_special_tokens": False}))
+    chunks = list(
+        c.completions.create(
+            model="scripted",
+            prompt=ids,
+            max_tokens=64,
+            stream=True,
+            extra_body={"stop_token_ids": list(tokenizer.stop_ids), "skip_special_tokens": False},
+        )
+    )
     assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == "\n 你好"
     assert chunks[-1].choices[0].finish_reason == "stop" and chunks[-1].usage.prompt_tokens == len(ids)
     r = c.completions.create(model="scripted", prompt="Hello", max_tokens=8)
@@ -212,12 +276,18 @@ def test_error_shapes(serve, tokenizer):
     with pytest.raises(openai.AuthenticationError) as bad_key:
         client(srv, key="wrong").chat.completions.create(model="scripted", messages=[{"role": "user", "content": "x"}])
     assert bad_key.value.status_code == 401 and bad_key.value.code == "invalid_api_key"
-    missing = httpx.post(srv.url + "/v1/chat/completions", json={"model": "scripted", "messages": [{"role": "user", "content": "x"}]})
+    missing = httpx.post(
+        srv.url + "/v1/chat/completions", json={"model": "scripted", "messages": [{"role": "user", "content": "x"}]}
+    )
     assert missing.status_code == 401 and "Authorization: Bearer" in missing.json()["error"]["message"]
     headers = {"Authorization": "Bearer s3cret", "Content-Type": "application/json"}
-    malformed = httpx.post(srv.url + "/v1/chat/completions", content=b'{"model": "scripted", "messages": [', headers=headers)
+    malformed = httpx.post(
+        srv.url + "/v1/chat/completions", content=b'{"model": "scripted", "messages": [', headers=headers
+    )
     assert malformed.status_code == 400 and malformed.json()["error"]["code"] == "invalid_json"
-    invalid = httpx.post(srv.url + "/v1/chat/completions", json={"model": "scripted", "messages": [], "temperature": 9}, headers=headers)
+    invalid = httpx.post(
+        srv.url + "/v1/chat/completions", json={"model": "scripted", "messages": [], "temperature": 9}, headers=headers
+    )
     assert invalid.status_code == 400 and "messages" in invalid.json()["error"]["message"]
     with pytest.raises(openai.NotFoundError) as unknown:
         good.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
@@ -230,11 +300,18 @@ def test_error_shapes(serve, tokenizer):
     with pytest.raises(openai.BadRequestError, match="n=1"):
         good.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "x"}], n=2)
     with pytest.raises(openai.BadRequestError, match="only text parts"):
-        good.chat.completions.create(model="scripted", messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}])
+        good.chat.completions.create(
+            model="scripted", messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]
+        )
     route = httpx.get(srv.url + "/v1/nothing-here")
     assert route.status_code == 404 and "error" in route.json()
     assert httpx.get(srv.url + "/health").json()["status"] == "ok"  # no key needed
-    assert good.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "x"}]).choices[0].message.content == "ok"
+    assert (
+        good.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "x"}])
+        .choices[0]
+        .message.content
+        == "ok"
+    )
 
 
 def test_backend_errors_become_500_or_400(serve):
@@ -261,7 +338,11 @@ def test_queue_full_health_while_generating_and_release(serve):
     srv = serve(model, max_concurrency=1, max_queue=0)
     c = client(srv)
     done = {}
-    worker = threading.Thread(target=lambda: done.setdefault("r", c.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "a"}])))
+    worker = threading.Thread(
+        target=lambda: done.setdefault(
+            "r", c.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "a"}])
+        )
+    )
     worker.start()
     deadline = time.monotonic() + 10
     while httpx.get(srv.url + "/health").json()["active"] != 1:
@@ -274,7 +355,12 @@ def test_queue_full_health_while_generating_and_release(serve):
     assert full.value.status_code == 429 and full.value.code == "queue_full"
     worker.join(15)
     assert done["r"].choices[0].message.content == "x" * 40
-    assert c.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "c"}]).choices[0].message.content == "ok"
+    assert (
+        c.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "c"}])
+        .choices[0]
+        .message.content
+        == "ok"
+    )
 
 
 @pytest.mark.parametrize("stream", [True, False])
@@ -309,6 +395,11 @@ def test_completions_need_a_backend_that_continues_token_ids(serve):
 
     srv = serve(ChatOnly())
     c = client(srv)
-    assert c.chat.completions.create(model="chat-only", messages=[{"role": "user", "content": "x"}]).choices[0].message.content == "ok"
+    assert (
+        c.chat.completions.create(model="chat-only", messages=[{"role": "user", "content": "x"}])
+        .choices[0]
+        .message.content
+        == "ok"
+    )
     with pytest.raises(openai.BadRequestError, match="cannot continue raw prompts"):
         c.completions.create(model="chat-only", prompt=[1, 2, 3], max_tokens=4)

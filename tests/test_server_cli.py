@@ -14,8 +14,7 @@ import openai
 import pytest
 
 from glm_agent.errors import ModelError
-from glm_agent.models import OpenAIModel, ScriptedModel
-from glm_agent.models import load_chat_model
+from glm_agent.models import OpenAIModel, ScriptedModel, load_chat_model
 from tests.conftest import REPO, SHARED, needs_shared
 
 CALL = "calculate\n ```python\ntool_call(expression='6 * 7')\n```"
@@ -29,8 +28,15 @@ def _free_port() -> int:
 
 def _cli(*args: str, **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "glm_agent.cli", "serve", *args], env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "glm_agent.cli", "serve", *args],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 @needs_shared
@@ -38,8 +44,20 @@ def test_serve_command_serves_scripted_replies_with_file_tools(tmp_path):
     replies = tmp_path / "replies.json"
     replies.write_text(json.dumps([CALL]), encoding="utf-8")
     port = _free_port()
-    proc = _cli("--model", f"scripted:{replies}", "--tokenizer", str(SHARED / "tokenizer.model"), "--port", str(port),
-                "--api-key", "k", "--tools", "tools/calculator.py", "--log-level", "warning")
+    proc = _cli(
+        "--model",
+        f"scripted:{replies}",
+        "--tokenizer",
+        str(SHARED / "tokenizer.model"),
+        "--port",
+        str(port),
+        "--api-key",
+        "k",
+        "--tools",
+        "tools/calculator.py",
+        "--log-level",
+        "warning",
+    )
     try:
         deadline = time.monotonic() + 30
         while True:

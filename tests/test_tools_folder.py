@@ -48,8 +48,17 @@ def test_every_module_loads_by_path_with_valid_schemas() -> None:
 def test_folder_loads_into_one_registry() -> None:
     registry = load_tools(TOOLS)
     assert set(registry.names) == {
-        "calculate", "current_time", "convert_time", "random_number_generator", "roll_dice", "random_choice",
-        "list_files", "read_file", "write_file", "get_weather", "fetch_url",
+        "calculate",
+        "current_time",
+        "convert_time",
+        "random_number_generator",
+        "roll_dice",
+        "random_choice",
+        "list_files",
+        "read_file",
+        "write_file",
+        "get_weather",
+        "fetch_url",
     }
     for entry in registry.openai_schemas():
         assert entry["type"] == "function"
@@ -76,7 +85,9 @@ def test_loading_errors_are_clear(tmp_path: Path) -> None:
     (tmp_path / "syntax.py").write_text("def broken(:\n", encoding="utf-8")
     (tmp_path / "imports.py").write_text("import a_module_that_does_not_exist_here\n", encoding="utf-8")
     (tmp_path / "empty.py").write_text("X = 1\n", encoding="utf-8")
-    (tmp_path / "untyped.py").write_text("from glm_agent import tool\n@tool\ndef f(x):\n    return x\n", encoding="utf-8")
+    (tmp_path / "untyped.py").write_text(
+        "from glm_agent import tool\n@tool\ndef f(x):\n    return x\n", encoding="utf-8"
+    )
     (tmp_path / "notes.txt").write_text("hello", encoding="utf-8")
     cases = {
         tmp_path / "missing.py": "no such file or folder",
@@ -128,7 +139,11 @@ def test_cli_prints_schemas(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["tools", str(TOOLS / "clock.py"), str(TOOLS / "dice.py"), "--format", "openai"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [t["function"]["name"] for t in out] == [
-        "current_time", "convert_time", "random_number_generator", "roll_dice", "random_choice"
+        "current_time",
+        "convert_time",
+        "random_number_generator",
+        "roll_dice",
+        "random_choice",
     ]
 
 
@@ -152,9 +167,19 @@ def calc() -> ToolRegistry:
 @pytest.mark.parametrize(
     ("expression", "value"),
     [
-        ("1 + 2 * 3", 7), ("(1 + 2) * 3", 9), ("2 ** 10", 1024), ("2^10", 1024), ("7 / 2", 3.5), ("7 // 2", 3),
-        ("-7 % 3", 2), ("sqrt(16) + abs(-2)", 6), ("round(pi, 3)", 3.142), ("max(1, 5, 3)", 5),
-        ("factorial(5)", 120), ("3 × 4 ÷ 2", 6), ("1e3 + 0.5", 1000.5),
+        ("1 + 2 * 3", 7),
+        ("(1 + 2) * 3", 9),
+        ("2 ** 10", 1024),
+        ("2^10", 1024),
+        ("7 / 2", 3.5),
+        ("7 // 2", 3),
+        ("-7 % 3", 2),
+        ("sqrt(16) + abs(-2)", 6),
+        ("round(pi, 3)", 3.142),
+        ("max(1, 5, 3)", 5),
+        ("factorial(5)", 120),
+        ("3 × 4 ÷ 2", 6),
+        ("1e3 + 0.5", 1000.5),
     ],
 )
 def test_calculator_values(calc: ToolRegistry, expression: str, value: float) -> None:
@@ -197,7 +222,9 @@ def test_clock() -> None:
     )
     assert converted.value["iso"] == "2024-01-14T20:30:00-05:00" and converted.value["weekday"] == "Sunday"
     bad_zone = registry.call("current_time", {"time_zone": "Mars/Olympus"})
-    assert bad_zone.error == "exception" and "unknown time zone 'Mars/Olympus'; use an IANA name" in bad_zone.observation
+    assert (
+        bad_zone.error == "exception" and "unknown time zone 'Mars/Olympus'; use an IANA name" in bad_zone.observation
+    )
     bad_time = registry.call("convert_time", {"time": "tomorrow", "from_zone": "UTC", "to_zone": "UTC"})
     assert "cannot read 'tomorrow' as a date and time" in bad_time.observation
 
@@ -209,7 +236,11 @@ def test_dice() -> None:
     assert registry.call("random_number_generator", {"seed": 42, "range": [10, 20]}).value == first.value
     assert "low < high" in registry.call("random_number_generator", {"seed": 1, "range": (5, 5)}).observation
     rolled = registry.call("roll_dice", {"count": 3, "sides": 4}).value
-    assert len(rolled["rolls"]) == 3 and all(1 <= r <= 4 for r in rolled["rolls"]) and rolled["total"] == sum(rolled["rolls"])
+    assert (
+        len(rolled["rolls"]) == 3
+        and all(1 <= r <= 4 for r in rolled["rolls"])
+        and rolled["total"] == sum(rolled["rolls"])
+    )
     assert registry.call("roll_dice", {"count": 101}).error == "invalid_arguments"
     picked = registry.call("random_choice", {"options": ["a", "b", "c"], "count": 3}).value
     assert sorted(picked) == ["a", "b", "c"]
@@ -287,7 +318,10 @@ def test_files_refuse_symlinks_that_escape(workspace: tuple[ToolRegistry, Path, 
         ("list_files", {"path": "link"}),
     ]:
         result = registry.call(tool_name, arguments)
-        assert result.error == "exception" and "leads outside the workspace" in result.observation, (tool_name, arguments)
+        assert result.error == "exception" and "leads outside the workspace" in result.observation, (
+            tool_name,
+            arguments,
+        )
     assert (outside / "secret.txt").read_text(encoding="utf-8") == "top secret"
     assert not (outside / "new.txt").exists()
     assert registry.call("read_file", {"path": "alias.txt"}).observation == "fine"
@@ -300,7 +334,10 @@ def test_module_level_file_tools_use_the_workspace_variable(tmp_path: Path, monk
     assert registry.call("write_file", {"path": "a.txt", "content": "env"}).ok
     assert (tmp_path / "a.txt").read_text(encoding="utf-8") == "env"
     monkeypatch.setenv(files.WORKSPACE_ENV, str(tmp_path / "missing"))
-    assert "does not exist; create it or set GLM_AGENT_WORKSPACE" in registry.call("read_file", {"path": "a.txt"}).observation
+    assert (
+        "does not exist; create it or set GLM_AGENT_WORKSPACE"
+        in registry.call("read_file", {"path": "a.txt"}).observation
+    )
 
 
 # -- web: a real HTTP server on 127.0.0.1 ----------------------------------------------------------------------
@@ -327,7 +364,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (the timeout test)
             pass
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         if self.path == "/page":
             self._send(200, PAGE.encode("utf-8"))
         elif self.path == "/big":
@@ -370,10 +407,14 @@ def test_fetch_html_as_text(server: str, web: Any) -> None:
     registry = ToolRegistry([web.make_fetch_tool(allow_private_networks=True)])
     result = registry.call("fetch_url", {"url": f"{server}/page"})
     assert result.ok, result.observation
-    assert result.observation == f"URL: {server}/page\nTitle: Test page\n\nHello\n\nFirst & bold paragraph.\n\none\n\n二"
+    assert (
+        result.observation == f"URL: {server}/page\nTitle: Test page\n\nHello\n\nFirst & bold paragraph.\n\none\n\n二"
+    )
     redirected = registry.call("fetch_url", {"url": f"{server}/redirect"})
     assert redirected.observation.startswith(f"URL: {server}/page\nTitle: Test page")
-    assert registry.call("fetch_url", {"url": f"{server}/json"}).observation == f'URL: {server}/json\n\n{{"城市": "北京"}}'
+    assert (
+        registry.call("fetch_url", {"url": f"{server}/json"}).observation == f'URL: {server}/json\n\n{{"城市": "北京"}}'
+    )
 
 
 def test_fetch_limits_and_errors(server: str, web: Any) -> None:
@@ -395,7 +436,13 @@ def test_fetch_limits_and_errors(server: str, web: Any) -> None:
 
 def test_fetch_refuses_local_addresses_by_default(server: str, web: Any) -> None:
     registry = ToolRegistry([web.fetch_url])
-    for url in (f"{server}/page", "http://localhost:1/", "http://[::1]:1/", "http://10.0.0.1/", "http://169.254.169.254/"):
+    for url in (
+        f"{server}/page",
+        "http://localhost:1/",
+        "http://[::1]:1/",
+        "http://10.0.0.1/",
+        "http://169.254.169.254/",
+    ):
         result = registry.call("fetch_url", {"url": url})
         assert result.error == "exception" and "only public web sites can be fetched" in result.observation, url
 
@@ -411,7 +458,11 @@ def _weather_api(request: httpx.Request) -> httpx.Response:
         assert params == {"name": "Beijing", "count": "1", "language": "en", "format": "json"}
         return httpx.Response(
             200,
-            json={"results": [{"name": "Beijing", "latitude": 39.9, "longitude": 116.4, "country": "China", "admin1": "Beijing"}]},
+            json={
+                "results": [
+                    {"name": "Beijing", "latitude": 39.9, "longitude": 116.4, "country": "China", "admin1": "Beijing"}
+                ]
+            },
         )
     assert request.url.host == "api.open-meteo.com" and request.url.path == "/v1/forecast"
     assert params["latitude"] == "39.9" and params["longitude"] == "116.4"
@@ -419,10 +470,22 @@ def _weather_api(request: httpx.Request) -> httpx.Response:
     return httpx.Response(
         200,
         json={
-            "current_units": {"temperature_2m": unit, "apparent_temperature": unit, "relative_humidity_2m": "%",
-                              "precipitation": "mm", "wind_speed_10m": "km/h"},
-            "current": {"time": "2024-05-01T14:00", "temperature_2m": 21.3, "apparent_temperature": 20.1,
-                        "relative_humidity_2m": 40, "precipitation": 0.0, "weather_code": 2, "wind_speed_10m": 11.5},
+            "current_units": {
+                "temperature_2m": unit,
+                "apparent_temperature": unit,
+                "relative_humidity_2m": "%",
+                "precipitation": "mm",
+                "wind_speed_10m": "km/h",
+            },
+            "current": {
+                "time": "2024-05-01T14:00",
+                "temperature_2m": 21.3,
+                "apparent_temperature": 20.1,
+                "relative_humidity_2m": 40,
+                "precipitation": 0.0,
+                "weather_code": 2,
+                "wind_speed_10m": 11.5,
+            },
         },
     )
 
@@ -433,9 +496,16 @@ def test_weather_with_mock_transport() -> None:
     result = registry.call("get_weather", {"city": " Beijing "})
     assert result.ok, result.observation
     assert result.value == {
-        "city": "Beijing", "region": "Beijing", "country": "China", "local_time": "2024-05-01T14:00",
-        "weather": "partly cloudy", "temperature": "21.3 °C", "feels_like": "20.1 °C", "humidity": "40 %",
-        "precipitation": "0.0 mm", "wind_speed": "11.5 km/h",
+        "city": "Beijing",
+        "region": "Beijing",
+        "country": "China",
+        "local_time": "2024-05-01T14:00",
+        "weather": "partly cloudy",
+        "temperature": "21.3 °C",
+        "feels_like": "20.1 °C",
+        "humidity": "40 %",
+        "precipitation": "0.0 mm",
+        "wind_speed": "11.5 km/h",
     }
     assert json.loads(result.observation)["weather"] == "partly cloudy"
     assert registry.call("get_weather", {"city": "Beijing", "unit": "fahrenheit"}).value["temperature"] == "21.3 °F"

@@ -7,7 +7,7 @@ import datetime
 import enum
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal
 
 import jsonschema
 import pytest
@@ -60,7 +60,9 @@ def schema_of(fn: Any) -> dict[str, Any]:
 
 
 # -- the shape ChatGLM3 was tuned on -------------------------------------------------------------
-def book_flight(passengers: list[Passenger], date: datetime.date, flexible: bool = False, budget: Optional[float] = None) -> str:
+def book_flight(
+    passengers: list[Passenger], date: datetime.date, flexible: bool = False, budget: float | None = None
+) -> str:
     """Book a flight.
 
     Returns a confirmation code.
@@ -168,8 +170,8 @@ def test_scalar_types() -> None:
 
 
 def unions(
-    o: Optional[int],
-    u: Union[int, str],
+    o: int | None,
+    u: int | str,
     p: int | None = None,
     lit: Literal["celsius", "fahrenheit"] = "celsius",
     one: Literal["x"] = "x",
@@ -239,7 +241,7 @@ def test_containers_with_parameters() -> None:
     }
 
 
-def structured(point: Point, address: Address, shipping: Optional[Address] = None) -> None:
+def structured(point: Point, address: Address, shipping: Address | None = None) -> None:
     """Structured."""
 
 
@@ -539,7 +541,7 @@ def text_to_speech(
 @tool
 def get_current_weather(
     location: Annotated[str, "The city and state, e.g. San Francisco, CA"],
-    unit: Literal["celsius", "fahrenheit"] = None,  # type: ignore[assignment]  # the official schema has no default
+    unit: Literal["celsius", "fahrenheit"] | None = None,  # type: ignore[assignment]  # the official schema has no default
 ) -> str:
     """Get the current weather in a given location"""
     return location

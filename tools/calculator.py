@@ -45,11 +45,28 @@ def _factorial(n: Any) -> int:
 
 
 _FUNCTIONS: dict[str, Callable[..., Any]] = {
-    "abs": abs, "round": round, "min": min, "max": max,
-    "sqrt": math.sqrt, "exp": math.exp, "log": math.log, "log10": math.log10, "log2": math.log2,
-    "sin": math.sin, "cos": math.cos, "tan": math.tan, "asin": math.asin, "acos": math.acos, "atan": math.atan,
-    "degrees": math.degrees, "radians": math.radians, "floor": math.floor, "ceil": math.ceil,
-    "factorial": _factorial, "gcd": math.gcd, "hypot": math.hypot,
+    "abs": abs,
+    "round": round,
+    "min": min,
+    "max": max,
+    "sqrt": math.sqrt,
+    "exp": math.exp,
+    "log": math.log,
+    "log10": math.log10,
+    "log2": math.log2,
+    "sin": math.sin,
+    "cos": math.cos,
+    "tan": math.tan,
+    "asin": math.asin,
+    "acos": math.acos,
+    "atan": math.atan,
+    "degrees": math.degrees,
+    "radians": math.radians,
+    "floor": math.floor,
+    "ceil": math.ceil,
+    "factorial": _factorial,
+    "gcd": math.gcd,
+    "hypot": math.hypot,
 }
 
 
@@ -97,7 +114,9 @@ def _evaluate_node(node: ast.AST) -> Any:
 
 
 @tool
-def calculate(expression: Annotated[str, "An arithmetic expression, e.g. '(3 + 4) * 2 ** 0.5' or 'sqrt(2) * pi'"]) -> int | float:
+def calculate(
+    expression: Annotated[str, "An arithmetic expression, e.g. '(3 + 4) * 2 ** 0.5' or 'sqrt(2) * pi'"],
+) -> int | float:
     """Evaluate an arithmetic expression and return the number.
 
     Supports + - * / // % ** (``^`` also means power) and parentheses, the constants pi, e, tau and the

@@ -20,13 +20,34 @@ _CURRENT = "temperature_2m,apparent_temperature,relative_humidity_2m,precipitati
 
 # WMO weather interpretation codes, as documented by Open-Meteo.
 WEATHER_CODES = {
-    0: "clear sky", 1: "mainly clear", 2: "partly cloudy", 3: "overcast", 45: "fog", 48: "depositing rime fog",
-    51: "light drizzle", 53: "moderate drizzle", 55: "dense drizzle", 56: "light freezing drizzle",
-    57: "dense freezing drizzle", 61: "slight rain", 63: "moderate rain", 65: "heavy rain",
-    66: "light freezing rain", 67: "heavy freezing rain", 71: "slight snow fall", 73: "moderate snow fall",
-    75: "heavy snow fall", 77: "snow grains", 80: "slight rain showers", 81: "moderate rain showers",
-    82: "violent rain showers", 85: "slight snow showers", 86: "heavy snow showers", 95: "thunderstorm",
-    96: "thunderstorm with slight hail", 99: "thunderstorm with heavy hail",
+    0: "clear sky",
+    1: "mainly clear",
+    2: "partly cloudy",
+    3: "overcast",
+    45: "fog",
+    48: "depositing rime fog",
+    51: "light drizzle",
+    53: "moderate drizzle",
+    55: "dense drizzle",
+    56: "light freezing drizzle",
+    57: "dense freezing drizzle",
+    61: "slight rain",
+    63: "moderate rain",
+    65: "heavy rain",
+    66: "light freezing rain",
+    67: "heavy freezing rain",
+    71: "slight snow fall",
+    73: "moderate snow fall",
+    75: "heavy snow fall",
+    77: "snow grains",
+    80: "slight rain showers",
+    81: "moderate rain showers",
+    82: "violent rain showers",
+    85: "slight snow showers",
+    86: "heavy snow showers",
+    95: "thunderstorm",
+    96: "thunderstorm with slight hail",
+    99: "thunderstorm with heavy hail",
 }
 
 
@@ -50,9 +71,12 @@ def make_weather_tool(*, transport: httpx.BaseTransport | None = None, timeout: 
     ) -> dict[str, Any]:
         """Get the current weather for a city: conditions, temperature, humidity, precipitation and wind."""
         with httpx.Client(transport=transport, timeout=timeout) as client:
-            places = _get_json(
-                client, GEOCODING_URL, {"name": city.strip(), "count": 1, "language": "en", "format": "json"}
-            ).get("results") or []
+            places = (
+                _get_json(
+                    client, GEOCODING_URL, {"name": city.strip(), "count": 1, "language": "en", "format": "json"}
+                ).get("results")
+                or []
+            )
             if not places:
                 raise LookupError(f"no place named {city!r} was found; check the spelling or try the English name")
             place = places[0]

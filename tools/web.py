@@ -30,8 +30,35 @@ DEFAULT_TIMEOUT = 15.0
 MAX_REDIRECTS = 5
 _SKIP = {"script", "style", "noscript", "template", "svg", "head"}
 _BLOCK = {
-    "p", "div", "br", "li", "ul", "ol", "tr", "table", "section", "article", "header", "footer", "nav", "main",
-    "aside", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "blockquote", "hr", "dt", "dd", "figure", "form", "title",
+    "p",
+    "div",
+    "br",
+    "li",
+    "ul",
+    "ol",
+    "tr",
+    "table",
+    "section",
+    "article",
+    "header",
+    "footer",
+    "nav",
+    "main",
+    "aside",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "pre",
+    "blockquote",
+    "hr",
+    "dt",
+    "dd",
+    "figure",
+    "form",
+    "title",
 }
 _TEXT_TYPES = ("text/", "application/json", "application/xml", "application/javascript")
 
@@ -87,7 +114,9 @@ def _check_public(url: httpx.URL) -> None:
     for info in infos:
         address = ipaddress.ip_address(info[4][0].split("%", 1)[0])
         if not address.is_global:
-            raise PermissionError(f"{host!r} is a local or private address ({address}); only public web sites can be fetched")
+            raise PermissionError(
+                f"{host!r} is a local or private address ({address}); only public web sites can be fetched"
+            )
 
 
 def _charset(response: httpx.Response, head: bytes) -> str:

@@ -37,7 +37,9 @@ def convert_checkpoint(
     if target.resolve() == source.resolve():
         raise CheckpointError(f"{target} is the source checkpoint; choose another destination directory")
     if target.exists() and any(target.iterdir()) and not overwrite:
-        raise CheckpointError(f"{target} is not empty; choose a new directory or pass overwrite=True (CLI: --overwrite)")
+        raise CheckpointError(
+            f"{target} is not empty; choose a new directory or pass overwrite=True (CLI: --overwrite)"
+        )
     model = load_model(source, dtype=dtype, device="cpu")
     target.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(target, max_shard_size=max_shard_size)
@@ -58,10 +60,14 @@ def add_convert_command(subparsers: argparse._SubParsersAction) -> None:  # type
     )
     parser.add_argument("src", help="official checkpoint directory, or a hub id such as THUDM/chatglm3-6b")
     parser.add_argument("dst", help="new directory for the native checkpoint")
-    parser.add_argument("--dtype", default="auto", help="float32, bfloat16, float16, or auto (keep the checkpoint's; default)")
+    parser.add_argument(
+        "--dtype", default="auto", help="float32, bfloat16, float16, or auto (keep the checkpoint's; default)"
+    )
     parser.add_argument("--max-shard-size", default="2GB", help="largest safetensors shard (default 2GB)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty DST")
-    parser.add_argument("--allow-download", action="store_true", help="download a hub id that is not in the local cache")
+    parser.add_argument(
+        "--allow-download", action="store_true", help="download a hub id that is not in the local cache"
+    )
     parser.set_defaults(handler=_run_convert)
 
 

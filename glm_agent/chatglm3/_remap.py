@@ -65,17 +65,27 @@ def check_chatglm3_config(cfg: Mapping[str, Any], source: str) -> None:
         )
     missing = [key for key in _REQUIRED if key not in cfg]
     if missing:
-        raise CheckpointError(f"{source} lacks {', '.join(missing)}: not a ChatGLM3 config (model_type chatglm, as THUDM/chatglm3-6b)")
+        raise CheckpointError(
+            f"{source} lacks {', '.join(missing)}: not a ChatGLM3 config (model_type chatglm, as THUDM/chatglm3-6b)"
+        )
     if not cfg.get("multi_query_attention", True):
-        raise CheckpointError(f"{source}: multi_query_attention is false; glm-agent supports ChatGLM3's grouped KV heads only")
+        raise CheckpointError(
+            f"{source}: multi_query_attention is false; glm-agent supports ChatGLM3's grouped KV heads only"
+        )
     if cfg.get("add_bias_linear", False) or not cfg.get("add_qkv_bias", True):
-        raise CheckpointError(f"{source}: unsupported bias layout (add_bias_linear/add_qkv_bias differ from ChatGLM3's)")
+        raise CheckpointError(
+            f"{source}: unsupported bias layout (add_bias_linear/add_qkv_bias differ from ChatGLM3's)"
+        )
     if not cfg.get("rmsnorm", True) or not cfg.get("post_layer_norm", True):
         raise CheckpointError(f"{source}: LayerNorm variants other than ChatGLM3's final RMSNorm are not supported")
     if cfg.get("apply_residual_connection_post_layernorm", False):
-        raise CheckpointError(f"{source}: apply_residual_connection_post_layernorm is not supported (ChatGLM3 uses false)")
+        raise CheckpointError(
+            f"{source}: apply_residual_connection_post_layernorm is not supported (ChatGLM3 uses false)"
+        )
     if cfg.get("pre_seq_len"):
-        raise CheckpointError(f"{source}: P-tuning prefix checkpoints (pre_seq_len) are not supported; merge the prefix first")
+        raise CheckpointError(
+            f"{source}: P-tuning prefix checkpoints (pre_seq_len) are not supported; merge the prefix first"
+        )
 
 
 def glm_config_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,15 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_model", "resolve_checkpoint", "read_config", "glm_config", "default_device", "resolve_dtype", "weight_files"]
+__all__ = [
+    "load_model",
+    "resolve_checkpoint",
+    "read_config",
+    "glm_config",
+    "default_device",
+    "resolve_dtype",
+    "weight_files",
+]
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.bin", "tokenizer.model"]
@@ -46,16 +54,22 @@ def resolve_checkpoint(path_or_id: str | os.PathLike[str], *, allow_download: bo
         return path
     text = str(path_or_id)
     if not _HUB_ID.match(text):
-        raise CheckpointError(f"{text} does not exist; pass a ChatGLM3 checkpoint directory or a hub id like THUDM/chatglm3-6b")
+        raise CheckpointError(
+            f"{text} does not exist; pass a ChatGLM3 checkpoint directory or a hub id like THUDM/chatglm3-6b"
+        )
     try:
         from huggingface_hub import snapshot_download
     except ImportError:  # pragma: no cover - huggingface_hub ships with transformers
-        raise CheckpointError(f"{text} is not a local path and huggingface_hub is not installed; pass a checkpoint directory") from None
+        raise CheckpointError(
+            f"{text} is not a local path and huggingface_hub is not installed; pass a checkpoint directory"
+        ) from None
     try:
         return Path(snapshot_download(text, local_files_only=not allow_download, allow_patterns=_HUB_PATTERNS))
     except Exception as exc:  # LocalEntryNotFoundError, RepositoryNotFoundError, network errors
         if allow_download:
-            raise CheckpointError(f"could not download {text} from the Hugging Face hub ({type(exc).__name__}: {exc})") from None
+            raise CheckpointError(
+                f"could not download {text} from the Hugging Face hub ({type(exc).__name__}: {exc})"
+            ) from None
         raise CheckpointError(
             f"{text} is not in the Hugging Face cache and downloads are off; download it first "
             f"(`huggingface-cli download {text}`), pass allow_download=True (CLI: --allow-download), "
@@ -67,7 +81,9 @@ def read_config(directory: Path) -> dict[str, Any]:
     """``config.json`` of a checkpoint directory, checked to be ChatGLM3 (``chatglm``) or native GLM (``glm``)."""
     file = directory / "config.json"
     if not file.is_file():
-        raise CheckpointError(f"no config.json in {directory}; pass a ChatGLM3 checkpoint directory (as THUDM/chatglm3-6b)")
+        raise CheckpointError(
+            f"no config.json in {directory}; pass a ChatGLM3 checkpoint directory (as THUDM/chatglm3-6b)"
+        )
     try:
         cfg = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -101,7 +117,9 @@ def weight_files(directory: Path) -> list[Path]:
             files = [directory / name for name in dict.fromkeys(weight_map.values())]
             for file in files:
                 if not file.is_file():
-                    raise CheckpointError(f"shard {file.name} listed in {index} is missing from {directory}; download it again")
+                    raise CheckpointError(
+                        f"shard {file.name} listed in {index} is missing from {directory}; download it again"
+                    )
             return files
     for single in ("model.safetensors", "pytorch_model.bin"):
         if (directory / single).is_file():
@@ -123,7 +141,9 @@ def default_device() -> str:
     return "cpu"
 
 
-def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device, checkpoint_dtype: str | None = None) -> torch.dtype:
+def resolve_dtype(
+    dtype: str | torch.dtype | None, device: str | torch.device, checkpoint_dtype: str | None = None
+) -> torch.dtype:
     """``None`` picks a sensible default: bfloat16 (float16 where unsupported) on a GPU, float32 on CPU.
 
     ``"auto"`` keeps the checkpoint's own dtype.
@@ -193,7 +213,13 @@ def _load_native(directory: Path, dtype: torch.dtype, device: str, device_map: A
 
 
 def _load_official(
-    directory: Path, files: list[Path], cfg: dict[str, Any], dtype: torch.dtype, device: str, device_map: Any, progress: bool | None
+    directory: Path,
+    files: list[Path],
+    cfg: dict[str, Any],
+    dtype: torch.dtype,
+    device: str,
+    device_map: Any,
+    progress: bool | None,
 ) -> GlmForCausalLM:
     import torch
     from transformers import GlmForCausalLM
@@ -209,7 +235,9 @@ def _load_official(
             for name, value in remap_tensor(key, tensor, cfg):
                 param = expected.get(name)
                 if param is None:  # remap only yields names of the native model
-                    raise CheckpointError(f"{file.name}: tensor {key!r} maps to {name!r}, which the model does not have")
+                    raise CheckpointError(
+                        f"{file.name}: tensor {key!r} maps to {name!r}, which the model does not have"
+                    )
                 if tuple(value.shape) != tuple(param.shape):
                     raise CheckpointError(
                         f"{file.name}: tensor {key!r} has shape {tuple(value.shape)}, but config.json implies "
@@ -242,7 +270,7 @@ def _read_shard(file: Path) -> Iterator[tuple[str, Any]]:
 
         try:
             with safe_open(str(file), framework="pt", device="cpu") as handle:
-                for key in handle.keys():
+                for key in handle:
                     yield key, handle.get_tensor(key)
         except SafetensorError as exc:
             raise CheckpointError(f"{file} is not a readable safetensors file: {exc}") from None
@@ -278,7 +306,9 @@ def _rebuild_buffers(model: Any, config: GlmConfig, device: str) -> None:
     model.model.rotary_emb = fresh.to(device)
     leftover = [name for name, t in model.named_buffers() if t.is_meta]
     if leftover:
-        raise CheckpointError(f"internal: buffers {leftover} were not initialised; report this with your transformers version")
+        raise CheckpointError(
+            f"internal: buffers {leftover} were not initialised; report this with your transformers version"
+        )
 
 
 def _placement(model: Any, device_map: str | dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
@@ -293,7 +323,9 @@ def _placement(model: Any, device_map: str | dict[str, Any], dtype: torch.dtype)
     else:
         placement = dict(device_map)
     if any(str(where) == "disk" for where in placement.values()):
-        raise CheckpointError("device_map places weights on disk, which glm-agent does not support; add memory or use a smaller dtype")
+        raise CheckpointError(
+            "device_map places weights on disk, which glm-agent does not support; add memory or use a smaller dtype"
+        )
     return placement
 
 

@@ -56,7 +56,7 @@ class Reply:
     raw: str
     segments: list[Segment]
     text: str | None
-    calls: list[Union[ToolCall, CodeCall]]
+    calls: list[ToolCall | CodeCall]
     errors: list[ToolCallParseError] = field(default_factory=list)
 
     def __eq__(self, other: object) -> bool:  # exceptions compare by message, not identity
@@ -114,7 +114,7 @@ def parse_reply(text: str, *, raise_errors: bool = True) -> Reply:
     """
     segments: list[Segment] = []
     answers: list[str] = []
-    calls: list[Union[ToolCall, CodeCall]] = []
+    calls: list[ToolCall | CodeCall] = []
     errors: list[ToolCallParseError] = []
     for part in text.split(ASSISTANT_TOKEN):
         seg, is_call = split_segment(part)
@@ -242,7 +242,7 @@ def _literal(node: ast.AST, name: str, content: str, where: str, depth: int) -> 
         return list(dict.fromkeys(items)) if all(_hashable(i) for i in items) else items
     if isinstance(node, ast.Dict):
         out: dict[Any, Any] = {}
-        for key, value in zip(node.keys, node.values):
+        for key, value in zip(node.keys, node.values, strict=False):
             if key is None:
                 raise _fail(name, content, f"argument {where!r}: ** inside a dict is not allowed")
             k = _literal(key, name, content, where, depth + 1)

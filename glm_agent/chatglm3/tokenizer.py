@@ -27,7 +27,12 @@ SPECIAL_TOKENS = (
     "<|observation|>",
 )
 
-_ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>", "observation": "<|observation|>"}
+_ROLE_TOKENS = {
+    "system": "<|system|>",
+    "user": "<|user|>",
+    "assistant": "<|assistant|>",
+    "observation": "<|observation|>",
+}
 
 
 def format_system_content(content: str, tools: list[dict[str, Any]] | None) -> str:
@@ -47,7 +52,9 @@ class ChatGLM3Tokenizer:
     def __init__(self, model_file: str | Path) -> None:
         path = Path(model_file)
         if not path.is_file():
-            raise CheckpointError(f"no tokenizer model at {path}; pass a ChatGLM3 checkpoint directory or its tokenizer.model")
+            raise CheckpointError(
+                f"no tokenizer model at {path}; pass a ChatGLM3 checkpoint directory or its tokenizer.model"
+            )
         self.sp = spm.SentencePieceProcessor()
         try:
             self.sp.Load(str(path))
@@ -79,10 +86,14 @@ class ChatGLM3Tokenizer:
         if path.is_dir():
             model_file = path / "tokenizer.model"
             if not model_file.is_file():
-                raise CheckpointError(f"no tokenizer.model in {path}; copy the ChatGLM3 tokenizer.model there or pass its path")
+                raise CheckpointError(
+                    f"no tokenizer.model in {path}; copy the ChatGLM3 tokenizer.model there or pass its path"
+                )
             return cls(model_file)
         if not path.exists():
-            raise CheckpointError(f"{path} does not exist; pass a ChatGLM3 checkpoint directory or a tokenizer.model file")
+            raise CheckpointError(
+                f"{path} does not exist; pass a ChatGLM3 checkpoint directory or a tokenizer.model file"
+            )
         return cls(path)
 
     # -- plain text ---------------------------------------------------------------------------

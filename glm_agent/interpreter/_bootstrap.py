@@ -12,7 +12,7 @@ __all__ = ["BOOTSTRAP", "run_silent", "write_file"]
 
 # Threads started by a cell keep that cell as their output's parent, so that what they print
 # after the cell ended is not attributed to whichever cell runs then (ipykernel's default).
-BOOTSTRAP = '''
+BOOTSTRAP = """
 def __glm_agent_bootstrap():
     import threading
     from IPython import get_ipython
@@ -46,7 +46,7 @@ def __glm_agent_bootstrap():
 
 __glm_agent_bootstrap()
 del __glm_agent_bootstrap
-'''
+"""
 
 
 def run_silent(backend: KernelBackend, code: str, timeout: float) -> None:
@@ -87,7 +87,9 @@ def write_file(backend: KernelBackend, path: str, data: bytes, timeout: float, c
         run_silent(backend, f"__import__('os').replace({part!r}, {path!r})", timeout)
     except InterpreterError as exc:
         try:
-            run_silent(backend, f"__import__('os').path.exists({part!r}) and __import__('os').unlink({part!r})", timeout)
+            run_silent(
+                backend, f"__import__('os').path.exists({part!r}) and __import__('os').unlink({part!r})", timeout
+            )
         except InterpreterError:
             pass
         raise InterpreterError(f"could not write {path} in the kernel: {exc}") from exc

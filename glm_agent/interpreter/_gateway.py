@@ -35,10 +35,10 @@ from glm_agent.errors import InterpreterError
 from glm_agent.interpreter._backend import Channel, KernelMessage
 from glm_agent.interpreter._gateway_kernel import SESSION_ENV
 from glm_agent.interpreter._gateway_protocol import (
-    TOKEN_ENV,
-    GatewayREST,
     PROBE,
+    TOKEN_ENV,
     GatewayRefused,
+    GatewayREST,
     delete_kernel_quietly,
     encode_message,
     execute_content,
@@ -56,9 +56,7 @@ log = logging.getLogger(__name__)
 _CONNECT_OPTIONS = {"legacy": True} if "legacy" in inspect.signature(connect).parameters else {}
 _MAX_MESSAGE = 256 * 1024 * 1024  # images and long outputs arrive as single WebSocket messages
 _LOST_REPLY_AFTER = 1.5  # seconds of silence after a reconnect before asking the gateway
-_GONE = (
-    "the gateway no longer has this kernel: it was culled after being idle, shut down, or the gateway was restarted"
-)
+_GONE = "the gateway no longer has this kernel: it was culled after being idle, shut down, or the gateway was restarted"
 
 
 class KernelGateway:
@@ -143,7 +141,9 @@ class KernelGateway:
         self.kernel_id = response.json()["id"]
         if self._finalizer is not None:
             self._finalizer.detach()
-        self._finalizer = weakref.finalize(self, delete_kernel_quietly, self.url, dict(self._rest.headers), self.kernel_id)
+        self._finalizer = weakref.finalize(
+            self, delete_kernel_quietly, self.url, dict(self._rest.headers), self.kernel_id
+        )
         log.debug("gateway kernel %s started on %s", self.kernel_id, self.url)
         try:
             self._connect()
@@ -203,7 +203,9 @@ class KernelGateway:
                 )
             if now - asked_at > 2:
                 if replied and not heard:
-                    log.warning("gateway kernel %s: iopub is silent after a restart; reconnecting its WebSocket", self.kernel_id)
+                    log.warning(
+                        "gateway kernel %s: iopub is silent after a restart; reconnecting its WebSocket", self.kernel_id
+                    )
                     self._close_ws()
                     self._connect()
                 request = self._send("shell", "kernel_info_request", {})  # sent while it was restarting
@@ -306,7 +308,7 @@ class KernelGateway:
         if ws is not None:
             try:
                 ws.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection may fail in many ways
+            except Exception:  # noqa: S110 (closing a broken socket can fail; it is gone either way)
                 pass
 
     # -- messages ---------------------------------------------------------------------------
@@ -331,7 +333,13 @@ class KernelGateway:
         except (InterpreterError, ConnectionClosed, OSError) as exc:
             self._mark_dead(str(exc))  # the run then reports a dead kernel, and the session restarts it
             return uuid.uuid4().hex
-        self._inflight = {"msg_id": msg_id, "replied": False, "idle": False, "last": time.monotonic(), "reconnected": False}
+        self._inflight = {
+            "msg_id": msg_id,
+            "replied": False,
+            "idle": False,
+            "last": time.monotonic(),
+            "reconnected": False,
+        }
         return msg_id
 
     def recv(self, timeout: float) -> tuple[Channel, KernelMessage] | None:
@@ -356,7 +364,7 @@ class KernelGateway:
                 return self._pending.popleft()
             remaining = deadline - time.monotonic()
             ws = self._ws
-            if ws is None or self._dead is not None and not self._gateway_restarting:
+            if ws is None or (self._dead is not None and not self._gateway_restarting):
                 if remaining > 0:
                     time.sleep(min(remaining, 0.05))
                 return None
@@ -449,7 +457,9 @@ class KernelGateway:
         if not inflight["idle"]:
             self._pending.append(("iopub", synthetic_message("status", parent, {"execution_state": "idle"})))
         if not inflight["replied"]:
-            self._pending.append(("shell", synthetic_message("execute_reply", parent, {"status": "aborted", "execution_count": None})))
+            self._pending.append(
+                ("shell", synthetic_message("execute_reply", parent, {"status": "aborted", "execution_count": None}))
+            )
 
     def _mark_dead(self, reason: str) -> None:
         if self._dead is None:
@@ -518,4 +528,3 @@ class KernelGateway:
 
     def __repr__(self) -> str:
         return f"KernelGateway({self.url!r}, kernel_id={self.kernel_id!r})"
-

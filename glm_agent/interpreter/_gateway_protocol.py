@@ -101,7 +101,14 @@ def encode_message(channel: str, msg_type: str, content: dict, session: str) -> 
         "msg_id": msg_id, "msg_type": msg_type, "session": session, "username": "glm-agent",
         "version": "5.3", "date": datetime.now(timezone.utc).isoformat(),
     }  # fmt: skip
-    message = {"header": header, "parent_header": {}, "metadata": {}, "content": content, "channel": channel, "buffers": []}
+    message = {
+        "header": header,
+        "parent_header": {},
+        "metadata": {},
+        "content": content,
+        "channel": channel,
+        "buffers": [],
+    }
     return msg_id, json.dumps(message)
 
 

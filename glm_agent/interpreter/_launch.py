@@ -194,7 +194,7 @@ def _kernel_child(spec: dict, supervisor_pid: int) -> None:
         if spec.get("probe"):
             os._exit(_probe_checks(spec))
         os.execve(spec["argv"][0], spec["argv"], env)
-    except BaseException as exc:  # noqa: BLE001 - report anything, then die
+    except BaseException as exc:
         sys.stderr.write(f"glm-agent kernel launcher: {type(exc).__name__}: {exc}\n")
         sys.stderr.flush()
         os._exit(127)
@@ -299,7 +299,7 @@ def _supervise(kernel_pid: int, spec: dict, orphan_dirs: list[tuple[int, str]]) 
     status = None
     deliberate = host_gone = False
     while status is None:
-        ready, _, _ = select.select(watch + [lifeline], [], [], None if watch else 0.1)
+        ready, _, _ = select.select([*watch, lifeline], [], [], None if watch else 0.1)
         data = os.read(lifeline, 64) if lifeline in ready else b"-"
         deliberate = deliberate or b"q" in data
         if not data:
@@ -337,7 +337,9 @@ def main(argv: list[str]) -> None:
     try:
         if spec["isolate"]:
             _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID), "unshare")
-            setup_filesystem(spec["workspace"], spec["runtime_dir"], spec["tmpfs_bytes"], spec.get("readonly_paths", []))
+            setup_filesystem(
+                spec["workspace"], spec["runtime_dir"], spec["tmpfs_bytes"], spec.get("readonly_paths", [])
+            )
         else:
             _prctl(PR_SET_CHILD_SUBREAPER, 1)
     except (SetupError, OSError) as exc:

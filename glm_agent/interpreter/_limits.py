@@ -35,7 +35,13 @@ class Limits:
     tmpfs_bytes: int = 512 * MiB
 
     def __post_init__(self) -> None:
-        minimum = {"memory_bytes": 512 * MiB, "cpu_seconds": 5, "open_files": 64, "file_size_bytes": 1, "tmpfs_bytes": MiB}
+        minimum = {
+            "memory_bytes": 512 * MiB,
+            "cpu_seconds": 5,
+            "open_files": 64,
+            "file_size_bytes": 1,
+            "tmpfs_bytes": MiB,
+        }
         for name, low in minimum.items():
             value = getattr(self, name)
             if value is None and name != "tmpfs_bytes":

@@ -145,7 +145,7 @@ def _fill(state: _PoolState, size: int, limits: Limits, isolate: bool, start_tim
         try:
             kernel.start(start_timeout)
             run_silent(kernel, BOOTSTRAP, start_timeout)
-        except Exception as exc:  # noqa: BLE001 - a pool must survive a failed start
+        except Exception as exc:
             kernel.shutdown()
             shutil.rmtree(workspace, ignore_errors=True)
             failures += 1

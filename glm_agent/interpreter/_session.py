@@ -95,9 +95,13 @@ class CodeInterpreter:
             return
         if pool is not None:
             if limits is not None and limits != pool.limits:
-                raise ValueError("a session from a pool uses the pool's limits; create the KernelPool with the limits you want")
+                raise ValueError(
+                    "a session from a pool uses the pool's limits; create the KernelPool with the limits you want"
+                )
             if isolate is not None and isolate != pool.isolation.enabled:
-                raise ValueError("a session from a pool uses the pool's isolation; create the KernelPool with isolate=...")
+                raise ValueError(
+                    "a session from a pool uses the pool's isolation; create the KernelPool with isolate=..."
+                )
             self.limits = pool.limits
             self.isolation: Isolation = pool.isolation
         else:
@@ -135,7 +139,7 @@ class CodeInterpreter:
         self._backend: KernelBackend = backend
         self._image_dir = self._workspace / "outputs"
 
-    def _init_remote(self, gateway, token, workspace, limits, isolate, pool, keep_workspace) -> None:  # noqa: ANN001
+    def _init_remote(self, gateway, token, workspace, limits, isolate, pool, keep_workspace) -> None:
         """A kernel on a Kernel Gateway; images are saved in a local temporary directory."""
         from glm_agent.interpreter._gateway import KernelGateway
 
@@ -178,7 +182,7 @@ class CodeInterpreter:
         return self._closed
 
     # -- running --------------------------------------------------------------------------------
-    def run(self, code: str, *, timeout: float | None | EllipsisType = ...) -> ExecutionResult:
+    def run(self, code: str, *, timeout: float | EllipsisType | None = ...) -> ExecutionResult:
         """Run ``code`` in the kernel; wait for it (at most ``timeout`` s) and return everything it produced."""
         if not isinstance(code, str):
             raise TypeError(f"code must be a str, not {type(code).__name__}")
@@ -212,7 +216,7 @@ class CodeInterpreter:
             self.history.append(result)
             return result
 
-    async def arun(self, code: str, *, timeout: float | None | EllipsisType = ...) -> ExecutionResult:
+    async def arun(self, code: str, *, timeout: float | EllipsisType | None = ...) -> ExecutionResult:
         """``run`` in a worker thread; runs of one session are serialised. Cancelling interrupts the kernel."""
         try:
             return await asyncio.to_thread(self.run, code, timeout=timeout)

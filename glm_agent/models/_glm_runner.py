@@ -97,7 +97,7 @@ class LeanGlmRunner:
                 layer.mlp.down_proj.weight,
                 layer.self_attn.q_proj.weight.device,
             )
-            for layer, qkv in zip(base.layers, projections)
+            for layer, qkv in zip(base.layers, projections, strict=False)
         ]
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
@@ -179,7 +179,11 @@ class LeanGlmRunner:
             keys[0, :, past:total] = k.transpose(0, 1)
             values[0, :, past:total] = v.transpose(0, 1)
             # grouped heads: the rep query heads of a KV head attend as rep*T rows of one head
-            q = q.view(count, self.num_kv, rep, self.head_dim).permute(1, 2, 0, 3).reshape(1, self.num_kv, rep * count, self.head_dim)
+            q = (
+                q.view(count, self.num_kv, rep, self.head_dim)
+                .permute(1, 2, 0, 3)
+                .reshape(1, self.num_kv, rep * count, self.head_dim)
+            )
             attn = F.scaled_dot_product_attention(
                 q, keys[:, :, :total], values[:, :, :total], attn_mask=mask, scale=self.head_dim**-0.5
             )

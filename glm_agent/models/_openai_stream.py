@@ -25,7 +25,9 @@ def error_from_body(where: str, status: int | None, body: Any) -> ModelError:
     prefix = f"{where} answered {status}: " if status else f"{where} reported an error: "
     if code == "context_length_exceeded" or "context length" in message.lower() or "maximum context" in message.lower():
         return ContextLengthError(prefix + message + " (shorten the conversation or lower max_new_tokens)")
-    hint = {401: " (check api_key)", 403: " (check api_key)", 404: " (check base_url and the model name)"}.get(status or 0, "")
+    hint = {401: " (check api_key)", 403: " (check api_key)", 404: " (check base_url and the model name)"}.get(
+        status or 0, ""
+    )
     return ModelError(prefix + message + hint)
 
 
@@ -162,7 +164,9 @@ class ChatAssembler:
 
     def finish(self, done: bool) -> list[str]:
         if not done and self.finish_reason is None:
-            raise ModelError(f"{self.where} ended the stream before the reply was complete (no finish_reason, no [DONE])")
+            raise ModelError(
+                f"{self.where} ended the stream before the reply was complete (no finish_reason, no [DONE])"
+            )
         return self._flush_calls()
 
 
@@ -182,12 +186,16 @@ class CompletionAssembler:
             return []
         text = choice.get("text")
         if text is not None and not isinstance(text, str):
-            raise ModelError(f"{self.where} sent a completion chunk whose text is not a string: {json.dumps(choice)[:200]}")
+            raise ModelError(
+                f"{self.where} sent a completion chunk whose text is not a string: {json.dumps(choice)[:200]}"
+            )
         if choice.get("finish_reason"):
             self.finish_reason = choice["finish_reason"]
         return [text] if text else []
 
     def finish(self, done: bool) -> list[str]:
         if not done and self.finish_reason is None:
-            raise ModelError(f"{self.where} ended the stream before the completion was complete (no finish_reason, no [DONE])")
+            raise ModelError(
+                f"{self.where} ended the stream before the completion was complete (no finish_reason, no [DONE])"
+            )
         return []

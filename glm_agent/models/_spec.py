@@ -18,7 +18,9 @@ def load_chat_model(spec: str, **options: Any) -> Any:
     """The backend named by ``spec``; ``options`` go to the backend's constructor / ``from_pretrained``."""
     spec = spec.strip()
     if not spec:
-        raise ModelError("no model given: pass a checkpoint path, a hub id, scripted:FILE.json or an http(s):// server URL")
+        raise ModelError(
+            "no model given: pass a checkpoint path, a hub id, scripted:FILE.json or an http(s):// server URL"
+        )
     if spec.startswith("scripted:"):
         from glm_agent.models.scripted import ScriptedModel
 
@@ -33,5 +35,7 @@ def load_chat_model(spec: str, **options: Any) -> Any:
     try:
         from glm_agent.models.local import LocalModel
     except ImportError as exc:
-        raise ModelError(f"local weights need the 'local' extra ({exc}); install it with: pip install 'glm-agent[local]'") from None
+        raise ModelError(
+            f"local weights need the 'local' extra ({exc}); install it with: pip install 'glm-agent[local]'"
+        ) from None
     return LocalModel.from_pretrained(spec, **options)

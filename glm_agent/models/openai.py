@@ -86,7 +86,9 @@ class OpenAIModel(BaseChatModel):
 
             tokenizer = ChatGLM3Tokenizer.from_pretrained(tokenizer)
         if mode == "completion" and tokenizer is None:
-            raise ValueError("completion mode builds the ChatGLM3 prompt itself: pass tokenizer= (a ChatGLM3Tokenizer or its path)")
+            raise ValueError(
+                "completion mode builds the ChatGLM3 prompt itself: pass tokenizer= (a ChatGLM3Tokenizer or its path)"
+            )
         self.base_url = _normalise_base_url(base_url)
         self.model = model
         self.mode = mode
@@ -153,7 +155,9 @@ class OpenAIModel(BaseChatModel):
         if response is not None:
             after = response.headers.get("retry-after")
             try:
-                return min(float(after), 60.0) if after is not None else min(self.max_backoff, self.backoff * 2**attempt)
+                return (
+                    min(float(after), 60.0) if after is not None else min(self.max_backoff, self.backoff * 2**attempt)
+                )
             except ValueError:
                 pass
         return min(self.max_backoff, self.backoff * 2**attempt)
@@ -195,7 +199,9 @@ class OpenAIModel(BaseChatModel):
                 response = self.client.send(self.client.build_request(method, url, json=body), stream=True)
             except _RETRYABLE as exc:
                 if last:
-                    raise ModelError(f"cannot reach {url} after {attempt + 1} tries: {type(exc).__name__}: {exc}") from exc
+                    raise ModelError(
+                        f"cannot reach {url} after {attempt + 1} tries: {type(exc).__name__}: {exc}"
+                    ) from exc
                 logger.warning("retrying %s after %s", url, type(exc).__name__)
                 time.sleep(self._delay(attempt, None))
                 continue
@@ -247,7 +253,9 @@ class OpenAIModel(BaseChatModel):
                     if data is not None and data is not SSEDecoder.DONE:
                         yield from assembler.feed(data)
             except httpx.HTTPError as exc:
-                raise ModelError(f"the connection to {url} broke mid-stream ({type(exc).__name__}: {exc}); the reply is incomplete") from exc
+                raise ModelError(
+                    f"the connection to {url} broke mid-stream ({type(exc).__name__}: {exc}); the reply is incomplete"
+                ) from exc
             yield from assembler.finish(decoder.done)
             self.last_usage = assembler.usage
         finally:
@@ -262,7 +270,9 @@ class OpenAIModel(BaseChatModel):
         return self._events("/completions", self._completion_body(prompt_ids, params), CompletionAssembler)
 
     # -- async ---------------------------------------------------------------------------------
-    async def _asend(self, client: httpx.AsyncClient, method: str, path: str, body: dict[str, Any] | None) -> httpx.Response:
+    async def _asend(
+        self, client: httpx.AsyncClient, method: str, path: str, body: dict[str, Any] | None
+    ) -> httpx.Response:
         url = self.base_url + path
         for attempt in range(self.max_retries + 1):
             last = attempt == self.max_retries
@@ -270,7 +280,9 @@ class OpenAIModel(BaseChatModel):
                 response = await client.send(client.build_request(method, url, json=body), stream=True)
             except _RETRYABLE as exc:
                 if last:
-                    raise ModelError(f"cannot reach {url} after {attempt + 1} tries: {type(exc).__name__}: {exc}") from exc
+                    raise ModelError(
+                        f"cannot reach {url} after {attempt + 1} tries: {type(exc).__name__}: {exc}"
+                    ) from exc
                 logger.warning("retrying %s after %s", url, type(exc).__name__)
                 await asyncio.sleep(self._delay(attempt, None))
                 continue
@@ -289,7 +301,9 @@ class OpenAIModel(BaseChatModel):
 
     async def astream(self, messages: Sequence[MessageLike], **params: Any) -> AsyncIterator[str]:  # type: ignore[override]
         path, body, assembler_type = self._request(messages, params)
-        async with httpx.AsyncClient(timeout=self.timeout, transport=self._async_transport, headers=self.headers) as client:
+        async with httpx.AsyncClient(
+            timeout=self.timeout, transport=self._async_transport, headers=self.headers
+        ) as client:
             if self.model is None:
                 response = await self._asend(client, "GET", "/models", None)
                 try:
@@ -322,7 +336,9 @@ class OpenAIModel(BaseChatModel):
                             for piece in assembler.feed(data):
                                 yield piece
                 except httpx.HTTPError as exc:
-                    raise ModelError(f"the connection to {url} broke mid-stream ({type(exc).__name__}: {exc}); the reply is incomplete") from exc
+                    raise ModelError(
+                        f"the connection to {url} broke mid-stream ({type(exc).__name__}: {exc}); the reply is incomplete"
+                    ) from exc
                 for piece in assembler.finish(decoder.done):
                     yield piece
                 self.last_usage = assembler.usage
@@ -339,6 +355,11 @@ def _json(url: str, response: httpx.Response) -> Any:
 
 def _first_model(base_url: str, data: Any) -> str:
     items = data.get("data") if isinstance(data, dict) else None
-    if not isinstance(items, list) or not items or not isinstance(items[0], dict) or not isinstance(items[0].get("id"), str):
+    if (
+        not isinstance(items, list)
+        or not items
+        or not isinstance(items[0], dict)
+        or not isinstance(items[0].get("id"), str)
+    ):
         raise ModelError(f"{base_url}/models lists no model; pass model= explicitly")
     return items[0]["id"]

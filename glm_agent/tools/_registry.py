@@ -82,9 +82,9 @@ class ToolRegistry:
             new = Tool(
                 base,
                 name=name or (function.name if isinstance(function, Tool) else None),
-                description=description if description is not None else (
-                    function.description if isinstance(function, Tool) else None
-                ),
+                description=description
+                if description is not None
+                else (function.description if isinstance(function, Tool) else None),
                 timeout=timeout if timeout is not None else (function.timeout if isinstance(function, Tool) else None),
             )
         return self.add(new, replace=replace)
@@ -160,7 +160,9 @@ class ToolRegistry:
                 self._output_dir = Path(tempfile.mkdtemp(prefix="glm-agent-tools-"))
             return self._output_dir
 
-    def call(self, name: str, arguments: Mapping[str, Any] | None = None, *, timeout: float | None = None) -> ToolResult:
+    def call(
+        self, name: str, arguments: Mapping[str, Any] | None = None, *, timeout: float | None = None
+    ) -> ToolResult:
         """Validate the arguments, run the tool and return its result; never raises for a bad call.
 
         A sync tool with a time limit runs in a worker thread; past the limit it is
@@ -251,6 +253,8 @@ class ToolRegistry:
             text, files = obs.render_value(value, tool.name, lambda: self.output_dir)
         except Exception as exc:
             logger.warning("result of tool %r could not be rendered", tool.name, exc_info=exc)
-            text = f"Error: the result of tool {tool.name!r} could not be turned into text ({type(exc).__name__}: {exc})"
+            text = (
+                f"Error: the result of tool {tool.name!r} could not be turned into text ({type(exc).__name__}: {exc})"
+            )
             return self._failed(tool.name, arguments, "exception", text, start, exc)
         return self._result(tool.name, arguments, text, start, ok=True, value=value, files=files)

@@ -90,7 +90,9 @@ def _run_coroutine(name: str, make: Callable[[], Any], timeout: float | None) ->
     return _in_thread(name, run, grace)
 
 
-def run_sync(name: str, function: Callable[..., Any], kwargs: dict[str, Any], timeout: float | None, is_async: bool) -> Any:
+def run_sync(
+    name: str, function: Callable[..., Any], kwargs: dict[str, Any], timeout: float | None, is_async: bool
+) -> Any:
     """Call ``function(**kwargs)`` from sync code; raise ``ToolTimeout`` past ``timeout`` seconds."""
     if is_async:
         return _run_coroutine(name, lambda: function(**kwargs), timeout)

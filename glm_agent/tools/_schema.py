@@ -41,8 +41,17 @@ _RESERVED_NAMES = {"interpreter"}
 
 # JSON Schema keywords whose value is a schema / a map of schemas / a list of schemas.
 _SCHEMA_KEYS = {
-    "items", "additionalProperties", "not", "if", "then", "else", "contains",
-    "propertyNames", "unevaluatedItems", "unevaluatedProperties", "additionalItems",
+    "items",
+    "additionalProperties",
+    "not",
+    "if",
+    "then",
+    "else",
+    "contains",
+    "propertyNames",
+    "unevaluatedItems",
+    "unevaluatedProperties",
+    "additionalItems",
 }
 _MAP_KEYS = {"properties", "patternProperties", "dependentSchemas"}
 _LIST_KEYS = {"anyOf", "oneOf", "allOf", "prefixItems"}
@@ -195,9 +204,7 @@ def build_arguments_model(tool_name: str, fn: Callable[..., Any], params: tuple[
         return create_model(f"{tool_name}_arguments", __config__=config, **fields)
     except Exception as exc:
         culprit = _find_bad_parameter(tool_name, params)
-        raise ToolDefinitionError(
-            f"cannot build a tool from {_qualname(fn)}{culprit}: {exc}".rstrip()
-        ) from exc
+        raise ToolDefinitionError(f"cannot build a tool from {_qualname(fn)}{culprit}: {exc}".rstrip()) from exc
 
 
 def _find_bad_parameter(tool_name: str, params: tuple[ParameterSpec, ...]) -> str:
@@ -262,8 +269,10 @@ def _tidy(node: dict[str, Any]) -> dict[str, Any]:
     if isinstance(all_of, list) and len(all_of) == 1 and isinstance(all_of[0], dict):
         node = {**all_of[0], **{k: v for k, v in node.items() if k != "allOf"}}
     any_of = node.get("anyOf")
-    if isinstance(any_of, list) and any_of and all(
-        isinstance(b, dict) and set(b) == {"type"} and isinstance(b["type"], str) for b in any_of
+    if (
+        isinstance(any_of, list)
+        and any_of
+        and all(isinstance(b, dict) and set(b) == {"type"} and isinstance(b["type"], str) for b in any_of)
     ):
         types = list(dict.fromkeys(b["type"] for b in any_of))
         node = {k: v for k, v in node.items() if k != "anyOf"}

@@ -96,7 +96,7 @@ class Tool:
         self.function = function
         self.timeout = timeout
         self.is_async: bool = inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
-            getattr(function, "__call__", None)
+            getattr(function, "__call__", None)  # noqa: B004 (a callable object with an async __call__)
         )
         self.arguments_model: type[BaseModel] = build_arguments_model(self.name, function, spec.parameters)
         self.parameters: dict[str, Any] = parameters_schema(self.arguments_model, function)
@@ -161,9 +161,7 @@ class Tool:
             if key not in self._aliases
         ]
         try:
-            validated = self.arguments_model.model_validate(
-                {k: v for k, v in arguments.items() if k in self._aliases}
-            )
+            validated = self.arguments_model.model_validate({k: v for k, v in arguments.items() if k in self._aliases})
         except ValidationError as exc:
             problems.extend(self._problems(exc))
             raise ToolArgumentsError(self.name, problems) from None
