@@ -15,7 +15,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from glm_agent import events as ev
 from glm_agent.chatglm3.parser import CallFinished, CallStarted, ReplyStreamParser
@@ -38,11 +38,16 @@ from glm_agent.messages import (
 from glm_agent.models.base import ChatModel, GenerationParams
 from glm_agent.tools import Tool, ToolRegistry
 
+if TYPE_CHECKING:
+    from glm_agent.interpreter import CodeInterpreter
+
 __all__ = ["Agent", "RunResult", "CallRecord", "build_system_message"]
 
 logger = logging.getLogger(__name__)
 
-Approve = Callable[[Call], Any]  # returns bool, or an awaitable of bool in async runs
+#: ``approve(call)`` returns ``True`` to run the call; in ``arun``/``astream`` it may be async.
+#: Anything but ``True`` (``False``, a non-bool, an exception, a coroutine in a sync run) refuses.
+Approve = Callable[[Call], Any]
 
 NO_INTERPRETER = (
     "Error: code execution is not enabled in this conversation, so the code did not run. "
@@ -113,7 +118,7 @@ class Agent:
         self,
         model: ChatModel,
         tools: ToolRegistry | Iterable[Tool | Callable[..., Any]] | None = None,
-        code_interpreter: Any = None,
+        code_interpreter: CodeInterpreter | bool | None = None,
         system: str | None = None,
         *,
         max_steps: int = 10,
@@ -127,7 +132,9 @@ class Agent:
         self.model = model
         self.tools = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools or ())
         self.code_enabled = code_interpreter is not None and code_interpreter is not False
-        self._interpreter = None if code_interpreter in (None, True, False) else code_interpreter
+        self._interpreter: CodeInterpreter | None = (
+            None if isinstance(code_interpreter, (bool, type(None))) else code_interpreter
+        )
         self._owns_interpreter = code_interpreter is True
         self.system = system
         self.language = language
@@ -162,10 +169,11 @@ class Agent:
         self.load_messages(load_jsonl(path))
 
     @property
-    def interpreter(self) -> Any:
+    def interpreter(self) -> CodeInterpreter | None:
         """The code interpreter (started on first use when ``code_interpreter=True``)."""
-        if not self.code_enabled:
-            return None
+        return self._kernel() if self.code_enabled else None
+
+    def _kernel(self) -> CodeInterpreter:
         if self._interpreter is None:
             from glm_agent.interpreter import CodeInterpreter
 
@@ -174,7 +182,7 @@ class Agent:
 
     def save_notebook(self, path: str | Path) -> Path:
         """Export the session (conversation + executed code with outputs) as a Jupyter notebook."""
-        from glm_agent.interpreter import conversation_to_notebook
+        from glm_agent.interpreter._notebook import conversation_to_notebook
 
         return conversation_to_notebook(self.messages, path, interpreter=self._interpreter)
 
@@ -198,7 +206,7 @@ class Agent:
         if not self.code_enabled:
             path = Path(file)
             return upload_header(path.name, path.stat().st_size)
-        return self.interpreter.upload(file)
+        return self._kernel().upload(file)
 
     def run(self, query: str, *, files: Sequence[str | Path] = ()) -> RunResult:
         """Run until the model answers (or ``max_steps``); the conversation is kept for the next run."""
@@ -213,6 +221,8 @@ class Agent:
 
     def stream(self, query: str, *, files: Sequence[str | Path] = ()) -> Iterator[ev.Event]:
         """Run, yielding events as they happen. Closing the iterator cancels the run cleanly."""
+        if _is_async_callable(self.approve):
+            raise TypeError("approve is an async function: use arun()/astream(), or pass a plain function")
         self.messages.append(self._user_message(query, files))
         turn = _Turn(self)
         for step in range(1, self.max_steps + 1):
@@ -291,16 +301,24 @@ class Agent:
             return
         call = outcome.call
         assert call is not None
-        if self.approve is not None and not self.approve(call):
-            yield turn.refused(call)
-            return
+        if self.approve is not None:
+            verdict = _ask(self.approve, call)
+            if inspect.isawaitable(verdict):
+                _discard(verdict)
+                verdict = _NotAnswered(
+                    "approve returned an awaitable in a sync run; use arun()/astream() for an async approve"
+                )
+            refusal = _refusal(verdict)
+            if refusal is not None:
+                yield turn.refused(call, refusal)
+                return
         if isinstance(call, ToolCall):
             yield ev.ToolCalled(step, call)
             yield turn.tool_done(call, self.tools.call(call.name, call.arguments))
         else:
             yield ev.CodeStarted(step, call)
             try:
-                result = self.interpreter.run(call.code)
+                result = self._kernel().run(call.code)
             except KeyboardInterrupt:
                 _interrupt(self._interpreter)
                 raise
@@ -316,11 +334,15 @@ class Agent:
         call = outcome.call
         assert call is not None
         if self.approve is not None:
-            verdict = self.approve(call)
+            verdict = _ask(self.approve, call)
             if inspect.isawaitable(verdict):
-                verdict = await verdict
-            if not verdict:
-                yield turn.refused(call)
+                try:
+                    verdict = await verdict
+                except Exception as exc:
+                    verdict = _failed(exc)
+            refusal = _refusal(verdict)
+            if refusal is not None:
+                yield turn.refused(call, refusal)
                 return
         if isinstance(call, ToolCall):
             yield ev.ToolCalled(step, call)
@@ -328,13 +350,13 @@ class Agent:
         else:
             yield ev.CodeStarted(step, call)
             try:
-                result = await self.interpreter.arun(call.code)
+                result = await self._kernel().arun(call.code)
             except asyncio.CancelledError:
                 _interrupt(self._interpreter)
                 raise
             yield turn.code_done(call, result)
 
-    def _result(self, start: int, events: list[ev.AgentEvent]) -> RunResult:
+    def _result(self, start: int, events: Sequence[ev.AgentEvent]) -> RunResult:
         records: list[CallRecord] = []
         answer, stopped, error = None, "answer", None
         for e in events:
@@ -352,7 +374,57 @@ class Agent:
                 stopped = "max_steps" if e.kind == "max_steps" else "model_error"
                 error = e.message
         steps = max((e.step for e in events), default=0)
-        return RunResult(answer, stopped, steps, self.messages[start:], records, events, error)  # type: ignore[arg-type]
+        return RunResult(answer, stopped, steps, self.messages[start:], records, list(events), error)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class _NotAnswered:
+    """An approval check that gave no yes/no answer (it raised, or returned something else)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    """Why a call does not run: ``reason`` is None when the approver said no."""
+
+    reason: str | None = None
+
+
+def _ask(approve: Approve, call: Call) -> Any:
+    try:
+        return approve(call)
+    except Exception as exc:  # a gate that fails says no
+        return _failed(exc)
+
+
+def _failed(exc: Exception) -> _NotAnswered:
+    logger.warning("the approval check raised; the call is refused", exc_info=exc)
+    return _NotAnswered(f"approve raised {type(exc).__name__}: {exc}")
+
+
+def _refusal(verdict: object) -> _Refusal | None:
+    """None when the call may run: only ``True`` approves."""
+    if verdict is True:
+        return None
+    if verdict is False:
+        return _Refusal()
+    if isinstance(verdict, _NotAnswered):
+        return _Refusal(verdict.reason)
+    reason = f"approve returned {type(verdict).__name__}, not a bool; only True approves a call"
+    logger.warning("%s; the call is refused", reason)
+    return _Refusal(reason)
+
+
+def _is_async_callable(fn: object) -> bool:
+    call = type(fn).__call__ if callable(fn) and not inspect.isfunction(fn) else None
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
+
+
+def _discard(awaitable: Any) -> None:
+    close = getattr(awaitable, "close", None)
+    if close is not None:
+        close()  # a coroutine that will never run: no "never awaited" warning
 
 
 def _close(stream: Any) -> None:
@@ -423,11 +495,14 @@ class _Turn:
             return ev.CodeFinished(self.step, outcome.call, False, NO_INTERPRETER)
         return None
 
-    def refused(self, call: Call) -> ev.CallRefused:
+    def refused(self, call: Call, refusal: _Refusal) -> ev.CallRefused:
         what = "run this code" if isinstance(call, CodeCall) else f"call {call.name}"
-        text = f"The user did not allow you to {what}. Do not try it again; continue without it."
+        if refusal.reason is None:
+            text = f"The user did not allow you to {what}. Do not try it again; continue without it."
+        else:
+            text = f"The request to {what} was not approved, so it did not run. Continue without it."
         self._observe(call.name, text)
-        return ev.CallRefused(self.step, call, text)
+        return ev.CallRefused(self.step, call, text, refusal.reason)
 
     def tool_done(self, call: ToolCall, result: Any) -> ev.ToolReturned:
         self._observe(call.name, result.observation)

@@ -115,11 +115,16 @@ class CodeFinished(AgentEvent):
 
 @dataclass(frozen=True)
 class CallRefused(AgentEvent):
-    """The approval hook refused a call; the model is told so."""
+    """A call was not approved; the model is told so.
+
+    ``reason`` is None when the approver said no, else why the approval check gave no answer
+    (it raised, or returned something other than a bool): a gate that fails says no.
+    """
 
     type: ClassVar[str] = "call_refused"
     call: ToolCall | CodeCall
     observation: str
+    reason: str | None = None
 
 
 @dataclass(frozen=True)

@@ -222,3 +222,80 @@ def test_events_serialise_to_json():
     for e in agent.stream("x"):
         data = e.to_dict()
         assert data["type"] == e.type and json.loads(json.dumps(data)) == data
+
+
+# -- approval fails closed -----------------------------------------------------------------------
+deleted: list[str] = []
+
+
+@tool
+def delete_all(folder: str) -> str:
+    """Delete everything in a folder (records the call instead)."""
+    deleted.append(folder)
+    return "deleted"
+
+
+DELETE = call("delete_all", "folder='/'")
+
+
+def _delete_run(approve, *, run_async: bool = False):
+    deleted.clear()
+    agent = Agent(ScriptedModel([DELETE, "\n ok"]), tools=[delete_all], approve=approve)
+    result = asyncio.run(agent.arun("clean up")) if run_async else agent.run("clean up")
+    return result, next((e for e in result.events if isinstance(e, ev.CallRefused)), None)
+
+
+def test_a_sync_run_refuses_an_async_approve_function_before_anything_runs():
+    async def approve(c):
+        return False
+
+    agent = Agent(ScriptedModel([DELETE, "\n ok"]), tools=[delete_all], approve=approve)
+    before = list(agent.messages)
+    with pytest.raises(TypeError, match="arun"):
+        agent.run("clean up")
+    assert agent.messages == before and not deleted
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # the refused coroutine is closed, not left unawaited
+def test_an_awaitable_verdict_in_a_sync_run_is_a_refusal():
+    result, refused = _delete_run(lambda c: asyncio.sleep(0, result=False))
+    assert not deleted and refused is not None and "arun" in refused.reason
+    assert "not approved" in refused.observation and result.answer == "ok"
+    assert [c.ok for c in result.calls] == [False]
+
+
+@pytest.mark.parametrize("verdict", [False, True])
+def test_an_async_approve_is_awaited_in_async_runs(verdict):
+    async def approve(c):
+        await asyncio.sleep(0)
+        return verdict
+
+    _, refused = _delete_run(approve, run_async=True)
+    assert deleted == (["/"] if verdict else []) and (refused is None) == verdict
+    if not verdict:
+        assert refused.reason is None and "did not allow" in refused.observation
+
+
+@pytest.mark.parametrize("verdict", ["yes", 1, [True], object(), None])
+@pytest.mark.parametrize("run_async", [False, True])
+def test_a_verdict_that_is_not_a_bool_is_a_refusal(verdict, run_async):
+    async def async_approve(c):
+        return verdict
+
+    result, refused = _delete_run(async_approve if run_async else lambda c: verdict, run_async=run_async)
+    assert not deleted and refused is not None and "not a bool" in refused.reason
+    assert result.answer == "ok"
+
+
+@pytest.mark.parametrize("run_async", [False, True])
+def test_an_approve_that_raises_is_a_refusal(run_async, caplog):
+    def approve(c):
+        raise ConnectionError("policy server down")
+
+    async def async_approve(c):
+        approve(c)
+
+    result, refused = _delete_run(async_approve if run_async else approve, run_async=run_async)
+    assert not deleted and "ConnectionError: policy server down" in refused.reason
+    assert "approval check raised" in caplog.text
+    assert isinstance(result.messages[-2], ObservationMessage) and "not approved" in result.messages[-2].content
