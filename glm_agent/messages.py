@@ -1,7 +1,9 @@
 """Typed messages of a ChatGLM3 conversation, and their JSON Lines round trip.
 
 The wire shape is the official one: ``{"role", "content", "metadata"?, "tools"?}``.
-Every function here accepts the pydantic objects or plain dicts of that shape.
+Every function here accepts the pydantic objects or plain dicts of that shape. Every role may
+carry ``metadata``, as ChatGLM3's template encodes ``<|role|>`` + metadata + ``"\n"`` + content
+for each message; only assistant call segments use it in practice (the tool name, ``interpreter``).
 """
 
 from __future__ import annotations
@@ -46,12 +48,14 @@ class SystemMessage(_Base):
     """The system prompt; ``tools`` (ChatGLM3 tool schemas) are appended to it as JSON."""
 
     role: Literal["system"] = "system"
+    metadata: str = ""
     content: str = ""
     tools: list[dict[str, Any]] | None = None
 
 
 class UserMessage(_Base):
     role: Literal["user"] = "user"
+    metadata: str = ""
     content: str
 
 
@@ -71,6 +75,7 @@ class ObservationMessage(_Base):
     """The result of a tool or code call, as the model reads it."""
 
     role: Literal["observation"] = "observation"
+    metadata: str = ""
     content: str
 
 
@@ -78,7 +83,7 @@ Message = Annotated[
     SystemMessage | UserMessage | AssistantMessage | ObservationMessage,
     Field(discriminator="role"),
 ]
-MessageLike = Union[SystemMessage, UserMessage, AssistantMessage, ObservationMessage, dict]
+MessageLike = Union[SystemMessage, UserMessage, AssistantMessage, ObservationMessage, dict[str, Any]]
 
 _MESSAGE = TypeAdapter(Message)
 
@@ -121,9 +126,8 @@ def to_message(obj: MessageLike) -> SystemMessage | UserMessage | AssistantMessa
     data = dict(obj)
     if data.get("role") != "system" and data.get("tools") is None:
         data.pop("tools", None)
-    if data.get("role") != "assistant" and data.get("metadata") in ("", None):
-        # the official code writes metadata="" on every message; only assistants use it
-        data.pop("metadata", None)
+    if data.get("metadata") is None:
+        data.pop("metadata", None)  # the official code reads item.get("metadata", "")
     try:
         return _MESSAGE.validate_python(data)
     except ValidationError as exc:
@@ -137,10 +141,10 @@ def to_messages(
 
 
 def to_dict(message: MessageLike) -> dict[str, Any]:
-    """The official dict shape: role, (metadata for assistants), content, (tools for system)."""
+    """The official dict shape: role, metadata (always for assistants, else when set), content, (tools for system)."""
     msg = to_message(message)
     out: dict[str, Any] = {"role": msg.role}
-    if isinstance(msg, AssistantMessage):
+    if isinstance(msg, AssistantMessage) or msg.metadata:
         out["metadata"] = msg.metadata
     out["content"] = msg.content
     if isinstance(msg, SystemMessage) and msg.tools is not None:

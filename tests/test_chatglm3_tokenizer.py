@@ -79,3 +79,33 @@ def test_missing_and_invalid_tokenizer_files_are_clear_errors(tmp_path):
     bad.write_bytes(b"not a sentencepiece model")
     with pytest.raises(CheckpointError, match=str(bad)):
         ChatGLM3Tokenizer.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("role", ["system", "user", "assistant", "observation"])
+def test_metadata_is_encoded_on_every_role_as_the_template_rule_says(tokenizer, role):
+    # FORMAT.md: message = <|role|> encode(metadata + "\n") encode(content)
+    ids = tokenizer.apply_chat_template([{"role": role, "content": "hi", "metadata": "m"}])
+    expected = [tokenizer.role_ids[role], *tokenizer.encode("m\n"), *tokenizer.encode("hi")]
+    assert ids == [tokenizer.gmask_id, tokenizer.sop_id, *expected, tokenizer.assistant_id]
+    plain = tokenizer.apply_chat_template([{"role": role, "content": "hi"}])
+    assert plain == tokenizer.apply_chat_template([{"role": role, "content": "hi", "metadata": ""}]) != ids
+
+
+def test_metadata_on_any_role_encodes_as_the_official_ids_of_an_assistant_call(tokenizer):
+    """The golden ids of an assistant call segment, with the role id swapped, are what any role encodes to."""
+    checked = 0
+    for case in _case_ids("tokens.json"):
+        messages = case["messages"]
+        for k, message in enumerate(messages):
+            if message["role"] != "assistant" or not message.get("metadata"):
+                continue
+            start = len(tokenizer.apply_chat_template(messages[:k], add_generation_prompt=False))
+            end = len(tokenizer.apply_chat_template(messages[: k + 1], add_generation_prompt=False))
+            golden = case["input_ids"][start:end]
+            assert golden[0] == tokenizer.assistant_id
+            for role in ("system", "user", "observation"):
+                moved = {"role": role, "metadata": message["metadata"], "content": message["content"]}
+                ids = tokenizer.apply_chat_template([moved], add_generation_prompt=False)
+                assert ids[2:] == [tokenizer.role_ids[role], *golden[1:]]
+            checked += 1
+    assert checked >= 3

@@ -93,3 +93,18 @@ def test_every_golden_conversation_round_trips():
     for case in json.loads((GOLDEN / "tokens.json").read_text(encoding="utf-8")):
         msgs = [to_message(m) for m in case["messages"]]
         assert loads_jsonl(dumps_jsonl(msgs)) == msgs
+
+
+def test_every_role_may_carry_metadata_and_it_round_trips():
+    rows = [
+        {"role": "system", "metadata": "s", "content": "sys"},
+        {"role": "user", "metadata": "m", "content": "hi"},
+        {"role": "observation", "metadata": "get_weather", "content": "21"},
+    ]
+    msgs = [to_message(r) for r in rows]
+    assert msgs[1] == UserMessage(metadata="m", content="hi") and msgs[0].metadata == "s"
+    assert [to_dict(m) for m in msgs] == rows
+    assert loads_jsonl(dumps_jsonl(msgs)) == msgs
+    # unset metadata is not written for non-assistant roles (the official shape), None reads as ""
+    assert to_dict(UserMessage(content="x")) == {"role": "user", "content": "x"}
+    assert to_message({"role": "observation", "content": "x", "metadata": None}) == ObservationMessage(content="x")

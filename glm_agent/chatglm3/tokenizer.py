@@ -99,7 +99,8 @@ class ChatGLM3Tokenizer:
     # -- plain text ---------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
         """SentencePiece ids of ``text``: no special tokens, no bos/eos, one dummy-prefix ``▁``."""
-        return self.sp.EncodeAsIds(text)
+        ids: list[int] = self.sp.EncodeAsIds(text)
+        return ids
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids``; special ids are written as their names, padding-row ids as nothing.
@@ -173,5 +174,5 @@ class ChatGLM3Tokenizer:
 def _role_metadata_content(message: MessageLike) -> tuple[str, str, str]:
     msg = to_message(message)
     if isinstance(msg, SystemMessage):
-        return "system", "", format_system_content(msg.content, msg.tools)
-    return msg.role, getattr(msg, "metadata", ""), msg.content
+        return "system", msg.metadata, format_system_content(msg.content, msg.tools)
+    return msg.role, msg.metadata, msg.content
