@@ -3,8 +3,11 @@
 Load it with ``glm-agent tools tools/calculator.py`` or ``ToolRegistry().load("tools/calculator.py")``.
 Only numbers, + - * / // % **, parentheses, a few math functions and constants
 are accepted; anything else (names, attributes, calls of other functions) is
-refused with a message the model can act on. Huge powers and factorials are refused
-before they are computed, so a request cannot hang the agent.
+refused with a message the model can act on. Every operand and result is bounded
+(integers to ``MAX_INT_BITS`` bits, ``round``'s digits to ``MAX_ROUND_DIGITS``,
+factorials to ``MAX_FACTORIAL``) and huge powers are refused before they are
+computed, so the work per call is bounded by construction and a request cannot hang
+the agent.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ __all__ = ["calculate"]
 MAX_EXPRESSION_CHARS = 1000
 MAX_INT_BITS = 4096
 MAX_FACTORIAL = 1000
+MAX_ROUND_DIGITS = 1250  # 10**1250 > 2**4096: more digits change nothing for an operand within MAX_INT_BITS
 
 _BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Add: operator.add,
@@ -44,9 +48,19 @@ def _factorial(n: Any) -> int:
     return math.factorial(n)
 
 
+def _round(number: Any, digits: Any = None) -> Any:
+    if digits is None:
+        return round(number)
+    if not isinstance(digits, int) or isinstance(digits, bool):
+        raise ValueError("round()'s second argument is a whole number of digits")
+    if abs(digits) > MAX_ROUND_DIGITS:
+        raise ValueError(f"round() takes between -{MAX_ROUND_DIGITS} and {MAX_ROUND_DIGITS} digits")
+    return round(number, digits)
+
+
 _FUNCTIONS: dict[str, Callable[..., Any]] = {
     "abs": abs,
-    "round": round,
+    "round": _round,
     "min": min,
     "max": max,
     "sqrt": math.sqrt,
@@ -98,7 +112,7 @@ def _evaluate_node(node: ast.AST) -> Any:
             return _check_size(_power(left, right))
         return _check_size(_BINARY[type(node.op)](left, right))
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-        return _UNARY[type(node.op)](_evaluate_node(node.operand))
+        return _check_size(_UNARY[type(node.op)](_evaluate_node(node.operand)))
     if isinstance(node, ast.Name):
         if node.id in _CONSTANTS:
             return _CONSTANTS[node.id]
@@ -107,7 +121,7 @@ def _evaluate_node(node: ast.AST) -> Any:
         function = _FUNCTIONS.get(node.func.id)
         if function is None:
             raise ValueError(f"unknown function {node.func.id!r}; known functions: {', '.join(_FUNCTIONS)}")
-        return _check_size(function(*(_evaluate_node(arg) for arg in node.args)))
+        return _check_size(function(*(_check_size(_evaluate_node(arg)) for arg in node.args)))
     if isinstance(node, ast.Call):
         raise ValueError("only the listed functions can be called, by name and with positional arguments")
     raise ValueError(f"{type(node).__name__} is not allowed; use numbers, + - * / // % **, parentheses and functions")
@@ -133,7 +147,7 @@ def calculate(
     except SyntaxError as exc:
         raise ValueError(f"not a valid arithmetic expression: {exc.msg}") from None
     try:
-        result = _evaluate_node(tree)
+        result: int | float = _evaluate_node(tree)
     except ZeroDivisionError:
         raise ValueError("division by zero") from None
     except OverflowError:

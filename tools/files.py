@@ -4,13 +4,24 @@ The workspace is ``make_file_tools(root)``'s ``root``; the module-level tools us
 the folder named by the ``GLM_AGENT_WORKSPACE`` environment variable, else the
 current working directory, read at each call. Paths must be relative to the
 workspace: absolute paths, ``..`` and symbolic links that lead outside it are
-refused with a message that says what to pass instead. (A link changed by another
-process between the check and the open is not guarded against.)
+refused with a message that says what to pass instead.
+
+Only regular files are read or written: FIFOs, sockets and devices are refused, and
+so are hard-linked files (``st_nlink > 1``, the other name may be outside the
+workspace). Files are opened with ``O_NOFOLLOW | O_NONBLOCK`` and checked on the open
+descriptor, so a last path component swapped for a link or a FIFO after the check
+cannot redirect or block the tool. (A folder higher up the path swapped for a link
+by another process between the check and the open is not guarded against.) Listing
+stops after ``MAX_LIST_ENTRIES`` entries before anything is sorted, and each tool
+has a timeout of ``TIMEOUT_SECONDS``.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Annotated, Literal
 
@@ -21,6 +32,8 @@ __all__ = ["list_files", "read_file", "write_file", "make_file_tools", "WORKSPAC
 WORKSPACE_ENV = "GLM_AGENT_WORKSPACE"
 MAX_LIST_ENTRIES = 500
 MAX_READ_BYTES = 1_000_000
+TIMEOUT_SECONDS = 30.0
+_OPEN_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
 
 def _default_root() -> Path:
@@ -48,13 +61,73 @@ def resolve_in_workspace(root: str | Path, relative: str) -> Path:
     return full
 
 
+def _open_regular(full: Path, relative: str, flags: int, *, create: bool = False) -> int:
+    """A descriptor on the regular, singly linked file ``full``; refuses anything else without blocking."""
+    try:
+        fd = os.open(full, flags | _OPEN_FLAGS | (os.O_CREAT | os.O_EXCL if create else 0), 0o644)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"no file {relative!r} in the workspace; call list_files to see what is there"
+        ) from None
+    except FileExistsError:
+        raise FileExistsError(f"{relative!r} already exists; pass mode='overwrite' or mode='append'") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise PermissionError(f"{relative!r} was replaced by a symbolic link; it cannot be used") from None
+        if exc.errno in (errno.ENXIO, errno.EISDIR):
+            raise PermissionError(f"{relative!r} is not a regular file; only regular files can be used") from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise PermissionError(f"{relative!r} is not a regular file (a FIFO, socket or device); it cannot be used")
+        if info.st_nlink > 1:
+            raise PermissionError(
+                f"{relative!r} is a hard-linked file (it has {info.st_nlink} names, maybe outside the workspace); "
+                "it cannot be used"
+            )
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _walk(folder: Path, recursive: bool, limit: int) -> Iterator[os.DirEntry[str]]:
+    """Up to ``limit`` entries below ``folder`` in directory order, not following links; no sorting."""
+    pending = [folder]
+    count = 0
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                if count >= limit:
+                    return
+                count += 1
+                yield entry
+                if recursive and entry.is_dir(follow_symlinks=False):
+                    pending.append(Path(entry.path))
+
+
+def _describe(entry: os.DirEntry[str], base: Path) -> dict[str, object]:
+    if entry.is_symlink():
+        kind = "link"
+    elif entry.is_dir(follow_symlinks=False):
+        kind = "folder"
+    elif entry.is_file(follow_symlinks=False):
+        kind = "file"
+    else:
+        kind = "other"
+    size = entry.stat(follow_symlinks=False).st_size if kind == "file" else None
+    return {"path": Path(entry.path).relative_to(base).as_posix(), "type": kind, "size": size}
+
+
 def make_file_tools(root: str | Path | None = None) -> list[Tool]:
     """``list_files``, ``read_file`` and ``write_file`` confined to ``root`` (None: the default workspace)."""
 
     def workspace() -> Path:
         return Path(os.path.realpath(root if root is not None else _default_root()))
 
-    @tool
+    @tool(timeout=TIMEOUT_SECONDS)
     def list_files(
         path: Annotated[str, "Folder relative to the workspace; '.' is the workspace itself"] = ".",
         recursive: Annotated[bool, "Also list the contents of sub-folders"] = False,
@@ -64,23 +137,23 @@ def make_file_tools(root: str | Path | None = None) -> list[Tool]:
         folder = resolve_in_workspace(base, path)
         if not folder.is_dir():
             raise NotADirectoryError(f"{path!r} is not a folder in the workspace")
-        entries: list[dict[str, object]] = []
-        walker = folder.rglob("*") if recursive else folder.iterdir()
-        for item in sorted(walker):
-            if len(entries) >= MAX_LIST_ENTRIES:
-                return {"folder": path, "entries": entries, "note": f"only the first {MAX_LIST_ENTRIES} entries"}
-            kind = "link" if item.is_symlink() else "folder" if item.is_dir() else "file"
-            size = item.lstat().st_size if kind == "file" else None
-            entries.append({"path": item.relative_to(base).as_posix(), "type": kind, "size": size})
+        found = list(_walk(folder, recursive, MAX_LIST_ENTRIES + 1))
+        entries = sorted((_describe(entry, base) for entry in found[:MAX_LIST_ENTRIES]), key=lambda e: str(e["path"]))
+        if len(found) > MAX_LIST_ENTRIES:
+            note = (
+                f"more than {MAX_LIST_ENTRIES} entries: listing stopped after {MAX_LIST_ENTRIES} "
+                "(in the order the file system gave them); list a sub-folder to see the rest"
+            )
+            return {"folder": path, "entries": entries, "note": note}
         return {"folder": path, "entries": entries}
 
-    @tool
+    @tool(timeout=TIMEOUT_SECONDS)
     def read_file(path: Annotated[str, "File path relative to the workspace"]) -> str:
         """Read a UTF-8 text file from the workspace."""
         full = resolve_in_workspace(workspace(), path)
-        if not full.is_file():
-            raise FileNotFoundError(f"no file {path!r} in the workspace; call list_files to see what is there")
-        with full.open("rb") as handle:
+        if full.is_dir():
+            raise IsADirectoryError(f"{path!r} is a folder; call list_files to see what is in it")
+        with os.fdopen(_open_regular(full, path, os.O_RDONLY), "rb") as handle:
             data = handle.read(MAX_READ_BYTES + 1)
         cut = len(data) > MAX_READ_BYTES
         data = data[:MAX_READ_BYTES]
@@ -92,7 +165,7 @@ def make_file_tools(root: str | Path | None = None) -> list[Tool]:
             text = data[: exc.start].decode("utf-8")
         return text + (f"\n[... stopped after {MAX_READ_BYTES} bytes ...]" if cut else "")
 
-    @tool
+    @tool(timeout=TIMEOUT_SECONDS)
     def write_file(
         path: Annotated[str, "File path relative to the workspace; missing folders are created"],
         content: Annotated[str, "The text to write"],
@@ -106,10 +179,12 @@ def make_file_tools(root: str | Path | None = None) -> list[Tool]:
         full = resolve_in_workspace(base, path)
         if full == base or full.is_dir():
             raise IsADirectoryError(f"{path!r} is a folder; give a file path")
-        if mode == "create" and full.exists():
-            raise FileExistsError(f"{path!r} already exists; pass mode='overwrite' or mode='append'")
         full.parent.mkdir(parents=True, exist_ok=True)
-        with full.open("a" if mode == "append" else "w", encoding="utf-8") as handle:
+        flags = os.O_WRONLY | (os.O_APPEND if mode == "append" else 0) | (0 if mode == "create" else os.O_CREAT)
+        fd = _open_regular(full, path, flags, create=mode == "create")
+        if mode == "overwrite":
+            os.ftruncate(fd, 0)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(content)
         return f"Wrote {len(content)} characters to {full.relative_to(base).as_posix()}"
 

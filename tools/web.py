@@ -4,26 +4,36 @@ HTML is turned into text with the standard library's ``html.parser`` (scripts an
 styles dropped, block elements on their own lines). Only http(s) URLs are fetched;
 by default hosts that resolve to loopback, private, link-local or other
 non-public addresses are refused (the model must not reach the machine's own
-services); ``make_fetch_tool(allow_private_networks=True)`` lifts that. Redirects
-are followed by hand so that every hop is checked. (A host whose DNS answer
-changes between the check and the connection is not guarded against.)
+services); ``make_fetch_tool(allow_private_networks=True)`` lifts that. Each host is
+resolved once and the connection goes to the address that was checked, so a DNS
+answer that changes between the check and the connection (DNS rebinding) cannot
+reach a private network. Redirects are followed by hand so that every hop is checked.
+
+One deadline covers the whole fetch (connect, TLS, headers and body, every redirect):
+a server that sends a header line a second cannot keep it alive past ``timeout``.
+Compressed bodies are refused (only ``identity`` is asked for), so nothing is ever
+decompressed; an unknown charset falls back to UTF-8 with replacement characters.
 """
 
 from __future__ import annotations
 
+import codecs
 import ipaddress
 import re
 import socket
+import ssl
 import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from html.parser import HTMLParser
-from typing import Annotated
-from urllib.parse import urljoin
+from typing import Annotated, Any
 
+import httpcore
 import httpx
 
 from glm_agent import Tool, tool
 
-__all__ = ["fetch_url", "make_fetch_tool", "html_to_text"]
+__all__ = ["fetch_url", "make_fetch_tool", "html_to_text", "resolve_host"]
 
 DEFAULT_MAX_BYTES = 1_000_000
 DEFAULT_TIMEOUT = 15.0
@@ -105,25 +115,159 @@ def html_to_text(html: str) -> tuple[str, str]:
     return title, text
 
 
-def _check_public(url: httpx.URL) -> None:
-    host = url.host
+Resolver = Callable[[str, int], list[str]]
+
+
+def resolve_host(host: str, port: int) -> list[str]:
+    """The IP addresses ``host`` resolves to (the system resolver)."""
     try:
-        infos = socket.getaddrinfo(host, url.port or (443 if url.scheme == "https" else 80), type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise ConnectionError(f"cannot resolve host {host!r}: {exc.strerror}") from None
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%", 1)[0])
-        if not address.is_global:
+    return [str(info[4][0]).split("%", 1)[0] for info in infos]
+
+
+def _checked_addresses(host: str, port: int, resolve: Resolver, allow_private_networks: bool) -> list[str]:
+    addresses = resolve(host, port)
+    if not addresses:
+        raise ConnectionError(f"cannot resolve host {host!r}: no addresses")
+    for text in addresses:
+        address = ipaddress.ip_address(text)
+        if not allow_private_networks and not address.is_global:
             raise PermissionError(
                 f"{host!r} is a local or private address ({address}); only public web sites can be fetched"
             )
+    return addresses
 
 
-def _charset(response: httpx.Response, head: bytes) -> str:
-    if response.charset_encoding:
-        return response.charset_encoding
-    match = re.search(rb"<meta[^>]+charset=[\"']?([A-Za-z0-9_\-]+)", head[:4096], re.IGNORECASE)
-    return match.group(1).decode("ascii") if match else "utf-8"
+class _Deadline:
+    """One deadline for a whole fetch: every connect, read and write gets at most the time that is left."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+
+    def left(self, timeout: float | None) -> float:
+        remaining = self.end - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"the page took longer than {self.seconds:g} s to download")
+        return remaining if timeout is None else min(timeout, remaining)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream, deadline: _Deadline) -> None:
+        self._inner = inner
+        self._deadline = deadline
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, self._deadline.left(timeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, self._deadline.left(timeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        inner = self._inner.start_tls(ssl_context, server_hostname, self._deadline.left(timeout))
+        return _DeadlineStream(inner, self._deadline)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _CheckedBackend(httpcore.NetworkBackend):
+    """Resolves each host once, checks every address, and connects to a checked address (no second lookup)."""
+
+    def __init__(
+        self, resolve: Resolver, allow_private_networks: bool, deadline: _Deadline, tcp: httpcore.NetworkBackend
+    ) -> None:
+        self._resolve = resolve
+        self._allow_private = allow_private_networks
+        self._deadline = deadline
+        self._tcp = tcp
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        addresses = _checked_addresses(host, port, self._resolve, self._allow_private)
+        for index, address in enumerate(addresses):
+            try:
+                stream = self._tcp.connect_tcp(
+                    address, port, self._deadline.left(timeout), local_address, socket_options
+                )
+            except httpcore.ConnectError:
+                if index == len(addresses) - 1:
+                    raise
+                continue
+            return _DeadlineStream(stream, self._deadline)
+        raise ConnectionError(f"cannot connect to {host!r}")  # pragma: no cover (addresses is not empty)
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
+        raise PermissionError("fetch_url does not connect to Unix sockets")
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(self._deadline.left(seconds))
+
+
+@dataclass
+class _Page:
+    url: httpx.URL
+    kind: str
+    headers: httpx.Headers
+    body: bytes
+
+
+def _fetch_once(pool: httpcore.ConnectionPool, url: httpx.URL, max_bytes: int) -> _Page | httpx.URL:
+    """One GET: the page, or the URL a redirect points to."""
+    headers = [(b"Host", url.netloc), (b"User-Agent", b"glm-agent-fetch/0.1"), (b"Accept-Encoding", b"identity")]
+    target = httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path)
+    response = pool.handle_request(httpcore.Request("GET", target, headers=headers))
+    try:
+        status, head = response.status, httpx.Headers(response.headers)
+        if 300 <= status < 400 and "location" in head:
+            return url.join(head["location"])
+        if status >= 400:
+            raise RuntimeError(f"HTTP {status} {httpx.codes.get_reason_phrase(status)} for {url}")
+        kind = head.get("content-type", "text/html").split(";")[0].strip().lower()
+        if not (kind.startswith(_TEXT_TYPES) or kind.endswith(("+json", "+xml", "/xhtml"))):
+            raise ValueError(f"{url} is {kind!r}, not a text or HTML page; this tool reads text only")
+        encoding = head.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise ValueError(
+                f"{url} sent a {encoding!r}-compressed body although none was asked for; "
+                "it is not decompressed (it could be a decompression bomb)"
+            )
+        body = bytearray()
+        for chunk in response.iter_stream():
+            body.extend(chunk)
+            if len(body) > max_bytes:
+                break
+        return _Page(url, kind, head, bytes(body))
+    finally:
+        response.close()
+
+
+def _charset(headers: httpx.Headers, head: bytes) -> str:
+    declared = httpx.Response(200, headers=headers).charset_encoding
+    if not declared:
+        match = re.search(rb"<meta[^>]+charset=[\"']?([A-Za-z0-9_\-]+)", head[:4096], re.IGNORECASE)
+        declared = match.group(1).decode("ascii") if match else None
+    try:
+        if declared and codecs.lookup(declared)._is_text_encoding:
+            return declared
+    except LookupError:
+        pass
+    return "utf-8"  # no charset, an unknown one, or a codec that is not a text encoding (rot13, hex)
 
 
 def make_fetch_tool(
@@ -131,48 +275,46 @@ def make_fetch_tool(
     max_bytes: int = DEFAULT_MAX_BYTES,
     timeout: float = DEFAULT_TIMEOUT,
     allow_private_networks: bool = False,
-    transport: httpx.BaseTransport | None = None,
+    resolve: Resolver = resolve_host,
+    network_backend: httpcore.NetworkBackend | None = None,
 ) -> Tool:
-    """A ``fetch_url`` tool reading at most ``max_bytes`` within ``timeout`` seconds in total."""
+    """A ``fetch_url`` tool reading at most ``max_bytes`` within ``timeout`` seconds in total.
+
+    ``resolve(host, port)`` returns a host's IP addresses (default: the system resolver); each host is
+    resolved once per connection, every address is checked, and the connection goes to a checked address
+    through ``network_backend`` (default: plain TCP sockets), which is only ever given IP addresses.
+    """
 
     @tool(name="fetch_url", timeout=timeout + 5)
     def fetch_url(url: Annotated[str, "The http:// or https:// address of the page"]) -> str:
         """Fetch a web page and return its text (HTML converted to plain text)."""
-        deadline = time.monotonic() + timeout
+        deadline = _Deadline(timeout)
         target = httpx.URL(url.strip())
-        headers = {"User-Agent": "glm-agent-fetch/0.1", "Accept-Encoding": "identity"}
-        with httpx.Client(transport=transport, timeout=timeout, headers=headers) as client:
+        backend = _CheckedBackend(resolve, allow_private_networks, deadline, network_backend or httpcore.SyncBackend())
+        ssl_context = httpx.create_ssl_context(trust_env=False)
+        with httpcore.ConnectionPool(ssl_context=ssl_context, network_backend=backend, retries=0) as pool:
             for _ in range(MAX_REDIRECTS + 1):
                 if target.scheme not in ("http", "https") or not target.host:
                     raise ValueError(f"only http:// and https:// URLs can be fetched, not {str(target)!r}")
-                if not allow_private_networks:
-                    _check_public(target)
-                with client.stream("GET", target) as response:
-                    if response.is_redirect and "location" in response.headers:
-                        target = httpx.URL(urljoin(str(target), response.headers["location"]))
-                        continue
-                    if response.status_code >= 400:
-                        raise RuntimeError(f"HTTP {response.status_code} {response.reason_phrase} for {target}")
-                    kind = response.headers.get("content-type", "text/html").split(";")[0].strip().lower()
-                    if not (kind.startswith(_TEXT_TYPES) or kind.endswith(("+json", "+xml", "/xhtml"))):
-                        raise ValueError(f"{target} is {kind!r}, not a text or HTML page; this tool reads text only")
-                    body = bytearray()
-                    for chunk in response.iter_bytes():
-                        body.extend(chunk)
-                        if len(body) >= max_bytes:
-                            break
-                        if time.monotonic() > deadline:
-                            raise TimeoutError(f"the page took longer than {timeout:g} s to download")
-                    cut = len(body) >= max_bytes
-                    data = bytes(body[:max_bytes])
-                    text = data.decode(_charset(response, data), errors="replace")
-                    break
+                try:
+                    page = _fetch_once(pool, target, max_bytes)
+                except httpcore.TimeoutException:
+                    raise TimeoutError(f"the page took longer than {timeout:g} s to download") from None
+                except (httpcore.NetworkError, httpcore.ProtocolError) as exc:
+                    raise ConnectionError(f"cannot fetch {target}: {exc or type(exc).__name__}") from None
+                if isinstance(page, httpx.URL):
+                    target = page
+                    continue
+                break
             else:
                 raise RuntimeError(f"more than {MAX_REDIRECTS} redirects; stopped at {target}")
+        cut = len(page.body) > max_bytes
+        data = page.body[:max_bytes]
+        text = data.decode(_charset(page.headers, data), errors="replace")
         title = ""
-        if kind in ("text/html", "application/xhtml+xml"):
+        if page.kind in ("text/html", "application/xhtml+xml"):
             title, text = html_to_text(text)
-        head = f"URL: {target}\n" + (f"Title: {title}\n" if title else "")
+        head = f"URL: {page.url}\n" + (f"Title: {title}\n" if title else "")
         tail = f"\n[... stopped after {max_bytes} bytes ...]" if cut else ""
         return f"{head}\n{text}{tail}"
 
