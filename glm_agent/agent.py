@@ -5,31 +5,34 @@ then a call). Policy for calls: every call segment of a reply runs, in order, an
 its own observation message, appended after the reply in the same order. A malformed call,
 an unknown tool, bad arguments, a tool failure, a refused call, or code without an interpreter
 becomes an observation the model can act on, and the loop goes on. At ``max_steps`` the run
-ends with a ``RunError(kind="max_steps")`` event and ``RunResult.stopped == "max_steps"``.
+ends with a ``RunError(kind="max_steps")`` event and ``RunResult.stopped == "max_steps"``;
+after :meth:`Agent.cancel` with ``kind="cancelled"`` and ``stopped == "cancelled"``.
+
+The step logic lives once in :mod:`glm_agent._steps` as a generator of actions; ``stream`` and
+``astream`` below are its sync and async drivers (they perform the actions: model, approver,
+tools, kernel).
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+import threading
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from glm_agent import _steps
 from glm_agent import events as ev
-from glm_agent.chatglm3.parser import CallFinished, CallStarted, ReplyStreamParser
-from glm_agent.chatglm3.parser import TextDelta as ParsedText
 from glm_agent.chatglm3.prompts import CHAT_SYSTEM, TOOLS_SYSTEM, code_system_prompt, upload_header
 from glm_agent.messages import (
-    AssistantMessage,
     Call,
     CodeCall,
     Message,
     MessageLike,
-    ObservationMessage,
     SystemMessage,
-    ToolCall,
     UserMessage,
     load_jsonl,
     save_jsonl,
@@ -39,7 +42,7 @@ from glm_agent.models.base import ChatModel, GenerationParams
 from glm_agent.tools import Tool, ToolRegistry
 
 if TYPE_CHECKING:
-    from glm_agent.interpreter import CodeInterpreter
+    from glm_agent.interpreter import CodeInterpreter, ExecutionResult
 
 __all__ = ["Agent", "RunResult", "CallRecord", "build_system_message"]
 
@@ -48,12 +51,6 @@ logger = logging.getLogger(__name__)
 #: ``approve(call)`` returns ``True`` to run the call; in ``arun``/``astream`` it may be async.
 #: Anything but ``True`` (``False``, a non-bool, an exception, a coroutine in a sync run) refuses.
 Approve = Callable[[Call], Any]
-
-NO_INTERPRETER = (
-    "Error: code execution is not enabled in this conversation, so the code did not run. "
-    "Answer without running code, or use one of the tools."
-)
-CANCELLED = "Cancelled by the user before it finished."
 
 
 def build_system_message(
@@ -77,6 +74,14 @@ def build_system_message(
     return SystemMessage(content=system, tools=tools or None)
 
 
+Stopped = Literal["answer", "max_steps", "model_error", "cancelled"]
+_STOPPED: dict[str, Stopped] = {
+    "max_steps": "max_steps",
+    "model": "model_error",
+    "cancelled": "cancelled",
+}
+
+
 @dataclass
 class CallRecord:
     """One call the model made in a run, and what came of it."""
@@ -94,7 +99,7 @@ class RunResult:
     """What one ``run`` produced. ``answer`` is None unless ``stopped == "answer"``."""
 
     answer: str | None
-    stopped: Literal["answer", "max_steps", "model_error", "cancelled"]
+    stopped: Stopped
     steps: int
     messages: list[Message]
     calls: list[CallRecord]
@@ -142,6 +147,8 @@ class Agent:
         self.approve = approve
         self.generation = GenerationParams.of(generation)
         self.messages: list[Message] = []
+        self._cancel = threading.Event()
+        self._code_running = False
         self.reset() if history is None else self.load_messages(history)
 
     # -- conversation --------------------------------------------------------------------------
@@ -219,146 +226,153 @@ class Agent:
         events = [e async for e in self.astream(query, files=files)]
         return self._result(start, events)
 
+    def cancel(self) -> None:
+        """Stop the run in progress at its next safe point; safe from another thread or task.
+
+        Generation stops at the next token, running code is interrupted, a running tool is let
+        finish; calls not yet run are answered "cancelled" and the run ends with
+        ``RunError(kind="cancelled")`` (``RunResult.stopped == "cancelled"``).
+        """
+        self._cancel.set()
+        if self._code_running and self._interpreter is not None:
+            _interrupt(self._interpreter)
+
+    def _start(self, query: str, files: Sequence[str | Path]) -> _steps.Step:
+        self._cancel.clear()
+        self.messages.append(self._user_message(query, files))
+        return _steps.steps(
+            self.messages,
+            max_steps=self.max_steps,
+            params=self.generation.model_dump(exclude_unset=True),  # a backend's own defaults stay in force
+            code_enabled=self.code_enabled,
+            approve=self.approve is not None,
+            cancelled=self._cancel.is_set,
+        )
+
     def stream(self, query: str, *, files: Sequence[str | Path] = ()) -> Iterator[ev.Event]:
         """Run, yielding events as they happen. Closing the iterator cancels the run cleanly."""
         if _is_async_callable(self.approve):
             raise TypeError("approve is an async function: use arun()/astream(), or pass a plain function")
-        self.messages.append(self._user_message(query, files))
-        turn = _Turn(self)
-        for step in range(1, self.max_steps + 1):
-            turn.begin(step)
-            stream: Any = None
-            try:
-                stream = self.model.stream(self.messages, **self._params())
-                for delta in stream:
-                    yield from turn.feed(delta)
-                yield from turn.close()
-            except (GeneratorExit, KeyboardInterrupt):
-                turn.cancel()
-                raise
-            except Exception as exc:
-                yield turn.model_failed(exc)
-                return
-            finally:
-                _close(stream)
-            if turn.final is not None:
-                yield turn.final
-                return
-            for outcome in turn.calls:
-                try:
-                    yield from self._dispatch(outcome, step, turn)
-                except (GeneratorExit, KeyboardInterrupt):
-                    turn.cancel()
-                    raise
-        yield turn.out_of_steps()
+        core = self._start(query, files)
+        try:
+            item = next(core)
+            while True:
+                outcome: Any = None
+                if isinstance(item, ev.AgentEvent):
+                    yield item
+                elif isinstance(item, _steps.Generate):
+                    outcome = yield from self._generate(item)
+                elif isinstance(item, _steps.Approve):
+                    outcome = self._verdict(item.call)
+                elif isinstance(item, _steps.RunTool):
+                    outcome = self.tools.call(item.call.name, item.call.arguments)
+                else:
+                    outcome = self._run_code(item.call)
+                item = core.send(outcome)
+        except StopIteration:
+            return
+        finally:
+            core.close()  # on cancellation: keeps streamed text, answers pending calls
 
     async def astream(self, query: str, *, files: Sequence[str | Path] = ()) -> AsyncIterator[ev.Event]:
         """Async ``stream``: the model streams asynchronously, tools run off the event loop."""
-        import asyncio
+        core = self._start(query, files)
+        try:
+            item = next(core)
+            while True:
+                outcome: Any = None
+                if isinstance(item, ev.AgentEvent):
+                    yield item
+                elif isinstance(item, _steps.Generate):
+                    stream = None
+                    try:
+                        stream = self.model.astream(item.messages, **item.params)
+                        async for delta in stream:
+                            if self._cancel.is_set():
+                                break
+                            for event in item.feed(delta):
+                                yield event
+                    except Exception as exc:
+                        outcome = exc
+                    finally:
+                        if stream is not None and hasattr(stream, "aclose"):
+                            await stream.aclose()
+                elif isinstance(item, _steps.Approve):
+                    outcome = await self._averdict(item.call)
+                elif isinstance(item, _steps.RunTool):
+                    outcome = await self.tools.acall(item.call.name, item.call.arguments)
+                else:
+                    outcome = await self._arun_code(item.call)
+                item = core.send(outcome)
+        except StopIteration:
+            return
+        finally:
+            core.close()
 
-        self.messages.append(self._user_message(query, files))
-        turn = _Turn(self)
-        for step in range(1, self.max_steps + 1):
-            turn.begin(step)
-            stream = None
+    # -- performing actions --------------------------------------------------------------------
+    def _generate(self, action: _steps.Generate) -> Generator[ev.Event, None, Exception | None]:
+        stream = None
+        try:
+            stream = self.model.stream(action.messages, **action.params)
+            for delta in stream:
+                if self._cancel.is_set():
+                    break
+                yield from action.feed(delta)
+        except Exception as exc:
+            return exc
+        finally:
+            _close(stream)  # stops a local model's generation at the next token
+        return None
+
+    def _verdict(self, call: Call) -> object:
+        verdict = _ask(self.approve, call)
+        if inspect.isawaitable(verdict):
+            _discard(verdict)
+            return _steps.NotAnswered(
+                "approve returned an awaitable in a sync run; use arun()/astream() for an async approve"
+            )
+        return verdict
+
+    async def _averdict(self, call: Call) -> object:
+        verdict = _ask(self.approve, call)
+        if inspect.isawaitable(verdict):
             try:
-                stream = self.model.astream(self.messages, **self._params())
-                async for delta in stream:
-                    for event in turn.feed(delta):
-                        yield event
-                for event in turn.close():
-                    yield event
-            except (GeneratorExit, asyncio.CancelledError, KeyboardInterrupt):
-                turn.cancel()
-                raise
+                return await verdict
             except Exception as exc:
-                yield turn.model_failed(exc)
-                return
-            finally:
-                if stream is not None and hasattr(stream, "aclose"):
-                    await stream.aclose()
-            if turn.final is not None:
-                yield turn.final
-                return
-            for outcome in turn.calls:
-                try:
-                    async for event in self._adispatch(outcome, step, turn):
-                        yield event
-                except (GeneratorExit, asyncio.CancelledError, KeyboardInterrupt):
-                    turn.cancel()
-                    raise
-        yield turn.out_of_steps()
+                return _failed(exc)
+        return verdict
 
-    def _params(self) -> dict[str, Any]:
-        # only what the user set: a backend's own defaults (e.g. LocalModel(temperature=0)) stay in force
-        return self.generation.model_dump(exclude_unset=True)
+    def _run_code(self, call: CodeCall) -> ExecutionResult | None:
+        kernel = self._kernel()
+        self._code_running = True
+        try:
+            if self._cancel.is_set():
+                return None  # cancel() came before the run started: nothing to interrupt
+            return kernel.run(call.code)
+        except KeyboardInterrupt:
+            _interrupt(kernel)
+            raise
+        finally:
+            self._code_running = False
 
-    # -- dispatch ------------------------------------------------------------------------------
-    def _dispatch(self, outcome: CallFinished, step: int, turn: _Turn) -> Iterator[ev.Event]:
-        early = turn.screen(outcome)
-        if early is not None:
-            yield early
-            return
-        call = outcome.call
-        assert call is not None
-        if self.approve is not None:
-            verdict = _ask(self.approve, call)
-            if inspect.isawaitable(verdict):
-                _discard(verdict)
-                verdict = _NotAnswered(
-                    "approve returned an awaitable in a sync run; use arun()/astream() for an async approve"
-                )
-            refusal = _refusal(verdict)
-            if refusal is not None:
-                yield turn.refused(call, refusal)
-                return
-        if isinstance(call, ToolCall):
-            yield ev.ToolCalled(step, call)
-            yield turn.tool_done(call, self.tools.call(call.name, call.arguments))
-        else:
-            yield ev.CodeStarted(step, call)
-            try:
-                result = self._kernel().run(call.code)
-            except KeyboardInterrupt:
-                _interrupt(self._interpreter)
-                raise
-            yield turn.code_done(call, result)
-
-    async def _adispatch(self, outcome: CallFinished, step: int, turn: _Turn) -> AsyncIterator[ev.Event]:
-        import asyncio
-
-        early = turn.screen(outcome)
-        if early is not None:
-            yield early
-            return
-        call = outcome.call
-        assert call is not None
-        if self.approve is not None:
-            verdict = _ask(self.approve, call)
-            if inspect.isawaitable(verdict):
-                try:
-                    verdict = await verdict
-                except Exception as exc:
-                    verdict = _failed(exc)
-            refusal = _refusal(verdict)
-            if refusal is not None:
-                yield turn.refused(call, refusal)
-                return
-        if isinstance(call, ToolCall):
-            yield ev.ToolCalled(step, call)
-            yield turn.tool_done(call, await self.tools.acall(call.name, call.arguments))
-        else:
-            yield ev.CodeStarted(step, call)
-            try:
-                result = await self._kernel().arun(call.code)
-            except asyncio.CancelledError:
-                _interrupt(self._interpreter)
-                raise
-            yield turn.code_done(call, result)
+    async def _arun_code(self, call: CodeCall) -> ExecutionResult | None:
+        kernel = self._kernel()
+        self._code_running = True
+        try:
+            if self._cancel.is_set():
+                return None
+            return await kernel.arun(call.code)
+        except asyncio.CancelledError:
+            _interrupt(kernel)
+            raise
+        finally:
+            self._code_running = False
 
     def _result(self, start: int, events: Sequence[ev.AgentEvent]) -> RunResult:
         records: list[CallRecord] = []
-        answer, stopped, error = None, "answer", None
+        answer: str | None = None
+        error: str | None = None
+        stopped: Stopped = "answer"
         for e in events:
             if isinstance(e, ev.ToolReturned):
                 records.append(CallRecord(e.step, e.call.name, e.call, e.ok, e.observation, e.result))
@@ -371,49 +385,23 @@ class Agent:
             elif isinstance(e, ev.FinalAnswer):
                 answer = e.text
             elif isinstance(e, ev.RunError):
-                stopped = "max_steps" if e.kind == "max_steps" else "model_error"
+                stopped = _STOPPED.get(e.kind, "model_error")
                 error = e.message
         steps = max((e.step for e in events), default=0)
-        return RunResult(answer, stopped, steps, self.messages[start:], records, list(events), error)  # type: ignore[arg-type]
+        return RunResult(answer, stopped, steps, self.messages[start:], records, list(events), error)
 
 
-@dataclass(frozen=True)
-class _NotAnswered:
-    """An approval check that gave no yes/no answer (it raised, or returned something else)."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
-class _Refusal:
-    """Why a call does not run: ``reason`` is None when the approver said no."""
-
-    reason: str | None = None
-
-
-def _ask(approve: Approve, call: Call) -> Any:
+def _ask(approve: Approve | None, call: Call) -> Any:
+    assert approve is not None
     try:
         return approve(call)
     except Exception as exc:  # a gate that fails says no
         return _failed(exc)
 
 
-def _failed(exc: Exception) -> _NotAnswered:
+def _failed(exc: Exception) -> _steps.NotAnswered:
     logger.warning("the approval check raised; the call is refused", exc_info=exc)
-    return _NotAnswered(f"approve raised {type(exc).__name__}: {exc}")
-
-
-def _refusal(verdict: object) -> _Refusal | None:
-    """None when the call may run: only ``True`` approves."""
-    if verdict is True:
-        return None
-    if verdict is False:
-        return _Refusal()
-    if isinstance(verdict, _NotAnswered):
-        return _Refusal(verdict.reason)
-    reason = f"approve returned {type(verdict).__name__}, not a bool; only True approves a call"
-    logger.warning("%s; the call is refused", reason)
-    return _Refusal(reason)
+    return _steps.NotAnswered(f"approve raised {type(exc).__name__}: {exc}")
 
 
 def _is_async_callable(fn: object) -> bool:
@@ -439,98 +427,3 @@ def _interrupt(interpreter: Any) -> None:
             interpreter.interrupt()
         except Exception:  # best effort while cancelling
             logger.warning("could not interrupt the kernel while cancelling", exc_info=True)
-
-
-class _Turn:
-    """The state of one model turn: parsing the stream, turning outcomes into events and messages."""
-
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
-        self.step = 0
-        self.parser = ReplyStreamParser()
-        self.calls: list[CallFinished] = []
-        self.final: ev.FinalAnswer | None = None
-        self._pending: list[CallFinished] = []
-        self._streamed = ""
-
-    def begin(self, step: int) -> None:
-        self.step, self.parser, self.calls, self.final, self._streamed = step, ReplyStreamParser(), [], None, ""
-        self._pending = []
-
-    def _translate(self, parsed: list[Any]) -> Iterator[ev.Event]:
-        for p in parsed:
-            if isinstance(p, ParsedText):
-                self._streamed += p.text
-                yield ev.TextDelta(self.step, p.text)
-            elif isinstance(p, CallStarted):
-                yield ev.CallStarted(self.step, p.name)
-            elif isinstance(p, CallFinished):
-                self.calls.append(p)
-
-    def feed(self, delta: str) -> Iterator[ev.Event]:
-        return self._translate(self.parser.feed(delta))
-
-    def close(self) -> Iterator[ev.Event]:
-        yield from self._translate(self.parser.close())
-        reply = self.parser.reply
-        assert reply is not None
-        self.agent.messages.extend(reply.messages())
-        self._pending = list(self.calls)
-        if not self.calls:
-            self.final = ev.FinalAnswer(self.step, reply.text or "")
-
-    def _observe(self, outcome_name: str, text: str) -> None:
-        self.agent.messages.append(ObservationMessage(content=text))
-        if self._pending:
-            self._pending.pop(0)
-
-    def screen(self, outcome: CallFinished) -> ev.Event | None:
-        """Outcomes that need no execution: parse errors, code with no interpreter."""
-        if outcome.error is not None:
-            text = str(outcome.error)
-            self._observe(outcome.name, text)
-            return ev.ParseFailed(self.step, outcome.name, text)
-        if isinstance(outcome.call, CodeCall) and not self.agent.code_enabled:
-            self._observe(outcome.name, NO_INTERPRETER)
-            return ev.CodeFinished(self.step, outcome.call, False, NO_INTERPRETER)
-        return None
-
-    def refused(self, call: Call, refusal: _Refusal) -> ev.CallRefused:
-        what = "run this code" if isinstance(call, CodeCall) else f"call {call.name}"
-        if refusal.reason is None:
-            text = f"The user did not allow you to {what}. Do not try it again; continue without it."
-        else:
-            text = f"The request to {what} was not approved, so it did not run. Continue without it."
-        self._observe(call.name, text)
-        return ev.CallRefused(self.step, call, text, refusal.reason)
-
-    def tool_done(self, call: ToolCall, result: Any) -> ev.ToolReturned:
-        self._observe(call.name, result.observation)
-        return ev.ToolReturned(self.step, call, result.ok, result.observation, result.error, list(result.files), result)
-
-    def code_done(self, call: CodeCall, result: Any) -> ev.CodeFinished:
-        self._observe("interpreter", result.observation)
-        ok = getattr(result, "ok", getattr(result, "error", None) is None)
-        return ev.CodeFinished(
-            self.step, call, bool(ok), result.observation, list(getattr(result, "images", [])), result
-        )
-
-    def model_failed(self, exc: Exception) -> ev.RunError:
-        logger.warning("the model failed: %s", exc)
-        self._keep_streamed_text()
-        return ev.RunError(self.step, "model", f"{type(exc).__name__}: {exc}", exc)
-
-    def out_of_steps(self) -> ev.RunError:
-        n = self.agent.max_steps
-        return ev.RunError(self.step, "max_steps", f"stopped after {n} step{'s' * (n != 1)} without a final answer")
-
-    def cancel(self) -> None:
-        """Leave the conversation well-formed: keep streamed text, answer every pending call."""
-        if self.parser.reply is None:
-            self._keep_streamed_text()
-        for outcome in list(self._pending):
-            self._observe(outcome.name, CANCELLED)
-
-    def _keep_streamed_text(self) -> None:
-        if self.parser.reply is None and self._streamed.strip():
-            self.agent.messages.append(AssistantMessage(content=self._streamed.strip()))

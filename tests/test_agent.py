@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import pytest
@@ -299,3 +301,86 @@ def test_an_approve_that_raises_is_a_refusal(run_async, caplog):
     assert not deleted and "ConnectionError: policy server down" in refused.reason
     assert "approval check raised" in caplog.text
     assert isinstance(result.messages[-2], ObservationMessage) and "not approved" in result.messages[-2].content
+
+
+# -- Agent.cancel: the run ends with stopped == "cancelled" -----------------------------------------
+class Gate:
+    """A tool that waits until the test lets it finish (so another thread can cancel meanwhile)."""
+
+    def __init__(self) -> None:
+        self.started, self.release = threading.Event(), threading.Event()
+
+        @tool
+        def wait(city: str) -> str:
+            """Wait for the gate."""
+            self.started.set()
+            assert self.release.wait(30)
+            return f"done {city}"
+
+        self.tool = wait
+
+
+TWO_WAITS = call("wait", "city='Paris'") + "<|assistant|>" + call("wait", "city='Rome'")
+
+
+def _assert_cancelled_after_the_first_call(agent, result):
+    assert result.stopped == "cancelled" and result.answer is None and "cancelled" in result.error
+    assert result.events[-1].type == "error" and result.events[-1].kind == "cancelled"
+    assert [(c.name, c.ok, c.observation) for c in result.calls] == [("wait", True, "done Paris")]
+    assert [m.content for m in agent.messages[-2:]] == ["done Paris", "Cancelled by the user before it finished."]
+    assert agent.run("again").answer == "next"  # the flag is per run; the conversation goes on
+
+
+def test_cancel_from_another_thread_ends_a_sync_run_as_cancelled():
+    gate = Gate()
+    agent = Agent(ScriptedModel([TWO_WAITS, "\n next"]), tools=[gate.tool])
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(agent.run, "go")
+        assert gate.started.wait(30)
+        agent.cancel()
+        gate.release.set()
+        result = future.result(30)
+    _assert_cancelled_after_the_first_call(agent, result)
+
+
+def test_cancel_from_another_task_ends_an_async_run_as_cancelled():
+    gate = Gate()
+    agent = Agent(ScriptedModel([TWO_WAITS, "\n next"]), tools=[gate.tool])
+
+    async def go():
+        task = asyncio.ensure_future(agent.arun("go"))
+        assert await asyncio.to_thread(gate.started.wait, 30)
+        agent.cancel()
+        gate.release.set()
+        return await task
+
+    _assert_cancelled_after_the_first_call(agent, asyncio.run(go()))
+
+
+@pytest.mark.parametrize("run_async", [False, True])
+def test_cancel_while_the_model_streams_stops_generation_and_keeps_the_text(run_async):
+    agent = Agent(ScriptedModel(["\n " + "word " * 50, "\n next"], chunk_size=5))
+
+    def on(event):
+        if isinstance(event, ev.TextDelta):
+            agent.cancel()
+
+    async def collect():
+        return [e async for e in agent.astream("talk") if on(e) or True]
+
+    events = asyncio.run(collect()) if run_async else [e for e in agent.stream("talk") if on(e) or True]
+    assert events[-1].type == "error" and events[-1].kind == "cancelled"
+    assert sum(isinstance(e, ev.TextDelta) for e in events) == 1  # no delta after the cancel
+    kept = agent.messages[-1]
+    assert kept.role == "assistant" and ("word " * 50).startswith(kept.content)
+    assert agent.run("again").answer == "next"
+
+
+def test_cancel_during_approval_runs_nothing():
+    gate = Gate()
+    agent = Agent(ScriptedModel([TWO_WAITS, "\n next"]), tools=[gate.tool])
+    agent.approve = lambda c: agent.cancel() or True  # the person pressed "stop" instead of answering
+    result = agent.run("go")
+    assert result.stopped == "cancelled" and not gate.started.is_set() and result.calls == []
+    observations = [m.content for m in agent.messages if isinstance(m, ObservationMessage)]
+    assert observations == ["Cancelled by the user before it finished."] * 2

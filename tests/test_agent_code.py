@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import nbformat
 import pytest
@@ -130,3 +131,22 @@ def test_local_model_episode_on_the_tiny_checkpoint_holds_together(tokenizer):
     ids = tokenizer.apply_chat_template(agent.messages, add_generation_prompt=False)
     assert ids[:2] == [tokenizer.gmask_id, tokenizer.sop_id]
     json.dumps([e.to_dict() for e in result.events])
+
+
+def test_agent_cancel_interrupts_running_code_and_the_kernel_keeps_its_state():
+    from concurrent.futures import ThreadPoolExecutor
+
+    sleeper = code("y = 7\nopen('started', 'w').close()\nimport time\ntime.sleep(60)")
+    model = ScriptedModel([sleeper, code("print(y)"), "\n 7"])
+    with CodeInterpreter(timeout=120) as interpreter:
+        agent = Agent(model, code_interpreter=interpreter)
+        marker = interpreter.workspace / "started"
+        with ThreadPoolExecutor(1) as pool:
+            future = pool.submit(agent.run, "sleep")
+            while not marker.exists() and not future.done():
+                time.sleep(0.02)  # waits for the kernel's marker file, not a fixed time
+            agent.cancel()
+            result = future.result(60)
+        assert result.stopped == "cancelled"
+        assert "KeyboardInterrupt" in result.calls[0].observation and not result.calls[0].ok
+        assert agent.run("print y").answer == "7"
