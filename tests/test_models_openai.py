@@ -317,3 +317,50 @@ def test_server_killed_mid_stream_raises_a_clear_error(tmp_path, mode):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
         proc.stderr.close()
+
+
+# -- the retry decision both clients use: a pure function of (attempt, response or error) -----------
+def _decide(attempt, outcome, max_retries=2):
+    from glm_agent.models.openai import retry_decision
+
+    return retry_decision(attempt, outcome, url="http://h/v1/x", max_retries=max_retries, backoff=0.5, max_backoff=3)
+
+
+def _response(status, body=b'{"error": {"message": "busy"}}', **headers):
+    import httpx
+
+    return httpx.Response(status, content=body, headers={"content-type": "application/json", **headers})
+
+
+@pytest.mark.parametrize("status", [429, 500, 502, 503])
+def test_retry_decision_backs_off_exponentially_on_429_and_5xx_up_to_the_cap(status):
+    assert [_decide(a, _response(status), max_retries=9) for a in range(5)] == [0.5, 1.0, 2.0, 3, 3]
+    assert _decide(0, _response(status, **{"retry-after": "7"})) == 7.0  # the server's word wins
+    assert _decide(0, _response(status, **{"retry-after": "3600"})) == 60.0  # but not for an hour
+    assert _decide(1, _response(status, **{"retry-after": "soon"})) == 1.0  # unreadable: our backoff
+    last = _decide(2, _response(status))
+    assert isinstance(last, ModelError) and "busy" in str(last) and str(status) in str(last)
+
+
+@pytest.mark.parametrize(
+    "status, words", [(400, "busy"), (401, "check api_key"), (404, "check base_url"), (422, "busy")]
+)
+def test_retry_decision_never_retries_other_4xx(status, words):
+    error = _decide(0, _response(status))
+    assert isinstance(error, ModelError) and words in str(error)
+    context = _decide(0, _response(400, b'{"error": {"code": "context_length_exceeded", "message": "too long"}}'))
+    assert isinstance(context, ContextLengthError)
+    html = _decide(0, _response(403, b"<html>nope</html>"))
+    assert isinstance(html, ModelError) and "nope" in str(html)
+
+
+def test_retry_decision_on_transport_errors():
+    import httpx
+
+    refused = httpx.ConnectError("connection refused")
+    assert _decide(0, refused) == 0.5 and _decide(1, refused) == 1.0
+    gave_up = _decide(2, refused)
+    assert isinstance(gave_up, ModelError) and "after 3 tries" in str(gave_up) and gave_up.__cause__ is refused
+    slow = httpx.ReadTimeout("read timed out")
+    timeout = _decide(0, slow)  # a read timeout is not retried: the server may still be generating
+    assert isinstance(timeout, ModelError) and "raise timeout=" in str(timeout) and timeout.__cause__ is slow

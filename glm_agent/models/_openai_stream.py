@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Union
+
+import httpx
 
 from glm_agent._openai_format import FormatError, call_segment, parse_arguments
 from glm_agent.chatglm3.parser import ASSISTANT_TOKEN
 from glm_agent.errors import ContextLengthError, ModelError
 
-__all__ = ["SSEDecoder", "ChatAssembler", "CompletionAssembler", "error_from_body"]
+__all__ = [
+    "SSEDecoder",
+    "ChatAssembler",
+    "CompletionAssembler",
+    "Assembler",
+    "ReplyReader",
+    "error_from_body",
+    "read_json",
+]
 
 
-def error_from_body(where: str, status: int | None, body: Any) -> ModelError:
+def error_from_body(where: str, status: int | None, body: Any) -> ModelError | ContextLengthError:
     """Our exception for an OpenAI error object (``{"error": {...}}``) or any other failed body."""
     err = body.get("error") if isinstance(body, dict) else None
     if isinstance(err, dict):
@@ -199,3 +211,67 @@ class CompletionAssembler:
                 f"{self.where} ended the stream before the completion was complete (no finish_reason, no [DONE])"
             )
         return []
+
+
+Assembler = Union[ChatAssembler, CompletionAssembler]
+
+
+def read_json(url: str, response: httpx.Response) -> Any:
+    """The JSON of a response whose body was read, or a ModelError that quotes what came instead."""
+    try:
+        return response.json()
+    except ValueError:
+        raise ModelError(f"{url} answered with something that is not JSON: {response.text[:200]!r}") from None
+
+
+class ReplyReader:
+    """The body of one completion request, without I/O: the sync and async clients feed it.
+
+    An event stream goes line by line (``line()``, until ``done``, then ``end()``); a server
+    that answered with one JSON object instead goes through ``whole()``. Each returns the raw
+    ChatGLM3 reply pieces to yield; ``usage`` is what the server reported.
+    """
+
+    def __init__(self, url: str, assembler_type: type[Assembler]) -> None:
+        self.url = url
+        self._assembler = assembler_type(url)
+        self._decoder = SSEDecoder(url)
+        self.done = False
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        return self._assembler.usage
+
+    @staticmethod
+    def is_stream(response: httpx.Response) -> bool:
+        return "text/event-stream" in response.headers.get("content-type", "")
+
+    def whole(self, response: httpx.Response) -> list[str]:
+        """The pieces of a non-streamed answer (its body already read)."""
+        return self._assembler.feed(read_json(self.url, response)) + self._assembler.finish(True)
+
+    def line(self, line: str) -> list[str]:
+        data = self._decoder.feed(line)
+        if data is SSEDecoder.DONE:
+            self.done = True
+            return []
+        return self._assembler.feed(data) if data is not None else []
+
+    def end(self) -> list[str]:
+        """After the last line (or ``[DONE]``): the rest, or a ModelError if the reply was cut short."""
+        out: list[str] = []
+        if not self.done:
+            data = self._decoder.close()
+            if data is not None and data is not SSEDecoder.DONE:
+                out += self._assembler.feed(data)
+        return out + self._assembler.finish(self._decoder.done)
+
+    @contextmanager
+    def broken_stream(self) -> Iterator[None]:
+        """Around reading the lines: a connection that breaks mid-stream becomes a clear ModelError."""
+        try:
+            yield
+        except httpx.HTTPError as exc:
+            raise ModelError(
+                f"the connection to {self.url} broke mid-stream ({type(exc).__name__}: {exc}); the reply is incomplete"
+            ) from exc

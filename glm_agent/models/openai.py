@@ -15,6 +15,7 @@ other 4xx are not. Every malformed answer is a :class:`ModelError` that says wha
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -25,16 +26,24 @@ from urllib.parse import urlsplit
 import httpx
 
 from glm_agent._openai_format import chatglm3_to_openai
-from glm_agent.errors import ModelError
+from glm_agent.errors import GlmAgentError, ModelError
 from glm_agent.messages import MessageLike, to_messages
-from glm_agent.models._openai_stream import ChatAssembler, CompletionAssembler, SSEDecoder, error_from_body
+from glm_agent.models._openai_stream import (
+    Assembler,
+    ChatAssembler,
+    CompletionAssembler,
+    ReplyReader,
+    error_from_body,
+    read_json,
+)
 from glm_agent.models.base import BaseChatModel, GenerationParams
 
-__all__ = ["OpenAIModel"]
+__all__ = ["OpenAIModel", "retry_decision"]
 
 logger = logging.getLogger(__name__)
 
 _RETRYABLE = (httpx.NetworkError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.RemoteProtocolError)
+_SEND_ERRORS = (*_RETRYABLE, httpx.TimeoutException)  # what retry_decision judges; others propagate
 
 
 def _normalise_base_url(url: str) -> str:
@@ -145,33 +154,22 @@ class OpenAIModel(BaseChatModel):
             **self._sampling(params),
         }
 
-    def _request(self, messages: Sequence[MessageLike], params: dict[str, Any]) -> tuple[str, dict[str, Any], Any]:
+    def _request(
+        self, messages: Sequence[MessageLike], params: dict[str, Any]
+    ) -> tuple[str, dict[str, Any], type[Assembler]]:
         if self.mode == "chat":
             return "/chat/completions", self._chat_body(messages, params), ChatAssembler
         ids = self.tokenizer.apply_chat_template(to_messages(messages), add_generation_prompt=True)
         return "/completions", self._completion_body(ids, params), CompletionAssembler
 
-    def _delay(self, attempt: int, response: httpx.Response | None) -> float:
-        if response is not None:
-            after = response.headers.get("retry-after")
-            try:
-                return (
-                    min(float(after), 60.0) if after is not None else min(self.max_backoff, self.backoff * 2**attempt)
-                )
-            except ValueError:
-                pass
-        return min(self.max_backoff, self.backoff * 2**attempt)
-
-    @staticmethod
-    def _should_retry(response: httpx.Response) -> bool:
-        return response.status_code == 429 or response.status_code >= 500
-
-    def _error(self, url: str, response: httpx.Response) -> ModelError:
-        try:
-            body: Any = response.json()
-        except ValueError:
-            body = response.text
-        return error_from_body(url, response.status_code, body)
+    def _decide(self, attempt: int, url: str, outcome: httpx.Response | httpx.HTTPError) -> float | GlmAgentError:
+        decision = retry_decision(
+            attempt, outcome, url=url, max_retries=self.max_retries, backoff=self.backoff, max_backoff=self.max_backoff
+        )
+        if not isinstance(decision, GlmAgentError):
+            why = type(outcome).__name__ if isinstance(outcome, Exception) else f"HTTP {outcome.status_code}"
+            logger.warning("retrying %s in %.2f s after %s", url, decision, why)
+        return decision
 
     # -- sync ----------------------------------------------------------------------------------
     @property
@@ -193,29 +191,21 @@ class OpenAIModel(BaseChatModel):
 
     def _send(self, method: str, path: str, body: dict[str, Any] | None) -> httpx.Response:
         url = self.base_url + path
-        for attempt in range(self.max_retries + 1):
-            last = attempt == self.max_retries
+        for attempt in itertools.count():
+            outcome: httpx.Response | httpx.HTTPError
             try:
-                response = self.client.send(self.client.build_request(method, url, json=body), stream=True)
-            except _RETRYABLE as exc:
-                if last:
-                    raise ModelError(
-                        f"cannot reach {url} after {attempt + 1} tries: {type(exc).__name__}: {exc}"
-                    ) from exc
-                logger.warning("retrying %s after %s", url, type(exc).__name__)
-                time.sleep(self._delay(attempt, None))
-                continue
-            except httpx.TimeoutException as exc:
-                raise ModelError(f"{url} did not answer in time ({type(exc).__name__}); raise timeout=") from exc
-            if response.status_code < 400:
-                return response
-            response.read()
-            response.close()
-            if self._should_retry(response) and not last:
-                logger.warning("retrying %s after HTTP %d", url, response.status_code)
-                time.sleep(self._delay(attempt, response))
-                continue
-            raise self._error(url, response)
+                outcome = self.client.send(self.client.build_request(method, url, json=body), stream=True)
+            except _SEND_ERRORS as exc:
+                outcome = exc
+            else:
+                if outcome.status_code < 400:
+                    return outcome
+                outcome.read()
+                outcome.close()
+            decision = self._decide(attempt, url, outcome)
+            if isinstance(decision, GlmAgentError):
+                raise decision
+            time.sleep(decision)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _model_name(self) -> str:
@@ -223,41 +213,27 @@ class OpenAIModel(BaseChatModel):
             response = self._send("GET", "/models", None)
             try:
                 response.read()
-                self.model = _first_model(self.base_url, _json(self.base_url + "/models", response))
+                self.model = _first_model(self.base_url, read_json(self.base_url + "/models", response))
             finally:
                 response.close()
         return self.model
 
-    def _events(self, path: str, body: dict[str, Any], assembler_type: Any) -> Iterator[str]:
+    def _events(self, path: str, body: dict[str, Any], assembler_type: type[Assembler]) -> Iterator[str]:
         body = {"model": self._model_name(), **body}
-        url = self.base_url + path
-        assembler = assembler_type(url)
-        decoder = SSEDecoder(url)
+        reader = ReplyReader(self.base_url + path, assembler_type)
         response = self._send("POST", path, body)
         try:
-            if "text/event-stream" not in response.headers.get("content-type", ""):
+            if not reader.is_stream(response):
                 response.read()
-                yield from assembler.feed(_json(url, response))
-                yield from assembler.finish(True)
-                self.last_usage = assembler.usage
-                return
-            try:
-                for line in response.iter_lines():
-                    data = decoder.feed(line)
-                    if data is SSEDecoder.DONE:
-                        break
-                    if data is not None:
-                        yield from assembler.feed(data)
-                else:
-                    data = decoder.close()
-                    if data is not None and data is not SSEDecoder.DONE:
-                        yield from assembler.feed(data)
-            except httpx.HTTPError as exc:
-                raise ModelError(
-                    f"the connection to {url} broke mid-stream ({type(exc).__name__}: {exc}); the reply is incomplete"
-                ) from exc
-            yield from assembler.finish(decoder.done)
-            self.last_usage = assembler.usage
+                yield from reader.whole(response)
+            else:
+                with reader.broken_stream():
+                    for line in response.iter_lines():
+                        yield from reader.line(line)
+                        if reader.done:
+                            break
+                yield from reader.end()
+            self.last_usage = reader.usage
         finally:
             response.close()
 
@@ -274,33 +250,26 @@ class OpenAIModel(BaseChatModel):
         self, client: httpx.AsyncClient, method: str, path: str, body: dict[str, Any] | None
     ) -> httpx.Response:
         url = self.base_url + path
-        for attempt in range(self.max_retries + 1):
-            last = attempt == self.max_retries
+        for attempt in itertools.count():
+            outcome: httpx.Response | httpx.HTTPError
             try:
-                response = await client.send(client.build_request(method, url, json=body), stream=True)
-            except _RETRYABLE as exc:
-                if last:
-                    raise ModelError(
-                        f"cannot reach {url} after {attempt + 1} tries: {type(exc).__name__}: {exc}"
-                    ) from exc
-                logger.warning("retrying %s after %s", url, type(exc).__name__)
-                await asyncio.sleep(self._delay(attempt, None))
-                continue
-            except httpx.TimeoutException as exc:
-                raise ModelError(f"{url} did not answer in time ({type(exc).__name__}); raise timeout=") from exc
-            if response.status_code < 400:
-                return response
-            await response.aread()
-            await response.aclose()
-            if self._should_retry(response) and not last:
-                logger.warning("retrying %s after HTTP %d", url, response.status_code)
-                await asyncio.sleep(self._delay(attempt, response))
-                continue
-            raise self._error(url, response)
+                outcome = await client.send(client.build_request(method, url, json=body), stream=True)
+            except _SEND_ERRORS as exc:
+                outcome = exc
+            else:
+                if outcome.status_code < 400:
+                    return outcome
+                await outcome.aread()
+                await outcome.aclose()
+            decision = self._decide(attempt, url, outcome)
+            if isinstance(decision, GlmAgentError):
+                raise decision
+            await asyncio.sleep(decision)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def astream(self, messages: Sequence[MessageLike], **params: Any) -> AsyncIterator[str]:  # type: ignore[override]
+    async def astream(self, messages: Sequence[MessageLike], **params: Any) -> AsyncIterator[str]:
         path, body, assembler_type = self._request(messages, params)
+        reader = ReplyReader(self.base_url + path, assembler_type)
         async with httpx.AsyncClient(
             timeout=self.timeout, transport=self._async_transport, headers=self.headers
         ) as client:
@@ -308,49 +277,68 @@ class OpenAIModel(BaseChatModel):
                 response = await self._asend(client, "GET", "/models", None)
                 try:
                     await response.aread()
-                    self.model = _first_model(self.base_url, _json(self.base_url + "/models", response))
+                    self.model = _first_model(self.base_url, read_json(self.base_url + "/models", response))
                 finally:
                     await response.aclose()
-            url = self.base_url + path
-            assembler = assembler_type(url)
-            decoder = SSEDecoder(url)
             response = await self._asend(client, "POST", path, {"model": self.model, **body})
             try:
-                if "text/event-stream" not in response.headers.get("content-type", ""):
+                if not reader.is_stream(response):
                     await response.aread()
-                    for piece in assembler.feed(_json(url, response)) + assembler.finish(True):
+                    for piece in reader.whole(response):
                         yield piece
-                    self.last_usage = assembler.usage
-                    return
-                try:
-                    async for line in response.aiter_lines():
-                        data = decoder.feed(line)
-                        if data is SSEDecoder.DONE:
-                            break
-                        if data is not None:
-                            for piece in assembler.feed(data):
+                else:
+                    with reader.broken_stream():
+                        async for line in response.aiter_lines():
+                            for piece in reader.line(line):
                                 yield piece
-                    else:
-                        data = decoder.close()
-                        if data is not None and data is not SSEDecoder.DONE:
-                            for piece in assembler.feed(data):
-                                yield piece
-                except httpx.HTTPError as exc:
-                    raise ModelError(
-                        f"the connection to {url} broke mid-stream ({type(exc).__name__}: {exc}); the reply is incomplete"
-                    ) from exc
-                for piece in assembler.finish(decoder.done):
-                    yield piece
-                self.last_usage = assembler.usage
+                            if reader.done:
+                                break
+                    for piece in reader.end():
+                        yield piece
+                self.last_usage = reader.usage
             finally:
                 await response.aclose()
 
 
-def _json(url: str, response: httpx.Response) -> Any:
+def retry_decision(
+    attempt: int,
+    outcome: httpx.Response | httpx.HTTPError,
+    *,
+    url: str,
+    max_retries: int,
+    backoff: float,
+    max_backoff: float,
+) -> float | GlmAgentError:
+    """What to do after try number ``attempt`` (0-based) of a request ended in ``outcome``.
+
+    Returns the seconds to wait before the next try, or the error (a :class:`ModelError`) that ends the
+    request. Connection errors, 429 and 5xx are retried (``Retry-After`` honoured, at most 60 s),
+    with exponential backoff capped at ``max_backoff``; a read timeout and other 4xx are not.
+    ``outcome`` is an error response (its body read) or the exception ``send`` raised. Pure.
+    """
+    last = attempt >= max_retries
+    delay = min(max_backoff, backoff * 2.0**attempt)
+    if isinstance(outcome, httpx.HTTPError):
+        if isinstance(outcome, _RETRYABLE):
+            if last:
+                error = ModelError(f"cannot reach {url} after {attempt + 1} tries: {type(outcome).__name__}: {outcome}")
+                error.__cause__ = outcome
+                return error
+            return delay
+        error = ModelError(f"{url} did not answer in time ({type(outcome).__name__}); raise timeout=")
+        error.__cause__ = outcome
+        return error
+    if (outcome.status_code == 429 or outcome.status_code >= 500) and not last:
+        after = outcome.headers.get("retry-after")
+        try:
+            return min(float(after), 60.0) if after is not None else delay
+        except ValueError:
+            return delay
     try:
-        return response.json()
+        body: Any = outcome.json()
     except ValueError:
-        raise ModelError(f"{url} answered with something that is not JSON: {response.text[:200]!r}") from None
+        body = outcome.text
+    return error_from_body(url, outcome.status_code, body)
 
 
 def _first_model(base_url: str, data: Any) -> str:
@@ -362,4 +350,5 @@ def _first_model(base_url: str, data: Any) -> str:
         or not isinstance(items[0].get("id"), str)
     ):
         raise ModelError(f"{base_url}/models lists no model; pass model= explicitly")
-    return items[0]["id"]
+    name: str = items[0]["id"]
+    return name
