@@ -15,9 +15,8 @@ transformers = pytest.importorskip("transformers")
 
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from glm_agent.chatglm3._convert import convert_checkpoint  # noqa: E402
 from glm_agent.chatglm3._remap import glm_config_kwargs  # noqa: E402
-from glm_agent.chatglm3.checkpoint import load_model  # noqa: E402
+from glm_agent.chatglm3.checkpoint import convert_checkpoint, load_model  # noqa: E402
 from glm_agent.cli import main as cli_main  # noqa: E402
 from glm_agent.errors import CheckpointError  # noqa: E402
 

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from glm_agent._openai_format import (
+from glm_agent.chatglm3 import TOOLS_SYSTEM, parse_reply, parse_tool_call
+from glm_agent.chatglm3.openai_format import (
     FormatError,
     call_block,
     chatglm3_to_openai,
@@ -19,11 +20,10 @@ from glm_agent._openai_format import (
     raw_reply,
     resolve_tool_choice,
 )
-from glm_agent._server_stream import StopScanner
-from glm_agent.chatglm3 import TOOLS_SYSTEM, parse_reply, parse_tool_call
 from glm_agent.errors import ContextLengthError, ModelError
 from glm_agent.messages import AssistantMessage, ObservationMessage, SystemMessage, UserMessage
 from glm_agent.models._openai_stream import ChatAssembler, SSEDecoder
+from glm_agent.server._stream import StopScanner
 
 json_values = st.recursive(
     st.none()

@@ -1,4 +1,4 @@
-"""Everything that knows ChatGLM3's bytes: tokenizer, chat template, reply parser, checkpoints."""
+"""Everything that knows ChatGLM3's bytes: tokenizer, chat template, reply parser, the OpenAI mapping, checkpoints."""
 
 from __future__ import annotations
 
@@ -51,10 +51,12 @@ __all__ = [
     "code_system_prompt",
     "upload_header",
     "load_model",
+    "convert_checkpoint",
 ]
 
 _LAZY = {
     "load_model": "glm_agent.chatglm3.checkpoint",
+    "convert_checkpoint": "glm_agent.chatglm3.checkpoint",
 }
 
 

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "load_model",
+    "convert_checkpoint",
     "resolve_checkpoint",
     "read_config",
     "glm_config",
@@ -195,6 +197,40 @@ def load_model(
     model.eval()
     logger.info("loaded %s (%s, %s)", directory, torch_dtype, device_map or target)
     return model
+
+
+def convert_checkpoint(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    dtype: str | None = "auto",
+    max_shard_size: str = "2GB",
+    overwrite: bool = False,
+    allow_download: bool = False,
+) -> Path:
+    """Write ``src`` (official layout or hub id) to ``dst`` as config.json + safetensors shards.
+
+    ``GlmForCausalLM.from_pretrained(dst)`` loads the result with no remote code. The
+    tokenizer.model is copied alongside so that ``LocalModel.from_pretrained(dst)`` works too.
+    ``dtype="auto"`` keeps the checkpoint's dtype. Returns ``dst``.
+    """
+    source = resolve_checkpoint(src, allow_download=allow_download)
+    target = Path(dst).expanduser()
+    if target.resolve() == source.resolve():
+        raise CheckpointError(f"{target} is the source checkpoint; choose another destination directory")
+    if target.exists() and any(target.iterdir()) and not overwrite:
+        raise CheckpointError(
+            f"{target} is not empty; choose a new directory or pass overwrite=True (CLI: --overwrite)"
+        )
+    model = load_model(source, dtype=dtype, device="cpu")
+    target.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(target, max_shard_size=max_shard_size)
+    if (source / "tokenizer.model").is_file():
+        shutil.copyfile(source / "tokenizer.model", target / "tokenizer.model")
+    else:
+        logger.warning("%s has no tokenizer.model; copy it to %s before using LocalModel", source, target)
+    logger.info("converted %s to %s", source, target)
+    return target
 
 
 def _load_native(directory: Path, dtype: torch.dtype, device: str, device_map: Any) -> GlmForCausalLM:

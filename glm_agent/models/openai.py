@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from glm_agent._openai_format import chatglm3_to_openai
+from glm_agent.chatglm3.openai_format import chatglm3_to_openai
 from glm_agent.errors import GlmAgentError, ModelError
 from glm_agent.messages import MessageLike, to_messages
 from glm_agent.models._openai_stream import (

@@ -18,8 +18,8 @@ result.observation                           # the text the model reads
 
 from __future__ import annotations
 
-from glm_agent.tools._loading import load_module_tools, load_tools
-from glm_agent.tools._registry import ToolRegistry
+from glm_agent.tools._loading import load_module_tools
+from glm_agent.tools._registry import ToolRegistry, load_tools
 from glm_agent.tools._result import ToolResult
 from glm_agent.tools._tool import ArgumentProblem, Tool, ToolArgumentsError, tool
 

@@ -7,18 +7,14 @@ import importlib
 import importlib.util
 import logging
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from glm_agent.errors import ToolDefinitionError
 from glm_agent.tools._tool import Tool
 
-if TYPE_CHECKING:
-    from glm_agent.tools._registry import ToolRegistry
-
-__all__ = ["tools_in_module", "load_module_tools", "load_tools"]
+__all__ = ["tools_in_module", "load_module_tools"]
 
 logger = logging.getLogger(__name__)
 
@@ -122,21 +118,3 @@ def load_module_tools(source: str | Path | ModuleType) -> list[Tool]:
     if not tools:
         raise _no_tools(f"module {text}")
     return tools
-
-
-def load_tools(
-    sources: str | Path | ModuleType | Iterable[str | Path | ModuleType], **registry_options: Any
-) -> ToolRegistry:
-    """A new ``ToolRegistry`` with the tools of every source (see ``load_module_tools``).
-
-    ``registry_options`` go to ``ToolRegistry`` (``output_dir``, ``default_timeout``, ...).
-    Two tools with the same name are a ``ToolDefinitionError``.
-    """
-    from glm_agent.tools._registry import ToolRegistry
-
-    if isinstance(sources, (str, Path, ModuleType)):
-        sources = [sources]
-    registry = ToolRegistry(**registry_options)
-    for source in sources:
-        registry.load(source)
-    return registry

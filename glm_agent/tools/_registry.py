@@ -13,11 +13,12 @@ from typing import Any
 
 from glm_agent.errors import ToolDefinitionError
 from glm_agent.tools import _observation as obs
+from glm_agent.tools._loading import load_module_tools
 from glm_agent.tools._result import ErrorKind, ToolResult
 from glm_agent.tools._runner import ToolTimeout, run_async, run_sync
 from glm_agent.tools._tool import Tool, ToolArgumentsError
 
-__all__ = ["ToolRegistry"]
+__all__ = ["ToolRegistry", "load_tools"]
 
 logger = logging.getLogger(__name__)
 
@@ -135,8 +136,6 @@ class ToolRegistry:
 
     def load(self, source: str | Path | ModuleType, *, replace: bool = False) -> list[Tool]:
         """Add every ``Tool`` in a module, a module path, a ``.py`` file or a folder of them."""
-        from glm_agent.tools._loading import load_module_tools
-
         tools = load_module_tools(source)
         for tool in tools:
             self.add(tool, replace=replace)
@@ -258,3 +257,19 @@ class ToolRegistry:
             )
             return self._failed(tool.name, arguments, "exception", text, start, exc)
         return self._result(tool.name, arguments, text, start, ok=True, value=value, files=files)
+
+
+def load_tools(
+    sources: str | Path | ModuleType | Iterable[str | Path | ModuleType], **registry_options: Any
+) -> ToolRegistry:
+    """A new ``ToolRegistry`` with the tools of every source (see ``load_module_tools``).
+
+    ``registry_options`` go to ``ToolRegistry`` (``output_dir``, ``default_timeout``, ...).
+    Two tools with the same name are a ``ToolDefinitionError``.
+    """
+    if isinstance(sources, (str, Path, ModuleType)):
+        sources = [sources]
+    registry = ToolRegistry(**registry_options)
+    for source in sources:
+        registry.load(source)
+    return registry

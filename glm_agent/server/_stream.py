@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Union
 
-from glm_agent._openai_format import INTERPRETER, ToolChoice, call_block, new_call_id, openai_call
+from glm_agent.chatglm3.openai_format import INTERPRETER, ToolChoice, call_block, new_call_id, openai_call
 from glm_agent.chatglm3.parser import CallFinished, CallStarted, ReplyStreamParser, TextDelta
 from glm_agent.messages import CodeCall
 

@@ -9,13 +9,13 @@ from typing import Any
 
 from glm_agent.errors import GlmAgentError
 
-__all__ = ["add_serve_command"]
+__all__ = ["add_command"]
 
 logger = logging.getLogger(__name__)
 
 
-def add_serve_command(sub: Any) -> None:
-    p = sub.add_parser(
+def add_command(subparsers: Any) -> None:
+    p = subparsers.add_parser(
         "serve",
         help="serve a model over an OpenAI-compatible HTTP API",
         description="Serve a ChatGLM3 model (or any backend) as an OpenAI-compatible API on /v1.",

@@ -9,10 +9,10 @@ from typing import Any
 
 from glm_agent.errors import GlmAgentError
 
-__all__ = ["add_tools_command", "run_tools_command"]
+__all__ = ["add_command"]
 
 
-def add_tools_command(subparsers: Any) -> argparse.ArgumentParser:
+def add_command(subparsers: Any) -> argparse.ArgumentParser:
     """Register the ``tools`` subcommand on an ``add_subparsers()`` object."""
     parser = subparsers.add_parser(
         "tools",
@@ -29,7 +29,7 @@ def add_tools_command(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_tools_command(args: argparse.Namespace) -> int:
     """Print the schemas; a loading error is one line on stderr and exit code 2."""
-    from glm_agent.tools._loading import load_tools
+    from glm_agent.tools import load_tools
 
     try:
         registry = load_tools(args.sources)

@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.prompt import Confirm
 
-from glm_agent._cli_render import EventRenderer
+from glm_agent.cli._render import EventRenderer
 from glm_agent.messages import Call
 
 __all__ = ["choose_approver", "REFUSED_HINT"]

@@ -1,25 +1,4 @@
-"""An OpenAI-compatible HTTP server over any chat backend (``glm-agent serve``).
-
-Routes: ``GET /health`` (no key needed; answers while generating), ``GET /v1/models``,
-``POST /v1/chat/completions`` (tools, ``tool_choice``, streaming tool calls) and
-``POST /v1/completions`` (a text prompt or token ids; the vLLM-compatible subset).
-
-Semantics worth knowing (ChatGLM3 has no constrained decoding here):
-- ``tool_choice``: ``auto`` (default) offers the tools; ``none`` leaves them out of the prompt and
-  returns any call as text; ``required`` / a named function restrict the prompt's tools (named: only
-  that one) but cannot force a call: a reply without one comes back as ordinary content.
-- A call that does not parse, a call when calls are not enabled, and a code-interpreter call when the
-  request has no ``interpreter`` tool come back as content text (``"NAME\\n```python ...```"``), never a 500.
-  A tool call is streamed once its segment has parsed: one delta with id and name, then one with
-  the arguments.
-- Usage: prompt tokens are the chat template's ids; completion tokens are the reply text re-encoded
-  (the backends stream text, not ids), so ``finish_reason: "length"`` is judged from that count.
-- ``tools`` given at start (``--tools FILE``) are offered when a request sends none; their calls come
-  back as ``tool_calls`` like any other (the server never runs tools).
-- Requests are queued per model: ``max_concurrency`` generate at once (1 for local weights),
-  ``max_queue`` wait, more get 429. Sync backends run in a worker thread; a client that goes away
-  stops its generation.
-"""
+"""The FastAPI app: routes, request checks, the queue, and errors in OpenAI's shape."""
 
 from __future__ import annotations
 
@@ -37,9 +16,13 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from glm_agent._openai_format import FormatError, chatglm3_tools, openai_to_chatglm3, resolve_tool_choice
-from glm_agent._server_schemas import ChatRequest, CompletionRequest, Unsupported
-from glm_agent._server_stream import (
+from glm_agent.chatglm3.openai_format import FormatError, chatglm3_tools, openai_to_chatglm3, resolve_tool_choice
+from glm_agent.chatglm3.parser import ASSISTANT_TOKEN
+from glm_agent.chatglm3.tokenizer import SPECIAL_TOKENS, ChatGLM3Tokenizer
+from glm_agent.errors import ContextLengthError, GlmAgentError
+from glm_agent.models.base import BaseChatModel
+from glm_agent.server._schemas import ChatRequest, CompletionRequest, Unsupported
+from glm_agent.server._stream import (
     ContentOut,
     QueueFull,
     ReplyTranslator,
@@ -48,13 +31,8 @@ from glm_agent._server_stream import (
     ThreadStream,
     ToolCallOut,
 )
-from glm_agent._server_thread import BackgroundServer
-from glm_agent.chatglm3.parser import ASSISTANT_TOKEN
-from glm_agent.chatglm3.tokenizer import SPECIAL_TOKENS, ChatGLM3Tokenizer
-from glm_agent.errors import ContextLengthError, GlmAgentError
-from glm_agent.models.base import BaseChatModel
 
-__all__ = ["create_app", "serve", "BackgroundServer", "APIError"]
+__all__ = ["create_app", "serve", "APIError"]
 
 logger = logging.getLogger(__name__)
 

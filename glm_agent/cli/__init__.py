@@ -1,36 +1,33 @@
-"""The ``glm-agent`` command. Each subcommand registers itself in ``_build_parser``."""
+"""The ``glm-agent`` command: one module per subcommand, each with ``add_command(subparsers)``.
+
+Adding a subcommand is one module here plus its name in ``COMMANDS``. The shared parts are
+private: ``_agent`` (model/agent options, error handling), ``_render`` (events on the terminal),
+``_approve`` (the approval prompt).
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import sys
 
-__all__ = ["main"]
+__all__ = ["main", "COMMANDS"]
+
+#: The subcommands in the order ``--help`` lists them; each names a module ``glm_agent.cli.<name>``.
+COMMANDS = ("chat", "run", "tools", "notebook", "convert", "serve")
 
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glm-agent", description="Agents, tools and a code interpreter for ChatGLM3.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    from glm_agent.tools._command import add_tools_command
-
-    add_tools_command(sub)
-    from glm_agent.chatglm3._convert import add_convert_command
-
-    add_convert_command(sub)
-    from glm_agent._serve_command import add_serve_command
-
-    add_serve_command(sub)
-    from glm_agent._cli_chat import add_chat_command
-    from glm_agent._cli_notebook import add_notebook_command
-    from glm_agent._cli_run import add_run_command
-
-    add_chat_command(sub)
-    add_run_command(sub)
-    add_notebook_command(sub)
+    for name in COMMANDS:
+        importlib.import_module(f"glm_agent.cli.{name}").add_command(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``glm-agent`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
     parser = _build_parser()
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)
@@ -42,11 +39,5 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at interpreter exit
         return code
     except BrokenPipeError:  # `glm-agent tools ... | head`: the reader left; not an error of ours
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

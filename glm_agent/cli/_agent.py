@@ -146,7 +146,7 @@ def open_agent(
     folder removed on exit.
     """
     from glm_agent.agent import Agent
-    from glm_agent.tools._loading import load_tools
+    from glm_agent.tools import load_tools
 
     if args.max_steps < 1:
         raise UsageProblem("--max-steps must be at least 1")

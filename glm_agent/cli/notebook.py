@@ -11,12 +11,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from glm_agent._cli_agent import cli_errors
+from glm_agent.cli._agent import cli_errors
 
-__all__ = ["add_notebook_command"]
+__all__ = ["add_command"]
 
 
-def add_notebook_command(subparsers: Any) -> argparse.ArgumentParser:
+def add_command(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "notebook",
         help="turn a saved conversation (JSON Lines) into a Jupyter notebook",

@@ -12,9 +12,9 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from glm_agent._cli_agent import add_agent_options, cli_errors
+from glm_agent.cli._agent import add_agent_options, cli_errors
 
-__all__ = ["add_chat_command", "SLASH_HELP"]
+__all__ = ["add_command", "SLASH_HELP"]
 
 SLASH_HELP = {
     "/reset": "start a new conversation (and a fresh kernel)",
@@ -26,7 +26,7 @@ SLASH_HELP = {
 PROMPT = "[bold green]you>[/] "
 
 
-def add_chat_command(subparsers: Any) -> argparse.ArgumentParser:
+def add_command(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "chat",
         help="talk with the agent at the terminal",
@@ -43,9 +43,9 @@ def add_chat_command(subparsers: Any) -> argparse.ArgumentParser:
 def chat_command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from glm_agent._cli_agent import is_scripted, load_model, model_spec, open_agent
-    from glm_agent._cli_approve import choose_approver
-    from glm_agent._cli_render import TEMPORARY_IMAGES, EventRenderer, scripted_banner
+    from glm_agent.cli._agent import is_scripted, load_model, model_spec, open_agent
+    from glm_agent.cli._approve import choose_approver
+    from glm_agent.cli._render import TEMPORARY_IMAGES, EventRenderer, scripted_banner
 
     console = Console()
     renderer = EventRenderer(console)

@@ -14,12 +14,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from glm_agent._cli_agent import add_agent_options, cli_errors
+from glm_agent.cli._agent import add_agent_options, cli_errors
 
-__all__ = ["add_run_command"]
+__all__ = ["add_command"]
 
 
-def add_run_command(subparsers: Any) -> argparse.ArgumentParser:
+def add_command(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "run",
         help="answer a question with the agent and exit (--json: events as JSON Lines)",
@@ -47,9 +47,9 @@ def add_run_command(subparsers: Any) -> argparse.ArgumentParser:
 def run_command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from glm_agent._cli_agent import is_scripted, load_model, model_spec, open_agent
-    from glm_agent._cli_approve import choose_approver
-    from glm_agent._cli_render import TEMPORARY_IMAGES, EventRenderer, scripted_banner
+    from glm_agent.cli._agent import is_scripted, load_model, model_spec, open_agent
+    from glm_agent.cli._approve import choose_approver
+    from glm_agent.cli._render import TEMPORARY_IMAGES, EventRenderer, scripted_banner
 
     for file in args.files:
         if not Path(file).is_file():
