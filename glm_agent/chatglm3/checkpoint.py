@@ -306,7 +306,8 @@ def _read_shard(file: Path) -> Iterator[tuple[str, Any]]:
 
         try:
             with safe_open(str(file), framework="pt", device="cpu") as handle:
-                for key in handle:
+                names = handle.keys()  # safetensors >= 0.8: the handle itself is not iterable
+                for key in names:
                     yield key, handle.get_tensor(key)
         except SafetensorError as exc:
             raise CheckpointError(f"{file} is not a readable safetensors file: {exc}") from None
