@@ -10,6 +10,8 @@ __all__ = [
     "ModelError",
     "ToolDefinitionError",
     "InterpreterError",
+    "MCPConfigError",
+    "MCPConnectionError",
 ]
 
 
@@ -57,3 +59,11 @@ class ToolDefinitionError(GlmAgentError, TypeError):
 
 class InterpreterError(GlmAgentError, RuntimeError):
     """The code interpreter could not start or reach its kernel."""
+
+
+class MCPConfigError(GlmAgentError, ValueError):
+    """An MCP configuration (``{"mcpServers": ...}``) is malformed or names an unset variable."""
+
+
+class MCPConnectionError(GlmAgentError, ConnectionError):
+    """An MCP server could not be started, reached or initialised in time."""

@@ -19,9 +19,13 @@ result.observation                           # the text the model reads
 from __future__ import annotations
 
 from glm_agent.tools._loading import load_module_tools
+from glm_agent.tools._output import Attachment, ToolOutput
 from glm_agent.tools._registry import ToolRegistry, load_tools
 from glm_agent.tools._result import ToolResult
+from glm_agent.tools._runner import ToolTimeout
+from glm_agent.tools._schema_tool import SchemaTool
 from glm_agent.tools._tool import ArgumentProblem, Tool, ToolArgumentsError, tool
+from glm_agent.tools._toolset import Toolset
 
 __all__ = [
     "tool",
@@ -32,4 +36,9 @@ __all__ = [
     "ArgumentProblem",
     "load_tools",
     "load_module_tools",
+    "SchemaTool",
+    "ToolOutput",
+    "Attachment",
+    "Toolset",
+    "ToolTimeout",
 ]

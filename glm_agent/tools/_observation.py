@@ -8,6 +8,7 @@ dataclasses, enums, dates and paths. Long text is cut with a marker that says so
 from __future__ import annotations
 
 import json
+import mimetypes
 import sys
 import uuid
 from collections.abc import Callable, Iterable
@@ -16,8 +17,12 @@ from typing import Any
 
 from pydantic_core import to_jsonable_python
 
+from glm_agent.tools._output import Attachment, ToolOutput
+
 __all__ = [
     "render_value",
+    "render_output",
+    "tool_error_text",
     "truncate",
     "unknown_tool_text",
     "invalid_arguments_text",
@@ -74,6 +79,35 @@ def render_value(value: Any, tool_name: str, output_dir: Callable[[], Path]) -> 
         return f"[Image {value.width}x{value.height} saved to {path}]", [path]
     jsonable = to_jsonable_python(value, fallback=str, bytes_mode="base64")
     return json.dumps(jsonable, ensure_ascii=False), []
+
+
+def _attachment_suffix(attachment: Attachment) -> str:
+    mime = attachment.mime_type.split(";", 1)[0].strip().lower()
+    guessed = {"image/jpeg": ".jpg", "audio/mpeg": ".mp3", "audio/wav": ".wav", "text/plain": ".txt"}.get(mime)
+    guessed = guessed or mimetypes.guess_extension(mime, strict=False)
+    return guessed if guessed else _extension(attachment.data)
+
+
+def render_output(output: ToolOutput, tool_name: str, output_dir: Callable[[], Path]) -> tuple[str, list[Path]]:
+    """Observation text for a ``ToolOutput``: text parts as is, attachments saved and referenced, one per line."""
+    lines: list[str] = []
+    files: list[Path] = []
+    for part in output.parts:
+        if isinstance(part, Attachment):
+            path = _new_file(output_dir(), tool_name, _attachment_suffix(part))
+            path.write_bytes(part.data)
+            files.append(path)
+            label = f"{part.label}, " if part.label else ""
+            lines.append(f"[{label}{part.mime_type}, {len(part.data)} bytes saved to {path}]")
+        else:
+            lines.append(str(part))
+    return "\n".join(lines), files
+
+
+def tool_error_text(name: str, text: str) -> str:
+    """The observation of a failure the tool reported itself (``ToolOutput(is_error=True)``)."""
+    detail = text.strip() or "no message"
+    return f"Error: tool {name!r} reported an error: {detail}"
 
 
 def truncate(text: str, limit: int | None) -> tuple[str, bool]:

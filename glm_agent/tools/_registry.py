@@ -14,9 +14,11 @@ from typing import Any
 from glm_agent.errors import ToolDefinitionError
 from glm_agent.tools import _observation as obs
 from glm_agent.tools._loading import load_module_tools
+from glm_agent.tools._output import ToolOutput
 from glm_agent.tools._result import ErrorKind, ToolResult
-from glm_agent.tools._runner import ToolTimeout, run_async, run_sync
+from glm_agent.tools._runner import ToolTimeout
 from glm_agent.tools._tool import Tool, ToolArgumentsError
+from glm_agent.tools._toolset import MountedToolset, Toolset, check_prefix, frozen
 
 __all__ = ["ToolRegistry", "load_tools"]
 
@@ -57,6 +59,8 @@ class ToolRegistry:
         self._dir_lock = threading.Lock()
         self.max_observation_chars = max_observation_chars
         self.default_timeout = default_timeout
+        self._toolsets: list[MountedToolset] = []
+        self._toolsets_lock = threading.RLock()
         for item in tools:
             self.register(item)
 
@@ -76,18 +80,11 @@ class ToolRegistry:
         """
         if function is None:
             return lambda fn: self.register(fn, name=name, description=description, timeout=timeout, replace=replace)
-        if isinstance(function, Tool) and name is None and description is None and timeout is None:
-            new = function
+        if isinstance(function, Tool):
+            changed = name is not None or description is not None or timeout is not None
+            new = function.replace(name=name, description=description, timeout=timeout) if changed else function
         else:
-            base = function.function if isinstance(function, Tool) else function
-            new = Tool(
-                base,
-                name=name or (function.name if isinstance(function, Tool) else None),
-                description=description
-                if description is not None
-                else (function.description if isinstance(function, Tool) else None),
-                timeout=timeout if timeout is not None else (function.timeout if isinstance(function, Tool) else None),
-            )
+            new = Tool(function, name=name, description=description, timeout=timeout)
         return self.add(new, replace=replace)
 
     def add(self, tool: Tool, *, replace: bool = False) -> Tool:
@@ -141,6 +138,102 @@ class ToolRegistry:
             self.add(tool, replace=replace)
         return tools
 
+    # -- toolsets ---------------------------------------------------------------------------
+    def add_toolset(
+        self,
+        toolset: Toolset,
+        *,
+        prefix: str | None = None,
+        include: Iterable[str] | None = None,
+        exclude: Iterable[str] = (),
+    ) -> list[Tool]:
+        """Mount a source of tools (e.g. an MCP server); its tools are added as ``prefix__tool``.
+
+        ``include`` keeps only the named tools, ``exclude`` drops some (the source's own names).
+        A name that clashes with a registered tool is a ``ToolDefinitionError``; nothing is
+        added then. The registry closes the toolset in ``close()``.
+        """
+        if not isinstance(toolset, Toolset):
+            raise TypeError(f"add_toolset() takes a Toolset (list_tools, tools_changed, close), not {toolset!r}")
+        mount = MountedToolset(
+            toolset, None if prefix is None else check_prefix(prefix), frozen(include), frozenset(exclude)
+        )
+        with self._toolsets_lock:
+            tools = mount.named_tools()
+            self._add_all(mount, tools)
+            self._toolsets.append(mount)
+        return tools
+
+    def _add_all(self, mount: MountedToolset, tools: list[Tool]) -> None:
+        for tool in tools:
+            if tool.name in self._tools:
+                raise ToolDefinitionError(
+                    f"tool {tool.name!r} of {mount.label} clashes with a tool already registered under that name; "
+                    "mount the source under another prefix or exclude the tool"
+                )
+        for tool in tools:
+            self._tools[tool.name] = tool
+        mount.names = [t.name for t in tools]
+
+    @property
+    def toolsets(self) -> list[Toolset]:
+        """The mounted toolsets, in the order they were added."""
+        return [m.toolset for m in self._toolsets]
+
+    def refresh(self) -> bool:
+        """Re-list every toolset whose tools changed (an MCP ``tools/list_changed``); True if any did.
+
+        A toolset that cannot be listed now keeps its previous tools (logged as a warning).
+        """
+        changed = False
+        with self._toolsets_lock:
+            for mount in self._toolsets:
+                if not mount.toolset.tools_changed:
+                    continue
+                old = {name: self._tools.pop(name) for name in mount.names if name in self._tools}
+                try:
+                    self._add_all(mount, mount.named_tools())
+                except Exception as exc:
+                    logger.warning("tools of %s not refreshed (%s); keeping the previous list", mount.label, exc)
+                    self._tools.update(old)
+                    continue
+                changed = True
+        return changed
+
+    def remove_toolset(self, toolset: Toolset) -> None:
+        """Take a mounted toolset's tools out of the registry and close it."""
+        with self._toolsets_lock:
+            mounts = [m for m in self._toolsets if m.toolset is toolset]
+            self._toolsets = [m for m in self._toolsets if m.toolset is not toolset]
+            for mount in mounts:
+                for name in mount.names:
+                    self._tools.pop(name, None)
+        for mount in mounts:
+            self._close(mount)
+
+    @staticmethod
+    def _close(mount: MountedToolset) -> None:
+        try:
+            mount.toolset.close()
+        except Exception as exc:
+            logger.warning("closing toolset %s failed: %s", mount.label, exc, exc_info=exc)
+
+    def close(self) -> None:
+        """Close every mounted toolset (their tools leave the registry); plain tools stay."""
+        with self._toolsets_lock:
+            mounts, self._toolsets = self._toolsets, []
+            for mount in mounts:
+                for name in mount.names:
+                    self._tools.pop(name, None)
+        for mount in mounts:
+            self._close(mount)
+
+    def __enter__(self) -> ToolRegistry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- schemas ----------------------------------------------------------------------------
     def chatglm3_schemas(self) -> list[dict[str, Any]]:
         """The tools for a ChatGLM3 system message (``SystemMessage(tools=...)``)."""
@@ -174,7 +267,7 @@ class ToolRegistry:
         tool, kwargs, args = prepared
         limit = self._limit(tool, timeout)
         try:
-            value = run_sync(tool.name, tool.function, kwargs, limit, tool.is_async)
+            value = tool.invoke(kwargs, limit)
         except ToolTimeout:
             return self._failed(tool.name, args, "timeout", obs.timeout_text(tool.name, limit or 0), start)
         except (Exception, SystemExit) as exc:
@@ -194,7 +287,7 @@ class ToolRegistry:
         tool, kwargs, args = prepared
         limit = self._limit(tool, timeout)
         try:
-            value = await run_async(tool.name, tool.function, kwargs, limit, tool.is_async)
+            value = await tool.ainvoke(kwargs, limit)
         except ToolTimeout:
             return self._failed(tool.name, args, "timeout", obs.timeout_text(tool.name, limit or 0), start)
         except (Exception, SystemExit) as exc:
@@ -248,6 +341,8 @@ class ToolRegistry:
         )
 
     def _finish(self, tool: Tool, arguments: dict[str, Any], value: Any, start: float) -> ToolResult:
+        if isinstance(value, ToolOutput):
+            return self._finish_output(tool, arguments, value, start)
         try:
             text, files = obs.render_value(value, tool.name, lambda: self.output_dir)
         except Exception as exc:
@@ -257,6 +352,20 @@ class ToolRegistry:
             )
             return self._failed(tool.name, arguments, "exception", text, start, exc)
         return self._result(tool.name, arguments, text, start, ok=True, value=value, files=files)
+
+    def _finish_output(self, tool: Tool, arguments: dict[str, Any], output: ToolOutput, start: float) -> ToolResult:
+        try:
+            text, files = obs.render_output(output, tool.name, lambda: self.output_dir)
+        except Exception as exc:
+            logger.warning("output of tool %r could not be saved", tool.name, exc_info=exc)
+            text = f"Error: the output of tool {tool.name!r} could not be saved ({type(exc).__name__}: {exc})"
+            return self._failed(tool.name, arguments, "exception", text, start, exc)
+        if output.is_error:
+            text = obs.tool_error_text(tool.name, text)
+            return self._result(
+                tool.name, arguments, text, start, ok=False, error="tool_error", value=output.value, files=files
+            )
+        return self._result(tool.name, arguments, text, start, ok=True, value=output.value, files=files)
 
 
 def load_tools(

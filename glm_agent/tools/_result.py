@@ -10,7 +10,7 @@ from glm_agent.messages import ObservationMessage
 
 __all__ = ["ToolResult", "ErrorKind"]
 
-ErrorKind = Literal["unknown_tool", "invalid_arguments", "exception", "timeout"]
+ErrorKind = Literal["unknown_tool", "invalid_arguments", "exception", "timeout", "tool_error"]
 
 
 @dataclass

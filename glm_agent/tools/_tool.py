@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 from collections.abc import Callable, Mapping
@@ -11,6 +12,7 @@ from typing import Any, overload
 from pydantic import BaseModel, ValidationError
 
 from glm_agent.errors import GlmAgentError, ToolDefinitionError
+from glm_agent.tools._runner import run_async, run_sync
 from glm_agent.tools._schema import (
     build_arguments_model,
     check_tool_name,
@@ -77,6 +79,9 @@ class Tool:
     ``ToolRegistry`` to get timeouts and observation text.
     """
 
+    #: the tool's name where it comes from (a remote server's own name), when the model sees another
+    source_name: str | None = None
+
     def __init__(
         self,
         function: Callable[..., Any],
@@ -129,6 +134,31 @@ class Tool:
     @property
     def parameter_names(self) -> list[str]:
         return list(self.parameters["properties"])
+
+    def replace(self, *, name: str | None = None, description: str | None = None, timeout: float | None = None) -> Tool:
+        """A copy with another name, description or time limit (the function and schema stay the same)."""
+        new = copy.copy(self)
+        if name is not None:
+            new.name = check_tool_name(name, repr(self))
+        if description is not None:
+            new.description = description
+        if timeout is not None:
+            if not timeout > 0:
+                raise ToolDefinitionError(f"timeout must be a positive number of seconds, not {timeout!r}")
+            new.timeout = timeout
+        return new
+
+    def invoke(self, kwargs: dict[str, Any], timeout: float | None) -> Any:
+        """Run the tool on validated arguments from sync code (what ``ToolRegistry.call`` does).
+
+        Raises ``ToolTimeout`` past ``timeout`` seconds. A tool that runs elsewhere
+        (a remote server) overrides this and ``ainvoke`` to apply the limit itself.
+        """
+        return run_sync(self.name, self.function, kwargs, timeout, self.is_async)
+
+    async def ainvoke(self, kwargs: dict[str, Any], timeout: float | None) -> Any:
+        """``invoke`` for async code: async functions run on the loop, sync ones in a thread."""
+        return await run_async(self.name, self.function, kwargs, timeout, self.is_async)
 
     def chatglm3_schema(self) -> dict[str, Any]:
         """The ``{"name", "description", "parameters"}`` shape ChatGLM3 was tuned on."""
