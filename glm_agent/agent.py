@@ -19,7 +19,7 @@ import asyncio
 import inspect
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -117,6 +117,9 @@ class Agent:
     ``code_interpreter=True`` starts a local :class:`~glm_agent.CodeInterpreter` on the first
     code call (and closes it with the agent); pass an instance to share or configure one.
     ``approve(call) -> bool`` confirms each call before it runs (human in the loop).
+    ``mcp`` (a ``{"mcpServers": ...}`` file or mapping) connects MCP servers whose tools join
+    ``tools`` as ``server__tool``; the agent ends those servers when it is closed. At the start
+    of a run, a toolset whose tools changed (MCP ``tools/list_changed``) updates the system prompt.
     """
 
     def __init__(
@@ -131,11 +134,19 @@ class Agent:
         language: Literal["zh", "en"] = "zh",
         generation: GenerationParams | dict[str, Any] | None = None,
         history: Sequence[MessageLike] | None = None,
+        mcp: str | Path | Mapping[str, Any] | None = None,
     ) -> None:
         if max_steps < 1:
             raise ValueError("max_steps must be at least 1")
         self.model = model
         self.tools = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools or ())
+        self._own_toolsets: list[Any] = []
+        if mcp is not None:
+            from glm_agent.mcp import connect_mcp
+
+            before = set(map(id, self.tools.toolsets))
+            connect_mcp(mcp, registry=self.tools)
+            self._own_toolsets = [t for t in self.tools.toolsets if id(t) not in before]
         self.code_enabled = code_interpreter is not None and code_interpreter is not False
         self._interpreter: CodeInterpreter | None = (
             None if isinstance(code_interpreter, (bool, type(None))) else code_interpreter
@@ -194,9 +205,22 @@ class Agent:
         return conversation_to_notebook(self.messages, path, interpreter=self._interpreter)
 
     def close(self) -> None:
+        """Close what the agent started: its code interpreter and the MCP servers of ``mcp=``."""
         if self._owns_interpreter and self._interpreter is not None:
             self._interpreter.close()
             self._interpreter = None
+        toolsets, self._own_toolsets = self._own_toolsets, []
+        for toolset in toolsets:
+            self.tools.remove_toolset(toolset)
+
+    def _refresh_tools(self) -> None:
+        """A toolset whose tools changed since the last run: re-list it and update the system prompt."""
+        if not self.tools.toolsets or not self.tools.refresh():
+            return
+        first = self.messages[0] if self.messages else None
+        if isinstance(first, SystemMessage):
+            schemas = self.tools.chatglm3_schemas() if len(self.tools) else None
+            self.messages[0] = first.model_copy(update={"tools": schemas})
 
     def __enter__(self) -> Agent:
         return self
@@ -239,6 +263,7 @@ class Agent:
 
     def _start(self, query: str, files: Sequence[str | Path]) -> _steps.Step:
         self._cancel.clear()
+        self._refresh_tools()
         self.messages.append(self._user_message(query, files))
         return _steps.steps(
             self.messages,
