@@ -1,0 +1,92 @@
+"""Helpers for the MCP tests: the test server as stdio or HTTP, process checks, scripted calls."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from glm_agent.mcp import MCPServerHTTP, MCPServerStdio
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+SERVER = HERE / "mcp_test_server.py"
+
+
+def stdio_spec(**options: float) -> MCPServerStdio:
+    return MCPServerStdio(sys.executable, [str(SERVER)], **options)  # type: ignore[arg-type]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class HTTPTestServer:
+    """The test server over streamable HTTP in a subprocess on a free port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/mcp"
+        self.process = subprocess.Popen(
+            [sys.executable, str(SERVER), "http", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError("the HTTP test server exited at start")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.close()
+        raise RuntimeError("the HTTP test server did not start listening within 60 s")
+
+    def spec(self, **options: float) -> MCPServerHTTP:
+        return MCPServerHTTP(self.url, **options)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie has ended)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def wait_gone(pids: list[int], seconds: float = 15.0) -> list[int]:
+    """The pids still alive after waiting up to ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        left = [p for p in pids if alive(p)]
+        if not left:
+            return []
+        time.sleep(0.1)
+    return [p for p in pids if alive(p)]
+
+
+def result_value(observation: str) -> object:
+    """The ``result`` of a structured MCP answer (``{"result": ...}``)."""
+    return json.loads(observation)["result"]
+
+
+def call(name: str, args: str = "") -> str:
+    """A ChatGLM3 tool-call reply segment."""
+    return f"{name}\n ```python\ntool_call({args})\n```"
