@@ -33,7 +33,9 @@ c.JupyterWebsocketPersonality.list_kernels = True  # GET /api/kernels (operators
 # Only the sandboxed kernel spec: python -m glm_agent.interpreter._gateway_kernel, which runs each
 # kernel like glm-agent's local kernels (launcher/supervisor, rlimits, namespaces when available).
 # (kernel_dirs is not configurable; JUPYTER_PATH is read when the spec manager is created, after this file)
-os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(HERE), os.environ.get("JUPYTER_PATH")]))
+# GLM_AGENT_KERNEL_SPECS: a folder like this one (kernels/glm-agent-python/kernel.json) with other limits
+specs = os.environ.get("GLM_AGENT_KERNEL_SPECS", str(HERE))
+os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [specs, os.environ.get("JUPYTER_PATH")]))
 c.KernelSpecManager.ensure_native_kernel = False
 c.KernelSpecManager.allowed_kernelspecs = {"glm-agent-python"}
 c.KernelGatewayApp.default_kernel_name = "glm-agent-python"

@@ -135,8 +135,21 @@ class GatewayServer:
             except psutil.Error:
                 pass
         psutil.wait_procs(descendants, timeout=5)
+        for point in session_mounts(self.runtime_dir):  # sessions whose files were left (a killed gateway)
+            subprocess.run(["umount", "-l", point], check=False, capture_output=True)
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
         self.log_path.unlink(missing_ok=True)
+
+
+def session_mounts(under: Path) -> list[str]:
+    """Mount points (the sessions' tmpfs) under ``under``, from /proc/self/mounts."""
+    found = []
+    with open("/proc/self/mounts", encoding="utf-8") as fh:
+        for line in fh:
+            point = line.split()[1].replace("\\040", " ")
+            if point.startswith(str(under) + "/"):
+                found.append(point)
+    return found
 
 
 class FlakyProxy:

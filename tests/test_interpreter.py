@@ -132,7 +132,7 @@ def test_kernel_killed_between_runs_is_restarted(interp):
 def test_ten_gigabytes_fail_under_the_memory_limit(interp):
     result = interp.run("big = bytearray(10 * 1024**3)")
     assert result.status == "error" and result.error.ename == "MemoryError"
-    assert "[The kernel's memory limit is 4 GiB.]" in result.observation
+    assert "[The kernel's memory limit is 4 GiB per process.]" in result.observation
     assert interp.run("print('still alive')").observation == "```result\nstill alive\n```"
 
 
@@ -249,7 +249,10 @@ def test_unisolated_session_maps_mnt_data_to_the_workspace(tmp_path):
         result = session.run(
             "import os\nopen('/mnt/data/out.txt', 'w').write('hi')\nprint(os.getcwd())\nprint(os.path.abspath('out.txt'))"
         )
-        assert result.observation == "```result\n/mnt/data\n/mnt/data/out.txt\n```"
+        assert (
+            result.observation == "```result\n/mnt/data\n/mnt/data/out.txt\n```\n[Files written in /mnt/data: out.txt]"
+        )
+        assert result.files == ["/mnt/data/out.txt"]
         assert (tmp_path / "ws" / "out.txt").read_text() == "hi"
     assert (tmp_path / "ws" / "out.txt").exists()  # a workspace we were given is never removed
 

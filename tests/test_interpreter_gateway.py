@@ -204,7 +204,7 @@ def test_closing_leaves_no_kernel_behind(kind, make_session, gateway, tmp_path):
         kernel_id = session.backend.kernel_id
         processes = gateway.kernel_processes(kernel_id)
         assert len(processes) >= 4  # wrapper, supervisor, ipykernel, sleep
-        workspace = gateway.runtime_dir / "glm-agent" / "workspaces" / session.backend.remote_workspace_id
+        workspace = gateway.runtime_dir / "glm-agent" / "sessions" / session.backend.remote_workspace_id / "data"
         assert (workspace / "left.txt").read_text() == "x"
     else:
         processes = [psutil.Process(session.backend.pid), *psutil.Process(session.backend.pid).children(recursive=True)]

@@ -10,6 +10,7 @@ import pytest
 
 from glm_agent.interpreter import Limits
 from glm_agent.interpreter._capture import OutputCollector
+from glm_agent.interpreter._limits import GiB, MiB
 from glm_agent.interpreter._local import describe_exit
 from glm_agent.interpreter._notebook import build_notebook
 from glm_agent.interpreter._results import (
@@ -140,16 +141,60 @@ def test_build_notebook_matches_calls_to_runs_and_keeps_unmatched_code():
     assert len(cells) == 6
 
 
-def test_python_under_tmp_is_bound_back_into_the_sandbox(tmp_path, monkeypatch):
-    # CI clones (and many venvs) live under /tmp, which the sandbox replaces with a private tmpfs
+def test_the_sandbox_shows_the_kernels_python_and_not_the_checkout_around_it(tmp_path, monkeypatch):
+    # a CI clone with its venv under /tmp: the venv (prefix, site-packages) is shown, the checkout is not
+    import site
     import sys
 
-    from glm_agent.interpreter._isolation import hidden_python_paths
+    from glm_agent.interpreter._local import python_paths
 
     venv = tmp_path / "checkout" / ".venv"
-    (venv / "lib").mkdir(parents=True)
+    packages = venv / "lib" / "python3" / "site-packages"
+    packages.mkdir(parents=True)
     monkeypatch.setattr(sys, "prefix", str(venv))
-    monkeypatch.setattr(sys, "path", ["/tmp", str(venv / "lib"), str(tmp_path / "checkout"), "/usr/lib", ""])
-    kept = hidden_python_paths()
-    assert str(tmp_path / "checkout") in kept  # the checkout covers its .venv
-    assert str(venv) not in kept and "/tmp" not in kept and "/usr/lib" not in kept
+    monkeypatch.setattr(sys, "exec_prefix", str(venv))
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "checkout"), str(packages), "/tmp", ""])
+    monkeypatch.setattr(site, "getsitepackages", lambda: [str(packages)])
+    shown = python_paths()
+    assert str(venv) in shown and str(packages) in shown and sys.base_prefix in shown
+    assert str(tmp_path / "checkout") not in shown and "/tmp" not in shown
+
+
+def test_kernel_environment_is_an_allowlist(monkeypatch):
+    from glm_agent.interpreter._environment import check_env, kernel_environment
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
+    monkeypatch.setenv("FOO", "bar")
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    env = kernel_environment(home="/mnt/data", tmpdir="/tmp", scratch="/run/kernel/scratch", extra={"FOO": "mine"})
+    assert "OPENAI_API_KEY" not in env
+    assert env["FOO"] == "mine"  # only because the caller passed it
+    assert env["LC_ALL"] == "C.UTF-8" and env["OMP_NUM_THREADS"] == "2" and env["HOME"] == "/mnt/data"
+    with pytest.raises(ValueError, match="invalid environment variable name"):
+        check_env({"A=B": "x"})
+    with pytest.raises(ValueError, match="without NUL"):
+        check_env({"A": 1})
+    with pytest.raises(TypeError, match="mapping"):
+        check_env(["A"])
+
+
+def test_seccomp_filter_is_well_formed():
+    from glm_agent.interpreter._seccomp import DENIED, build_filter
+
+    program = build_filter()
+    assert len(program) < 4096  # the kernel's limit on a classic BPF program
+    assert all(0 <= code < 2**16 and 0 <= jt < 256 and 0 <= jf < 256 for code, jt, jf, _k in program)
+    assert program[-1] == (0x06, 0, 0, 0x7FFF0000)  # default: allow
+    assert {"mount", "unshare", "ptrace", "bpf", "keyctl", "chroot", "setns"} <= set(DENIED)
+
+
+def test_limits_session_fields_are_validated():
+    limits = Limits(max_processes=64, total_memory_bytes=1 * GiB, workspace_bytes=64 * MiB)
+    assert limits.rlimits() == {
+        "memory_bytes": limits.memory_bytes, "cpu_seconds": 3600, "open_files": 1024, "file_size_bytes": 1 * GiB,
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="max_processes"):
+        Limits(max_processes=2)
+    with pytest.raises(TypeError, match="workspace_bytes"):
+        Limits(workspace_bytes=1.5)  # type: ignore[arg-type]

@@ -44,11 +44,17 @@ class KernelBackend(Protocol):
         Raises ``InterpreterError`` (with the kernel's own error output) if it cannot start.
         """
 
-    def execute(self, code: str, *, silent: bool = False) -> str:
-        """Send an ``execute_request`` (never allowing stdin, never stopping on error); return its msg_id."""
+    def execute(self, code: str, *, silent: bool = False, user_expressions: dict[str, str] | None = None) -> str:
+        """Send an ``execute_request`` (never allowing stdin, never stopping on error); return its msg_id.
+
+        ``user_expressions`` are evaluated after the code; their values come back in the ``execute_reply``.
+        Transport failures raise ``InterpreterError`` (a backend translates its own errors).
+        """
 
     def recv(self, timeout: float) -> tuple[Channel, KernelMessage] | None:
         """The next message from the iopub or shell channel, or None after ``timeout`` seconds.
+
+        Transport failures raise ``InterpreterError``.
 
         The backend delivers every message; filtering by ``parent_header.msg_id`` is the
         caller's job.

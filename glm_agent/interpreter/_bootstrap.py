@@ -8,13 +8,21 @@ import time
 from glm_agent.errors import InterpreterError
 from glm_agent.interpreter._backend import KernelBackend
 
-__all__ = ["BOOTSTRAP", "run_silent", "write_file"]
+__all__ = ["BOOTSTRAP", "REPORT_EXPRESSION", "run_silent", "write_file"]
 
 # Threads started by a cell keep that cell as their output's parent, so that what they print
 # after the cell ended is not attributed to whichever cell runs then (ipykernel's default).
+# After every (non-silent) cell: figures still open under a non-inline backend (``Agg``) are
+# displayed and closed, as the inline backend does; files created or changed in the workspace
+# are listed, and image files among them displayed when the cell displayed no image itself;
+# the session's cgroup counters (``/run/glm-agent``) say whether a limit was hit. The report is
+# read by the session with the user expression ``REPORT_EXPRESSION``.
 BOOTSTRAP = """
 def __glm_agent_bootstrap():
+    import os
+    import sys
     import threading
+    import warnings
     from IPython import get_ipython
 
     shell = get_ipython()
@@ -43,10 +51,120 @@ def __glm_agent_bootstrap():
     start._glm_agent = True
     threading.Thread.start = start
 
+    warnings.filterwarnings("ignore", message=".*non-interactive, and thus cannot be shown")
+    workspace = os.getcwd()
+    images = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif", ".svg": "image/svg+xml"}
+    state = {"before": {}, "counters": {}, "shown": False, "report": {}}
+    max_entries = 5000
+
+    def snapshot():
+        found, stack = {}, [workspace]
+        while stack and len(found) < max_entries:
+            top = stack.pop()
+            try:
+                entries = list(os.scandir(top))
+            except OSError:
+                continue
+            for entry in entries:
+                if top == workspace and entry.name == "outputs":
+                    continue  # the session's own images
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    elif entry.is_file(follow_symlinks=False):
+                        info = entry.stat(follow_symlinks=False)
+                        found[entry.path] = (info.st_mtime_ns, info.st_size)
+                except OSError:
+                    pass
+        return found
+
+    def counters():
+        values = {}
+        for name, key in (("memory.oom_control", "oom_kill"), ("memory.events", "oom_kill"), ("pids.events", "max")):
+            try:
+                with open("/run/glm-agent/" + name) as fh:
+                    for line in fh:
+                        if line.startswith(key + " "):
+                            values[key] = int(line.split()[1])
+            except (OSError, ValueError):
+                pass
+        return values
+
+    publisher = shell.display_pub
+    original_publish = publisher.publish
+
+    def publish(data, *args, **kwargs):
+        if any(str(mime).startswith("image/") for mime in data or ()):
+            state["shown"] = True
+        return original_publish(data, *args, **kwargs)
+
+    publisher.publish = publish
+
+    def pre_run_cell(*_args):
+        state["before"] = snapshot()
+        state["counters"] = counters()
+        state["shown"] = False
+
+    def show_open_figures():
+        pyplot = sys.modules.get("matplotlib.pyplot")
+        if pyplot is None or "inline" in str(pyplot.get_backend()):
+            return
+        import base64
+        import io
+
+        from IPython.display import display
+
+        for number in pyplot.get_fignums():
+            figure = pyplot.figure(number)
+            buffer = io.BytesIO()
+            figure.savefig(buffer, format="png", bbox_inches="tight")
+            png = base64.b64encode(buffer.getvalue()).decode("ascii")
+            display({"image/png": png, "text/plain": repr(figure)}, raw=True)
+        pyplot.close("all")
+
+    def post_run_cell(*_args):
+        try:
+            show_open_figures()
+        except Exception as exc:
+            print(f"[could not show the open figures: {exc}]", file=sys.stderr)
+        after = snapshot()
+        before = state["before"]
+        changed = sorted(path for path, stamp in after.items() if before.get(path) != stamp)
+        if not state["shown"]:
+            import base64
+
+            from IPython.display import display
+
+            for path in changed:
+                mime = images.get(os.path.splitext(path)[1].lower())
+                if mime is None or after[path][1] > 10 * 1024 * 1024:
+                    continue
+                try:
+                    with open(path, "rb") as fh:
+                        raw = fh.read()
+                except OSError:
+                    continue
+                value = raw.decode("utf-8", "replace") if mime == "image/svg+xml" else base64.b64encode(raw).decode()
+                display({mime: value}, raw=True, metadata={"glm_agent_file": path})
+        now = counters()
+        report = {"files": changed, "more_files": len(after) >= max_entries}
+        for key, value in now.items():
+            if value > state["counters"].get(key, 0):
+                report[key] = value - state["counters"].get(key, 0)
+        state["report"] = report
+
+    shell.events.register("pre_run_cell", pre_run_cell)
+    shell.events.register("post_run_cell", post_run_cell)
+    shell.user_ns["_glm_agent_report"] = lambda: state["report"]
+    shell.user_ns_hidden["_glm_agent_report"] = None
+
 
 __glm_agent_bootstrap()
 del __glm_agent_bootstrap
 """
+
+#: the user expression that returns a cell's report (files, limits hit) in its execute_reply
+REPORT_EXPRESSION = {"glm_agent": "_glm_agent_report()"}
 
 
 def run_silent(backend: KernelBackend, code: str, timeout: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import os
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from glm_agent.interpreter._results import (
     StreamOutput,
 )
 
-__all__ = ["OutputCollector"]
+__all__ = ["OutputCollector", "write_no_follow"]
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +161,30 @@ class OutputCollector:
                 log.warning("could not decode a %s output: %s", mime, exc)
                 return None
             self._image_count += 1
-            self._images_dir.mkdir(parents=True, exist_ok=True)
             path = self._images_dir / f"{self._image_prefix}-{self._image_count}{suffix}"
-            path.write_bytes(payload)
+            try:
+                write_no_follow(path, payload)
+            except OSError as exc:
+                log.warning("could not save an image output to %s: %s", path, exc)
+                return None
             return path
         return None
+
+
+def write_no_follow(path: Path, data: bytes) -> None:
+    """Write ``path`` in a folder the kernel can also write (the workspace) without following links.
+
+    The kernel could have replaced the folder or the file with a symbolic link to a host file; the
+    host must never write (or read) through it. A link in the folder's place is removed.
+    """
+    folder = path.parent
+    if folder.is_symlink():
+        folder.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        fd = os.open(path.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644, dir_fd=dir_fd)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+    finally:
+        os.close(dir_fd)

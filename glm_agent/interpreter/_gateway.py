@@ -33,10 +33,11 @@ from websockets.sync.client import ClientConnection, connect
 
 from glm_agent.errors import InterpreterError
 from glm_agent.interpreter._backend import Channel, KernelMessage
-from glm_agent.interpreter._gateway_kernel import SESSION_ENV
+from glm_agent.interpreter._gateway_kernel import KERNEL_ENV_ENV, SESSION_ENV
 from glm_agent.interpreter._gateway_protocol import (
     PROBE,
     TOKEN_ENV,
+    UNKNOWN_LIMITS,
     GatewayRefused,
     GatewayREST,
     delete_kernel_quietly,
@@ -46,14 +47,13 @@ from glm_agent.interpreter._gateway_protocol import (
     synthetic_message,
 )
 from glm_agent.interpreter._isolation import Isolation
-from glm_agent.interpreter._limits import Limits
 
 __all__ = ["KernelGateway", "TOKEN_ENV"]
 
 log = logging.getLogger(__name__)
 
 # websockets >= 17 asks for legacy=True to return the connection itself (as older versions do)
-_CONNECT_OPTIONS = {"legacy": True} if "legacy" in inspect.signature(connect).parameters else {}
+_CONNECT_OPTIONS: dict[str, Any] = {"legacy": True} if "legacy" in inspect.signature(connect).parameters else {}
 _MAX_MESSAGE = 256 * 1024 * 1024  # images and long outputs arrive as single WebSocket messages
 _LOST_REPLY_AFTER = 1.5  # seconds of silence after a reconnect before asking the gateway
 _GONE = "the gateway no longer has this kernel: it was culled after being idle, shut down, or the gateway was restarted"
@@ -86,7 +86,7 @@ class KernelGateway:
         self._send_lock = threading.Lock()
         self._recv_lock = threading.RLock()  # one reader at a time (a close() from another thread waits)
         self._pending: deque[tuple[Channel, KernelMessage]] = deque()
-        self._finalizer: weakref.finalize | None = None
+        self._finalizer: weakref.finalize[..., Any] | None = None
         self._closing = False
         self._dead: str | None = None  # why the kernel is not usable, when it is not
         self._gateway_restarting = False  # the gateway is restarting a kernel that died
@@ -94,8 +94,9 @@ class KernelGateway:
         self._inflight: dict[str, Any] | None = None  # the execute request a run waits for
         self._kernel_workspace = "/mnt/data"
         self._last_exit = ""
+        self.kernel_env: dict[str, str] = {}  # CodeInterpreter(env=...): sent to the kernel command
         self.isolation = Isolation("none", "not started")
-        self.limits = Limits(memory_bytes=None, cpu_seconds=None, open_files=None, file_size_bytes=None)
+        self.limits = UNKNOWN_LIMITS
 
     # -- identity ---------------------------------------------------------------------------
     @property
@@ -111,7 +112,7 @@ class KernelGateway:
         """Names this session's workspace on the gateway (``KERNEL_GLM_AGENT_SESSION``), across kernel restarts."""
         return self._workspace_key
 
-    def kernel_model(self) -> dict | None:
+    def kernel_model(self) -> dict[str, Any] | None:
         """The gateway's record of this kernel (``execution_state``, ...), or None when it has none."""
         return None if self.kernel_id is None else self._rest.kernel(self.kernel_id)
 
@@ -124,6 +125,8 @@ class KernelGateway:
 
     def _new_kernel(self, timeout: float) -> None:
         body: dict[str, Any] = {"env": {SESSION_ENV: self._workspace_key}}
+        if self.kernel_env:
+            body["env"][KERNEL_ENV_ENV] = json.dumps(self.kernel_env)
         if self.kernel_name:
             body["name"] = self.kernel_name
         for attempt in range(3):
@@ -312,7 +315,7 @@ class KernelGateway:
                 pass
 
     # -- messages ---------------------------------------------------------------------------
-    def _send(self, channel: str, msg_type: str, content: dict) -> str:
+    def _send(self, channel: str, msg_type: str, content: dict[str, Any]) -> str:
         msg_id, data = encode_message(channel, msg_type, content, self._session)
         with self._send_lock:
             if self._ws is None:
@@ -325,11 +328,12 @@ class KernelGateway:
                 self._ws.send(data)
         return msg_id
 
-    def execute(self, code: str, *, silent: bool = False) -> str:
+    def execute(self, code: str, *, silent: bool = False, user_expressions: dict[str, str] | None = None) -> str:
         if self.kernel_id is None:
             raise InterpreterError("the kernel is not running; start() it first")
+        content = execute_content(code, silent=silent, user_expressions=user_expressions)
         try:
-            msg_id = self._send("shell", "execute_request", execute_content(code, silent=silent))
+            msg_id = self._send("shell", "execute_request", content)
         except (InterpreterError, ConnectionClosed, OSError) as exc:
             self._mark_dead(str(exc))  # the run then reports a dead kernel, and the session restarts it
             return uuid.uuid4().hex
@@ -385,7 +389,7 @@ class KernelGateway:
             if item is not None:
                 return item
 
-    def _classify(self, msg: dict) -> tuple[Channel, KernelMessage] | None:
+    def _classify(self, msg: dict[str, Any]) -> tuple[Channel, KernelMessage] | None:
         channel = msg.pop("channel", None)
         if channel not in ("iopub", "shell"):
             return None
@@ -407,7 +411,7 @@ class KernelGateway:
                 inflight["idle"] = True
             if inflight["replied"] and inflight["idle"]:
                 self._inflight = None
-        return channel, msg  # type: ignore[return-value]
+        return channel, msg
 
     def _reconnect(self) -> bool:
         """After the WebSocket dropped: reconnect once (same session, so the gateway replays what it kept)."""

@@ -12,20 +12,24 @@ dies, so kernels do not outlive their gateway.
 Layout, under the gateway's runtime (connection) directory ``R``:
 
 - ``R/kernel-ID.json``: the gateway's connection file (ZMQ ``ipc`` transport);
-- ``R/glm-agent/kernels/ID/``: this kernel's sockets, scratch space and connection file;
-  the gateway's socket paths ``R/kernel-ID-ipc-N`` are symlinks to the sockets here,
-  so that an isolated kernel sees its own directory and nothing else of ``R``;
-- ``R/glm-agent/workspaces/SESSION/``: the workspace (``/mnt/data``), named by the
-  client's ``KERNEL_GLM_AGENT_SESSION`` (else by the kernel id), so that it survives
-  kernel restarts; removed when the kernel ends and it is empty (the client empties it
-  when it closes the session);
-- ``R/glm-agent/kernels/ID.exit``: how the previous kernel of this id died, handed to
-  its replacement as ``GLM_AGENT_LAST_EXIT`` (the client reads it to say why).
+- ``R/glm-agent/sessions/SESSION/``: the session's directories
+  (:class:`~glm_agent.interpreter._workspace.SessionDirs`: a tmpfs of ``--workspace-bytes``
+  when isolated), named by the client's ``KERNEL_GLM_AGENT_SESSION`` (else by the kernel id),
+  so that they survive kernel restarts: ``data/`` (the workspace, ``/mnt/data``), ``tmp/``
+  and ``kernels/ID/`` (this kernel's sockets, scratch space and connection file; the
+  gateway's socket paths ``R/kernel-ID-ipc-N`` are symlinks to the sockets there). Unmounted
+  and removed when a kernel ends with the workspace empty (the client empties it when it
+  closes the session);
+- ``R/glm-agent/exits/ID``: how the previous kernel of this id died, handed to its
+  replacement as ``GLM_AGENT_LAST_EXIT`` (the client reads it to say why).
+
+The kernel's environment is the same allowlist as a local kernel's, plus the variables the
+client sent as ``KERNEL_GLM_AGENT_ENV`` (JSON; ``CodeInterpreter(env=...)``); nothing of the
+gateway's own environment (its token) reaches it.
 
 Isolation needs ``ipc`` transport (an isolated kernel has no network, so TCP from the
-gateway cannot reach it) and ``R`` under ``/tmp`` or ``/dev/shm`` (which the sandbox
-replaces with private ones: other kernels' connection files, sockets and workspaces stay
-invisible). The wrapper refuses to start an isolated kernel otherwise.
+gateway cannot reach it) and ``R`` under ``/tmp`` or ``/dev/shm`` (hidden from every
+sandbox). The wrapper refuses to start an isolated kernel otherwise.
 """
 
 from __future__ import annotations
@@ -39,23 +43,27 @@ import shutil
 import signal
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
+from glm_agent.interpreter._environment import check_env
 from glm_agent.interpreter._isolation import detect_isolation, launcher_argv
 from glm_agent.interpreter._launch import PR_SET_PDEATHSIG, _prctl
-from glm_agent.interpreter._limits import Limits
+from glm_agent.interpreter._limits import GiB, Limits
 from glm_agent.interpreter._local import describe_exit, launch_spec
+from glm_agent.interpreter._workspace import SessionDirs
 
-__all__ = ["main", "SESSION_ENV", "LAST_EXIT_ENV"]
+__all__ = ["main", "SESSION_ENV", "KERNEL_ENV_ENV", "LAST_EXIT_ENV"]
 
 log = logging.getLogger(__name__)
 
 SESSION_ENV = "KERNEL_GLM_AGENT_SESSION"
+KERNEL_ENV_ENV = "KERNEL_GLM_AGENT_ENV"
 LAST_EXIT_ENV = "GLM_AGENT_LAST_EXIT"
 _SESSION_NAME = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 _PORTS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 _PRIVATE_IN_SANDBOX = ("/tmp", "/dev/shm")
-_SECRET_NAME = re.compile(r"^(KG|EG)_|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
 
 
 class LaunchError(Exception):
@@ -70,7 +78,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="namespaces where available (auto), or refuse to start without them (required), or never",
     )  # fmt: skip
     defaults = Limits()
-    for name in ("memory_bytes", "cpu_seconds", "open_files", "file_size_bytes", "tmpfs_bytes"):
+    for name in [f.name for f in fields(Limits)]:
         parser.add_argument(
             "--" + name.replace("_", "-"), type=lambda v: None if v == "none" else int(v),
             default=getattr(defaults, name), help=f"Limits.{name} ('none' for no limit)",
@@ -92,8 +100,8 @@ def _hidden_in_sandbox(path: Path) -> bool:
     return any(real == root or real.startswith(root + "/") for root in _PRIVATE_IN_SANDBOX)
 
 
-def _prepare(args: argparse.Namespace) -> tuple[dict, Path, Path, list[Path], Path]:
-    """Directories, connection file and launcher spec; returns (spec, runtime_dir, workspace, links, exit_file)."""
+def _prepare(args: argparse.Namespace) -> tuple[dict[str, Any], SessionDirs, Path, list[Path], Path]:
+    """Directories, connection file and launcher spec; returns (spec, dirs, runtime_dir, links, exit_file)."""
     connection_file = Path(args.connection_file).resolve()
     info = json.loads(connection_file.read_text())
     kernel_id = connection_file.stem.removeprefix("kernel-")
@@ -106,16 +114,18 @@ def _prepare(args: argparse.Namespace) -> tuple[dict, Path, Path, list[Path], Pa
         )
     if isolate and not _hidden_in_sandbox(base):
         raise LaunchError(
-            f"the gateway's runtime directory {connection_file.parent} must be under /tmp or /dev/shm, which the "
-            "sandbox replaces, so that kernels cannot see each other's connection files and workspaces "
+            f"the gateway's runtime directory {connection_file.parent} must be under /tmp or /dev/shm, so that "
+            "kernels cannot reach each other's connection files and workspaces "
             "(set JUPYTER_RUNTIME_DIR; sandbox/kernelgateway_config.py does)"
         )
+    limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})
     session = os.environ.get(SESSION_ENV, "")
-    workspace = base / "workspaces" / (session if _SESSION_NAME.match(session) else kernel_id)
-    runtime_dir = base / "kernels" / kernel_id
-    shutil.rmtree(runtime_dir, ignore_errors=True)  # left by a kernel of this id that was killed
-    runtime_dir.mkdir(parents=True, mode=0o700)
-    workspace.mkdir(parents=True, exist_ok=True)
+    (base / "sessions").mkdir(parents=True, exist_ok=True)
+    dirs = SessionDirs.create(
+        base / "sessions", size=limits.workspace_bytes, mount=isolate,
+        name=session if _SESSION_NAME.match(session) else kernel_id,
+    )  # fmt: skip
+    runtime_dir = dirs.new_runtime_dir(kernel_id)
     links: list[Path] = []
     if info.get("transport") == "ipc":
         for key in _PORTS:
@@ -128,30 +138,37 @@ def _prepare(args: argparse.Namespace) -> tuple[dict, Path, Path, list[Path], Pa
     kernel_connection = runtime_dir / "connection.json"
     kernel_connection.touch(mode=0o600)
     kernel_connection.write_text(json.dumps(info))
-    limits = Limits(
-        memory_bytes=args.memory_bytes, cpu_seconds=args.cpu_seconds, open_files=args.open_files,
-        file_size_bytes=args.file_size_bytes, tmpfs_bytes=args.tmpfs_bytes,
-    )  # fmt: skip
-    exit_file = base / "kernels" / f"{kernel_id}.exit"
-    extra_env = {}
+    (base / "exits").mkdir(exist_ok=True)
+    exit_file = base / "exits" / kernel_id
+    extra_env = _client_env()
     try:
         extra_env[LAST_EXIT_ENV] = exit_file.read_text()
         exit_file.unlink()
     except OSError:
         pass
     spec = launch_spec(
-        workspace=workspace, runtime_dir=runtime_dir, connection_file=kernel_connection,
-        limits=limits, isolate=isolate, extra_env=extra_env, remove_if_orphaned=[runtime_dir],
+        workspace=dirs.workspace, runtime_dir=runtime_dir, connection_file=kernel_connection,
+        limits=limits, isolate=isolate, extra_env=extra_env, tmp_dir=dirs.tmp if isolate else None,
+        workspace_quota=dirs.workspace_on_quota, remove_if_orphaned=[runtime_dir],
     )  # fmt: skip
     spec["limits_object"] = limits
-    return spec, runtime_dir, workspace, links, exit_file
+    return spec, dirs, runtime_dir, links, exit_file
 
 
-def _run(spec: dict) -> int:
+def _client_env() -> dict[str, str]:
+    """The variables the client asked for (``CodeInterpreter(env=...)``), sent as JSON in ``KERNEL_GLM_AGENT_ENV``."""
+    text = os.environ.get(KERNEL_ENV_ENV)
+    if not text:
+        return {}
+    try:
+        return check_env(json.loads(text))
+    except (ValueError, TypeError) as exc:
+        raise LaunchError(f"{KERNEL_ENV_ENV} is not a JSON object of variable names to strings: {exc}") from exc
+
+
+def _run(spec: dict[str, Any]) -> int:
     """Start the supervisor, relay signals, wait; the supervisor's exit status."""
     limits = spec.pop("limits_object")
-    for name in [n for n in os.environ if _SECRET_NAME.search(n)]:
-        del os.environ[name]  # the gateway's token and other secrets never reach the kernel
     read_fd, write_fd = os.pipe()
     spec["lifeline_fd"] = read_fd
     try:
@@ -179,6 +196,15 @@ def _run(spec: dict) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     status = proc.wait()
     spec["exit_description"] = describe_exit(status, limits)
+    if status == -signal.SIGKILL and limits.total_memory_bytes:
+        try:
+            if int((Path(spec["runtime_dir"]) / "oom_kills").read_text() or 0):
+                spec["exit_description"] = (
+                    f"killed by SIGKILL: the session's memory limit of {limits.total_memory_bytes / GiB:g} GiB "
+                    "(Limits.total_memory_bytes) was reached"
+                )
+        except (OSError, ValueError):
+            pass
     try:
         os.close(write_fd)
     except OSError:
@@ -194,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     args = _parse(argv)
     try:
-        spec, runtime_dir, workspace, links, exit_file = _prepare(args)
+        spec, dirs, runtime_dir, links, exit_file = _prepare(args)
     except (LaunchError, OSError, ValueError, KeyError) as exc:
         log.error("cannot start the kernel: %s", exc)
         return 126
@@ -205,9 +231,11 @@ def main(argv: list[str] | None = None) -> int:
             link.unlink(missing_ok=True)
         shutil.rmtree(runtime_dir, ignore_errors=True)
         try:
-            workspace.rmdir()  # only when empty: files stay for the session's next kernel
+            empty = not any(dirs.workspace.iterdir())
         except OSError:
-            pass
+            empty = True
+        if empty:  # only when empty: files stay for the session's next kernel
+            dirs.remove()
     if status != 0:
         exit_file.write_text(spec["exit_description"])
         log.info("kernel %s ended: %s", runtime_dir.name, spec["exit_description"])

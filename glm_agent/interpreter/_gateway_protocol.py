@@ -9,6 +9,7 @@ import os
 import resource
 import uuid
 from datetime import datetime, timezone
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -21,7 +22,7 @@ from glm_agent.interpreter._limits import Limits
 
 __all__ = [
     "GatewayREST", "GatewayRefused", "TOKEN_ENV", "PROBE", "read_probe",
-    "execute_content", "encode_message", "synthetic_message",
+    "execute_content", "encode_message", "synthetic_message", "UNKNOWN_LIMITS",
 ]  # fmt: skip
 
 TOKEN_ENV = "GLM_AGENT_GATEWAY_TOKEN"
@@ -52,7 +53,7 @@ class GatewayREST:
             f"pass token= (or set {TOKEN_ENV}) to the gateway's KG_AUTH_TOKEN"
         )
 
-    def request(self, method: str, path: str, body: dict | None = None) -> httpx.Response:
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
         try:
             response = self._http.request(method, path, json=body)
         except httpx.TransportError as exc:
@@ -71,7 +72,7 @@ class GatewayREST:
             raise GatewayRefused(f"the Kernel Gateway answered {method} {path} with HTTP {status}: {detail}")
         return response
 
-    def kernel(self, kernel_id: str) -> dict | None:
+    def kernel(self, kernel_id: str) -> dict[str, Any] | None:
         """The gateway's record of a kernel (``execution_state``, ...), or None when it has none."""
         path = f"/api/kernels/{kernel_id}"
         try:
@@ -94,7 +95,7 @@ def delete_kernel_quietly(base_url: str, headers: dict[str, str], kernel_id: str
         pass
 
 
-def encode_message(channel: str, msg_type: str, content: dict, session: str) -> tuple[str, str]:
+def encode_message(channel: str, msg_type: str, content: dict[str, Any], session: str) -> tuple[str, str]:
     """A Jupyter message for the WebSocket: (msg_id, JSON text)."""
     msg_id = uuid.uuid4().hex
     header = {
@@ -112,14 +113,14 @@ def encode_message(channel: str, msg_type: str, content: dict, session: str) -> 
     return msg_id, json.dumps(message)
 
 
-def execute_content(code: str, *, silent: bool, user_expressions: dict[str, str] | None = None) -> dict:
+def execute_content(code: str, *, silent: bool, user_expressions: dict[str, str] | None = None) -> dict[str, Any]:
     return {
         "code": code, "silent": silent, "store_history": not silent, "user_expressions": user_expressions or {},
         "allow_stdin": False, "stop_on_error": False,
     }  # fmt: skip
 
 
-def synthetic_message(msg_type: str, parent: dict, content: dict) -> KernelMessage:
+def synthetic_message(msg_type: str, parent: dict[str, Any], content: dict[str, Any]) -> KernelMessage:
     """A message the transport makes up to end a run whose real one was lost (marked in metadata)."""
     header = {"msg_id": uuid.uuid4().hex, "msg_type": msg_type, "date": datetime.now(timezone.utc).isoformat()}
     return {
@@ -136,11 +137,16 @@ PROBE = {
     "rlimits": "[__import__('resource').getrlimit(getattr(__import__('resource'), n))[0] "
     "for n in ('RLIMIT_AS', 'RLIMIT_CPU', 'RLIMIT_NOFILE', 'RLIMIT_FSIZE')]",
     "last_exit": f"__import__('os').environ.get({LAST_EXIT_ENV!r}, '')",
+    "sandbox": "__import__('os').environ.get('GLM_AGENT_SANDBOX', '')",
 }
 
 
-def read_probe(reply_content: dict, url: str) -> tuple[str, str, Isolation, Limits]:
-    """(kernel workspace, predecessor's end, isolation, limits) from the probe's execute_reply."""
+def read_probe(reply_content: dict[str, Any], url: str) -> tuple[str, str, Isolation, Limits]:
+    """(kernel workspace, predecessor's end, isolation, limits) from the probe's execute_reply.
+
+    Isolation and the session limits come from the launcher's report (``GLM_AGENT_SANDBOX``, what
+    it actually set up), the rlimits from the kernel itself.
+    """
     values = {}
     for name, value in reply_content.get("user_expressions", {}).items():
         try:
@@ -148,13 +154,33 @@ def read_probe(reply_content: dict, url: str) -> tuple[str, str, Isolation, Limi
         except (KeyError, TypeError, ValueError, SyntaxError):
             pass
     workspace = str(values.get("cwd") or "/mnt/data")
-    if values.get("pid") == 1 and workspace == "/mnt/data":
-        isolation = Isolation("namespaces")
+    try:
+        report = json.loads(values.get("sandbox") or "{}")
+    except ValueError:
+        report = {}
+    report = report if isinstance(report, dict) else {}
+    if report.get("isolated") and values.get("pid") == 1 and workspace == "/mnt/data":
+        isolation = Isolation(
+            "namespaces", seccomp=bool(report.get("seccomp")), max_processes="max_processes" in report,
+            total_memory="total_memory_bytes" in report, workspace_quota=report.get("workspace_bytes") is not None,
+        )  # fmt: skip
     else:
         isolation = Isolation("none", f"the kernel spec on the Kernel Gateway at {url} runs kernels unisolated")
     rlimits = [None if v in (None, resource.RLIM_INFINITY) else v for v in values.get("rlimits") or [None] * 4]
+    totals = {
+        "max_processes": report.get("max_processes"),
+        "total_memory_bytes": report.get("total_memory_bytes"),
+        "workspace_bytes": report.get("tmp_bytes"),
+    }
     try:
-        limits = Limits(*rlimits)
+        limits = Limits(*rlimits, **totals)
     except (TypeError, ValueError):
-        limits = Limits(memory_bytes=None, cpu_seconds=None, open_files=None, file_size_bytes=None)
+        limits = UNKNOWN_LIMITS
     return workspace, str(values.get("last_exit") or ""), isolation, limits
+
+
+#: what the client says before it knows the gateway kernel's limits
+UNKNOWN_LIMITS = Limits(
+    memory_bytes=None, cpu_seconds=None, open_files=None, file_size_bytes=None,
+    max_processes=None, total_memory_bytes=None, workspace_bytes=None,
+)  # fmt: skip

@@ -1,17 +1,15 @@
-"""Sandbox isolation: what it is, whether this machine can do it (probed once), and the launcher command.
+"""Sandbox isolation: what holds, whether this machine can do it (probed once), and the launcher command.
 
-Isolated mode (Linux, root, namespaces available) puts each kernel in its own network,
-mount and PID namespaces: no network at all (only a loopback interface that is down;
-the host talks to the kernel over ZMQ ``ipc`` sockets, which are files), every host
-mount read-only, the workspace read-write at ``/mnt/data``, private ``/tmp`` and
-``/dev/shm``, a ``/proc`` that shows only the sandbox's processes, and no capabilities
-(so root in the sandbox cannot remount, leave the namespaces or raise its limits).
+Isolated mode (Linux, root) runs each kernel in its own mount, network, PID, IPC and UTS
+namespaces, in a root filesystem built from an allowlist (the system directories, chosen
+``/etc`` files, the kernel's Python, the workspace at ``/mnt/data``, a private ``/tmp``),
+with no capabilities, ``no_new_privs``, a seccomp filter, and cgroups that bound the
+session's processes and memory (see ``_launch.py`` and the README's attack table). What
+this host allows is probed once per process, by starting the launcher in probe mode, and
+reported by :class:`Isolation`.
 
-It does NOT hide what the host filesystem contains (the code can read any file the
-host user can read, e.g. other users' readable files, the project's code), does not
-limit total memory across processes (rlimits are per process; use a cgroup or a
-container for that), and is not a defence against kernel exploits. For untrusted code
-on a shared machine run the kernels on a Kernel Gateway inside a VM or container.
+It is not a VM: the kernel shares the host's Linux kernel, so a kernel exploit escapes it.
+For that boundary run the kernels on a gateway inside gVisor or Kata (``sandbox/README.md``).
 """
 
 from __future__ import annotations
@@ -19,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -40,10 +37,22 @@ LAUNCHER = Path(__file__).with_name("_launch.py")
 
 @dataclass(frozen=True)
 class Isolation:
-    """How a kernel is isolated. ``mode`` is ``"namespaces"`` or ``"none"``; ``reason`` says why not."""
+    """How a session's kernel is isolated, protection by protection.
+
+    ``mode`` is ``"namespaces"`` or ``"none"``; ``reason`` says why not. In ``namespaces`` mode
+    the network, filesystem allowlist, own PIDs and dropped privileges always hold; the others
+    (``seccomp``, ``max_processes``, ``total_memory``, ``workspace_quota``) only where this host
+    allows them, and ``notes`` say what is missing and why. ``environment`` (the allowlisted
+    environment) holds in every mode.
+    """
 
     mode: str
     reason: str = ""
+    seccomp: bool = False
+    max_processes: bool = False
+    total_memory: bool = False
+    workspace_quota: bool = False
+    notes: tuple[str, ...] = ()
 
     @property
     def enabled(self) -> bool:
@@ -51,12 +60,12 @@ class Isolation:
 
     @property
     def network(self) -> bool:
-        """No network from the kernel."""
+        """No network from the kernel (only a loopback interface that is down)."""
         return self.enabled
 
     @property
     def filesystem(self) -> bool:
-        """Host filesystem read-only; workspace at /mnt/data."""
+        """An allowlisted, read-only root; only the workspace (/mnt/data) and /tmp are writable."""
         return self.enabled
 
     @property
@@ -64,10 +73,34 @@ class Isolation:
         """Own PID namespace: the kernel sees and can signal only its own processes."""
         return self.enabled
 
+    @property
+    def privileges(self) -> bool:
+        """No capabilities, no_new_privs: no setuid, no mounts, no raising limits."""
+        return self.enabled
+
+    @property
+    def environment(self) -> bool:
+        """The kernel's environment is an allowlist (no host secrets); true in every mode."""
+        return True
+
+    def holds(self) -> dict[str, bool]:
+        """Every protection by name: whether it holds for this session."""
+        names = ("network", "filesystem", "processes", "privileges", "environment", "seccomp")
+        found = {name: bool(getattr(self, name)) for name in names}
+        found.update(
+            max_processes=self.max_processes, total_memory=self.total_memory, workspace_quota=self.workspace_quota
+        )
+        return found
+
     def __str__(self) -> str:
-        if self.enabled:
-            return "namespaces (no network, read-only filesystem with the workspace at /mnt/data, own PIDs)"
-        return f"none ({self.reason})" if self.reason else "none"
+        if not self.enabled:
+            return f"none ({self.reason})" if self.reason else "none"
+        held = ", ".join(name for name, ok in self.holds().items() if ok)
+        missing = [name for name, ok in self.holds().items() if not ok]
+        text = f"namespaces ({held})"
+        if missing:
+            text += f"; not here: {', '.join(missing)}"
+        return text
 
 
 NO_ISOLATION = Isolation("none", "isolation was turned off (isolate=False)")
@@ -81,33 +114,6 @@ def runtime_root() -> Path:
     root = Path(tempfile.gettempdir()) / f"glm-agent-{os.getuid()}"
     root.mkdir(mode=0o700, exist_ok=True)
     return root
-
-
-#: what the sandbox covers with private, empty filesystems
-SANDBOX_OVERLAYS = ("/tmp", "/dev/shm", "/mnt")
-
-
-def hidden_python_paths() -> list[str]:
-    """Directories this Python needs that the sandbox's private ``/tmp``, ``/dev/shm`` or ``/mnt``
-    would hide (e.g. a virtual environment or a checkout under ``/tmp``, as CI clones often are).
-
-    The launcher binds them back read-only at the same paths, so the kernel's interpreter and
-    packages stay importable. An overlay root itself (say ``sys.path[0] == "/tmp"``) is never
-    re-exposed.
-    """
-
-    def under(path: str, root: str) -> bool:
-        return path == root or path.startswith(root.rstrip("/") + "/")
-
-    candidates = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix, os.path.dirname(sys.executable)}
-    candidates.update(p for p in sys.path if p)
-    kept: list[str] = []
-    for path in sorted({os.path.abspath(p) for p in candidates}, key=len):
-        if path in SANDBOX_OVERLAYS or not os.path.isdir(path):
-            continue
-        if any(under(path, root) for root in SANDBOX_OVERLAYS) and not any(under(path, k) for k in kept):
-            kept.append(path)
-    return kept
 
 
 def launcher_argv(spec: dict[str, Any]) -> list[str]:
@@ -129,49 +135,65 @@ def detect_isolation() -> Isolation:
 
 
 def _probe() -> Isolation:
+    from glm_agent.interpreter._cgroups import cgroup_parents
+    from glm_agent.interpreter._limits import Limits, MiB
+    from glm_agent.interpreter._local import launch_spec
+    from glm_agent.interpreter._workspace import SessionDirs
+
     if not sys.platform.startswith("linux"):
         return Isolation("none", f"needs Linux namespaces; this is {sys.platform}")
-    if not os.path.isdir("/mnt"):
-        return Isolation("none", "there is no /mnt directory to mount the workspace under")
-    root = runtime_root()
-    workspace = Path(tempfile.mkdtemp(prefix="probe-ws-", dir=root))
-    runtime_dir = Path(tempfile.mkdtemp(prefix="probe-rt-", dir=root))
+    if not os.path.isdir("/usr"):
+        return Isolation("none", "there is no /usr to build the sandbox's root from")
+    limits = Limits(max_processes=64, total_memory_bytes=512 * MiB, workspace_bytes=16 * MiB)
+    dirs = SessionDirs.create(runtime_root(), size=limits.workspace_bytes, mount=True)
+    runtime_dir = dirs.new_runtime_dir()
     server = socket.socket()
     read_fd, write_fd = os.pipe()
     try:
         server.bind(("127.0.0.1", 0))
         server.listen(1)
-        spec = {
-            "isolate": True,
-            "probe": True,
-            "workspace": str(workspace),
-            "runtime_dir": str(runtime_dir),
-            "tmpfs_bytes": 16 * 1024 * 1024,
-            "cwd": "/mnt/data",
-            "env": {},
-            "argv": [],
-            "limits": {},
-            "lifeline_fd": read_fd,
-            "probe_port": server.getsockname()[1],
-            "probe_readonly_dir": str(LAUNCHER.parent),
-            "readonly_paths": hidden_python_paths(),
-        }
+        (runtime_dir / "connection.json").write_text(json.dumps({"transport": "ipc", "ip": f"{runtime_dir}/kernel"}))
+        spec = launch_spec(
+            workspace=dirs.workspace, runtime_dir=runtime_dir, connection_file=runtime_dir / "connection.json",
+            limits=limits, isolate=True, tmp_dir=dirs.tmp, workspace_quota=dirs.workspace_on_quota,
+        )  # fmt: skip
+        spec.update(
+            probe=True, argv=[sys.executable], lifeline_fd=read_fd, probe_port=server.getsockname()[1],
+            probe_hidden=["/etc/shadow", str(runtime_root())],
+        )  # fmt: skip
         try:
             proc = subprocess.run(
                 launcher_argv(spec), pass_fds=(read_fd,), capture_output=True, text=True, timeout=30, check=False
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             return Isolation("none", f"the isolation probe failed to run: {exc}")
-        if proc.returncode == 0 and (workspace / ".probe").is_file():
-            return Isolation("namespaces")
-        detail = " ".join(proc.stderr.split())[-300:] or f"exit status {proc.returncode}"
-        return Isolation("none", f"Linux namespaces are not usable here: {detail}")
+        if proc.returncode != 0 or not (dirs.workspace / ".probe").is_file():
+            detail = " ".join(proc.stderr.split())[-300:] or f"exit status {proc.returncode}"
+            return Isolation("none", f"Linux namespaces are not usable here: {detail}")
+        try:
+            report = json.loads(proc.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            report = {}
+        notes = []
+        parents = cgroup_parents()
+        if "max_processes" not in report:
+            notes.append("max_processes: no writable pids cgroup (v1, or v2 delegated to this process's cgroup)")
+        if "total_memory_bytes" not in report:
+            notes.append("total_memory_bytes: no writable memory cgroup; memory is bounded per process only")
+        if not dirs.quota:
+            notes.append("workspace_bytes: cannot mount a size-limited tmpfs; writes are bounded per file only")
+        if not report.get("seccomp"):
+            notes.append("seccomp: no filter (supported on x86-64 Linux only)")
+        log.debug("isolation probe: report %s, cgroup parents %s", report, parents)
+        return Isolation(
+            "namespaces", seccomp=bool(report.get("seccomp")), max_processes="max_processes" in report,
+            total_memory="total_memory_bytes" in report, workspace_quota=dirs.quota, notes=tuple(notes),
+        )  # fmt: skip
     finally:
         server.close()
         os.close(read_fd)
         os.close(write_fd)
-        shutil.rmtree(workspace, ignore_errors=True)
-        shutil.rmtree(runtime_dir, ignore_errors=True)
+        dirs.remove()
 
 
 def resolve_isolation(isolate: bool | None) -> Isolation:

@@ -2,30 +2,38 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import zmq
-from jupyter_client import BlockingKernelClient
+from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.connect import write_connection_file
 
 from glm_agent.errors import InterpreterError
 from glm_agent.interpreter._backend import Channel, KernelMessage
-from glm_agent.interpreter._isolation import hidden_python_paths, launcher_argv, runtime_root
-from glm_agent.interpreter._limits import Limits
+from glm_agent.interpreter._cgroups import plan_session_cgroups
+from glm_agent.interpreter._environment import kernel_environment
+from glm_agent.interpreter._isolation import launcher_argv, runtime_root
+from glm_agent.interpreter._limits import GiB, Limits
+from glm_agent.interpreter._workspace import SessionDirs
 
-__all__ = ["LocalKernel", "describe_exit", "launch_spec"]
+__all__ = ["LocalKernel", "describe_exit", "launch_spec", "python_paths", "KERNEL_RUNTIME_DIR"]
 
 log = logging.getLogger(__name__)
+
+#: where an isolated kernel sees its runtime directory (sockets, connection file, caches)
+KERNEL_RUNTIME_DIR = "/run/kernel"
 
 _SIGNAL_MEANING = {
     signal.SIGSEGV: "segmentation fault",
@@ -47,10 +55,10 @@ def describe_exit(returncode: int | None, limits: Limits | None = None) -> str:
     if returncode < 0:
         sig = -returncode
         try:
-            name = signal.Signals(sig).name
+            member = signal.Signals(sig)
+            name, meaning = member.name, _SIGNAL_MEANING.get(member, "")
         except ValueError:
-            name = f"signal {sig}"
-        meaning = _SIGNAL_MEANING.get(sig, "")
+            name, meaning = f"signal {sig}", ""
         if sig == signal.SIGXCPU and limits is not None and limits.cpu_seconds:
             meaning = f"its CPU time limit of {limits.cpu_seconds} s was reached"
         return f"killed by {name}" + (f" ({meaning})" if meaning else "")
@@ -61,6 +69,20 @@ def describe_exit(returncode: int | None, limits: Limits | None = None) -> str:
     return f"exited with code {returncode}"
 
 
+def python_paths() -> list[str]:
+    """What the kernel's Python needs to run: its prefixes, its executable's directory, its site-packages."""
+    paths = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix}
+    paths.add(os.path.dirname(os.path.realpath(sys.executable)))
+    paths.add(os.path.dirname(os.path.abspath(sys.executable)))
+    try:
+        import site
+
+        paths.update(site.getsitepackages())
+    except (ImportError, AttributeError):
+        pass
+    return sorted(p for p in paths if p and os.path.isdir(p))
+
+
 def launch_spec(
     *,
     workspace: Path,
@@ -69,34 +91,51 @@ def launch_spec(
     limits: Limits,
     isolate: bool,
     extra_env: dict[str, str] | None = None,
-    remove_if_orphaned: list[Path] | None = None,
-) -> dict:
+    readonly_paths: Sequence[str | Path] = (),
+    tmp_dir: Path | None = None,
+    workspace_quota: bool = False,
+    remove_if_orphaned: list[Path] | list[str] | None = None,
+    unmount_if_orphaned: list[str] | None = None,
+    cgroups: bool = True,
+) -> dict[str, Any]:
     """The launcher's spec (``_launch.py``) for an ipykernel with this connection file.
 
     Creates the kernel's scratch directories under ``runtime_dir``. The caller adds
     ``lifeline_fd``. Shared by :class:`LocalKernel` and the Kernel Gateway's kernel spec
-    (``_gateway_kernel.py``), so that both run kernels the same way.
+    (``_gateway_kernel.py``), so that both run kernels the same way. ``tmp_dir``: the host
+    directory that becomes the sandbox's ``/tmp`` (the session's tmpfs); ``workspace_quota``:
+    the workspace lives on that size-limited filesystem too.
     """
     scratch = runtime_dir / "scratch"
-    for sub in ("tmp", "ipython", "matplotlib", "home"):
+    for sub in ("tmp", "ipython", "matplotlib", "cache"):
         (scratch / sub).mkdir(parents=True, exist_ok=True)
-    env = {
-        "IPYTHONDIR": str(scratch / "ipython"),
-        "MPLCONFIGDIR": str(scratch / "matplotlib"),
-        "MPLBACKEND": "module://matplotlib_inline.backend_inline",
-        "MALLOC_ARENA_MAX": "2",  # keeps address space use predictable under RLIMIT_AS
-        "JUPYTER_PLATFORM_DIRS": "1",
-        "PYDEVD_DISABLE_FILE_VALIDATION": "1",
-        "TMPDIR": "/tmp" if isolate else str(scratch / "tmp"),
-    }
-    if isolate:
-        env["HOME"] = str(scratch / "home")
-    env.update(extra_env or {})
+    kernel_runtime, kernel_connection = str(runtime_dir), str(connection_file)
+    if isolate:  # the kernel sees its runtime directory at /run/kernel (same sockets, through a bind mount)
+        kernel_runtime = KERNEL_RUNTIME_DIR
+        info = json.loads(connection_file.read_text())
+        if info.get("transport") == "ipc":
+            info["ip"] = info["ip"].replace(str(runtime_dir), kernel_runtime, 1)
+        inside = runtime_dir / "connection-sandbox.json"
+        inside.touch(mode=0o600)
+        inside.write_text(json.dumps(info))
+        kernel_connection = f"{kernel_runtime}/{inside.name}"
+    env = kernel_environment(
+        home="/mnt/data" if isolate else str(workspace),
+        tmpdir="/tmp" if isolate else str(scratch / "tmp"),
+        scratch=f"{kernel_runtime}/scratch",
+        extra=extra_env,
+    )
+    plan = None
+    if isolate and cgroups:
+        plan = plan_session_cgroups(limits.max_processes, limits.total_memory_bytes, f"glm-agent-{runtime_dir.name}")
     return {
         "isolate": isolate,
         "workspace": str(workspace),
         "runtime_dir": str(runtime_dir),
-        "tmpfs_bytes": limits.tmpfs_bytes,
+        "runtime_dir_inside": KERNEL_RUNTIME_DIR,
+        "tmp_dir": str(tmp_dir) if tmp_dir is not None else None,
+        "workspace_bytes": limits.workspace_bytes,
+        "workspace_quota": workspace_quota,
         "cwd": "/mnt/data" if isolate else str(workspace),
         "env": env,
         "argv": [
@@ -104,12 +143,15 @@ def launch_spec(
             "-m",
             "ipykernel_launcher",
             "-f",
-            str(connection_file),
+            kernel_connection,
             "--HistoryManager.enabled=False",
         ],
         "limits": limits.rlimits(),
+        "cgroups": plan.spec() if plan is not None and plan.dirs else {},
         "remove_if_orphaned": [str(path) for path in remove_if_orphaned or []],
-        "readonly_paths": hidden_python_paths() if isolate else [],
+        "unmount_if_orphaned": list(unmount_if_orphaned or []),
+        "readonly_paths": [*python_paths(), *map(str, readonly_paths)] if isolate else [],
+        "seccomp": True,
     }
 
 
@@ -120,7 +162,7 @@ class _KernelProcess:
     ``weakref.finalize`` at garbage collection or interpreter exit.
     """
 
-    def __init__(self, proc: subprocess.Popen, lifeline: int, runtime_dir: Path, log_path: Path) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], lifeline: int, runtime_dir: Path, log_path: Path) -> None:
         self.proc = proc
         self.lifeline: int | None = lifeline
         self.runtime_dir = runtime_dir
@@ -129,11 +171,23 @@ class _KernelProcess:
         self._lock = threading.Lock()
 
     def log_tail(self, size: int = 2000) -> str:
-        try:
-            data = self.log_path.read_bytes()[-size:]
+        try:  # the kernel can write in its runtime dir: never follow a link it put there
+            fd = os.open(self.log_path, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError:
             return ""
+        with os.fdopen(fd, "rb") as fh:
+            data = fh.read()[-size:]
         return data.decode("utf-8", "replace").strip()
+
+    def oom_kills(self) -> int:
+        """Processes the session's memory limit killed in this kernel's life (the supervisor writes it at the end)."""
+        try:
+            fd = os.open(self.runtime_dir / "oom_kills", os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return 0
+        with os.fdopen(fd) as fh:
+            text = fh.read(32)
+        return int(text) if text.isdigit() else 0
 
     def close_client(self) -> None:
         client, self.client = self.client, None
@@ -175,29 +229,47 @@ class _KernelProcess:
 
 
 class LocalKernel:
-    """A kernel process on this machine (implements :class:`KernelBackend`)."""
+    """A kernel process on this machine (implements :class:`KernelBackend`).
+
+    ``dirs`` holds the workspace, the sandbox's ``/tmp`` and the kernels' runtime directories
+    (see :class:`~glm_agent.interpreter._workspace.SessionDirs`); without it the kernel makes its
+    own around ``workspace`` and removes them at shutdown. ``env``: extra environment variables
+    (on top of the allowlist); ``readonly_paths``: host folders the isolated kernel may read.
+    """
 
     def __init__(
         self,
-        workspace: Path,
+        workspace: Path | None = None,
         *,
         limits: Limits,
         isolate: bool,
-        extra_env: dict[str, str] | None = None,
+        dirs: SessionDirs | None = None,
+        env: dict[str, str] | None = None,
+        readonly_paths: Sequence[str | Path] = (),
         temporary_workspace: bool = False,
     ) -> None:
         """``temporary_workspace``: if this process dies without closing the kernel, the
         supervisor removes the workspace along with the runtime directory."""
-        self._workspace = Path(workspace).resolve()
+        self._own_dirs = dirs is None
+        if dirs is None:
+            if workspace is None:
+                raise ValueError("LocalKernel needs a workspace or dirs")
+            dirs = SessionDirs.create(
+                runtime_root(), size=limits.workspace_bytes, mount=isolate, workspace=Path(workspace).resolve()
+            )
+        self.dirs = dirs
+        self._workspace = dirs.workspace.resolve()
         self.temporary_workspace = temporary_workspace
         self.limits = limits
         self.isolate = isolate
-        self._extra_env = dict(extra_env or {})
+        self._extra_env = dict(env or {})
+        self._readonly_paths = [str(Path(p).resolve()) for p in readonly_paths]
         self._process: _KernelProcess | None = None
-        self._finalizer: weakref.finalize | None = None
+        self._finalizer: weakref.finalize[..., Any] | None = None
         self._poller: zmq.Poller | None = None
-        self._iopub: zmq.Socket | None = None
-        self._shell: zmq.Socket | None = None
+        self._iopub: zmq.Socket[bytes] | None = None
+        self._shell: zmq.Socket[bytes] | None = None
+        self._last_oom_kills = 0
 
     # -- identity ---------------------------------------------------------------------------
     @property
@@ -233,16 +305,19 @@ class LocalKernel:
             raise
 
     def _spawn(self) -> _KernelProcess:
-        runtime_dir = Path(tempfile.mkdtemp(prefix="k-", dir=runtime_root()))
+        runtime_dir = self.dirs.new_runtime_dir()
         connection_file = runtime_dir / "connection.json"
         write_connection_file(
             str(connection_file), ip=str(runtime_dir / "kernel"), transport="ipc",
             shell_port=1, iopub_port=2, stdin_port=3, control_port=4, hb_port=5,
         )  # fmt: skip
+        remove, unmount = self.dirs.orphan_paths(self.temporary_workspace)
         spec = launch_spec(
             workspace=self._workspace, runtime_dir=runtime_dir, connection_file=connection_file,
             limits=self.limits, isolate=self.isolate, extra_env=self._extra_env,
-            remove_if_orphaned=[runtime_dir] + ([self._workspace] if self.temporary_workspace else []),
+            readonly_paths=self._readonly_paths, tmp_dir=self.dirs.tmp if self.isolate else None,
+            workspace_quota=self.dirs.workspace_on_quota, remove_if_orphaned=[str(runtime_dir), *remove],
+            unmount_if_orphaned=unmount,
         )  # fmt: skip
         read_fd, write_fd = os.pipe()
         spec["lifeline_fd"] = read_fd
@@ -303,10 +378,10 @@ class LocalKernel:
                 replied_at = time.monotonic()
 
     def restart(self, timeout: float) -> None:
-        self.shutdown()
+        self.shutdown(remove_dirs=False)
         self.start(timeout)
 
-    def shutdown(self, graceful: float = 0.0) -> None:
+    def shutdown(self, graceful: float = 0.0, *, remove_dirs: bool = True) -> None:
         process, self._process = self._process, None
         self._poller = self._iopub = self._shell = None
         if self._finalizer is not None:
@@ -314,6 +389,8 @@ class LocalKernel:
             self._finalizer = None
         if process is not None:
             process.kill(graceful)
+        if remove_dirs and self._own_dirs:
+            self.dirs.remove(remove_workspace=False)
 
     # -- running ----------------------------------------------------------------------------
     def _client(self) -> BlockingKernelClient:
@@ -321,19 +398,28 @@ class LocalKernel:
             raise InterpreterError("the kernel is not running; start() it first")
         return self._process.client
 
-    def execute(self, code: str, *, silent: bool = False) -> str:
-        return self._client().execute(
-            code, silent=silent, store_history=not silent, allow_stdin=False, stop_on_error=False
-        )
+    def execute(self, code: str, *, silent: bool = False, user_expressions: dict[str, str] | None = None) -> str:
+        try:
+            msg_id: str = self._client().execute(
+                code, silent=silent, store_history=not silent, allow_stdin=False, stop_on_error=False,
+                user_expressions=user_expressions or {},
+            )  # fmt: skip
+            return msg_id
+        except (zmq.ZMQError, AssertionError) as exc:
+            raise InterpreterError(f"the connection to the kernel failed: {type(exc).__name__}: {exc}") from exc
 
     def recv(self, timeout: float) -> tuple[Channel, KernelMessage] | None:
         client = self._client()
-        assert self._poller is not None
-        ready = dict(self._poller.poll(max(0, int(timeout * 1000))))
-        if self._iopub in ready:
-            return "iopub", client.iopub_channel.get_msg(timeout=0)
-        if self._shell in ready:
-            return "shell", client.shell_channel.get_msg(timeout=0)
+        if self._poller is None:
+            raise InterpreterError("the kernel is not running; start() it first")
+        try:
+            ready = dict(self._poller.poll(max(0, int(timeout * 1000))))
+            if self._iopub in ready:
+                return "iopub", client.iopub_channel.get_msg(timeout=0)
+            if self._shell in ready:
+                return "shell", client.shell_channel.get_msg(timeout=0)
+        except (zmq.ZMQError, AssertionError) as exc:  # sockets closed under us (close() from another thread)
+            raise InterpreterError(f"the connection to the kernel failed: {type(exc).__name__}: {exc}") from exc
         return None
 
     def interrupt(self) -> None:
@@ -347,7 +433,14 @@ class LocalKernel:
     def death_reason(self) -> str:
         if self._process is None:
             return "not started"
-        return describe_exit(self._process.proc.poll(), self.limits)
+        returncode = self._process.proc.poll()
+        reason = describe_exit(returncode, self.limits)
+        if returncode == -signal.SIGKILL and self._process.oom_kills() and self.limits.total_memory_bytes:
+            reason = (
+                f"killed by SIGKILL: the session's memory limit of {self.limits.total_memory_bytes / GiB:g} GiB "
+                "(Limits.total_memory_bytes) was reached"
+            )
+        return reason
 
     def log_tail(self) -> str:
         """The kernel process's own stdout/stderr (the last part)."""

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from glm_agent.errors import InterpreterError
 from glm_agent.interpreter._bootstrap import BOOTSTRAP, run_silent
+from glm_agent.interpreter._environment import check_env
 from glm_agent.interpreter._isolation import Isolation, resolve_isolation, runtime_root
 from glm_agent.interpreter._limits import Limits
 from glm_agent.interpreter._local import LocalKernel
+from glm_agent.interpreter._workspace import SessionDirs
 
 __all__ = ["KernelPool"]
 
@@ -40,7 +41,7 @@ class _PoolState:
             self.cond.notify_all()
         for kernel in kernels:
             kernel.shutdown()
-            shutil.rmtree(kernel.workspace, ignore_errors=True)
+            kernel.dirs.remove()
 
 
 class KernelPool:
@@ -61,17 +62,24 @@ class KernelPool:
         limits: Limits | None = None,
         isolate: bool | None = None,
         start_timeout: float = 60.0,
+        env: Mapping[str, str] | None = None,
+        readonly_paths: Sequence[str | Path] = (),
     ) -> None:
+        from glm_agent.interpreter._session import _check_readonly_paths
+
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"KernelPool size must be a positive int, not {size!r}")
         self.size = size
         self.limits = limits or Limits()
+        self.env = check_env(env)
+        self.readonly_paths = _check_readonly_paths(readonly_paths)
         self.isolation: Isolation = resolve_isolation(isolate)
         self.start_timeout = start_timeout
         self._state = _PoolState()
         self._finalizer = weakref.finalize(self, self._state.shutdown)
         self._thread = threading.Thread(
-            target=_fill, args=(self._state, size, self.limits, self.isolation.enabled, start_timeout),
+            target=_fill,
+            args=(self._state, size, self.limits, self.isolation.enabled, start_timeout, self.env, self.readonly_paths),
             name="glm-agent-kernel-pool", daemon=True,
         )  # fmt: skip
         self._thread.start()
@@ -113,7 +121,7 @@ class KernelPool:
                 return kernel
             log.warning("a pooled kernel had died (%s); discarding it", kernel.death_reason())
             kernel.shutdown()
-            shutil.rmtree(kernel.workspace, ignore_errors=True)
+            kernel.dirs.remove()
 
     def close(self) -> None:
         """Stop the pre-started kernels and the filler thread. Sessions already taken are not affected."""
@@ -130,7 +138,10 @@ class KernelPool:
         return f"KernelPool(size={self.size}, ready={self.ready}, isolation={self.isolation.mode!r})"
 
 
-def _fill(state: _PoolState, size: int, limits: Limits, isolate: bool, start_timeout: float) -> None:
+def _fill(
+    state: _PoolState, size: int, limits: Limits, isolate: bool, start_timeout: float,
+    env: dict[str, str], readonly_paths: tuple[str, ...],
+) -> None:  # fmt: skip
     """The filler thread: keep ``size`` kernels ready, one start at a time."""
     failures = 0
     while True:
@@ -140,14 +151,16 @@ def _fill(state: _PoolState, size: int, limits: Limits, isolate: bool, start_tim
             if state.closed:
                 return
             state.starting += 1
-        workspace = Path(tempfile.mkdtemp(prefix="ws-", dir=runtime_root()))
-        kernel = LocalKernel(workspace, limits=limits, isolate=isolate, temporary_workspace=True)
+        dirs = SessionDirs.create(runtime_root(), size=limits.workspace_bytes, mount=isolate)
+        kernel = LocalKernel(
+            limits=limits, isolate=isolate, dirs=dirs, env=env, readonly_paths=readonly_paths, temporary_workspace=True
+        )
         try:
             kernel.start(start_timeout)
             run_silent(kernel, BOOTSTRAP, start_timeout)
         except Exception as exc:
             kernel.shutdown()
-            shutil.rmtree(workspace, ignore_errors=True)
+            dirs.remove()
             failures += 1
             state.last_error = str(exc)
             log.error("kernel pool: a kernel failed to start (%s)", exc)
@@ -160,7 +173,7 @@ def _fill(state: _PoolState, size: int, limits: Limits, isolate: bool, start_tim
             state.starting -= 1
             if state.closed:
                 kernel.shutdown()
-                shutil.rmtree(workspace, ignore_errors=True)
+                dirs.remove()
                 return
             state.ready.append(kernel)
             state.cond.notify_all()

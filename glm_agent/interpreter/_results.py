@@ -141,6 +141,9 @@ class ExecutionResult:
     - ``status``: ``"ok"``, ``"error"`` (an exception), ``"timeout"`` or ``"died"`` (the kernel ended).
     - ``timed_out`` / ``restarted`` / ``state_lost``: what happened to the kernel; ``notices``
       say it in words (they are part of the observation).
+    - ``files``: files the cell created or changed in the workspace, as the code sees them
+      (``/mnt/data/chart.png``); the observation names them. Image files among them are also
+      shown as image outputs when the cell displayed no image itself.
     """
 
     code: str
@@ -155,6 +158,7 @@ class ExecutionResult:
     notices: list[str] = field(default_factory=list)
     duration_s: float = 0.0
     dropped_chars: int = 0
+    files: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

@@ -4,27 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import shutil
 import tempfile
 import threading
 import time
+import uuid
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import EllipsisType
-from typing import TYPE_CHECKING
-
-import zmq
+from typing import TYPE_CHECKING, Any
 
 from glm_agent.errors import InterpreterError
 from glm_agent.interpreter._backend import KernelBackend
-from glm_agent.interpreter._bootstrap import BOOTSTRAP, run_silent, write_file
+from glm_agent.interpreter._bootstrap import BOOTSTRAP, REPORT_EXPRESSION, run_silent, write_file
 from glm_agent.interpreter._capture import OutputCollector
+from glm_agent.interpreter._environment import check_env
 from glm_agent.interpreter._isolation import Isolation, resolve_isolation, runtime_root
-from glm_agent.interpreter._limits import GiB, Limits
+from glm_agent.interpreter._limits import GiB, Limits, MiB
 from glm_agent.interpreter._local import LocalKernel
+from glm_agent.interpreter._outcome import CellReport, RunOutcome, read_report
 from glm_agent.interpreter._results import ErrorOutput, ExecutionResult, format_observation, output_text
+from glm_agent.interpreter._workspace import SessionDirs
 
 if TYPE_CHECKING:
     from glm_agent.interpreter._gateway import KernelGateway
@@ -77,6 +81,8 @@ class CodeInterpreter:
         keep_workspace: bool | None = None,
         gateway: str | KernelGateway | None = None,
         token: str | None = None,
+        readonly_paths: Sequence[str | Path] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
@@ -90,6 +96,8 @@ class CodeInterpreter:
         self.history: list[ExecutionResult] = []
         self._lock = threading.RLock()
         self._closed = False
+        self.env = check_env(env)
+        self.readonly_paths = _check_readonly_paths(readonly_paths)
         if gateway is not None:
             self._init_remote(gateway, token, workspace, limits, isolate, pool, keep_workspace)
             return
@@ -102,48 +110,70 @@ class CodeInterpreter:
                 raise ValueError(
                     "a session from a pool uses the pool's isolation; create the KernelPool with isolate=..."
                 )
+            if (self.env, self.readonly_paths) != (pool.env, pool.readonly_paths):
+                raise ValueError(
+                    "a session from a pool uses the pool's env and readonly_paths; create the KernelPool with them"
+                )
             self.limits = pool.limits
-            self.isolation: Isolation = pool.isolation
+            isolation = pool.isolation
         else:
             self.limits = limits or Limits()
-            self.isolation = resolve_isolation(isolate)
-        # a pooled kernel comes with its own workspace (bind-mounted at start when isolated)
-        backend = pool.take() if pool is not None and workspace is None else None
+            isolation = resolve_isolation(isolate)
+        # a pooled kernel comes with its own workspace (on its session tmpfs when isolated)
+        usable_pool = pool is not None and workspace is None and not keep_workspace
+        backend = pool.take() if usable_pool and pool is not None else None
         if backend is not None:
-            self._workspace = backend.workspace
-            owned = workspace is None
-        elif workspace is not None:
-            self._workspace = Path(workspace).resolve()
-            self._workspace.mkdir(parents=True, exist_ok=True)
-            owned = False
+            dirs = backend.dirs
         else:
-            self._workspace = Path(tempfile.mkdtemp(prefix="ws-", dir=runtime_root()))
-            owned = True
-        remove = owned if keep_workspace is None else not keep_workspace
-        if isinstance(backend, LocalKernel):
-            backend.temporary_workspace = remove  # for the supervisor, should this process die
-        self._workspace_finalizer = weakref.finalize(self, shutil.rmtree, self._workspace, True) if remove else None
+            dirs = SessionDirs.create(
+                runtime_root(), size=self.limits.workspace_bytes, mount=isolation.enabled,
+                workspace=Path(workspace).resolve() if workspace is not None else None,
+                keep_workspace=bool(keep_workspace),
+            )  # fmt: skip
+        self._dirs: SessionDirs | None = dirs
+        self._workspace = dirs.workspace
+        remove = (workspace is None) if keep_workspace is None else not keep_workspace
+        self._workspace_finalizer: weakref.finalize[..., Any] | None = weakref.finalize(
+            self, dirs.remove, remove_workspace=remove
+        )
+        self.isolation: Isolation = self._session_isolation(isolation, dirs)
         try:
-            if backend is None:
+            if backend is not None:
+                backend.temporary_workspace = remove  # for the supervisor, should this process die
+            else:
                 backend = LocalKernel(
-                    self._workspace, limits=self.limits, isolate=self.isolation.enabled, temporary_workspace=remove
-                )
+                    limits=self.limits, isolate=isolation.enabled, dirs=dirs, env=self.env,
+                    readonly_paths=self.readonly_paths, temporary_workspace=remove,
+                )  # fmt: skip
                 backend.start(start_timeout)
                 run_silent(backend, BOOTSTRAP, start_timeout)
         except BaseException:
             if backend is not None:
                 backend.shutdown()
-            if self._workspace_finalizer is not None:
-                self._workspace_finalizer()
+            self._workspace_finalizer()
             raise
         self._backend: KernelBackend = backend
         self._image_dir = self._workspace / "outputs"
 
-    def _init_remote(self, gateway, token, workspace, limits, isolate, pool, keep_workspace) -> None:
+    @staticmethod
+    def _session_isolation(isolation: Isolation, dirs: SessionDirs) -> Isolation:
+        """The process-wide isolation, with what this session's directories add or lack."""
+        if not isolation.enabled or not isolation.workspace_quota or dirs.workspace_on_quota:
+            return isolation
+        note = "workspace_bytes bounds /tmp and /dev/shm only: the workspace is a directory of yours, used in place"
+        return replace(isolation, notes=(*isolation.notes, note))
+
+    def _init_remote(
+        self, gateway: str | KernelGateway, token: str | None, workspace: str | Path | None, limits: Limits | None,
+        isolate: bool | None, pool: KernelPool | None, keep_workspace: bool | None,
+    ) -> None:  # fmt: skip
         """A kernel on a Kernel Gateway; images are saved in a local temporary directory."""
         from glm_agent.interpreter._gateway import KernelGateway
 
-        given = {"workspace": workspace, "limits": limits, "isolate": isolate, "pool": pool}
+        given = {
+            "workspace": workspace, "limits": limits, "isolate": isolate, "pool": pool,
+            "readonly_paths": self.readonly_paths or None,
+        }  # fmt: skip
         if any(value is not None for value in given.values()):
             names = ", ".join(name for name, value in given.items() if value is not None)
             raise ValueError(
@@ -151,10 +181,12 @@ class CodeInterpreter:
                 "isolation and workspace (see sandbox/README.md)"
             )
         backend = gateway if isinstance(gateway, KernelGateway) else KernelGateway(gateway, token=token)
+        backend.kernel_env = self.env
         if keep_workspace is not None:
             backend.temporary_workspace = not keep_workspace
         self._workspace = Path(tempfile.mkdtemp(prefix="gw-", dir=runtime_root()))
         self._workspace_finalizer = weakref.finalize(self, shutil.rmtree, self._workspace, True)
+        self._dirs = None
         try:
             backend.start(self.start_timeout)
             run_silent(backend, BOOTSTRAP, self.start_timeout)
@@ -208,9 +240,9 @@ class CodeInterpreter:
             if alive:
                 outcome = self._execute(self._code_for_kernel(code), limit, collector, notices)
             else:
-                outcome = {"status": "died", "execution_count": None, "timed_out": False, "restarted": False}
-            restarted = restarted or outcome["restarted"]
-            state_lost = state_lost or outcome["restarted"]
+                outcome = RunOutcome(status="died")
+            restarted = restarted or outcome.restarted
+            state_lost = state_lost or outcome.restarted
             notices.extend(self._transport_notices())
             result = self._build_result(code, collector, outcome, notices, restarted, state_lost, started)
             self.history.append(result)
@@ -225,20 +257,20 @@ class CodeInterpreter:
                 self._backend.interrupt()
             raise
 
-    def _execute(self, code: str, limit: float | None, collector: OutputCollector, notices: list[str]) -> dict:
+    def _execute(self, code: str, limit: float | None, collector: OutputCollector, notices: list[str]) -> RunOutcome:
         """Send the code and collect its messages until the kernel is idle, timed out or dead."""
         backend = self._backend
-        msg_id = backend.execute(code)
+        msg_id = backend.execute(code, user_expressions=REPORT_EXPRESSION)
         now = time.monotonic()
         deadline = now + limit if limit is not None else None
         interrupt_deadline: float | None = None
-        outcome = {"status": "ok", "execution_count": None, "timed_out": False, "restarted": False}
+        outcome = RunOutcome()
         idle = replied = False
         try:
             while not (idle and replied):
                 now = time.monotonic()
                 if interrupt_deadline is None and deadline is not None and now >= deadline:
-                    outcome["timed_out"] = True
+                    outcome.timed_out = True
                     backend.interrupt()
                     interrupt_deadline = now + self.interrupt_grace
                 elif interrupt_deadline is not None and now >= interrupt_deadline:
@@ -246,7 +278,7 @@ class CodeInterpreter:
                         f"[Timed out after {limit:g} s. The code did not stop when interrupted, so the kernel was "
                         "restarted: all variables, imports and state were lost. Re-run the set-up code you need.]"
                     )
-                    outcome["restarted"] = True
+                    outcome.restarted = True
                     self._restart_or_note(notices)
                     return outcome
                 next_deadline = interrupt_deadline or deadline
@@ -260,7 +292,8 @@ class CodeInterpreter:
                             f"[The kernel died while running this code ({backend.death_reason()}) and was restarted: "
                             "all variables, imports and state were lost.]"
                         )
-                        outcome.update(status="died", restarted=True)
+                        outcome.status = "died"
+                        outcome.restarted = True
                         self._restart_or_note(notices)
                         return outcome
                     continue
@@ -270,9 +303,11 @@ class CodeInterpreter:
                 if channel == "shell":
                     if msg["msg_type"] == "execute_reply":
                         replied = True
-                        outcome["execution_count"] = msg["content"].get("execution_count")
-                        if msg["content"].get("status") != "ok":
-                            outcome["status"] = "error"
+                        content = msg["content"]
+                        outcome.execution_count = content.get("execution_count")
+                        if content.get("status") != "ok":
+                            outcome.status = "error"
+                        outcome.report = read_report(content)
                 elif msg["msg_type"] == "status":
                     idle = idle or msg["content"].get("execution_state") == "idle"
                 else:
@@ -280,15 +315,37 @@ class CodeInterpreter:
         except KeyboardInterrupt:
             backend.interrupt()  # Ctrl-C on the host stops the code too
             raise
-        except (zmq.ZMQError, AssertionError, InterpreterError) as exc:
+        except InterpreterError as exc:
             if self._closed:
                 raise InterpreterError("the interpreter was closed while the code was running") from exc
             raise
-        if outcome["timed_out"]:
+        if outcome.timed_out:
             notices.append(
                 f"[Timed out after {limit:g} s: the run was interrupted. The kernel's state (variables, imports) is kept.]"
             )
+        notices.extend(self._report_notices(outcome.report))
         return outcome
+
+    def _report_notices(self, report: CellReport) -> list[str]:
+        """What the kernel's end-of-cell report adds to the observation: files written, limits reached."""
+        notices = []
+        if report.files:
+            names = [path.removeprefix(self._backend.kernel_workspace + "/") for path in report.files[:20]]
+            more = f" and {len(report.files) - 20} more" if len(report.files) > 20 else ""
+            notices.append(f"[Files written in {MNT_DATA}: {', '.join(names)}{more}]")
+        if report.oom_kills:
+            limit = self.limits.total_memory_bytes
+            size = f" of {limit / GiB:g} GiB" if limit else ""
+            notices.append(
+                f"[The session's memory limit{size} (all its processes together) was reached: "
+                f"{report.oom_kills} process(es) were killed. Use less memory, e.g. process the data in chunks.]"
+            )
+        if report.pids_max:
+            notices.append(
+                f"[The session's limit of {self.limits.max_processes} processes and threads was reached: "
+                f"starting more failed {report.pids_max} time(s).]"
+            )
+        return notices
 
     def _transport_notices(self) -> list[str]:
         """What a remote transport had to do during the run (reconnects, a lost reply)."""
@@ -309,11 +366,11 @@ class CodeInterpreter:
         return True
 
     def _build_result(
-        self, code: str, collector: OutputCollector, outcome: dict, notices: list[str],
+        self, code: str, collector: OutputCollector, outcome: RunOutcome, notices: list[str],
         restarted: bool, state_lost: bool, started: float,
     ) -> ExecutionResult:  # fmt: skip
         outputs = collector.finish()
-        timed_out = outcome["timed_out"]
+        timed_out = outcome.timed_out
         body_parts = []
         for output in outputs:
             if timed_out and isinstance(output, ErrorOutput) and output.ename == "KeyboardInterrupt":
@@ -322,7 +379,7 @@ class CodeInterpreter:
             if isinstance(output, ErrorOutput):
                 notices.extend(self._error_hints(output))
         body = self._path_for_model("".join(body_parts))
-        status = outcome["status"]
+        status = outcome.status
         if timed_out:
             status = "timeout"
         elif status == "ok" and any(isinstance(o, ErrorOutput) for o in outputs):
@@ -333,7 +390,8 @@ class CodeInterpreter:
             status=status,
             text=body,
             observation=format_observation(body, notices, self.max_observation_chars),
-            execution_count=outcome["execution_count"],
+            execution_count=outcome.execution_count,
+            files=[self._path_for_model(path) for path in outcome.report.files],
             timed_out=timed_out,
             restarted=restarted,
             state_lost=state_lost,
@@ -346,7 +404,12 @@ class CodeInterpreter:
         if error.ename == "StdinNotImplementedError":
             return ["[input() is not available: nobody can type an answer here. Put the value in the code instead.]"]
         if error.ename == "MemoryError" and self.limits.memory_bytes:
-            return [f"[The kernel's memory limit is {self.limits.memory_bytes / GiB:g} GiB.]"]
+            return [f"[The kernel's memory limit is {self.limits.memory_bytes / GiB:g} GiB per process.]"]
+        if "No space left on device" in error.evalue and self.limits.workspace_bytes and self.isolation.enabled:
+            return [
+                f"[{MNT_DATA} and /tmp hold at most {self.limits.workspace_bytes / MiB:g} MiB together "
+                "(Limits.workspace_bytes): delete files you no longer need.]"
+            ]
         return []
 
     # -- /mnt/data ------------------------------------------------------------------------------
@@ -393,18 +456,15 @@ class CodeInterpreter:
             name = name or path.name
         if not _UPLOAD_NAME.match(name) or name in (".", ".."):
             raise InterpreterError(f"invalid upload name {name!r}: use a plain file name without '/' (e.g. 'data.csv')")
+        if data is None:
+            data = Path(source).read_bytes()  # type: ignore[arg-type]  # (bytes were handled above)
         if self._backend.workspace is None:  # remote: through the kernel
-            data = Path(source).read_bytes() if data is None else data
             with self._lock:
                 self._check_open()
                 write_file(self._backend, f"{self._backend.kernel_workspace}/{name}", data, self.start_timeout)
             return f"#File: {MNT_DATA}/{name}\n#Size: {len(data)}\n#File uploaded\n"
-        target = self._workspace / name
-        if data is None:
-            shutil.copyfile(source, target)
-        else:
-            target.write_bytes(data)
-        return f"#File: {MNT_DATA}/{name}\n#Size: {target.stat().st_size}\n#File uploaded\n"
+        _replace_in_workspace(self._workspace, name, data)
+        return f"#File: {MNT_DATA}/{name}\n#Size: {len(data)}\n#File uploaded\n"
 
     def to_notebook(self, path: str | Path, conversation: Sequence[MessageLike] | None = None) -> Path:
         """Save this session (code cells with outputs, plus the conversation's text as markdown) as .ipynb."""
@@ -449,3 +509,35 @@ class CodeInterpreter:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"CodeInterpreter({str(self._workspace)!r}, isolation={self.isolation.mode!r}, {state})"
+
+
+def _check_readonly_paths(paths: Sequence[str | Path]) -> tuple[str, ...]:
+    """``readonly_paths``: existing absolute folders or files, resolved (links followed on the host, once)."""
+    if isinstance(paths, (str, Path)):
+        raise TypeError("readonly_paths must be a list of paths, e.g. readonly_paths=['/data/sales']")
+    resolved = []
+    for path in paths:
+        real = Path(path).expanduser().resolve()
+        if not real.exists():
+            raise InterpreterError(f"readonly_paths: {path} does not exist; pass folders or files that exist")
+        if real == Path("/"):
+            raise InterpreterError("readonly_paths: '/' would show the whole host; pass the folders the code needs")
+        resolved.append(str(real))
+    return tuple(resolved)
+
+
+def _replace_in_workspace(workspace: Path, name: str, data: bytes) -> None:
+    """Write ``workspace/name`` as a new file: a symbolic link the code put there is replaced, never followed."""
+    dir_fd = os.open(workspace, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    part = f".{name}.{uuid.uuid4().hex[:8]}.part"
+    try:
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=dir_fd)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(part, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            os.unlink(part, dir_fd=dir_fd)
+            raise
+    finally:
+        os.close(dir_fd)
