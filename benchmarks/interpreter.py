@@ -6,6 +6,8 @@
   alternation in this process. Target <= 1.25.
 - ``pool_speedup``: a new session's first run (session creation + ``print(1)``) with a cold
   kernel start divided by the same with a ``KernelPool``.
+- ``sandbox_start_ratio``: that cold first run in the sandbox (isolated: allowlisted root, cgroups,
+  session tmpfs, seccomp) divided by the same without isolation, alternating, in this process.
 
 Usage: python benchmarks/interpreter.py [--runs 200] [--sessions 5]
 """
@@ -89,6 +91,10 @@ def first_run(sessions: int) -> dict:
             assert interpreter.run("print(1)").text == "1\n"
 
     cold = [_timed(lambda: session(None)) for _ in range(sessions)]
+    isolated, unisolated = [], []
+    for _ in range(sessions):
+        isolated.append(_timed(lambda: _plain_session(True)))
+        unisolated.append(_timed(lambda: _plain_session(False)))
     pooled = []
     with KernelPool(size=2) as pool:
         for _ in range(sessions):
@@ -98,7 +104,15 @@ def first_run(sessions: int) -> dict:
         "cold_first_run_mean_s": statistics.fmean(cold),
         "pooled_first_run_mean_s": statistics.fmean(pooled),
         "pool_speedup": statistics.fmean(cold) / statistics.fmean(pooled),
+        "isolated_first_run_median_s": statistics.median(isolated),
+        "unisolated_first_run_median_s": statistics.median(unisolated),
+        "sandbox_start_ratio": statistics.median(isolated) / statistics.median(unisolated),
     }
+
+
+def _plain_session(isolate: bool) -> None:
+    with CodeInterpreter(isolate=isolate, timeout=30) as interpreter:
+        assert interpreter.run("print(1)").text == "1\n"
 
 
 def main() -> None:

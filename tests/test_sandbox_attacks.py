@@ -18,6 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from glm_agent.errors import InterpreterError
 from glm_agent.interpreter import CodeInterpreter, Limits, detect_isolation
 from glm_agent.interpreter._limits import MiB
 from tests.gateway_server import GatewayServer
@@ -416,3 +417,34 @@ def test_the_sessions_cgroups_and_mounts_go_when_it_closes():
         time.sleep(0.1)
     assert not any(path.exists() for path in cgroups) and not mounted() and not Path(root).exists()
     assert not psutil.pid_exists(kernel_pid) or psutil.Process(kernel_pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_readonly_paths_show_a_chosen_folder_read_only(tmp_path):
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    (dataset / "sales.csv").write_text("units\n7\n")
+    (tmp_path / "beside.txt").write_text("not chosen")
+    code = (
+        f"print(open({str(dataset / 'sales.csv')!r}).read().split()[1])\n"
+        f"for path, mode in (({str(dataset / 'new.csv')!r}, 'w'), ({str(tmp_path / 'beside.txt')!r}, 'r')):\n"
+        "    try:\n"
+        "        open(path, mode)\n"
+        "    except OSError as exc:\n"
+        "        print(exc.strerror)\n"
+    )
+    with CodeInterpreter(isolate=True, readonly_paths=[dataset], timeout=30) as session:
+        assert session.run(code).stdout == "7\nRead-only file system\nNo such file or directory\n"
+    with pytest.raises(InterpreterError, match="does not exist"):
+        CodeInterpreter(isolate=True, readonly_paths=[tmp_path / "missing"])
+
+
+def test_a_workspace_of_yours_is_used_in_place_and_tmp_stays_bounded(tmp_path):
+    with CodeInterpreter(tmp_path / "mine", isolate=True, limits=LIMITS, timeout=30) as session:
+        assert not session.isolation.workspace_quota
+        assert any("bounds /tmp and /dev/shm only" in note for note in session.isolation.notes)
+        session.run("open('/mnt/data/kept.txt', 'w').write('x')")
+        assert (tmp_path / "mine" / "kept.txt").read_text() == "x"
+        result = session.run("open('/tmp/big.bin', 'wb').write(b'x' * 100 * 1024 * 1024)")
+        assert "No space left on device" in result.observation, result.observation
+        still_works(session)
+    assert (tmp_path / "mine" / "kept.txt").read_text() == "x"  # your folder stays

@@ -161,7 +161,7 @@ class CodeInterpreter:
         if not isolation.enabled or not isolation.workspace_quota or dirs.workspace_on_quota:
             return isolation
         note = "workspace_bytes bounds /tmp and /dev/shm only: the workspace is a directory of yours, used in place"
-        return replace(isolation, notes=(*isolation.notes, note))
+        return replace(isolation, workspace_quota=False, notes=(*isolation.notes, note))
 
     def _init_remote(
         self, gateway: str | KernelGateway, token: str | None, workspace: str | Path | None, limits: Limits | None,
