@@ -1,31 +1,16 @@
-"""Shared fixtures: the reference data in ../shared/chatglm3 (never copied into the project)."""
+"""Shared fixtures. Paths to the reference data and skip markers live in tests/_data.py."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "chatglm3"
-GOLDEN = SHARED / "golden"
-TINY_CHECKPOINT = GOLDEN / "tiny-chatglm3"
-
-needs_shared = pytest.mark.skipif(
-    not (SHARED / "tokenizer.model").is_file(),
-    reason=f"reference data not found at {SHARED} (the ChatGLM3 tokenizer and golden files live in ../shared)",
-)
-
-
-def load_golden(name: str):
-    return json.loads((GOLDEN / name).read_text(encoding="utf-8"))
+from tests._data import SHARED, TOKENIZER
 
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    if not (SHARED / "tokenizer.model").is_file():
+    if not TOKENIZER.is_file():
         pytest.skip(f"reference data not found at {SHARED}")
     from glm_agent.chatglm3 import ChatGLM3Tokenizer
 
-    return ChatGLM3Tokenizer.from_pretrained(SHARED / "tokenizer.model")
+    return ChatGLM3Tokenizer.from_pretrained(TOKENIZER)

@@ -20,14 +20,10 @@ from pathlib import Path
 import httpx
 import psutil
 
-REPO = Path(__file__).resolve().parents[1]
+from tests._data import REPO
+from tests._helpers import free_port
+
 CONFIG = REPO / "sandbox" / "kernelgateway_config.py"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class GatewayServer:

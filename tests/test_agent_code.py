@@ -14,8 +14,7 @@ from glm_agent import events as ev
 from glm_agent.interpreter import CodeInterpreter, conversation_to_notebook
 from glm_agent.messages import ObservationMessage, load_jsonl
 from glm_agent.models import ScriptedModel
-
-from .conftest import TINY_CHECKPOINT, needs_shared
+from tests._data import TINY_CHECKPOINT, needs_shared
 
 
 def code(src: str) -> str:

@@ -19,8 +19,7 @@ from glm_agent.chatglm3 import (
 )
 from glm_agent.errors import ToolCallParseError
 from glm_agent.messages import CodeCall, ToolCall
-
-from .conftest import GOLDEN, load_golden
+from tests._data import GOLDEN, load_golden
 
 RESPONSES = load_golden("responses.json") if (GOLDEN / "responses.json").is_file() else []
 

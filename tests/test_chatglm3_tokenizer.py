@@ -4,8 +4,7 @@ import pytest
 
 from glm_agent.chatglm3 import ChatGLM3Tokenizer
 from glm_agent.errors import CheckpointError
-
-from .conftest import SHARED, TINY_CHECKPOINT, load_golden, needs_shared
+from tests._data import SHARED, TINY_CHECKPOINT, load_golden, needs_shared
 
 pytestmark = needs_shared
 

@@ -19,12 +19,10 @@ from glm_agent.chatglm3._remap import glm_config_kwargs  # noqa: E402
 from glm_agent.chatglm3.checkpoint import convert_checkpoint, load_model  # noqa: E402
 from glm_agent.cli import main as cli_main  # noqa: E402
 from glm_agent.errors import CheckpointError  # noqa: E402
+from tests._data import GOLDEN, needs_tiny_checkpoint  # noqa: E402
+from tests._data import TINY_CHECKPOINT as TINY  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "chatglm3"
-GOLDEN = SHARED / "golden"
-TINY = GOLDEN / "tiny-chatglm3"
-
-pytestmark = pytest.mark.skipif(not TINY.is_dir(), reason=f"reference data {TINY} is absent (../shared/chatglm3)")
+pytestmark = needs_tiny_checkpoint
 
 STOP = [2, 64795, 64797]
 

@@ -15,10 +15,12 @@ import nbformat
 import pexpect
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests._data import REPO, TOOLS, needs_tiny_checkpoint
+from tests._data import TINY_CHECKPOINT as TINY
+
 SCRIPT = Path(sys.executable).with_name("glm-agent")
 COMMAND = [str(SCRIPT)] if SCRIPT.is_file() else [sys.executable, "-m", "glm_agent.cli"]
-CALCULATOR = str(REPO / "tools" / "calculator.py")
+CALCULATOR = str(TOOLS / "calculator.py")
 
 
 def calc(expression: str) -> str:
@@ -309,10 +311,7 @@ def test_chat_at_a_terminal_ctrl_c_stops_the_agent_and_ctrl_d_leaves(tmp_path):
 
 
 # -- a real checkpoint -----------------------------------------------------------------------------
-TINY = REPO.parent / "shared" / "chatglm3" / "golden" / "tiny-chatglm3"
-
-
-@pytest.mark.skipif(not (TINY / "config.json").is_file(), reason=f"tiny checkpoint not found at {TINY} (../shared)")
+@needs_tiny_checkpoint
 def test_run_with_real_weights_streams_generated_text():
     proc = glm_agent(
         "run", "hi", "--model", str(TINY), "--json", "--max-new-tokens", "6", "--temperature", "0", timeout=180
@@ -520,7 +519,7 @@ def test_chat_with_a_workspace_keeps_files_and_reset_gives_a_fresh_kernel(tmp_pa
 def test_a_reader_that_leaves_early_is_not_a_traceback():
     # `glm-agent tools tools/ | head -1`: the pipe closes before all schemas are written
     proc = subprocess.Popen(
-        [sys.executable, "-m", "glm_agent.cli", "tools", str(REPO / "tools")],
+        [sys.executable, "-m", "glm_agent.cli", "tools", str(TOOLS)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=REPO,

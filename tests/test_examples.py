@@ -11,7 +11,8 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
-REPO = Path(__file__).resolve().parents[1]
+from tests._data import REPO
+
 EXAMPLES = REPO / "examples"
 TESTED = {"tools_agent.py", "code_analysis.py", "official_demo_tools.py", "agent_notebook.ipynb"}
 

@@ -22,7 +22,8 @@ import pytest
 
 from glm_agent.errors import InterpreterError
 from glm_agent.interpreter import CodeInterpreter, KernelGateway, Limits, detect_isolation
-from tests.gateway_server import CONFIG, FlakyProxy, GatewayServer, free_port
+from tests._helpers import free_port
+from tests.gateway_server import CONFIG, FlakyProxy, GatewayServer
 
 KINDS = ["local", "gateway"]
 

@@ -20,8 +20,7 @@ import pytest
 from glm_agent.errors import InterpreterError
 from glm_agent.interpreter import CodeInterpreter, KernelPool, Limits
 from glm_agent.messages import AssistantMessage, ObservationMessage, SystemMessage, UserMessage
-
-REPO = Path(__file__).resolve().parents[1]
+from tests._data import REPO
 
 
 def _kernel_processes() -> list[psutil.Process]:

@@ -8,7 +8,6 @@ import platform
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -25,12 +24,10 @@ from glm_agent.errors import CheckpointError, ContextLengthError  # noqa: E402
 from glm_agent.models import LocalModel  # noqa: E402
 from glm_agent.models._decoding import IncrementalDetokenizer, Sampler, StopStrings  # noqa: E402
 from glm_agent.models.base import ChatModel, GenerationParams  # noqa: E402
+from tests._data import GOLDEN, needs_tiny_checkpoint  # noqa: E402
+from tests._data import TINY_CHECKPOINT as TINY  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "chatglm3"
-GOLDEN = SHARED / "golden"
-TINY = GOLDEN / "tiny-chatglm3"
-
-pytestmark = pytest.mark.skipif(not TINY.is_dir(), reason=f"reference data {TINY} is absent (../shared/chatglm3)")
+pytestmark = needs_tiny_checkpoint
 
 GREEDY = {"temperature": 0, "max_new_tokens": 24}
 TOOLS = [

@@ -16,8 +16,7 @@ from glm_agent.messages import (
     to_dict,
     to_message,
 )
-
-from .conftest import GOLDEN, needs_shared
+from tests._data import GOLDEN, needs_shared
 
 CONVERSATION = [
     {

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -22,7 +21,8 @@ from glm_agent.errors import ContextLengthError, ModelError
 from glm_agent.messages import AssistantMessage, ObservationMessage, SystemMessage, ToolCall, UserMessage
 from glm_agent.models import OpenAIModel, ScriptedModel
 from glm_agent.server import BackgroundServer, create_app
-from tests.conftest import REPO, SHARED, needs_shared
+from tests._data import REPO, SHARED, needs_shared
+from tests._helpers import free_port
 
 WEATHER = {
     "name": "get_weather",
@@ -134,14 +134,8 @@ def test_server_errors_are_clear(servers, tokenizer):
         OpenAIModel(srv.url, "scripted", api_key="k").generate([UserMessage(content="长" * 100)])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_connection_refused_is_retried_then_a_clear_error():
-    port = _free_port()
+    port = free_port()
     model = OpenAIModel(f"http://127.0.0.1:{port}", "m", max_retries=2, backoff=0.01)
     with pytest.raises(ModelError, match=r"cannot reach .* after 3 tries"):
         model.generate([UserMessage(content="x")])
@@ -281,7 +275,7 @@ _SLOW_SERVER = textwrap.dedent(
 def test_server_killed_mid_stream_raises_a_clear_error(tmp_path, mode):
     script = tmp_path / "slow_server.py"
     script.write_text(_SLOW_SERVER, encoding="utf-8")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
         [sys.executable, str(script), str(SHARED / "tokenizer.model"), str(port)],

@@ -14,7 +14,7 @@ from glm_agent.chatglm3 import parse_reply
 from glm_agent.messages import AssistantMessage, ObservationMessage, SystemMessage, UserMessage
 from glm_agent.models import ScriptedModel
 from glm_agent.server import BackgroundServer, create_app
-from tests.conftest import needs_shared
+from tests._data import needs_shared
 
 pytestmark = needs_shared
 

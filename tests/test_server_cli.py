@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,15 +14,10 @@ import pytest
 
 from glm_agent.errors import ModelError
 from glm_agent.models import OpenAIModel, ScriptedModel, load_chat_model
-from tests.conftest import REPO, SHARED, needs_shared
+from tests._data import REPO, SHARED, needs_shared
+from tests._helpers import free_port
 
 CALL = "calculate\n ```python\ntool_call(expression='6 * 7')\n```"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cli(*args: str, **kw) -> subprocess.Popen:
@@ -43,7 +37,7 @@ def _cli(*args: str, **kw) -> subprocess.Popen:
 def test_serve_command_serves_scripted_replies_with_file_tools(tmp_path):
     replies = tmp_path / "replies.json"
     replies.write_text(json.dumps([CALL]), encoding="utf-8")
-    port = _free_port()
+    port = free_port()
     proc = _cli(
         "--model",
         f"scripted:{replies}",

@@ -12,7 +12,7 @@ from glm_agent.chatglm3 import parse_reply
 from glm_agent.messages import AssistantMessage, ObservationMessage, UserMessage
 from glm_agent.models import OpenAIModel, ScriptedModel
 from glm_agent.server import BackgroundServer, create_app
-from tests.conftest import SHARED, TINY_CHECKPOINT, needs_shared
+from tests._data import SHARED, TINY_CHECKPOINT, needs_shared
 
 pytestmark = needs_shared
 

@@ -19,9 +19,8 @@ import pytest
 from glm_agent import Tool, ToolDefinitionError, ToolRegistry
 from glm_agent.cli import main
 from glm_agent.tools import load_module_tools, load_tools
+from tests._data import REPO, TOOLS
 
-REPO = Path(__file__).resolve().parents[1]
-TOOLS = REPO / "tools"
 MODULES = sorted(p for p in TOOLS.glob("*.py") if not p.name.startswith("_"))
 
 

@@ -17,8 +17,7 @@ import pytest
 
 from glm_agent import ToolRegistry
 from glm_agent.tools import load_module_tools
-
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
+from tests._data import TOOLS
 
 
 def module_of(name: str) -> Any:

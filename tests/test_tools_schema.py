@@ -6,7 +6,6 @@ import dataclasses
 import datetime
 import enum
 import json
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import jsonschema
@@ -15,8 +14,7 @@ from pydantic import BaseModel, Field
 from typing_extensions import NotRequired, TypedDict
 
 from glm_agent import Tool, ToolDefinitionError, ToolRegistry, tool
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "chatglm3"
+from tests._data import GOLDEN
 
 
 # -- types used in signatures (module level, so string annotations resolve) ------------------
@@ -101,7 +99,7 @@ def test_book_flight_schema_is_the_tuned_shape_byte_for_byte() -> None:
 
 
 def test_book_flight_schema_matches_golden_prompt() -> None:
-    golden = SHARED / "golden" / "responses.json"
+    golden = GOLDEN / "responses.json"
     if not golden.is_file():
         pytest.skip(f"ChatGLM3 reference data not found at {golden} (../shared/chatglm3 is absent)")
     cases = json.loads(golden.read_text(encoding="utf-8"))
@@ -557,7 +555,7 @@ def get_current_weather(
     ],
 )
 def test_registry_schemas_reproduce_the_official_prompt_tokens(tokenizer: Any, case_id: str, tools: list[Tool]) -> None:
-    cases = {c["id"]: c for c in json.loads((SHARED / "golden" / "tokens.json").read_text(encoding="utf-8"))}
+    cases = {c["id"]: c for c in json.loads((GOLDEN / "tokens.json").read_text(encoding="utf-8"))}
     case = cases[case_id]
     messages = [dict(m) for m in case["messages"]]
     assert messages[0]["role"] == "system"
