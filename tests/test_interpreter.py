@@ -352,3 +352,11 @@ async def test_arun_runs_and_cancelling_it_interrupts_the_kernel(interp):
     after = await asyncio.wait_for(interp.arun("print('next')"), timeout=10)  # not stuck behind the sleep
     assert after.observation == "```result\nnext\n```"
     assert interp.history[-2].error.ename == "KeyboardInterrupt"
+
+
+def test_an_unisolated_kernel_gets_the_clean_environment_too(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-not-for-the-kernel")
+    monkeypatch.setenv("FOO", "host-foo")
+    with CodeInterpreter(tmp_path / "ws", isolate=False, timeout=10, env={"FOO": "chosen"}) as session:
+        shown = session.run("import os\nprint(os.environ.get('OPENAI_API_KEY'), os.environ['FOO'])").stdout
+        assert shown == "None chosen\n"

@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from glm_agent.errors import InterpreterError
-from glm_agent.interpreter import CodeInterpreter, Limits, detect_isolation
+from glm_agent.interpreter import CodeInterpreter, KernelPool, Limits, detect_isolation
 from glm_agent.interpreter._limits import MiB
 from tests.gateway_server import GatewayServer
 
@@ -241,6 +241,11 @@ except OSError as exc:
     result = session.run(code)
     assert "fork failed: Resource temporarily unavailable" in result.stdout, result.observation
     assert f"limit of {LIMITS.max_processes} processes and threads was reached" in result.observation
+    threads = session.run(
+        "import threading, time\nfor _ in range(100):\n    threading.Thread(target=time.sleep, args=(3,)).start()"
+    )
+    assert "can't start new thread" in threads.observation
+    assert threads.observation.count("processes and threads was reached") == 1, threads.observation
     assert len(psutil.pids()) <= host_before + LIMITS.max_processes + 5  # bounded on the host
     assert subprocess.run(["true"], check=False).returncode == 0  # the host still starts processes
     still_works(session)
@@ -448,3 +453,15 @@ def test_a_workspace_of_yours_is_used_in_place_and_tmp_stays_bounded(tmp_path):
         assert "No space left on device" in result.observation, result.observation
         still_works(session)
     assert (tmp_path / "mine" / "kept.txt").read_text() == "x"  # your folder stays
+
+
+def test_pooled_kernels_get_the_clean_environment_too(monkeypatch):
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    with KernelPool(size=1, limits=LIMITS, isolate=True) as pool:
+        assert pool.wait_ready(120), pool.last_error
+        with CodeInterpreter(pool=pool, limits=LIMITS, timeout=30) as session:
+            assert session.backend.workspace is not None
+            shown = session.run("import os\nprint(sorted(os.environ.items()))").stdout
+            assert not any(value in shown for value in SECRETS.values()), shown
+            assert session.isolation.workspace_quota == detect_isolation().workspace_quota

@@ -341,11 +341,14 @@ class CodeInterpreter:
                 f"{report.oom_kills} process(es) were killed. Use less memory, e.g. process the data in chunks.]"
             )
         if report.pids_max:
-            notices.append(
-                f"[The session's limit of {self.limits.max_processes} processes and threads was reached: "
-                f"starting more failed {report.pids_max} time(s).]"
-            )
+            notices.append(self._process_limit_notice())
         return notices
+
+    def _process_limit_notice(self) -> str:
+        return (
+            f"[The session's limit of {self.limits.max_processes} processes and threads was reached "
+            "(Limits.max_processes): starting more failed. Let processes and threads end before starting new ones.]"
+        )
 
     def _transport_notices(self) -> list[str]:
         """What a remote transport had to do during the run (reconnects, a lost reply)."""
@@ -377,7 +380,7 @@ class CodeInterpreter:
                 continue  # the notice says it better
             body_parts.append(output_text(output))
             if isinstance(output, ErrorOutput):
-                notices.extend(self._error_hints(output))
+                notices.extend(hint for hint in self._error_hints(output) if hint not in notices)
         body = self._path_for_model("".join(body_parts))
         status = outcome.status
         if timed_out:
@@ -405,6 +408,10 @@ class CodeInterpreter:
             return ["[input() is not available: nobody can type an answer here. Put the value in the code instead.]"]
         if error.ename == "MemoryError" and self.limits.memory_bytes:
             return [f"[The kernel's memory limit is {self.limits.memory_bytes / GiB:g} GiB per process.]"]
+        starting = any(word in error.text for word in ("fork", "Popen", "spawn", "Process", "Pool"))
+        out_of_processes = (error.ename == "BlockingIOError" and starting) or "can't start new thread" in error.evalue
+        if out_of_processes and self.isolation.max_processes and self.limits.max_processes:
+            return [self._process_limit_notice()]
         if "No space left on device" in error.evalue and self.limits.workspace_bytes and self.isolation.enabled:
             return [
                 f"[{MNT_DATA} and /tmp hold at most {self.limits.workspace_bytes / MiB:g} MiB together "
