@@ -26,6 +26,13 @@ PNG = base64.b64decode(
 
 server = MCPServer("glm-agent-test-server")
 _children: list[subprocess.Popen[bytes]] = []
+PID_FILE = os.environ.get("MCP_TEST_PID_FILE")  # the server and its children append their pids here
+
+
+def _note_pid(pid: int) -> None:
+    if PID_FILE:
+        with open(PID_FILE, "a") as f:
+            f.write(f"{pid}\n")
 
 
 @server.tool()
@@ -93,6 +100,7 @@ def spawn_child() -> int:
     """Start a long-running child process of the server; return its pid."""
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
     _children.append(child)
+    _note_pid(child.pid)
     return child.pid
 
 
@@ -146,6 +154,7 @@ async def add_late_tool(ctx: Context) -> str:
 
 
 def main() -> None:
+    _note_pid(os.getpid())
     transport = sys.argv[1] if len(sys.argv) > 1 else "stdio"
     if transport == "stdio":
         server.run("stdio")

@@ -60,6 +60,11 @@ def add_agent_options(parser: argparse.ArgumentParser) -> None:
         metavar="FILE_OR_DIR",
         help="tools from .py files, folders of them or module paths (repeatable)",
     )
+    parser.add_argument(
+        "--mcp",
+        metavar="CONFIG.json",
+        help='MCP servers whose tools the agent may call, as server__tool ({"mcpServers": ...}, ${VAR} expanded)',
+    )
     parser.add_argument("--code-interpreter", action="store_true", help="let the model run Python in a Jupyter kernel")
     parser.add_argument(
         "--workspace",
@@ -85,6 +90,17 @@ def add_agent_options(parser: argparse.ArgumentParser) -> None:
     local.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: the backend's choice)")
     local.add_argument("--dtype", help="e.g. bfloat16, float16, float32 (default: the backend's choice)")
     local.add_argument("--allow-download", action="store_true", help="let a hub id download missing weights")
+
+
+def _mcp_config(path: str | None) -> str | None:
+    """``--mcp``: the config file; a missing mcp extra is an actionable error."""
+    if path is None:
+        return None
+    try:
+        import glm_agent.mcp  # noqa: F401
+    except ImportError as exc:
+        raise UsageProblem(f"--mcp needs the mcp extra: pip install 'glm-agent[mcp]' ({exc})") from None
+    return path
 
 
 def model_spec(args: argparse.Namespace) -> str:
@@ -160,16 +176,24 @@ def open_agent(
 
         with console.status("Starting the code interpreter ...", spinner="dots"):
             interpreter = CodeInterpreter(workspace=args.workspace)
-    agent = Agent(
-        model,
-        tools=tools,
-        code_interpreter=interpreter,
-        system=args.system,
-        max_steps=args.max_steps,
-        approve=approve,
-        language=args.language,
-        generation=generation,
-    )
+    starting: Any = console.status("Starting MCP servers ...", spinner="dots") if args.mcp else contextlib.nullcontext()
+    try:
+        with starting:
+            agent = Agent(
+                model,
+                tools=tools,
+                code_interpreter=interpreter,
+                system=args.system,
+                max_steps=args.max_steps,
+                approve=approve,
+                language=args.language,
+                generation=generation,
+                mcp=_mcp_config(args.mcp),
+            )
+    except BaseException:
+        if args.workspace:
+            interpreter.close()
+        raise
     try:
         yield agent
     finally:

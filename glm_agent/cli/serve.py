@@ -28,6 +28,16 @@ def add_command(subparsers: Any) -> None:
     p.add_argument(
         "--tools", nargs="+", default=[], metavar="FILE", help="tool modules offered when a request sends no tools"
     )
+    p.add_argument(
+        "--mcp",
+        metavar="CONFIG.json",
+        help='MCP servers whose tools (server__tool) are offered like --tools ({"mcpServers": ...})',
+    )
+    p.add_argument(
+        "--mcp-path",
+        metavar="PATH",
+        help="also serve the --tools and --mcp tools as an MCP server (streamable HTTP) at PATH, e.g. /mcp",
+    )
     p.add_argument("--served-model-name", help="the model id clients send (default: the backend's name)")
     p.add_argument("--max-concurrency", type=int, default=1, help="generations at once (default 1)")
     p.add_argument("--max-queue", type=int, default=32, help="requests waiting before 429 (default 32)")
@@ -37,6 +47,7 @@ def add_command(subparsers: Any) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    tools: Any = None
     try:
         from glm_agent.chatglm3.tokenizer import ChatGLM3Tokenizer
         from glm_agent.models import load_chat_model
@@ -49,13 +60,20 @@ def run_serve(args: argparse.Namespace) -> int:
             raise GlmAgentError(
                 f"{args.model} brings no ChatGLM3 tokenizer; pass --tokenizer PATH (a tokenizer.model or checkpoint dir)"
             )
-        tools = None
-        if args.tools:
+        if args.tools or args.mcp or args.mcp_path:
             from glm_agent.tools import load_tools
 
             tools = load_tools(args.tools)
+        if args.mcp_path and not args.mcp_path.startswith("/"):
+            raise GlmAgentError(f"--mcp-path must start with '/', e.g. /mcp (got {args.mcp_path!r})")
+        if args.mcp:
+            from glm_agent.mcp import connect_mcp
+
+            connect_mcp(args.mcp, registry=tools)
         from glm_agent.server import serve
     except (GlmAgentError, ValueError, OSError, ImportError) as exc:
+        if tools is not None:
+            tools.close()
         print(f"glm-agent serve: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
@@ -72,8 +90,12 @@ def run_serve(args: argparse.Namespace) -> int:
             max_concurrency=args.max_concurrency,
             max_queue=args.max_queue,
             context_length=args.context_length,
+            mcp_path=args.mcp_path,
         )
     except (GlmAgentError, ValueError) as exc:
         print(f"glm-agent serve: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if tools is not None:
+            tools.close()  # ends the MCP servers of --mcp
     return 0

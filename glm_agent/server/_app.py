@@ -269,10 +269,14 @@ def create_app(
     max_queue: int = 32,
     context_length: int | None = None,
     default_max_tokens: int = DEFAULT_MAX_TOKENS,
+    mcp_path: str | None = None,
+    mcp_host: str = "127.0.0.1",
 ) -> FastAPI:
     """The FastAPI app serving ``model`` (any backend with ``stream``; ``stream_ids`` for raw prompts).
 
     ``tools``: a ToolRegistry or OpenAI tool schemas offered when a request sends none.
+    ``mcp_path``: also serve the ``tools`` registry as an MCP server (streamable HTTP) there;
+    ``mcp_host`` is the address served on (loopback turns on the SDK's DNS-rebinding protection).
     ``context_length``: refuse prompts that do not fit (default: ``model.context_length`` if any).
     """
     state = _Server(
@@ -288,6 +292,12 @@ def create_app(
     )
     app = FastAPI(title="glm-agent", description="OpenAI-compatible ChatGLM3 server")
     app.state.glm = state
+    if mcp_path is not None:
+        from glm_agent.mcp import mount_mcp
+        from glm_agent.tools import ToolRegistry
+
+        registry = tools if isinstance(tools, ToolRegistry) else ToolRegistry()
+        mount_mcp(app, registry, path=mcp_path, host=mcp_host)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -544,6 +554,8 @@ def serve(
     """Serve ``model`` until interrupted (``app_options`` go to :func:`create_app`)."""
     import uvicorn
 
+    if app_options.get("mcp_path"):
+        app_options.setdefault("mcp_host", host)
     app = create_app(model, tokenizer, **app_options)
     logger.info("serving %s on http://%s:%d/v1", app.state.glm.model_name, host, port)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
