@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from glm_agent.errors import (
@@ -10,6 +11,7 @@ from glm_agent.errors import (
     GlmAgentError,
     InterpreterError,
     ModelError,
+    ToolArgumentsError,
     ToolCallParseError,
     ToolDefinitionError,
 )
@@ -27,7 +29,15 @@ if TYPE_CHECKING:
     from glm_agent.interpreter import CodeInterpreter, ExecutionResult
     from glm_agent.tools import Tool, ToolRegistry, ToolResult, tool
 
-__version__ = "0.1.0"
+
+def _installed_version() -> str:
+    try:
+        return metadata.version("glm-agent")
+    except metadata.PackageNotFoundError:  # a source tree on sys.path that was never installed
+        return "0+unknown"
+
+
+__version__ = _installed_version()
 
 # Public names that live in heavier modules are imported on first use.
 _LAZY = {
@@ -62,7 +72,9 @@ __all__ = [
     "ContextLengthError",
     "ModelError",
     "ToolDefinitionError",
+    "ToolArgumentsError",
     "InterpreterError",
+    "__version__",
 ]
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
 
 from glm_agent import events as ev
-from glm_agent.chatglm3.parser import CallFinished, CallStarted, ReplyStreamParser, StreamEvent, TextDelta
+from glm_agent.chatglm3.parser import CallFinished, CallNamed, ReplyStreamParser, ReplyText, StreamEvent
 from glm_agent.messages import AssistantMessage, Call, CodeCall, Message, ObservationMessage, ToolCall
 
 if TYPE_CHECKING:
@@ -197,10 +197,10 @@ class _Turn:
     def _translate(self, parsed: list[StreamEvent]) -> list[ev.Event]:
         out: list[ev.Event] = []
         for p in parsed:
-            if isinstance(p, TextDelta):
+            if isinstance(p, ReplyText):
                 self._streamed += p.text
                 out.append(ev.TextDelta(self.step, p.text))
-            elif isinstance(p, CallStarted):
+            elif isinstance(p, CallNamed):
                 out.append(ev.CallStarted(self.step, p.name))
             else:
                 self.calls.append(p)

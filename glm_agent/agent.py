@@ -28,6 +28,7 @@ from glm_agent import _steps
 from glm_agent import events as ev
 from glm_agent.chatglm3.prompts import CHAT_SYSTEM, TOOLS_SYSTEM, code_system_prompt, upload_header
 from glm_agent.messages import (
+    INTERPRETER,
     Call,
     CodeCall,
     Message,
@@ -148,9 +149,16 @@ class Agent:
             connect_mcp(mcp, registry=self.tools)
             self._own_toolsets = [t for t in self.tools.toolsets if id(t) not in before]
         self.code_enabled = code_interpreter is not None and code_interpreter is not False
-        self._interpreter: CodeInterpreter | None = (
-            None if isinstance(code_interpreter, (bool, type(None))) else code_interpreter
-        )
+        self._interpreter: CodeInterpreter | None = None
+        if not isinstance(code_interpreter, (bool, type(None))):
+            from glm_agent.interpreter import CodeInterpreter
+
+            if not isinstance(code_interpreter, CodeInterpreter):
+                raise TypeError(
+                    "code_interpreter must be a CodeInterpreter, True (start one on first use), or False/None, "
+                    f"not {type(code_interpreter).__name__}"
+                )
+            self._interpreter = code_interpreter
         self._owns_interpreter = code_interpreter is True
         self.system = system
         self.language = language
@@ -402,7 +410,7 @@ class Agent:
             if isinstance(e, ev.ToolReturned):
                 records.append(CallRecord(e.step, e.call.name, e.call, e.ok, e.observation, e.result))
             elif isinstance(e, ev.CodeFinished):
-                records.append(CallRecord(e.step, "interpreter", e.call, e.ok, e.observation, e.result))
+                records.append(CallRecord(e.step, INTERPRETER, e.call, e.ok, e.observation, e.result))
             elif isinstance(e, ev.CallRefused):
                 records.append(CallRecord(e.step, e.call.name, e.call, False, e.observation))
             elif isinstance(e, ev.ParseFailed):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 __all__ = [
     "GlmAgentError",
     "ToolCallParseError",
@@ -9,9 +11,13 @@ __all__ = [
     "ContextLengthError",
     "ModelError",
     "ToolDefinitionError",
+    "ToolArgumentsError",
+    "ArgumentProblem",
     "InterpreterError",
     "MCPConfigError",
     "MCPConnectionError",
+    "FormatError",
+    "UsageError",
 ]
 
 
@@ -57,6 +63,27 @@ class ToolDefinitionError(GlmAgentError, TypeError):
     """A function cannot become a tool (e.g. a parameter without a type hint)."""
 
 
+@dataclass(frozen=True)
+class ArgumentProblem:
+    """One thing wrong with a call's arguments: which argument, and what to do about it."""
+
+    argument: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"- {self.argument}: {self.message}"
+
+
+class ToolArgumentsError(GlmAgentError, ValueError):
+    """A call's arguments do not fit the tool's parameters; ``problems`` names each argument."""
+
+    def __init__(self, tool_name: str, problems: list[ArgumentProblem]) -> None:
+        self.tool_name = tool_name
+        self.problems = problems
+        lines = "\n".join(str(p) for p in problems)
+        super().__init__(f"invalid arguments for tool {tool_name!r}:\n{lines}")
+
+
 class InterpreterError(GlmAgentError, RuntimeError):
     """The code interpreter could not start or reach its kernel."""
 
@@ -67,3 +94,15 @@ class MCPConfigError(GlmAgentError, ValueError):
 
 class MCPConnectionError(GlmAgentError, ConnectionError):
     """An MCP server could not be started, reached or initialised in time."""
+
+
+class FormatError(GlmAgentError, ValueError):
+    """A message, tool or argument cannot be mapped between ChatGLM3's and OpenAI's shapes; ``param`` names where."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class UsageError(GlmAgentError):
+    """Command-line arguments that cannot work together (reported in one line, exit code 2)."""

@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Final, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 __all__ = [
+    "INTERPRETER",
     "SystemMessage",
     "UserMessage",
     "AssistantMessage",
@@ -34,6 +35,10 @@ __all__ = [
     "dumps_jsonl",
     "loads_jsonl",
 ]
+
+
+#: The metadata (and call name) of a code-interpreter call, as ChatGLM3 writes it.
+INTERPRETER: Final = "interpreter"
 
 
 class _Base(BaseModel):
@@ -107,7 +112,7 @@ class CodeCall(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     code: str
-    name: Literal["interpreter"] = "interpreter"
+    name: Literal["interpreter"] = INTERPRETER
 
     @property
     def kind(self) -> Literal["code"]:

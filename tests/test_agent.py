@@ -178,6 +178,13 @@ def test_system_prompt_defaults_per_mode():
     assert custom.content == "Mine." and custom.tools[0]["name"] == "get_weather"  # honoured, tools kept
 
 
+@pytest.mark.parametrize("bad", ["yes", 1, object()])
+def test_code_interpreter_must_be_an_interpreter_or_a_flag(bad):
+    with pytest.raises(TypeError, match="code_interpreter must be a CodeInterpreter"):
+        Agent(ScriptedModel([]), code_interpreter=bad)
+    assert Agent(ScriptedModel([]), code_interpreter=False).interpreter is None
+
+
 def test_cancelling_a_stream_mid_answer_keeps_the_conversation_consistent():
     agent = Agent(ScriptedModel(["\n " + "word " * 50, "\n next"]))
     stream = agent.stream("talk")

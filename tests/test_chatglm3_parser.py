@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 
 from glm_agent.chatglm3 import (
     CallFinished,
-    CallStarted,
+    CallNamed,
     ReplyStreamParser,
+    ReplyText,
     Segment,
-    TextDelta,
     parse_reply,
 )
 from glm_agent.errors import ToolCallParseError
@@ -278,19 +278,19 @@ def test_streaming_equals_parse_reply_for_any_chunking(text):
     for seed in range(25):
         events, reply = _stream(text, random.Random(seed))
         assert reply == expected
-        streamed = "".join(e.text for e in events if isinstance(e, TextDelta))
+        streamed = "".join(e.text for e in events if isinstance(e, ReplyText))
         assert streamed == (expected.text or "")
         finished = [e for e in events if isinstance(e, CallFinished)]
         assert [e.call for e in finished if e.call] == expected.calls
         assert [str(e.error) for e in finished if e.error] == [str(e) for e in expected.errors]
-        started = [e.name for e in events if isinstance(e, CallStarted)]
+        started = [e.name for e in events if isinstance(e, CallNamed)]
         assert started == [e.name for e in finished]
 
 
 def test_call_is_announced_as_soon_as_its_name_line_is_complete():
     parser = ReplyStreamParser()
     assert parser.feed("get_wea") == []
-    assert parser.feed("ther\n ```py") == [CallStarted(name="get_weather", index=0)]
+    assert parser.feed("ther\n ```py") == [CallNamed(name="get_weather", index=0)]
     assert parser.feed("thon\ntool_call(city='x')\n") == []  # call code never shows as text
     events = parser.feed("```") + parser.close()
     assert events == [
@@ -300,10 +300,10 @@ def test_call_is_announced_as_soon_as_its_name_line_is_complete():
 
 def test_answer_text_streams_before_the_reply_ends():
     parser = ReplyStreamParser()
-    assert parser.feed("\n 你") == [TextDelta("你")]
-    assert parser.feed("好  ") == [TextDelta("好")]  # trailing spaces held back
-    assert parser.feed(" 世界<|assi") == [TextDelta("   世界")]
-    assert parser.feed("stant|>interpreter\n") == [CallStarted(name="interpreter", index=0)]
+    assert parser.feed("\n 你") == [ReplyText("你")]
+    assert parser.feed("好  ") == [ReplyText("好")]  # trailing spaces held back
+    assert parser.feed(" 世界<|assi") == [ReplyText("   世界")]
+    assert parser.feed("stant|>interpreter\n") == [CallNamed(name="interpreter", index=0)]
 
 
 @settings(max_examples=200, deadline=None)
@@ -312,7 +312,7 @@ def test_streaming_property(text, seed):
     expected = parse_reply(text, raise_errors=False)
     events, reply = _stream(text, random.Random(seed))
     assert reply == expected
-    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == (expected.text or "")
+    assert "".join(e.text for e in events if isinstance(e, ReplyText)) == (expected.text or "")
 
 
 def test_no_eval_in_the_parser_source():

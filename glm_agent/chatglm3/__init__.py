@@ -7,12 +7,12 @@ from typing import Any
 from glm_agent.chatglm3.parser import (
     ASSISTANT_TOKEN,
     CallFinished,
-    CallStarted,
+    CallNamed,
     Reply,
     ReplyStreamParser,
+    ReplyText,
     Segment,
     StreamEvent,
-    TextDelta,
     extract_code,
     parse_reply,
     parse_tool_call,
@@ -39,8 +39,8 @@ __all__ = [
     "Segment",
     "ReplyStreamParser",
     "StreamEvent",
-    "TextDelta",
-    "CallStarted",
+    "ReplyText",
+    "CallNamed",
     "CallFinished",
     "ASSISTANT_TOKEN",
     "ToolCallParseError",
@@ -61,6 +61,10 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:  # torch-heavy names import on first use
+    if name in ("TextDelta", "CallStarted"):  # renamed; the old names warn
+        from glm_agent.chatglm3 import parser
+
+        return getattr(parser, name)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'glm_agent.chatglm3' has no attribute {name!r}")

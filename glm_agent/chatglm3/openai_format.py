@@ -23,8 +23,9 @@ from typing import Any
 
 from glm_agent.chatglm3.parser import ASSISTANT_TOKEN, parse_call
 from glm_agent.chatglm3.prompts import TOOLS_SYSTEM
-from glm_agent.errors import GlmAgentError, ToolCallParseError
+from glm_agent.errors import FormatError, ToolCallParseError
 from glm_agent.messages import (
+    INTERPRETER,
     AssistantMessage,
     CodeCall,
     Message,
@@ -53,16 +54,6 @@ __all__ = [
     "new_call_id",
     "raw_reply",
 ]
-
-INTERPRETER = "interpreter"
-
-
-class FormatError(GlmAgentError, ValueError):
-    """A message, tool or argument cannot be mapped between the two shapes; ``param`` names where."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 # -- Python literals (the arguments ChatGLM3 writes) -------------------------------------------
@@ -277,7 +268,8 @@ def _assistant_segments(msg: dict[str, Any], where: str) -> list[AssistantMessag
         raise FormatError(f"{where}.tool_calls must be a list", f"{where}.tool_calls")
     for k, call in enumerate(calls):
         fn = call.get("function") if isinstance(call, dict) else None
-        name = fn.get("name") if isinstance(fn, dict) else None
+        fn = fn if isinstance(fn, dict) else {}
+        name = fn.get("name")
         if not isinstance(name, str) or not name.strip():
             raise FormatError(f"{where}.tool_calls[{k}] needs function.name", f"{where}.tool_calls[{k}]")
         arguments = parse_arguments(name, fn.get("arguments"), f"{where}.tool_calls[{k}].function.arguments")
@@ -309,7 +301,8 @@ def raw_reply(content: str | None, tool_calls: Iterable[dict[str, Any]] | None) 
         parts.append("\n" + content)
     for k, call in enumerate(tool_calls or []):
         fn = call.get("function") if isinstance(call, dict) else None
-        name = fn.get("name") if isinstance(fn, dict) else None
+        fn = fn if isinstance(fn, dict) else {}
+        name = fn.get("name")
         if not isinstance(name, str) or not name:
             raise FormatError(f"tool_calls[{k}] has no function name")
         parts.append(call_segment(name, parse_arguments(name, fn.get("arguments"))))

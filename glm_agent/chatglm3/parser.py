@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import ast
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Union
 
 from glm_agent.errors import ToolCallParseError
-from glm_agent.messages import AssistantMessage, CodeCall, ToolCall
+from glm_agent.messages import INTERPRETER, AssistantMessage, CodeCall, ToolCall
 
 __all__ = [
     "ASSISTANT_TOKEN",
@@ -26,14 +27,13 @@ __all__ = [
     "parse_tool_call",
     "extract_code",
     "ReplyStreamParser",
-    "TextDelta",
-    "CallStarted",
+    "ReplyText",
+    "CallNamed",
     "CallFinished",
     "StreamEvent",
 ]
 
 ASSISTANT_TOKEN = "<|assistant|>"
-INTERPRETER = "interpreter"
 
 # A metadata line is a tool name: no whitespace, quotes, brackets or sentence punctuation.
 _NAME_RE = re.compile(r"[^\s`'\"()\[\]{}<>,;!?，。！？；：、]{1,64}")
@@ -131,8 +131,8 @@ def parse_reply(text: str, *, raise_errors: bool = True) -> Reply:
     answer = "\n".join(a for a in answers if a) if answers else None
     reply = Reply(raw=text, segments=segments, text=answer, calls=calls, errors=errors)
     if errors and raise_errors:
-        for exc in errors:
-            exc.reply = reply
+        for error in errors:
+            error.reply = reply
         raise errors[0]
     return reply
 
@@ -148,7 +148,7 @@ def extract_code(content: str) -> str:
     """The code of an interpreter segment: the last fenced block (as the official demo),
     the rest of an unclosed block (generation cut short), or the bare text."""
     body = content.strip()
-    blocks = _FENCE_RE.findall(body)
+    blocks: list[str] = _FENCE_RE.findall(body)
     if blocks:
         code = blocks[-1]
     elif body.startswith("```"):
@@ -233,8 +233,9 @@ def _literal(node: ast.AST, name: str, content: str, where: str, depth: int) -> 
         raise _fail(name, content, f"argument {where!r}: {type(node.value).__name__} values are not allowed")
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
         operand = node.operand
-        if isinstance(operand, ast.Constant) and type(operand.value) in (int, float):
-            return -operand.value if isinstance(node.op, ast.USub) else operand.value
+        number = operand.value if isinstance(operand, ast.Constant) else None
+        if isinstance(number, (int, float)) and not isinstance(number, bool):
+            return -number if isinstance(node.op, ast.USub) else number
     if isinstance(node, (ast.List, ast.Tuple)):
         return [_literal(e, name, content, where, depth + 1) for e in node.elts]
     if isinstance(node, ast.Set):
@@ -265,15 +266,17 @@ def _hashable(value: Any) -> bool:
 # -- streaming ---------------------------------------------------------------------------------
 
 
+# The parser's stream events carry no step; the agent's own (glm_agent.events.TextDelta,
+# CallStarted) add one. Distinct names keep the two layers apart.
 @dataclass(frozen=True)
-class TextDelta:
-    """More answer text, in order; the deltas concatenate to ``reply.text``."""
+class ReplyText:
+    """More answer text, in order; the pieces concatenate to ``reply.text``."""
 
     text: str
 
 
 @dataclass(frozen=True)
-class CallStarted:
+class CallNamed:
     """A call segment's metadata line is complete: its name is known, its body is not."""
 
     name: str
@@ -290,7 +293,7 @@ class CallFinished:
     error: ToolCallParseError | None = None
 
 
-StreamEvent = Union[TextDelta, CallStarted, CallFinished]
+StreamEvent = Union[ReplyText, CallNamed, CallFinished]
 
 
 class ReplyStreamParser:
@@ -359,7 +362,7 @@ class ReplyStreamParser:
                     self._mode, self._content_start = "answer", len(meta) + 1
                 elif _is_name(name):
                     self._mode, self._call_name = "call", name
-                    events.append(CallStarted(name=name, index=self._calls))
+                    events.append(CallNamed(name=name, index=self._calls))
                 else:
                     self._mode, self._content_start = "answer", 0
             elif final or not _can_become_name(seg):
@@ -369,10 +372,10 @@ class ReplyStreamParser:
             new = visible[len(self._emitted) :]
             if new:
                 if not self._emitted and self._any_text:
-                    events.append(TextDelta("\n"))
+                    events.append(ReplyText("\n"))
                 self._emitted = visible
                 self._any_text = True
-                events.append(TextDelta(new))
+                events.append(ReplyText(new))
 
     def _end_segment(self, events: list[StreamEvent]) -> None:
         if self._mode == "head":  # a segment without a newline is answer text
@@ -386,3 +389,19 @@ class ReplyStreamParser:
                 events.append(CallFinished(name=self._call_name, index=self._calls, call=None, error=exc))
             self._calls += 1
         self._mode, self._content_start, self._emitted, self._call_name = "head", 0, "", ""
+
+
+#: Old names of the stream events (they clashed with the agent events of the same name).
+_RENAMED = {"TextDelta": "ReplyText", "CallStarted": "CallNamed"}
+
+
+def __getattr__(name: str) -> Any:
+    new = _RENAMED.get(name)
+    if new is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(
+        f"glm_agent.chatglm3.parser.{name} is now {new} (glm_agent.events.{name} is the agent's event)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return globals()[new]

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from glm_agent.errors import GlmAgentError
+from glm_agent.errors import GlmAgentError, UsageError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -28,7 +28,7 @@ __all__ = [
     "open_agent",
     "is_scripted",
     "cli_errors",
-    "UsageProblem",
+    "UsageError",
 ]
 
 logger = logging.getLogger(__name__)
@@ -37,10 +37,6 @@ MODEL_ENV = "GLM_AGENT_MODEL"
 DEFAULT_MODEL = "THUDM/chatglm3-6b"
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-class UsageProblem(GlmAgentError):
-    """Arguments that cannot work together (reported like any other error: one line, exit code 2)."""
 
 
 def add_agent_options(parser: argparse.ArgumentParser) -> None:
@@ -125,7 +121,7 @@ def _generation(args: argparse.Namespace) -> Any:
         return GenerationParams.of(None, **chosen)
     except ValidationError as exc:
         problems = "; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in exc.errors())
-        raise UsageProblem(f"bad sampling option ({problems})") from None
+        raise UsageError(f"bad sampling option ({problems})") from None
 
 
 def load_model(spec: str, args: argparse.Namespace, console: Console) -> ChatModel:
@@ -137,9 +133,10 @@ def load_model(spec: str, args: argparse.Namespace, console: Console) -> ChatMod
         options["allow_download"] = True
     with console.status(f"Loading model [bold]{spec}[/] ...", spinner="dots"):
         try:
-            return load_chat_model(spec, **options)
+            model: ChatModel = load_chat_model(spec, **options)
+            return model
         except ModuleNotFoundError as exc:
-            raise UsageProblem(
+            raise UsageError(
                 f"cannot load {spec}: {exc}; local weights need the 'local' extra: pip install 'glm-agent[local]'"
             ) from None
 
@@ -165,9 +162,9 @@ def open_agent(
     from glm_agent.tools import load_tools
 
     if args.max_steps < 1:
-        raise UsageProblem("--max-steps must be at least 1")
+        raise UsageError("--max-steps must be at least 1")
     if args.workspace and not args.code_interpreter:
-        raise UsageProblem("--workspace is the code interpreter's folder; add --code-interpreter")
+        raise UsageError("--workspace is the code interpreter's folder; add --code-interpreter")
     generation = _generation(args)
     tools = load_tools(args.tools) if args.tools else None
     interpreter: Any = True if args.code_interpreter else None

@@ -12,7 +12,7 @@ from rich.syntax import Syntax
 from rich.text import Text
 
 from glm_agent import events as ev
-from glm_agent.messages import CodeCall, ToolCall
+from glm_agent.messages import INTERPRETER, CodeCall, ToolCall
 
 __all__ = ["EventRenderer", "scripted_banner", "TEMPORARY_IMAGES"]
 
@@ -80,7 +80,7 @@ class EventRenderer:
         self._mid_line = not e.text.endswith("\n")
 
     def _on_CallStarted(self, e: ev.CallStarted) -> None:
-        what = "writing code ..." if e.name == "interpreter" else f"calling {e.name} ..."
+        what = "writing code ..." if e.name == INTERPRETER else f"calling {e.name} ..."
         self.note(f"  {what}")
 
     def show_call(self, call: ToolCall | CodeCall) -> None:
@@ -133,7 +133,7 @@ class EventRenderer:
         if self._shown is not e.call:
             self.show_call(e.call)
         self._shown = None
-        what = "code" if e.call.name == "interpreter" else e.call.name
+        what = "code" if e.call.name == INTERPRETER else e.call.name
         hint = f" ({self.refusal_hint})" if self.refusal_hint else ""
         self._line(Text(f"refused: {what}{hint}", style="yellow"))
 

@@ -9,9 +9,9 @@ from typing import Any, Union
 
 import httpx
 
-from glm_agent.chatglm3.openai_format import FormatError, call_segment, parse_arguments
+from glm_agent.chatglm3.openai_format import call_segment, parse_arguments
 from glm_agent.chatglm3.parser import ASSISTANT_TOKEN
-from glm_agent.errors import ContextLengthError, ModelError
+from glm_agent.errors import ContextLengthError, FormatError, ModelError
 
 __all__ = [
     "SSEDecoder",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 from glm_agent.chatglm3.openai_format import INTERPRETER, ToolChoice, call_block, new_call_id, openai_call
-from glm_agent.chatglm3.parser import CallFinished, CallStarted, ReplyStreamParser, TextDelta
+from glm_agent.chatglm3.parser import CallFinished, CallNamed, ReplyStreamParser, ReplyText
 from glm_agent.messages import CodeCall
 
 __all__ = ["StopScanner", "ContentOut", "ToolCallOut", "ReplyTranslator", "ThreadStream", "RequestGate", "QueueFull"]
@@ -113,14 +113,14 @@ class ReplyTranslator:
     def _translate(self, events: list[Any]) -> list[Out]:
         out: list[Out] = []
         for event in events:
-            if isinstance(event, TextDelta):
+            if isinstance(event, ReplyText):
                 text = event.text
                 if self._need_separator and not text.startswith("\n"):
                     text = "\n" + text
                 self._need_separator = False
                 self._any_content = True
                 out.append(ContentOut(text))
-            elif isinstance(event, CallStarted):
+            elif isinstance(event, CallNamed):
                 continue  # the name is sent with the parsed call (a malformed one becomes text)
             elif isinstance(event, CallFinished):
                 out.append(self._finished(event))

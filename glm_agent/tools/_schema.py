@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic.fields import FieldInfo
 
 from glm_agent.errors import ToolDefinitionError
+from glm_agent.messages import INTERPRETER
 
 __all__ = [
     "ParameterSpec",
@@ -37,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 _EMPTY = inspect.Parameter.empty
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_RESERVED_NAMES = {"interpreter"}
+_RESERVED_NAMES = {INTERPRETER}
 
 # JSON Schema keywords whose value is a schema / a map of schemas / a list of schemas.
 _SCHEMA_KEYS = {
@@ -137,7 +138,8 @@ def _split_annotated(hint: Any, fn: Callable[..., Any], pname: str) -> tuple[Any
             )
         else:
             rest.append(item)
-    annotation = Annotated[(base, *rest)] if rest else base  # type: ignore[valid-type]
+    args = (base, *rest)
+    annotation = Annotated[args] if rest else base
     return annotation, description, required
 
 
@@ -210,7 +212,8 @@ def build_arguments_model(tool_name: str, fn: Callable[..., Any], params: tuple[
 def _find_bad_parameter(tool_name: str, params: tuple[ParameterSpec, ...]) -> str:
     for index, p in enumerate(params):
         try:
-            model = create_model(f"{tool_name}_check", **{f"p{index}": (p.annotation, Field(alias=p.name))})
+            fields: dict[str, Any] = {f"p{index}": (p.annotation, Field(alias=p.name))}
+            model = create_model(f"{tool_name}_check", **fields)
             model.model_json_schema(by_alias=True)
         except Exception:
             return f" (parameter {p.name!r}: type {p.annotation!r} is not supported)"

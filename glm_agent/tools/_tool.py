@@ -6,12 +6,11 @@ import copy
 import inspect
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, overload
 
 from pydantic import BaseModel, ValidationError
 
-from glm_agent.errors import GlmAgentError, ToolDefinitionError
+from glm_agent.errors import ArgumentProblem, ToolArgumentsError, ToolDefinitionError
 from glm_agent.tools._runner import run_async, run_sync
 from glm_agent.tools._schema import (
     build_arguments_model,
@@ -23,27 +22,6 @@ from glm_agent.tools._schema import (
 __all__ = ["Tool", "tool", "ToolArgumentsError", "ArgumentProblem"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ArgumentProblem:
-    """One thing wrong with a call's arguments: which argument, and what to do about it."""
-
-    argument: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"- {self.argument}: {self.message}"
-
-
-class ToolArgumentsError(GlmAgentError, ValueError):
-    """A call's arguments do not fit the tool's parameters; ``problems`` names each argument."""
-
-    def __init__(self, tool_name: str, problems: list[ArgumentProblem]) -> None:
-        self.tool_name = tool_name
-        self.problems = problems
-        lines = "\n".join(str(p) for p in problems)
-        super().__init__(f"invalid arguments for tool {tool_name!r}:\n{lines}")
 
 
 def _short_repr(value: Any, limit: int = 80) -> str:
