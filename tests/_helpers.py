@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import Callable
@@ -21,3 +22,12 @@ def wait_until(predicate: Callable[[], object], timeout: float = 30, interval: f
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s: {getattr(predicate, '__name__', predicate)}")
         time.sleep(interval)
+
+
+async def wait_until_async(predicate: Callable[[], object], timeout: float = 30, interval: float = 0.02) -> None:
+    """``wait_until`` for a coroutine: polls without blocking the event loop (the code it waits for may run there)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s: {getattr(predicate, '__name__', predicate)}")
+        await asyncio.sleep(interval)

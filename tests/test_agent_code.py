@@ -15,6 +15,7 @@ from glm_agent.interpreter import CodeInterpreter, conversation_to_notebook
 from glm_agent.messages import ObservationMessage, load_jsonl
 from glm_agent.models import ScriptedModel
 from tests._data import TINY_CHECKPOINT, needs_shared
+from tests._helpers import wait_until_async
 
 
 def code(src: str) -> str:
@@ -89,17 +90,18 @@ def test_uploaded_files_are_announced_and_reachable(tmp_path):
         assert "'1', '2', '3'" in result.calls[0].observation
 
 
+SLEEPER = "open('started', 'w').close()\nimport time\ntime.sleep(60)"  # the marker file: the sleep has begun
+
+
 def test_cancelling_while_code_runs_interrupts_the_kernel_and_keeps_state():
     async def go():
-        model = ScriptedModel([code("y = 7"), "\n ok", code("import time\ntime.sleep(60)"), code("print(y)"), "\n 7"])
+        model = ScriptedModel([code("y = 7"), "\n ok", code(SLEEPER), code("print(y)"), "\n 7"])
         interpreter = CodeInterpreter(timeout=120)
         try:
             agent = Agent(model, code_interpreter=interpreter)
             await agent.arun("set y")
             task = asyncio.ensure_future(agent.arun("sleep"))
-            while not any(isinstance(m, ObservationMessage) for m in agent.messages[4:]) and model.index < 3:
-                await asyncio.sleep(0.05)
-            await asyncio.sleep(1.0)  # the sleep is running in the kernel now
+            await wait_until_async(lambda: (interpreter.workspace / "started").exists() or task.done())
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task

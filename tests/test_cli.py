@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import nbformat
@@ -17,6 +16,7 @@ import pytest
 
 from tests._data import REPO, TOOLS, needs_tiny_checkpoint
 from tests._data import TINY_CHECKPOINT as TINY
+from tests._helpers import wait_until
 
 SCRIPT = Path(sys.executable).with_name("glm-agent")
 COMMAND = [str(SCRIPT)] if SCRIPT.is_file() else [sys.executable, "-m", "glm_agent.cli"]
@@ -413,7 +413,8 @@ def _state(pid: int) -> str:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc to find the kernel process")
 def test_chat_ctrl_c_stops_running_code_and_the_kernel_is_shut_down_on_exit(tmp_path):
     compute = "interpreter\n ```python\nprint(6 * 7)\n```"
-    sleep = "interpreter\n ```python\nimport time\ntime.sleep(60)\n```"
+    sleeper = "import time\nopen('sleeping', 'w').close()\ntime.sleep(60)"
+    sleep = f"interpreter\n ```python\n{sleeper}\n```"
     model = script(tmp_path, [compute, "\n Done: 42.", sleep, compute, "\n Still 42."])
     notebook = tmp_path / "chat.ipynb"
     env = {k: v for k, v in os.environ.items() if k != "GLM_AGENT_MODEL"}
@@ -441,7 +442,8 @@ def test_chat_ctrl_c_stops_running_code_and_the_kernel_is_shut_down_on_exit(tmp_
         child.expect(on_screen("run it?"))
         child.sendline("y")
         child.expect(on_screen("running code"))
-        time.sleep(1)  # let the kernel start sleeping
+        # the kernel is sleeping once the marker is in its working folder (the workspace)
+        wait_until(lambda: any(Path(f"/proc/{pid}/cwd/sleeping").exists() for pid in alive(kernel)))
         child.sendcontrol("c")
         child.expect(on_screen("[interrupted]"), timeout=15)
         child.expect(on_screen("you> "))
@@ -462,7 +464,7 @@ def test_chat_ctrl_c_stops_running_code_and_the_kernel_is_shut_down_on_exit(tmp_
     cells = nbformat.read(str(notebook), as_version=4).cells
     assert [c.source for c in cells if c.cell_type == "code"] == [
         "print(6 * 7)",
-        "import time\ntime.sleep(60)",
+        sleeper,
         "print(6 * 7)",
     ]
 

@@ -15,6 +15,7 @@ import pytest
 from glm_agent.errors import InterpreterError
 from glm_agent.interpreter import CodeInterpreter, ErrorOutput, Limits, StreamOutput, detect_isolation
 from glm_agent.interpreter._limits import MiB
+from tests._helpers import wait_until_async
 
 ISOLATION = detect_isolation()
 needs_isolation = pytest.mark.skipif(
@@ -344,8 +345,9 @@ def test_unisolated_kernel_death_and_escaped_children_are_handled(tmp_path):
 
 async def test_arun_runs_and_cancelling_it_interrupts_the_kernel(interp):
     assert (await interp.arun("print('async')")).observation == "```result\nasync\n```"
-    task = asyncio.ensure_future(interp.arun("import time\ntime.sleep(30)"))
-    await asyncio.sleep(0.5)
+    (interp.workspace / "started").unlink(missing_ok=True)
+    task = asyncio.ensure_future(interp.arun("open('started', 'w').close()\nimport time\ntime.sleep(30)"))
+    await wait_until_async(lambda: (interp.workspace / "started").exists() or task.done())
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

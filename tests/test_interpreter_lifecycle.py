@@ -21,6 +21,7 @@ from glm_agent.errors import InterpreterError
 from glm_agent.interpreter import CodeInterpreter, KernelPool, Limits
 from glm_agent.messages import AssistantMessage, ObservationMessage, SystemMessage, UserMessage
 from tests._data import REPO
+from tests._helpers import wait_until
 
 
 def _kernel_processes() -> list[psutil.Process]:
@@ -162,7 +163,7 @@ mode = sys.argv[1]
 if mode == "normal-exit":
     sys.exit(0)  # no close(): interpreter exit must stop the kernel
 if mode == "ctrl-c":
-    session.run("import time; time.sleep(600)")  # the test sends SIGINT meanwhile
+    session.run("open('sleeping', 'w').close(); import time; time.sleep(600)")  # the test sends SIGINT meanwhile
 time.sleep(600)  # "sigkill": the test kills us; the lifeline pipe must stop the kernel
 """
 
@@ -180,7 +181,7 @@ def test_host_exit_ctrl_c_or_death_stops_the_kernel(mode, tmp_path):
         pids, workspace, runtime_dir = json.loads(line)
         assert len(pids) == 2 and Path(workspace).is_dir() and Path(runtime_dir).is_dir()
         if mode == "ctrl-c":
-            time.sleep(0.5)
+            wait_until(lambda: (Path(workspace) / "sleeping").exists() or host.poll() is not None)
             host.send_signal(signal.SIGINT)
             assert host.wait(30) != 0
             assert "KeyboardInterrupt" in host.stderr.read()
@@ -249,13 +250,13 @@ def test_close_from_another_thread_ends_a_running_cell():
 
     def worker() -> None:
         try:
-            outcome.append(session.run("import time\ntime.sleep(120)"))
+            outcome.append(session.run("open('sleeping', 'w').close()\nimport time\ntime.sleep(120)"))
         except InterpreterError as exc:
             outcome.append(exc)
 
     thread = threading.Thread(target=worker)
     thread.start()
-    time.sleep(0.5)
+    wait_until(lambda: (session.workspace / "sleeping").exists() or not thread.is_alive())
     session.close()
     thread.join(15)
     assert not thread.is_alive()
