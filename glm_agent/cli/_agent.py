@@ -95,7 +95,7 @@ def _mcp_config(path: str | None) -> str | None:
     try:
         import glm_agent.mcp  # noqa: F401
     except ImportError as exc:
-        raise UsageProblem(f"--mcp needs the mcp extra: pip install 'glm-agent[mcp]' ({exc})") from None
+        raise UsageError(f"--mcp needs the mcp extra: pip install 'glm-agent[mcp]' ({exc})") from None
     return path
 
 
