@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import nbformat
 import pytest
@@ -15,7 +14,7 @@ from glm_agent.interpreter import CodeInterpreter, conversation_to_notebook
 from glm_agent.messages import ObservationMessage, load_jsonl
 from glm_agent.models import ScriptedModel
 from tests._data import TINY_CHECKPOINT, needs_shared
-from tests._helpers import wait_until_async
+from tests._helpers import wait_until, wait_until_async
 
 
 def code(src: str) -> str:
@@ -137,15 +136,13 @@ def test_local_model_episode_on_the_tiny_checkpoint_holds_together(tokenizer):
 def test_agent_cancel_interrupts_running_code_and_the_kernel_keeps_its_state():
     from concurrent.futures import ThreadPoolExecutor
 
-    sleeper = code("y = 7\nopen('started', 'w').close()\nimport time\ntime.sleep(60)")
-    model = ScriptedModel([sleeper, code("print(y)"), "\n 7"])
+    model = ScriptedModel([code("y = 7\n" + SLEEPER), code("print(y)"), "\n 7"])
     with CodeInterpreter(timeout=120) as interpreter:
         agent = Agent(model, code_interpreter=interpreter)
         marker = interpreter.workspace / "started"
         with ThreadPoolExecutor(1) as pool:
             future = pool.submit(agent.run, "sleep")
-            while not marker.exists() and not future.done():
-                time.sleep(0.02)  # waits for the kernel's marker file, not a fixed time
+            wait_until(lambda: marker.exists() or future.done())
             agent.cancel()
             result = future.result(60)
         assert result.stopped == "cancelled"
