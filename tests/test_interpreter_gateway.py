@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from hashlib import sha256
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import pytest
 
 from glm_agent.errors import InterpreterError
 from glm_agent.interpreter import CodeInterpreter, KernelGateway, Limits, detect_isolation
-from tests._helpers import free_port
+from tests._helpers import free_port, wait_until
 from tests.gateway_server import CONFIG, FlakyProxy, GatewayServer
 
 KINDS = ["local", "gateway"]
@@ -80,6 +81,16 @@ def _wait_dead(session: CodeInterpreter, timeout: float = 15) -> None:
     while session.backend.is_alive():
         assert time.monotonic() < deadline, "the session never noticed that its kernel died"
         time.sleep(0.05)
+
+
+def _in_workspace(gateway: GatewayServer, session: CodeInterpreter, name: str) -> Path:
+    """A file in the session's workspace on the gateway: the kernel's working folder."""
+    return gateway.runtime_dir / "glm-agent" / "sessions" / session.backend.remote_workspace_id / "data" / name
+
+
+def _once(marker: Path, action: Callable[[], object]) -> None:
+    """Do ``action`` from another thread as soon as the running code has written ``marker``."""
+    threading.Thread(target=lambda: (wait_until(marker.exists), action()), daemon=True).start()
 
 
 def _kill_kernel(session: CodeInterpreter, gateway: GatewayServer) -> None:
@@ -263,8 +274,9 @@ def test_websocket_dropped_mid_run_reconnects_and_says_so(make_session, gateway)
     proxy = FlakyProxy(gateway.port)
     try:
         session = make_session("gateway", gateway=proxy.url)
-        threading.Timer(0.7, proxy.cut).start()
-        result = session.run("import time\nprint('before', flush=True)\ntime.sleep(2)\nprint('after')")
+        _once(_in_workspace(gateway, session, "started"), proxy.cut)
+        code = "import time\nprint('before', flush=True)\nopen('started', 'w').close()\ntime.sleep(2)\nprint('after')"
+        result = session.run(code)
         assert result.status == "ok" and result.stdout == "before\nafter\n"  # the gateway kept what came meanwhile
         assert (
             "[The connection to the Kernel Gateway dropped during this run and was re-established" in result.observation
@@ -313,9 +325,9 @@ def test_culled_kernel_and_killed_gateway():
         assert "the gateway no longer has this kernel: it was culled after being idle" in result.observation
 
         processes = server.kernel_processes(session.backend.kernel_id)
-        threading.Timer(1.0, server.kill).start()
+        _once(_in_workspace(server, session, "started"), server.kill)
         started = time.monotonic()
-        result = session.run("import time\ntime.sleep(15)")
+        result = session.run("open('started', 'w').close()\nimport time\ntime.sleep(15)")
         assert time.monotonic() - started < 10
         assert result.status == "died"
         assert "The kernel died while running this code (cannot reach the Kernel Gateway" in result.observation
