@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("mcp", reason="the mcp extra is not installed (pip install glm-agent[mcp])")
 
-from tests.conftest import REPO
+from tests._data import REPO
 from tests.mcp_helpers import SERVER, call, wait_gone
 
 

@@ -18,7 +18,7 @@ import anyio
 from mcp import Client, StdioServerParameters
 
 from glm_agent.mcp import MCPServerHTTP, MCPServerStdio, connect_mcp
-from tests.conftest import REPO, SHARED, needs_shared
+from tests._data import REPO, SHARED, needs_shared
 from tests.mcp_helpers import free_port
 
 PNG = base64.b64decode(
