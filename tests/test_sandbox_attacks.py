@@ -21,6 +21,7 @@ import pytest
 from glm_agent.errors import InterpreterError
 from glm_agent.interpreter import CodeInterpreter, KernelPool, Limits, detect_isolation
 from glm_agent.interpreter._limits import MiB
+from tests._data import REPO
 from tests.gateway_server import GatewayServer
 
 pytestmark = pytest.mark.skipif(not detect_isolation().enabled, reason=f"needs isolation: {detect_isolation().reason}")
@@ -39,7 +40,7 @@ KINDS = ["local", "gateway"]
 def gateway(tmp_path_factory):
     """A gateway with this suite's limits in its kernel spec and the secrets in its own environment."""
     specs = tmp_path_factory.mktemp("specs")
-    spec = json.loads((Path(__file__).parents[1] / "sandbox/kernels/glm-agent-python/kernel.json").read_text())
+    spec = json.loads((REPO / "sandbox/kernels/glm-agent-python/kernel.json").read_text())
     argv = spec["argv"]
     for name, value in (
         ("--max-processes", LIMITS.max_processes),
