@@ -466,3 +466,22 @@ def test_pooled_kernels_get_the_clean_environment_too(monkeypatch):
             shown = session.run("import os\nprint(sorted(os.environ.items()))").stdout
             assert not any(value in shown for value in SECRETS.values()), shown
             assert session.isolation.workspace_quota == detect_isolation().workspace_quota
+
+
+def test_a_killed_supervisor_leaves_no_cgroup_behind():
+    with CodeInterpreter(limits=LIMITS, isolate=True, timeout=30) as session:
+        if not session.isolation.max_processes:
+            pytest.skip("no pids cgroup here")
+        own = dict(line.split(":")[1:] for line in Path("/proc/self/cgroup").read_text().splitlines())
+        cgroup = Path(f"/sys/fs/cgroup/pids{own['pids'].rstrip('/')}/glm-agent-{session.backend.runtime_dir.name}")
+        assert cgroup.is_dir()
+        os.kill(session.backend.pid, 9)
+        deadline = time.monotonic() + 10
+        while session.backend.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        result = session.run("print('back')")
+        assert result.restarted and result.stdout == "back\n", result.observation
+        deadline = time.monotonic() + 5
+        while cgroup.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not cgroup.exists()

@@ -167,6 +167,7 @@ class _KernelProcess:
         self.lifeline: int | None = lifeline
         self.runtime_dir = runtime_dir
         self.log_path = log_path
+        self.cgroup_dirs: list[str] = []  # removed by the supervisor; here too, should it have been killed
         self.client: BlockingKernelClient | None = None
         self._lock = threading.Lock()
 
@@ -226,6 +227,11 @@ class _KernelProcess:
                     os.close(self.lifeline)
                     self.lifeline = None
                 shutil.rmtree(self.runtime_dir, ignore_errors=True)
+                for path in self.cgroup_dirs:
+                    try:
+                        os.rmdir(path)
+                    except OSError:
+                        pass  # gone already (the usual case), or still busy
 
 
 class LocalKernel:
@@ -336,6 +342,7 @@ class LocalKernel:
             os.close(read_fd)
         log.debug("kernel supervisor %d started in %s (isolated=%s)", proc.pid, runtime_dir, self.isolate)
         process = _KernelProcess(proc, write_fd, runtime_dir, log_path)
+        process.cgroup_dirs = list(spec["cgroups"].get("dirs", {}).values()) if spec["cgroups"] else []
         client = BlockingKernelClient(connection_file=str(connection_file), context=zmq.Context.instance())
         client.load_connection_file()
         client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=True)
