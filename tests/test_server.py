@@ -303,7 +303,8 @@ def test_error_shapes(serve, tokenizer):
         good.chat.completions.create(
             model="scripted", messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]
         )
-    route = httpx.get(srv.url + "/v1/nothing-here")
+    assert httpx.get(srv.url + "/v1/nothing-here").status_code == 401  # with a key, nothing but /health is open
+    route = httpx.get(srv.url + "/v1/nothing-here", headers=headers)
     assert route.status_code == 404 and "error" in route.json()
     assert httpx.get(srv.url + "/health").json()["status"] == "ok"  # no key needed
     assert (

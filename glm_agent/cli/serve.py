@@ -24,7 +24,7 @@ def add_command(subparsers: Any) -> None:
     p.add_argument("--tokenizer", help="tokenizer.model or checkpoint dir (default: the model's own)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 routes")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but /health")
     p.add_argument(
         "--tools", nargs="+", default=[], metavar="FILE", help="tool modules offered when a request sends no tools"
     )
@@ -42,13 +42,41 @@ def add_command(subparsers: Any) -> None:
     p.add_argument("--max-concurrency", type=int, default=1, help="generations at once (default 1)")
     p.add_argument("--max-queue", type=int, default=32, help="requests waiting before 429 (default 32)")
     p.add_argument("--context-length", type=int, help="refuse prompts longer than this many tokens")
+    # defaults live in glm_agent.server (not imported here: the CLI works without the server extra)
+    p.add_argument("--max-request-bytes", type=int, help="larger request bodies get 413 (default 4 MiB: 4194304)")
+    p.add_argument(
+        "--header-timeout", type=float, help="seconds a client may take to send a request's head, else 408 (default 10)"
+    )
+    p.add_argument(
+        "--body-timeout", type=float, help="seconds a client may take to send a request's body, else 408 (default 30)"
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(handler=run_serve)
+
+
+def _check_limits(args: argparse.Namespace) -> None:
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port {args.port} is not a TCP port; give 0..65535 (0: any free port)")
+    for flag, value in [
+        ("--max-request-bytes", args.max_request_bytes),
+        ("--header-timeout", args.header_timeout),
+        ("--body-timeout", args.body_timeout),
+        ("--max-concurrency", args.max_concurrency),
+    ]:
+        if value is not None and not value > 0:
+            raise ValueError(f"{flag} must be positive, not {value}")
+    if args.max_queue < 0:
+        raise ValueError(f"--max-queue must be 0 or more, not {args.max_queue}")
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    return {name: value for name, value in options.items() if value is not None}
 
 
 def run_serve(args: argparse.Namespace) -> int:
     tools: Any = None
     try:
+        _check_limits(args)
         from glm_agent.chatglm3.tokenizer import ChatGLM3Tokenizer
         from glm_agent.models import load_chat_model
 
@@ -91,8 +119,13 @@ def run_serve(args: argparse.Namespace) -> int:
             max_queue=args.max_queue,
             context_length=args.context_length,
             mcp_path=args.mcp_path,
+            **_given(
+                max_request_bytes=args.max_request_bytes,
+                head_timeout=args.header_timeout,
+                body_timeout=args.body_timeout,
+            ),
         )
-    except (GlmAgentError, ValueError) as exc:
+    except (GlmAgentError, ValueError, OSError) as exc:
         print(f"glm-agent serve: {exc}", file=sys.stderr)
         return 2
     finally:

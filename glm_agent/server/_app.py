@@ -3,25 +3,36 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
+import concurrent.futures
 import json
 import logging
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from glm_agent.chatglm3.openai_format import FormatError, chatglm3_tools, openai_to_chatglm3, resolve_tool_choice
+from glm_agent.chatglm3.openai_format import chatglm3_tools
 from glm_agent.chatglm3.parser import ASSISTANT_TOKEN
 from glm_agent.chatglm3.tokenizer import SPECIAL_TOKENS, ChatGLM3Tokenizer
 from glm_agent.errors import ContextLengthError, GlmAgentError
 from glm_agent.models.base import BaseChatModel
-from glm_agent.server._schemas import ChatRequest, CompletionRequest, Unsupported
+from glm_agent.server._errors import APIError, param_path
+from glm_agent.server._guard import RequestGuard
+from glm_agent.server._prepare import (
+    PreparedChat,
+    PreparedCompletion,
+    PromptBudget,
+    prepare_chat,
+    prepare_completion,
+)
+from glm_agent.server._protocol import head_timeout_protocol
+from glm_agent.server._schemas import ChatRequest, CompletionRequest, request_body_openapi
 from glm_agent.server._stream import (
     ContentOut,
     QueueFull,
@@ -37,24 +48,10 @@ __all__ = ["create_app", "serve", "APIError"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS = 1024
-
-
-class APIError(Exception):
-    """An error answered in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        type: str = "invalid_request_error",
-        code: str | None = None,
-        param: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.code, self.param = status, message, type, code, param
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+DEFAULT_HEAD_TIMEOUT = 10.0
+DEFAULT_BODY_TIMEOUT = 30.0
+PREPARE_WORKERS = 4
 
 
 class _Disconnected(Exception):
@@ -81,7 +78,6 @@ class _Server:
         tokenizer: ChatGLM3Tokenizer,
         *,
         tools: Any,
-        api_key: str | None,
         model_name: str | None,
         max_concurrency: int,
         max_queue: int,
@@ -91,7 +87,6 @@ class _Server:
         self.model = model
         self.tokenizer = tokenizer
         self.model_name = model_name or getattr(model, "name", None) or "chatglm3"
-        self.api_key = api_key
         self.context_length = context_length if context_length is not None else getattr(model, "context_length", None)
         self.default_max_tokens = default_max_tokens
         self.created = int(time.time())
@@ -101,17 +96,13 @@ class _Server:
         chatglm3_tools(self.default_tools)  # refuse bad server tools at start, not per request
         self.gate = RequestGate(max_concurrency, max_queue)
         self.specials = list(SPECIAL_TOKENS)
+        self.budget = PromptBudget(tokenizer, self.context_length)
+        self.workers = concurrent.futures.ThreadPoolExecutor(PREPARE_WORKERS, thread_name_prefix="glm-agent-prepare")
 
     # -- request checks ----------------------------------------------------------------------
-    def check_auth(self, request: Request) -> None:
-        if self.api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        token = header[7:].strip() if header.lower().startswith("bearer ") else ""
-        if not token:
-            raise APIError(401, "missing API key: send the header 'Authorization: Bearer KEY'", code="invalid_api_key")
-        if not hmac.compare_digest(token.encode(), self.api_key.encode()):
-            raise APIError(401, "incorrect API key", code="invalid_api_key")
+    async def in_worker(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Run request preparation (parsing, mapping, tokenizing) off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.workers, function, *args)
 
     def check_model(self, name: str | None) -> None:
         if name is not None and name != self.model_name:
@@ -201,28 +192,6 @@ async def _unless_disconnected(request: Request, awaitable: Any, undo: Callable[
             task.cancel()
 
 
-async def _read(request: Request, schema: type[BaseModel]) -> Any:
-    raw = await request.body()
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise APIError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise APIError(400, "the request body must be a JSON object", code="invalid_json")
-    try:
-        body = schema.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
-        raise APIError(400, f"invalid request: {problems}", param=param) from None
-    try:
-        body.check_supported()
-    except Unsupported as exc:
-        raise APIError(400, str(exc), param=exc.param) from None
-    return body
-
-
 def _stream_end(obj: str, ident: str, created: int, model: str, usage: dict[str, int] | None) -> Iterator[str]:
     """The end of an SSE stream: the usage-only chunk (``stream_options.include_usage``), then ``[DONE]``."""
     if usage is not None:
@@ -271,19 +240,24 @@ def create_app(
     default_max_tokens: int = DEFAULT_MAX_TOKENS,
     mcp_path: str | None = None,
     mcp_host: str = "127.0.0.1",
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
 ) -> FastAPI:
     """The FastAPI app serving ``model`` (any backend with ``stream``; ``stream_ids`` for raw prompts).
 
     ``tools``: a ToolRegistry or OpenAI tool schemas offered when a request sends none.
     ``mcp_path``: also serve the ``tools`` registry as an MCP server (streamable HTTP) there;
     ``mcp_host`` is the address served on (loopback turns on the SDK's DNS-rebinding protection).
+    ``api_key``: required on every route but ``/health`` (docs and the OpenAPI schema included).
     ``context_length``: refuse prompts that do not fit (default: ``model.context_length`` if any).
+    ``max_request_bytes`` / ``body_timeout``: a larger body is a 413, a slower one a 408.
     """
+    if max_request_bytes < 1 or body_timeout <= 0:
+        raise ValueError("max_request_bytes and body_timeout must be positive")
     state = _Server(
         model,
         tokenizer,
         tools=tools,
-        api_key=api_key,
         model_name=model_name,
         max_concurrency=max_concurrency,
         max_queue=max_queue,
@@ -298,6 +272,7 @@ def create_app(
 
         registry = tools if isinstance(tools, ToolRegistry) else ToolRegistry()
         mount_mcp(app, registry, path=mcp_path, host=mcp_host)
+    app.add_middleware(RequestGuard, api_key=api_key, max_request_bytes=max_request_bytes, body_timeout=body_timeout)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -307,6 +282,13 @@ def create_app(
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         err = APIError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
         return JSONResponse(err.body(), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        problems = "; ".join(f"{param_path(e['loc']) or 'request'}: {e['msg']}" for e in errors[:5])
+        err = APIError(422, f"invalid request: {problems}", param=param_path(errors[0]["loc"]) if errors else None)
+        return JSONResponse(err.body(), status_code=422)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -323,27 +305,20 @@ def create_app(
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
-        state.check_auth(request)
         return {"object": "list", "data": [_model_card()]}
 
     @app.get("/v1/models/{name:path}")
     async def model_card(name: str, request: Request) -> dict[str, Any]:
-        state.check_auth(request)
         state.check_model(name)
         return _model_card()
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=request_body_openapi(ChatRequest))
     async def chat(request: Request) -> Response:
-        state.check_auth(request)
-        body: ChatRequest = await _read(request, ChatRequest)
+        prepared: PreparedChat = await state.in_worker(
+            prepare_chat, await request.body(), tokenizer, state.default_tools, state.budget
+        )
+        body, choice, messages, prompt_ids = prepared.body, prepared.choice, prepared.messages, prepared.prompt_ids
         state.check_model(body.model)
-        try:
-            tools = chatglm3_tools(body.tools if body.tools is not None else state.default_tools)
-            choice = resolve_tool_choice(tools, body.tool_choice)
-            messages = openai_to_chatglm3(body.messages, choice.tools)
-        except FormatError as exc:
-            raise APIError(400, str(exc), param=exc.param) from None
-        prompt_ids = tokenizer.apply_chat_template(messages)
         max_new = state.max_new_tokens(len(prompt_ids), body.requested_max_tokens(), "messages")
         params = body.generation_params(max_new)
         try:
@@ -453,26 +428,19 @@ def create_app(
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=request_body_openapi(CompletionRequest))
     async def completions(request: Request) -> Response:
-        state.check_auth(request)
-        body: CompletionRequest = await _read(request, CompletionRequest)
-        state.check_model(body.model)
         if getattr(type(model), "stream_ids", BaseChatModel.stream_ids) is BaseChatModel.stream_ids:
             raise APIError(
                 400,
                 f"the backend {state.model_name!r} cannot continue raw prompts; use /v1/chat/completions",
                 code="unsupported",
             )
-        if isinstance(body.prompt, str):
-            prompt_ids = [tokenizer.gmask_id, tokenizer.sop_id, *tokenizer.encode(body.prompt)]
-        else:
-            bad = [i for i in body.prompt if not 0 <= i < tokenizer.vocab_size]
-            if bad:
-                raise APIError(
-                    400, f"token id {bad[0]} is outside the vocabulary (0..{tokenizer.vocab_size - 1})", param="prompt"
-                )
-            prompt_ids = list(body.prompt)
+        prepared: PreparedCompletion = await state.in_worker(
+            prepare_completion, await request.body(), tokenizer, state.budget
+        )
+        body, prompt_ids = prepared.body, prepared.prompt_ids
+        state.check_model(body.model)
         stops = body.stop_list()
         for i in body.stop_token_ids or []:
             if not 0 <= i < tokenizer.vocab_size:
@@ -549,13 +517,30 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     log_level: str = "info",
+    head_timeout: float = DEFAULT_HEAD_TIMEOUT,
     **app_options: Any,
 ) -> None:
-    """Serve ``model`` until interrupted (``app_options`` go to :func:`create_app`)."""
+    """Serve ``model`` until interrupted (``app_options`` go to :func:`create_app`).
+
+    ``head_timeout``: seconds a connection may take to send a request's head (slowloris), else a 408.
+    """
     import uvicorn
 
     if app_options.get("mcp_path"):
         app_options.setdefault("mcp_host", host)
+    if not head_timeout > 0:
+        raise ValueError("head_timeout must be a positive number of seconds")
     app = create_app(model, tokenizer, **app_options)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, http=head_timeout_protocol(head_timeout))
+    listener = _listen(host, port)  # a busy port fails here, before anything says "serving"
+    port = listener.getsockname()[1]
     logger.info("serving %s on http://%s:%d/v1", app.state.glm.model_name, host, port)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    uvicorn.Server(config).run(sockets=[listener])
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None

@@ -2,6 +2,8 @@
 
 Unknown fields are ignored (as vLLM does); fields whose feature is not supported are refused with a
 clear message rather than ignored (``n > 1``, ``logprobs``, ``echo``, ``suffix``, ``best_of``).
+Fields are strict, as OpenAI's are: ``true`` is not a number, ``"yes"`` is not a flag, ``1.0`` is not
+an integer (an integer is accepted where a number is).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["ChatRequest", "CompletionRequest", "Unsupported"]
+__all__ = ["ChatRequest", "CompletionRequest", "Unsupported", "request_body_openapi"]
 
 
 class Unsupported(ValueError):
@@ -22,14 +24,14 @@ class Unsupported(ValueError):
 
 
 class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = None
     repetition_penalty: float | None = Field(None, gt=0)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64)
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: dict[str, Any] | None = None
@@ -103,3 +105,23 @@ class CompletionRequest(_Sampling):
             raise Unsupported("suffix (fill-in-the-middle) is not supported by ChatGLM3", "suffix")
         if self.best_of not in (None, 1):
             raise Unsupported("best_of is not supported by this server", "best_of")
+
+
+_MESSAGE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
+        "content": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+        "tool_calls": {"type": "array", "items": {"type": "object"}},
+        "tool_call_id": {"type": "string"},
+    },
+    "required": ["role"],
+}
+
+
+def request_body_openapi(schema: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI ``requestBody`` of a route that reads ``schema`` itself (for docs and API fuzzers)."""
+    body = schema.model_json_schema()
+    if "messages" in body["properties"]:
+        body["properties"]["messages"]["items"] = _MESSAGE_SCHEMA
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": body}}}}

@@ -15,10 +15,16 @@ class BackgroundServer:
     ``with BackgroundServer(app) as srv: srv.url`` → ``http://127.0.0.1:PORT``; leaving stops it.
     """
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> None:
+    def __init__(
+        self, app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning", head_timeout: float = 10.0
+    ) -> None:
         import uvicorn
 
-        self.config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="off")
+        from glm_agent.server._protocol import head_timeout_protocol
+
+        self.config = uvicorn.Config(
+            app, host=host, port=port, log_level=log_level, lifespan="off", http=head_timeout_protocol(head_timeout)
+        )
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self.server.run, name="glm-agent-server", daemon=True)
         self.host = host

@@ -55,6 +55,12 @@ def _import_file(path: Path) -> ModuleType:
     except ToolDefinitionError as exc:
         sys.modules.pop(name, None)
         raise ToolDefinitionError(f"cannot load tools from {path}: {exc}") from exc
+    except SystemExit as exc:  # sys.exit() at import must not end the program that loads the tools
+        sys.modules.pop(name, None)
+        raise ToolDefinitionError(
+            f"cannot load tools from {path}: it called sys.exit({exc.code!r}) while being imported; "
+            "a tool module must not exit"
+        ) from None
     except Exception as exc:
         sys.modules.pop(name, None)
         raise ToolDefinitionError(f"cannot load tools from {path}: {type(exc).__name__}: {exc}") from exc
@@ -74,6 +80,11 @@ def _import_dotted(source: str) -> ModuleType:
         raise ToolDefinitionError(f"cannot load tools from {source!r}: {type(exc).__name__}: {exc}") from exc
     except ToolDefinitionError as exc:
         raise ToolDefinitionError(f"cannot load tools from {source!r}: {exc}") from exc
+    except SystemExit as exc:
+        raise ToolDefinitionError(
+            f"cannot load tools from {source!r}: it called sys.exit({exc.code!r}) while being imported; "
+            "a tool module must not exit"
+        ) from None
     except Exception as exc:
         raise ToolDefinitionError(f"cannot load tools from {source!r}: {type(exc).__name__}: {exc}") from exc
 
