@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +24,7 @@ import pytest
 from glm_agent.models import ScriptedModel
 from glm_agent.server import BackgroundServer, create_app
 from glm_agent.server._prepare import PromptBudget, prepare_chat
-from tests._data import needs_shared
+from tests._data import REPO, SHARED, needs_shared
 
 pytestmark = needs_shared
 
@@ -353,3 +356,33 @@ def test_health_and_small_requests_answer_while_a_big_one_is_prepared(serve: Any
     assert health < in_process / 4, (health, in_process)
     assert chat < max(in_process / 2, 3 * idle_small), (chat, in_process, idle_small)
     assert still_running or health + chat < in_process
+
+
+# -- 9: CLI errors are one line and a non-zero exit ---------------------------------------------------------------
+def _serve_cli(tmp_path: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    replies = tmp_path / "replies.json"
+    replies.write_text('["\\n ok"]', encoding="utf-8")
+    command = [sys.executable, "-m", "glm_agent.cli", "serve", "--model", f"scripted:{replies}"]
+    command += ["--tokenizer", str(SHARED / "tokenizer.model"), *args]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_errors_are_one_line(tmp_path: Any) -> None:
+    bad_port = _serve_cli(tmp_path, "--port", "99999")
+    assert bad_port.returncode == 2 and bad_port.stderr.strip().splitlines() == [
+        "glm-agent serve: --port 99999 is not a TCP port; give 0..65535 (0: any free port)"
+    ]
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        taken = _serve_cli(tmp_path, "--port", str(port), "--log-level", "info")
+    assert taken.returncode == 2 and "serving" not in taken.stderr + taken.stdout, taken.stderr
+    assert taken.stderr.strip().splitlines()[-1].startswith(f"glm-agent serve: cannot listen on 127.0.0.1:{port}")
+    assert "Traceback" not in taken.stderr
+    exits = tmp_path / "exits.py"
+    exits.write_text("import sys\nsys.exit(3)\n", encoding="utf-8")
+    quitter = _serve_cli(tmp_path, "--tools", str(exits))
+    assert quitter.returncode == 2 and "called sys.exit(3) while being imported" in quitter.stderr
+    assert len(quitter.stderr.strip().splitlines()) == 1
+    negative = _serve_cli(tmp_path, "--max-request-bytes", "0")
+    assert negative.returncode == 2 and "--max-request-bytes must be positive" in negative.stderr

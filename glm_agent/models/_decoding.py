@@ -13,6 +13,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["Sampler", "IncrementalDetokenizer", "StopStrings"]
 
 _REPLACEMENT = "\ufffd"
+MIN_TEMPERATURE = 1e-5
 
 
 class Sampler:
@@ -21,6 +22,9 @@ class Sampler:
     Repetition penalty follows transformers (over prompt and generated ids: positive scores are
     divided by it, negative ones multiplied). Non-finite scores are replaced as the official
     ChatGLM3 code does (all zero, id 5 very likely), so generation never samples from NaN.
+    Degenerate values never fail: a temperature below ``MIN_TEMPERATURE`` is greedy (the
+    distribution is one id anyway), a distribution that overflows to inf/NaN falls back to the
+    most likely id, and any integer seed works (taken modulo 2**64, torch's seed range).
     """
 
     def __init__(
@@ -33,7 +37,7 @@ class Sampler:
         seed: int | None = None,
         history: Sequence[int] = (),
     ) -> None:
-        self.temperature = temperature
+        self.temperature = temperature if temperature >= MIN_TEMPERATURE else 0.0
         self.top_p = top_p
         self.top_k = top_k
         self.repetition_penalty = repetition_penalty
@@ -51,7 +55,7 @@ class Sampler:
             if self.seed is None:
                 self.generator.seed()
             else:
-                self.generator.manual_seed(self.seed)
+                self.generator.manual_seed(self.seed % 2**64)
         if not torch.isfinite(scores.sum()):  # any NaN/inf makes the sum non-finite (10x cheaper than isfinite().all())
             logger.warning("non-finite scores from the model; replaced as the official ChatGLM3 code does")
             scores = torch.zeros_like(scores)
@@ -78,6 +82,8 @@ class Sampler:
             drop[-1] = False  # always keep the most likely id
             scores = scores.scatter(0, order, sorted_scores.masked_fill(drop, float("-inf")))
         probs = scores.softmax(-1)
+        if not torch.isfinite(probs.sum()):  # scores that overflowed (a tiny repetition penalty): take the top id
+            return int(scores.nan_to_num(nan=float("-inf")).argmax())
         return int(torch.multinomial(probs, 1, generator=self.generator))
 
     def _remember(self, token: int) -> None:
