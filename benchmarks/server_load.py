@@ -8,7 +8,14 @@ concurrent tasks calling the same backend directly (``generate`` in a worker thr
 server does), then parsing the reply. ``overhead_ratio`` = p50 latency through the server /
 p50 latency in-process. Prints one JSON object.
 
+``--hostile N`` adds N clients sending worst-case requests for as long as the well-behaved clients
+run (tool schemas nested 900 deep, tools nested just within the depth limit whose indented JSON
+overflows the context, 4 MiB bodies, bodies dripped a byte at a time); the server then runs with
+``--context-length 8192`` in both runs. ``p99_ratio`` = the well-behaved clients' p99 with the hostile
+ones / their p99 in the same run without them (target <= 1.5).
+
     python benchmarks/server_load.py --clients 8 --requests 400
+    python benchmarks/server_load.py --clients 8 --requests 400 --hostile 2
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import socket
 import statistics
@@ -24,6 +32,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -59,7 +68,7 @@ _SERVER = textwrap.dedent(
     DELAY = float(sys.argv[3]) / 1000
     model = Paced(lambda messages: sys.argv[4], chunk_size=1)
     serve(model, ChatGLM3Tokenizer.from_pretrained(sys.argv[1]), port=int(sys.argv[2]), log_level="error",
-          max_concurrency=int(sys.argv[5]), max_queue=int(sys.argv[6]))
+          max_concurrency=int(sys.argv[5]), max_queue=int(sys.argv[6]), context_length=int(sys.argv[7]) or None)
     """
 )
 
@@ -105,6 +114,91 @@ async def _through_server(url: str, clients: int, requests: int, stream: bool) -
         return time.perf_counter() - start, latencies
 
 
+def _deep_request(depth: int, tools: int) -> bytes:
+    schema = '{"type": "object", "properties": {"a": ' * depth + '{"type": "string"}' + "}}" * depth
+    listed = ", ".join(
+        f'{{"type": "function", "function": {{"name": "t{i}", "parameters": {schema}}}}}' for i in range(tools)
+    )
+    return f'{{"model": "scripted", "messages": {json.dumps(MESSAGES)}, "tools": [{listed}]}}'.encode()
+
+
+def _hostile_bodies() -> dict[str, bytes]:
+    big = json.dumps({"model": "scripted", "messages": [{"role": "user", "content": "x" * (4 * 1024 * 1024 - 200)}]})
+    return {
+        "deep_900": _deep_request(900, 10),  # refused while parsing (nesting limit)
+        "deep_within_limit": _deep_request(28, 200),  # parsed, then refused by the prompt-size bound
+        "body_4mib": big.encode(),  # just under --max-request-bytes: parsed, then refused by the bound
+    }
+
+
+async def _slow_body(host: str, port: int, seconds: float) -> str:
+    """Send a head and then one body byte every 0.2 s for ``seconds``; give up (the server keeps waiting)."""
+    _, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100000\r\n\r\n{"
+        )
+        await writer.drain()
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            await asyncio.sleep(0.2)
+            writer.write(b" ")
+            await writer.drain()
+        return "abandoned"
+    except (ConnectionError, OSError):
+        return "closed_by_server"
+    finally:
+        writer.close()
+
+
+async def _hostile_client(url: str, port: int, stop: Any, counts: dict[str, int]) -> None:
+    bodies = list(_hostile_bodies().items())
+    async with httpx.AsyncClient(timeout=120) as http:
+        turn = 0
+        while not stop.is_set():
+            kind, body = bodies[turn % len(bodies)] if turn % 4 != 3 else ("slow_body", b"")
+            turn += 1
+            if kind == "slow_body":
+                outcome = await _slow_body("127.0.0.1", port, 2.0)
+                key = f"slow_body:{outcome}"
+            else:
+                r = await http.post(url, content=body, headers={"Content-Type": "application/json"})
+                key = f"{kind}:{r.status_code}"
+            counts[key] = counts.get(key, 0) + 1
+
+
+def _attack(url: str, port: int, hostile: int, started: Any, stop: Any, results: Any) -> None:
+    """The hostile clients, in their own process (as other machines would be): runs until ``stop`` is set."""
+
+    async def run() -> dict[str, int]:
+        counts: dict[str, int] = {}
+        attackers = [asyncio.ensure_future(_hostile_client(url, port, stop, counts)) for _ in range(hostile)]
+        started.set()
+        await asyncio.gather(*attackers)
+        return counts
+
+    results.put(asyncio.run(run()))
+
+
+def _with_hostile(
+    url: str, port: int, clients: int, requests: int, stream: bool, hostile: int
+) -> tuple[float, list[float], dict[str, int]]:
+    context = multiprocessing.get_context("spawn")
+    started, stop, results = context.Event(), context.Event(), context.Queue()
+    attacker = context.Process(target=_attack, args=(url, port, hostile, started, stop, results), daemon=True)
+    attacker.start()
+    try:
+        started.wait(60)
+        time.sleep(0.5)  # the attack is under way before the measured clients start
+        served_s, served = asyncio.run(_through_server(url, clients, requests, stream))
+    finally:
+        stop.set()
+        counts: dict[str, int] = results.get(timeout=60)
+        attacker.join(30)
+    return served_s, served, counts
+
+
 async def _in_process(clients: int, requests: int, delay_ms: float) -> tuple[float, list[float]]:
     from glm_agent.chatglm3 import parse_reply
     from glm_agent.models import ScriptedModel
@@ -139,6 +233,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--token-ms", type=float, default=1.0, help="backend delay per character (0: instant)")
     parser.add_argument("--stream", action="store_true", help="stream the answers (SSE)")
+    parser.add_argument("--hostile", type=int, default=0, help="clients sending worst-case requests alongside")
     args = parser.parse_args()
     if not TOKENIZER.is_file():
         sys.exit(f"the ChatGLM3 tokenizer is needed at {TOKENIZER} (../shared/chatglm3)")
@@ -156,6 +251,7 @@ def main() -> None:
             REPLY,
             str(args.clients),
             str(args.clients),
+            str(8192 if args.hostile else 0),
         ],
         env=env,
         stdout=subprocess.DEVNULL,
@@ -177,6 +273,12 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         asyncio.run(_through_server(url, args.clients, min(args.requests, 2 * args.clients), args.stream))  # warm-up
         served_s, served = asyncio.run(_through_server(url, args.clients, args.requests, args.stream))
+        if args.hostile:
+            attacked_s, attacked, counts = _with_hostile(
+                url, port, args.clients, args.requests, args.stream, args.hostile
+            )
+            if proc.poll() is not None or httpx.get(f"http://127.0.0.1:{port}/health").status_code != 200:
+                sys.exit("the server did not survive the hostile clients")
     finally:
         proc.terminate()
         proc.wait(15)
@@ -184,24 +286,32 @@ def main() -> None:
     base_s, base = asyncio.run(_in_process(args.clients, args.requests, args.token_ms))
     p50, p99 = _percentiles(served)
     b50, b99 = _percentiles(base)
-    print(
-        json.dumps(
-            {
-                "clients": args.clients,
-                "requests": args.requests,
-                "stream": args.stream,
-                "token_ms": args.token_ms,
-                "reply_chars": len(REPLY),
-                "requests_per_s": round(args.requests / served_s, 1),
-                "p50_ms": round(p50, 2),
-                "p99_ms": round(p99, 2),
-                "baseline_requests_per_s": round(args.requests / base_s, 1),
-                "baseline_p50_ms": round(b50, 2),
-                "baseline_p99_ms": round(b99, 2),
-                "overhead_ratio": round(p50 / b50, 3),
-            }
-        )
-    )
+    report = {
+        "clients": args.clients,
+        "requests": args.requests,
+        "stream": args.stream,
+        "token_ms": args.token_ms,
+        "reply_chars": len(REPLY),
+        "requests_per_s": round(args.requests / served_s, 1),
+        "p50_ms": round(p50, 2),
+        "p99_ms": round(p99, 2),
+        "baseline_requests_per_s": round(args.requests / base_s, 1),
+        "baseline_p50_ms": round(b50, 2),
+        "baseline_p99_ms": round(b99, 2),
+        "overhead_ratio": round(p50 / b50, 3),
+    }
+    if args.hostile:
+        h50, h99 = _percentiles(attacked)
+        report |= {
+            "hostile_clients": args.hostile,
+            "context_length": 8192,
+            "with_hostile_requests_per_s": round(args.requests / attacked_s, 1),
+            "with_hostile_p50_ms": round(h50, 2),
+            "with_hostile_p99_ms": round(h99, 2),
+            "hostile_requests": dict(sorted(counts.items())),
+            "p99_ratio": round(h99 / p99, 3),
+        }
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":

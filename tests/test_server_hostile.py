@@ -276,7 +276,8 @@ def test_tool_schemas_must_be_valid_json_schema(serve: Any, parameters: Any, mes
     response = post(srv, {"model": "scripted", "messages": USER, "tools": [_tool(parameters)]})
     error = error_of(response)
     assert response.status_code == 400 and message in error["message"]
-    assert error["param"] == "tools[0].function.parameters" and error["code"] == "invalid_schema"
+    assert error["param"] == "tools[0].function.parameters"
+    assert error["code"] == ("invalid_schema" if isinstance(parameters, dict) else None)
 
 
 def test_tool_messages_must_answer_an_earlier_call(serve: Any) -> None:

@@ -105,7 +105,6 @@ def prepare_chat(
     """A chat request's body checked, mapped to ChatGLM3 messages and tokenized (or an ``APIError``)."""
     body = validate_body(parse_json_object(raw), ChatRequest)
     _checked(body)
-    check_tool_schemas(body.tools)
     check_tool_messages(body.messages)
     try:
         tools = chatglm3_tools(body.tools if body.tools is not None else default_tools)
@@ -113,7 +112,8 @@ def prepare_chat(
         messages = openai_to_chatglm3(body.messages, choice.tools)
     except FormatError as exc:
         raise APIError(400, str(exc), param=exc.param) from None
-    check_prompt_size(messages, budget, "messages")
+    check_prompt_size(messages, budget, "messages")  # before the schema check: its work grows with the tools
+    check_tool_schemas(body.tools)
     return PreparedChat(body, choice, messages, tokenizer.apply_chat_template(messages))
 
 
