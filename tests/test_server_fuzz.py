@@ -28,7 +28,7 @@ APP = create_app(
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 
 
-@schema.parametrize()
+@schema.parametrize()  # type: ignore[untyped-decorator]
 @settings(
     max_examples=MAX_EXAMPLES,
     deadline=None,
