@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     import torch
     from transformers import GlmConfig, GlmForCausalLM
 
+    from glm_agent.quantization import PortableWeight, QuantSpec
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -97,7 +99,7 @@ def read_config(directory: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{file} has model_type {model_type!r}; expected 'chatglm' (official ChatGLM3) or 'glm' (converted by glm-agent convert)"
         )
-    return cfg
+    return dict(cfg)
 
 
 def glm_config(cfg: dict[str, Any]) -> GlmConfig:
@@ -164,7 +166,8 @@ def resolve_dtype(
     name = _DTYPES.get(str(dtype).removeprefix("torch."))
     if name is None:
         raise CheckpointError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
-    return getattr(torch, name)
+    chosen: torch.dtype = getattr(torch, name)
+    return chosen
 
 
 def load_model(
@@ -175,11 +178,19 @@ def load_model(
     *,
     allow_download: bool = False,
     progress: bool | None = None,
+    quantize: str | None = None,
+    group_size: int = 128,
 ) -> GlmForCausalLM:
     """A ChatGLM3 checkpoint (directory or hub id) as a transformers ``GlmForCausalLM`` in eval mode.
 
     ``device_map`` (``"auto"`` or a dict, needs accelerate) places layers across devices instead
     of ``device``. ``progress`` shows a bar over shards (``None``: when stderr is a terminal).
+
+    ``quantize="int8"`` or ``"int4"`` (groups of ``group_size`` inputs) quantizes the linear
+    layers tensor by tensor while reading, so the full-precision model is never in memory; they
+    become :class:`~glm_agent.quantization.QuantizedLinear` modules (the output layer is int8 under
+    both schemes; embeddings, norms and biases stay in ``dtype``, which defaults to bfloat16 then).
+    A checkpoint written by ``glm-agent convert --quantize`` loads quantized as it is.
     """
     directory = resolve_checkpoint(path, allow_download=allow_download)
     if not directory.is_dir():
@@ -187,16 +198,42 @@ def load_model(
     cfg = read_config(directory)
     if device_map is not None and device is not None:
         raise CheckpointError("pass either device or device_map, not both")
+    spec = _quant_spec(cfg, directory, quantize, group_size)
+    if spec is not None and device_map is not None:
+        raise CheckpointError("quantized weights do not combine with device_map; pass device instead")
     target = str(device) if device is not None else default_device()
+    if spec is not None and dtype is None:
+        dtype = "bfloat16"  # the int8/int4 kernels are fast with bfloat16 activations, 10-60x slower with float32
     torch_dtype = resolve_dtype(dtype, target, cfg.get("torch_dtype"))  # with a device_map: the best device's default
-    if cfg["model_type"] == "glm":
+    if spec is not None and str(torch_dtype) == "torch.float32" and target == "cpu":
+        logger.warning(
+            "float32 activations make the int8/int4 kernels 10-60x slower than bfloat16; pass dtype='bfloat16'"
+        )
+    if cfg["model_type"] == "glm" and spec is None:
         model = _load_native(directory, torch_dtype, target, device_map)
     else:
         files = weight_files(directory)
-        model = _load_official(directory, files, cfg, torch_dtype, target, device_map, progress)
-    model.eval()
-    logger.info("loaded %s (%s, %s)", directory, torch_dtype, device_map or target)
+        model = _load_official(directory, files, cfg, torch_dtype, target, device_map, progress, spec)
+    model.eval()  # type: ignore[no-untyped-call]
+    logger.info("loaded %s (%s, %s%s)", directory, torch_dtype, device_map or target, f", {spec.label}" if spec else "")
     return model
+
+
+def _quant_spec(cfg: dict[str, Any], directory: Path, quantize: str | None, group_size: int) -> QuantSpec | None:
+    from glm_agent.chatglm3._quantized import checkpoint_spec
+    from glm_agent.quantization import QuantSpec
+
+    stored = checkpoint_spec(cfg, str(directory / "config.json"))
+    try:
+        wanted = QuantSpec(quantize, group_size) if quantize not in (None, "", "none") else None
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+    if stored is not None and wanted is not None and wanted != stored:
+        raise CheckpointError(
+            f"{directory} is already quantized as {stored.label}; load it without quantize (or with the same "
+            f"scheme), or quantize the full-precision checkpoint as {wanted.label}"
+        )
+    return stored or wanted
 
 
 def convert_checkpoint(
@@ -207,12 +244,19 @@ def convert_checkpoint(
     max_shard_size: str = "2GB",
     overwrite: bool = False,
     allow_download: bool = False,
+    quantize: str | None = None,
+    group_size: int = 128,
 ) -> Path:
     """Write ``src`` (official layout or hub id) to ``dst`` as config.json + safetensors shards.
 
     ``GlmForCausalLM.from_pretrained(dst)`` loads the result with no remote code. The
     tokenizer.model is copied alongside so that ``LocalModel.from_pretrained(dst)`` works too.
     ``dtype="auto"`` keeps the checkpoint's dtype. Returns ``dst``.
+
+    With ``quantize`` (``"int8"``/``"int4"``) the linear weights are written in glm-agent's
+    portable quantized layout (see :mod:`glm_agent.chatglm3._quantized`), tensor by tensor, and
+    the rest in ``dtype`` (bfloat16 for ``"auto"``); ``LocalModel.from_pretrained(dst)`` loads it
+    quantized on any CPU.
     """
     source = resolve_checkpoint(src, allow_download=allow_download)
     target = Path(dst).expanduser()
@@ -222,6 +266,8 @@ def convert_checkpoint(
         raise CheckpointError(
             f"{target} is not empty; choose a new directory or pass overwrite=True (CLI: --overwrite)"
         )
+    if quantize not in (None, "", "none"):
+        return _convert_quantized(source, target, dtype, max_shard_size, str(quantize), group_size)
     model = load_model(source, dtype=dtype, device="cpu")
     target.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(target, max_shard_size=max_shard_size)
@@ -230,6 +276,41 @@ def convert_checkpoint(
     else:
         logger.warning("%s has no tokenizer.model; copy it to %s before using LocalModel", source, target)
     logger.info("converted %s to %s", source, target)
+    return target
+
+
+def _convert_quantized(
+    source: Path, target: Path, dtype: str | None, max_shard_size: str, quantize: str, group_size: int
+) -> Path:
+    from glm_agent.chatglm3._quantized import write_quantized_checkpoint
+
+    cfg = read_config(source)
+    spec = _quant_spec(cfg, source, quantize, group_size)
+    assert spec is not None
+    if "quantization_config" in cfg:
+        raise CheckpointError(f"{source} is already quantized; convert the full-precision checkpoint instead")
+    torch_dtype = resolve_dtype("bfloat16" if dtype in (None, "auto") else dtype, "cpu")
+    files = weight_files(source)
+    if cfg["model_type"] == "glm":
+        config = dict(cfg)
+        tensors: Iterator[tuple[str, Any]] = (item for file in files for item in _read_shard(file))
+    else:
+        config = glm_config(cfg).to_dict()
+        tensors = (
+            pair for file in files for key, tensor in _read_shard(file) for pair in remap_tensor(key, tensor, cfg)
+        )
+    config["model_type"] = "glm"
+    config["architectures"] = ["GlmForCausalLM"]
+    write_quantized_checkpoint(
+        tensors,
+        config,
+        target,
+        spec,
+        tokenizer=source / "tokenizer.model",
+        dtype=torch_dtype,
+        max_shard_size=max_shard_size,
+    )
+    logger.info("converted %s to %s (%s)", source, target, spec.label)
     return target
 
 
@@ -245,7 +326,7 @@ def _load_native(directory: Path, dtype: torch.dtype, device: str, device_map: A
             model = GlmForCausalLM.from_pretrained(directory, torch_dtype=dtype, **kwargs)
     except (OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"could not load the GLM checkpoint in {directory}: {exc}") from None
-    return model if device_map is not None else model.to(device)
+    return model if device_map is not None else model.to(device)  # type: ignore[arg-type]
 
 
 def _load_official(
@@ -256,19 +337,45 @@ def _load_official(
     device: str,
     device_map: Any,
     progress: bool | None,
+    spec: QuantSpec | None = None,
 ) -> GlmForCausalLM:
+    """Read an official (remapped) or native (``model_type: glm``) checkpoint tensor by tensor into a meta-built model."""
     import torch
-    from transformers import GlmForCausalLM
+    from transformers import GlmConfig, GlmForCausalLM
 
-    config = glm_config(cfg)
+    from glm_agent.chatglm3._quantized import PartsCollector, is_quantized_linear, spec_for
+
+    native = cfg["model_type"] == "glm"
+    config = GlmConfig(**{k: v for k, v in cfg.items() if k != "quantization_config"}) if native else glm_config(cfg)
     with torch.device("meta"):
         model = GlmForCausalLM(config)
     placement = _placement(model, device_map, dtype) if device_map is not None else None
     expected = dict(model.named_parameters())
     seen: set[str] = set()
+    parts = PartsCollector()
+
+    def pairs(key: str, tensor: Any) -> Iterator[tuple[str, Any]]:
+        return iter([(key, tensor)]) if native else remap_tensor(key, tensor, cfg)
+
     for file in _progress(files, progress, directory.name):
         for key, tensor in _read_shard(file):
-            for name, value in remap_tensor(key, tensor, cfg):
+            split = PartsCollector.split(key) if native and spec is not None else None
+            if split is not None:
+                module, part = split
+                if module + ".weight" not in expected:
+                    raise CheckpointError(f"{file.name}: tensor {key!r} belongs to no layer of the model")
+                linear: Any = model.get_submodule(module)
+                portable = parts.add(module, part, tensor, int(linear.in_features))
+                if portable is not None:
+                    if (portable.out_features, portable.in_features) != tuple(linear.weight.shape):
+                        raise CheckpointError(
+                            f"{file.name}: {module} is quantized as [{portable.out_features}, {portable.in_features}], "
+                            f"but config.json implies {list(linear.weight.shape)}; the config and the weights do not belong together"
+                        )
+                    _install_quantized(model, module, portable, device)
+                    seen.add(module + ".weight")
+                continue
+            for name, value in pairs(key, tensor):
                 param = expected.get(name)
                 if param is None:  # remap only yields names of the native model
                     raise CheckpointError(
@@ -279,9 +386,21 @@ def _load_official(
                         f"{file.name}: tensor {key!r} has shape {tuple(value.shape)}, but config.json implies "
                         f"{tuple(param.shape)} for {name}; the config and the weights do not belong together"
                     )
+                if spec is not None and is_quantized_linear(name):
+                    from glm_agent.quantization import quantize
+
+                    _install_quantized(
+                        model, name.removesuffix(".weight"), quantize(value, spec_for(name, spec)), device
+                    )
+                    seen.add(name)
+                    continue
                 where = _device_for(name, placement) if placement is not None else device
                 _set_parameter(model, name, value.to(device=where, dtype=dtype, copy=True))
                 seen.add(name)
+    if parts.incomplete():
+        raise CheckpointError(
+            f"the quantized checkpoint in {directory} lacks parts of {', '.join(parts.incomplete()[:5])}; convert it again"
+        )
     missing = sorted(set(expected) - seen)
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
@@ -325,6 +444,20 @@ def _read_shard(file: Path) -> Iterator[tuple[str, Any]]:
         yield key, state.pop(key)
 
 
+def _install_quantized(model: Any, module: str, weight: PortableWeight, device: str) -> None:
+    """Replace the (meta) ``nn.Linear`` at ``module`` by a :class:`QuantizedLinear`, keeping its bias slot."""
+    from glm_agent.quantization import QuantizedLinear
+
+    owner_name, _, attr = module.rpartition(".")
+    owner = model.get_submodule(owner_name) if owner_name else model
+    old = getattr(owner, attr)
+    quantized = QuantizedLinear(weight, device=device)
+    if isinstance(old, QuantizedLinear):
+        raise CheckpointError(f"{module} appears twice in the checkpoint")
+    quantized.bias = old.bias  # a meta placeholder until the bias is read (or already the real one)
+    setattr(owner, attr, quantized)
+
+
 def _set_parameter(model: Any, name: str, value: torch.Tensor) -> None:
     import torch
 
@@ -363,7 +496,7 @@ def _placement(model: Any, device_map: str | dict[str, Any], dtype: torch.dtype)
         raise CheckpointError(
             "device_map places weights on disk, which glm-agent does not support; add memory or use a smaller dtype"
         )
-    return placement
+    return dict(placement)
 
 
 def _device_for(name: str, placement: dict[str, Any]) -> Any:

@@ -76,26 +76,31 @@ class LeanGlmRunner:
         self.device = self.embed.device
         self.dtype = self.embed.dtype
         self.norm = _rms_norm(base.norm, self.dtype)
-        self.lm_head = model.lm_head.weight
         rotary = base.rotary_emb
         self.inv_freq = rotary.inv_freq.float()
         self.rope_scaling = float(getattr(rotary, "attention_scaling", 1.0))
-        column_major = relayout and self.device.type == "cpu"
-        if relayout:
-            projections = [_fused_qkv(layer.self_attn, column_major) for layer in base.layers]
-        else:
-            projections = [_SeparateQKV(layer.self_attn) for layer in base.layers]
+        # column-major pays off for float32 only: bfloat16 products run 1.8x slower that way
+        # (measured at 13696x4096 on AVX-512: 30 ms vs 16.8 ms row-major)
+        column_major = relayout and self.device.type == "cpu" and self.dtype == torch.float32
         if column_major:
             _use_column_major(model)
+        projections = [
+            _fused_qkv(layer.self_attn, column_major)
+            if relayout and _plain(layer.self_attn)
+            else _SeparateQKV(layer.self_attn)
+            for layer in base.layers
+        ]
+        self.lm_head = _linear(model.lm_head)
+        self.lm_head_device = _device_of(model.lm_head)
         self.layers = [
             (
                 _rms_norm(layer.input_layernorm, self.dtype),
                 qkv,
-                layer.self_attn.o_proj.weight,
+                _linear(layer.self_attn.o_proj),
                 _rms_norm(layer.post_attention_layernorm, self.dtype),
-                layer.mlp.gate_up_proj.weight,
-                layer.mlp.down_proj.weight,
-                layer.self_attn.q_proj.weight.device,
+                _linear(layer.mlp.gate_up_proj),
+                _linear(layer.mlp.down_proj),
+                _device_of(layer.self_attn.q_proj),
             )
             for layer, qkv in zip(base.layers, projections, strict=False)
         ]
@@ -153,8 +158,8 @@ class LeanGlmRunner:
         """Append ``ids`` to the cache; float32 logits after the last one."""
         if not ids:
             raise ValueError("forward needs at least one token")
-        logits = None
-        for start in range(0, len(ids), self.prefill_chunk):
+        logits = self._forward_chunk(ids[: self.prefill_chunk])
+        for start in range(self.prefill_chunk, len(ids), self.prefill_chunk):
             logits = self._forward_chunk(ids[start : start + self.prefill_chunk])
         return logits
 
@@ -168,7 +173,7 @@ class LeanGlmRunner:
         mask = self._mask(past, count)
         rep = self.num_heads // self.num_kv
         heads, kv_heads = self.num_heads, self.num_kv
-        for i, (ln1, qkv_proj, o_w, ln2, gate_up_w, down_w, device) in enumerate(self.layers):
+        for i, (ln1, qkv_proj, o_proj, ln2, gate_up_proj, down_proj, device) in enumerate(self.layers):
             if x.device != device:
                 x = x.to(device)
                 cos, sin, mask = cos.to(device), sin.to(device), mask.to(device) if mask is not None else None
@@ -188,12 +193,13 @@ class LeanGlmRunner:
                 q, keys[:, :, :total], values[:, :, :total], attn_mask=mask, scale=self.head_dim**-0.5
             )
             attn = attn.view(self.num_kv, rep, count, self.head_dim).permute(2, 0, 1, 3).reshape(count, -1)
-            x = x + F.linear(attn, o_w)
-            gate, up = F.linear(ln2(x), gate_up_w).chunk(2, dim=-1)
-            x = x + F.linear(up * F.silu(gate), down_w)
+            x = x + o_proj(attn)
+            gate, up = gate_up_proj(ln2(x)).chunk(2, dim=-1)
+            x = x + down_proj(up * F.silu(gate))
         self.length = total
         last = self.norm(x[-1:])
-        return F.linear(last.to(self.lm_head.device), self.lm_head)[0].float()
+        logits: torch.Tensor = self.lm_head(last.to(self.lm_head_device))[0]
+        return logits.float()
 
     def _rotary(self, past: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         positions = torch.arange(past, past + count, device=self.device, dtype=torch.float32)
@@ -232,13 +238,33 @@ def _rms_norm(module: Any, dtype: torch.dtype) -> Any:
 
 
 class _SeparateQKV:
-    """q, k and v as three products over the model's untouched weights, concatenated."""
+    """q, k and v as three products over the model's untouched (or quantized) weights, concatenated."""
 
     def __init__(self, attn: Any) -> None:
-        self.projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+        self.projections = tuple(_linear(p) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.cat([F.linear(h, p.weight, p.bias) for p in self.projections], dim=-1)
+        return torch.cat([p(h) for p in self.projections], dim=-1)
+
+
+def _plain(attn: Any) -> bool:
+    """Whether q, k and v are ``nn.Linear`` layers (quantized ones are not fused)."""
+    return all(isinstance(p, torch.nn.Linear) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+
+
+def _linear(module: Any) -> Any:
+    """A callable for one projection: ``F.linear`` over an ``nn.Linear``'s tensors, else the module itself."""
+    if isinstance(module, torch.nn.Linear):
+        return functools.partial(F.linear, weight=module.weight, bias=module.bias)
+    return module
+
+
+def _device_of(module: Any) -> torch.device:
+    tensor = next(iter(module.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(module.buffers()))
+    device: torch.device = tensor.device
+    return device
 
 
 def _fused_qkv(attn: Any, column_major: bool) -> Any:
@@ -251,7 +277,7 @@ def _fuse_qkv(attn: Any, column_major: bool) -> tuple[torch.Tensor, torch.Tensor
     projections = (attn.q_proj, attn.k_proj, attn.v_proj)
     done = getattr(attn, "_glm_agent_fused_qkv", None)
     if done is not None and done[0].data_ptr() == attn.q_proj.weight.data_ptr():
-        return done
+        return done[0], done[1]
     has_bias = projections[0].bias is not None
     with torch.no_grad():
         weight = torch.cat([p.weight for p in projections], dim=0)
@@ -316,4 +342,5 @@ class TransformersRunner:
         tokens = torch.tensor([list(ids)], dtype=torch.long, device=self._device)
         out = self.model(input_ids=tokens, use_cache=True, logits_to_keep=1, **{self._cache_kwarg: self.cache})
         self.length += len(ids)
-        return out.logits[0, -1].float()
+        logits: torch.Tensor = out.logits[0, -1]
+        return logits.float()

@@ -75,7 +75,7 @@ class LocalModel(BaseChatModel):
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
-        self.context_length = int(context_length or getattr(model.config, "max_position_embeddings", 8192))
+        self.context_length = int(context_length or getattr(model.config, "max_position_embeddings", None) or 8192)
         self.defaults = _params(defaults)
         self.stop_ids = frozenset(tokenizer.stop_ids)
         self._cache = PrefixCache(make_runner(model, engine, relayout=relayout), enabled=prefix_cache)
@@ -91,15 +91,23 @@ class LocalModel(BaseChatModel):
         device: str | None = None,
         device_map: str | dict[str, Any] | None = None,
         allow_download: bool = False,
+        quantize: str | None = None,
+        group_size: int = 128,
         **kwargs: Any,
     ) -> LocalModel:
-        """Tokenizer and weights from a checkpoint directory or hub id (see ``load_model``)."""
+        """Tokenizer and weights from a checkpoint directory or hub id (see ``load_model``).
+
+        ``quantize="int8"`` / ``"int4"`` (with ``group_size``) quantizes the linear layers while
+        loading; the full-precision model is never in memory (dtype then defaults to bfloat16).
+        """
         from glm_agent.chatglm3.checkpoint import load_model, resolve_checkpoint
         from glm_agent.chatglm3.tokenizer import ChatGLM3Tokenizer
 
         directory = resolve_checkpoint(path, allow_download=allow_download)
         tokenizer = ChatGLM3Tokenizer.from_pretrained(directory)  # fails fast, before reading weights
-        model = load_model(directory, dtype=dtype, device=device, device_map=device_map)
+        model = load_model(
+            directory, dtype=dtype, device=device, device_map=device_map, quantize=quantize, group_size=group_size
+        )
         return cls(model, tokenizer, **kwargs)
 
     @property

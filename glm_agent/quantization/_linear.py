@@ -1,0 +1,238 @@
+"""``QuantizedLinear``: a drop-in for ``nn.Linear`` over int8/int4 weights, on torch's CPU kernels when they are safe.
+
+On CPU the portable weight is packed at load for this CPU's kernel: ``torch._weight_int8pack_mm``
+(int8, one scale per row) or ``torch._convert_weight_to_int4pack_for_cpu`` +
+``torch._weight_int4pack_mm_for_cpu`` (int4 groups). The kernels are guarded: in torch 2.13 the
+int8 kernel returns NaN, garbage or crashes when the input dimension is not a multiple of 16
+(measured on AVX-512), so such weights get zero columns up to a multiple of 32 and the inputs
+are padded to match; the int4 packing needs rows in multiples of 16 (we pad to 64, which keeps
+its blocked layout uniform). Elsewhere (another device, a torch without the kernels) the weight
+stays portable and is dequantized for each product: slower, never wrong.
+
+The kernels are matrix-vector engines: for many rows at once (prefill) they are 2-4x slower than
+a bfloat16 matrix product (measured at 13696x4096, 600 rows), so products over at least
+``DEQUANTIZE_MIN_ROWS`` rows dequantize the weight to the activations' dtype and use ``F.linear``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from glm_agent.quantization._schemes import PortableWeight, dequantize, pack_nibbles, unpack_nibbles
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["QuantizedLinear", "cpu_kernels_available", "fast_cpu_kernels"]
+
+_INT8_K_MULTIPLE = 32  # the int8 kernel's input dimension is padded to a multiple of this
+_INT4_N_MULTIPLE = 64  # the int4 packing's row block on AVX-512
+DEQUANTIZE_MIN_ROWS = 128  # products over this many rows dequantize and use a dense product
+_warned: set[str] = set()
+
+
+def cpu_kernels_available() -> bool:
+    """Whether this torch has the CPU int8/int4 kernels."""
+    return all(
+        hasattr(torch, name)
+        for name in ("_weight_int8pack_mm", "_convert_weight_to_int4pack_for_cpu", "_weight_int4pack_mm_for_cpu")
+    )
+
+
+@functools.cache
+def fast_cpu_kernels() -> bool:
+    """Whether torch dispatches to its AVX-512 kernels here (the int8/int4 kernels are fast only there)."""
+    capability = str(torch.backends.cpu.get_cpu_capability())
+    return capability.upper().startswith("AVX512") or capability.upper() == "AMX"
+
+
+def _warn_once(key: str, message: str, *args: Any) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        logger.warning(message, *args)
+
+
+class QuantizedLinear(torch.nn.Module):
+    """``y = x W^T + b`` with ``W`` quantized; the bias (if any) stays in full precision.
+
+    ``kernels=False`` keeps the portable weight and dequantizes it for each product (the
+    reference path; any device).
+    """
+
+    def __init__(
+        self,
+        weight: PortableWeight,
+        bias: torch.Tensor | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        kernels: bool = True,
+    ) -> None:
+        super().__init__()
+        self.qweight: torch.Tensor
+        self.scales: torch.Tensor
+        self.zeros: torch.Tensor | None
+        self.bias: torch.nn.Parameter | None
+        weight.check()
+        self.in_features = weight.in_features
+        self.out_features = weight.out_features
+        self.scheme = weight.scheme
+        self.group_size = weight.group_size
+        self.register_parameter("bias", torch.nn.Parameter(bias, requires_grad=False) if bias is not None else None)
+        device = torch.device(device)
+        self.backend = "dequantize"
+        self._padded_in = weight.in_features
+        self._padded_out = weight.out_features
+        if kernels and device.type == "cpu" and cpu_kernels_available():
+            if not fast_cpu_kernels():
+                _warn_once(
+                    "slow",
+                    "this CPU has no AVX-512 (torch uses %s kernels): int8/int4 weights work, but their products "
+                    "are slow; bfloat16 weights may decode faster here",
+                    torch.backends.cpu.get_cpu_capability(),
+                )
+            self._pack_for_cpu(weight)
+        else:
+            self.register_buffer("qweight", weight.qweight.to(device))
+            self.register_buffer("scales", weight.scales.to(device))
+            self.register_buffer("zeros", weight.zeros.to(device) if weight.zeros is not None else None)
+        self._scales_by_dtype: dict[torch.dtype, torch.Tensor] = {}
+
+    def _pack_for_cpu(self, weight: PortableWeight) -> None:
+        if weight.scheme == "int8":
+            q = weight.qweight
+            k = q.shape[1]
+            if k % _INT8_K_MULTIPLE:
+                self._padded_in = -(-k // _INT8_K_MULTIPLE) * _INT8_K_MULTIPLE
+                q = F.pad(q, (0, self._padded_in - k))
+            self.register_buffer("qweight", q.contiguous())
+            self.register_buffer("scales", weight.scales.contiguous())
+            self.register_buffer("zeros", None)
+            self.backend = "int8_cpu"
+        else:
+            assert weight.zeros is not None
+            self._padded_in = weight.padded_in_features
+            rows = -(-weight.out_features // _INT4_N_MULTIPLE) * _INT4_N_MULTIPLE
+            extra = rows - weight.out_features
+            values = unpack_nibbles(weight.qweight).to(torch.int32)
+            scales, zeros = weight.scales, weight.zeros
+            if extra:  # zero rows (q = 8, zero = 0), cut from the output
+                values = F.pad(values, (0, 0, 0, extra), value=8)
+                scales = F.pad(scales, (0, 0, 0, extra), value=1.0)
+                zeros = F.pad(zeros, (0, 0, 0, extra), value=0.0)
+            self._padded_out = rows
+            packed = torch._convert_weight_to_int4pack_for_cpu(values, 1)  # layout depends on this CPU
+            del values
+            scales_and_zeros = torch.stack((scales.t(), zeros.t()), dim=-1).contiguous()
+            self.register_buffer("qweight", packed)
+            self.register_buffer("scales", scales_and_zeros)  # [K / group, N, 2]
+            self.register_buffer("zeros", None)
+            self.backend = "int4_cpu"
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes read per product (weights, scales, zeros; not the bias)."""
+        tensors = [t for t in (self.qweight, self.scales, self.zeros) if t is not None]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def extra_repr(self) -> str:
+        group = f", group_size={self.group_size}" if self.scheme == "int4" else ""
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, scheme={self.scheme}{group}, "
+            f"backend={self.backend}, bias={self.bias is not None}"
+        )
+
+    def _scales_as(self, dtype: torch.dtype) -> torch.Tensor:
+        scales = self._scales_by_dtype.get(dtype)
+        if scales is None:
+            scales = self.scales if self.scales.dtype == dtype else self.scales.to(dtype)
+            self._scales_by_dtype[dtype] = scales
+        return scales
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise TypeError(f"QuantizedLinear needs float inputs, not {x.dtype}")
+        rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+        if self.backend == "dequantize" or (rows >= DEQUANTIZE_MIN_ROWS and self._can_dequantize()):
+            return F.linear(x, self.dequantized(x.dtype), self._bias_as(x.dtype))
+        flat = x.reshape(-1, x.shape[-1])
+        if self._padded_in != self.in_features:
+            flat = F.pad(flat, (0, self._padded_in - self.in_features))
+        flat = flat.contiguous()
+        if self.backend == "int8_cpu":
+            out = torch._weight_int8pack_mm(flat, self.qweight, self._scales_as(flat.dtype))
+        else:
+            out = torch._weight_int4pack_mm_for_cpu(flat, self.qweight, self.group_size, self._scales_as(flat.dtype))
+            if self._padded_out != self.out_features:
+                out = out[:, : self.out_features]
+        out = out.reshape(*x.shape[:-1], self.out_features)
+        bias = self._bias_as(out.dtype)
+        return out if bias is None else out + bias
+
+    def _bias_as(self, dtype: torch.dtype) -> torch.Tensor | None:
+        return None if self.bias is None else self.bias.to(dtype)
+
+    def _can_dequantize(self) -> bool:
+        return self.backend == "int8_cpu" or _int4_layout_known()
+
+    def portable(self) -> PortableWeight:
+        """The weight in the portable layout (unpacked from this CPU's kernel layout where needed)."""
+        if self.backend == "dequantize":
+            return PortableWeight(
+                self.scheme, self.out_features, self.in_features, self.group_size, self.qweight, self.scales, self.zeros
+            )
+        if self.backend == "int8_cpu":
+            q = self.qweight[:, : self.in_features].contiguous()
+            return PortableWeight("int8", self.out_features, self.in_features, 0, q, self.scales)
+        if not _int4_layout_known():
+            raise NotImplementedError("this CPU's int4 packing layout is not one glm-agent can unpack")
+        values = _unpack_int4_cpu(self.qweight, self._padded_out, self._padded_in)[: self.out_features]
+        scales_and_zeros = self.scales[:, : self.out_features]
+        return PortableWeight(
+            "int4",
+            self.out_features,
+            self.in_features,
+            self.group_size,
+            pack_nibbles(values),
+            scales_and_zeros[..., 0].t().contiguous(),
+            scales_and_zeros[..., 1].t().contiguous(),
+        )
+
+    def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The ``[out_features, in_features]`` weight in ``dtype``."""
+        if self.backend == "int8_cpu":
+            q = self.qweight if self._padded_in == self.in_features else self.qweight[:, : self.in_features]
+            return q * self._scales_as(dtype)[:, None] if dtype != torch.float32 else dequantize(self.portable(), dtype)
+        return dequantize(self.portable(), dtype)
+
+
+def _unpack_int4_cpu(packed: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """``[rows, cols]`` uint8 values from the AVX-512 int4 packing (rows a multiple of 64).
+
+    That layout is ``[rows / 64, cols, 32]`` bytes; byte ``(b, k, d)`` holds row ``64 b + d`` in its
+    low nibble and row ``64 b + d + 32`` in its high nibble, column ``k``.
+    """
+    blocks = packed.reshape(rows // _INT4_N_MULTIPLE, cols, _INT4_N_MULTIPLE // 2)
+    values = torch.cat((blocks & 0x0F, blocks >> 4), dim=2)  # [blocks, cols, 64]
+    return values.permute(0, 2, 1).reshape(rows, cols)
+
+
+@functools.cache
+def _int4_layout_known() -> bool:
+    """Whether :func:`_unpack_int4_cpu` inverts this CPU's packing (checked once on a probe matrix)."""
+    if not cpu_kernels_available():
+        return False
+    probe = torch.randint(
+        0, 16, (2 * _INT4_N_MULTIPLE, 64), dtype=torch.int32, generator=torch.Generator().manual_seed(0)
+    )
+    try:
+        packed = torch._convert_weight_to_int4pack_for_cpu(probe, 1)
+        ok = bool(torch.equal(_unpack_int4_cpu(packed, *probe.shape).to(torch.int32), probe))
+    except RuntimeError:
+        ok = False
+    if not ok:
+        logger.info("unknown int4 packing on this CPU: prefill uses the int4 kernel (slower for long prompts)")
+    return ok
