@@ -6,6 +6,7 @@ ffn/hidden ratio 3.34, untied output layer), scaled down: hidden 512, 4 heads, 1
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -57,4 +58,68 @@ def weight_bytes_read_per_token(model: GlmForCausalLM) -> int:
     """Every weight is read once per decoded token, except the embedding table (one row)."""
     embed = model.model.embed_tokens.weight
     total = sum(p.numel() * p.element_size() for p in model.parameters())
+    return total - embed.numel() * embed.element_size() + embed.shape[1] * embed.element_size()
+
+
+#: ChatGLM3-6B's real shape (6.24B parameters); GLM_AGENT_BENCH_LAYERS=2 makes a quick smoke run
+CONFIG_6B = {
+    **CONFIG,
+    "hidden_size": 4096,
+    "intermediate_size": 13696,
+    "num_hidden_layers": int(os.environ.get("GLM_AGENT_BENCH_LAYERS", "28")),
+    "num_attention_heads": 32,
+}
+
+
+def random_model_6b(precision: str, seed: int = 0, group_size: int = 128) -> GlmForCausalLM:
+    """ChatGLM3-6B's shape with random weights built directly in ``precision`` (bf16, int8 or int4).
+
+    Each tensor is allocated and filled in place, one at a time: bf16 weights are uniform in
+    +-0.03 (std 0.017, about ChatGLM3's); int8/int4 weights are random codes with scales of the
+    same magnitude, never a bf16 copy. Norms are ones, biases small.
+    """
+    from glm_agent.quantization import PortableWeight, QuantizedLinear
+
+    torch.manual_seed(seed)
+    with torch.device("meta"):
+        model = GlmForCausalLM(GlmConfig(**CONFIG_6B))
+    for module_name, module in list(model.named_modules()):
+        for name, param in list(module.named_parameters(recurse=False)):
+            if name == "weight" and isinstance(module, torch.nn.Linear) and precision != "bf16":
+                continue
+            value = torch.empty(param.shape, dtype=torch.bfloat16)
+            if "norm" in module_name:
+                value.fill_(1.0)
+            else:
+                value.uniform_(-0.03, 0.03) if name == "weight" else value.uniform_(-0.01, 0.01)
+            module._parameters[name] = torch.nn.Parameter(value, requires_grad=False)
+        if isinstance(module, torch.nn.Linear) and precision != "bf16":
+            n, k = module.out_features, module.in_features
+            scheme = "int8" if precision == "int8" or module_name == "lm_head" else "int4"
+            if scheme == "int8":
+                q = torch.randint(-127, 128, (n, k), dtype=torch.int8)
+                portable = PortableWeight("int8", n, k, 0, q, torch.full((n,), 0.03 / 127, dtype=torch.bfloat16))
+            else:
+                groups = k // group_size
+                q = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8)
+                scales = torch.full((n, groups), 0.06 / 15, dtype=torch.bfloat16)
+                zeros = torch.empty((n, groups), dtype=torch.bfloat16).uniform_(-0.002, 0.002)
+                portable = PortableWeight("int4", n, k, group_size, q, scales, zeros)
+            bias = module.bias
+            quantized = QuantizedLinear(portable, bias.data if bias is not None else None)
+            del portable, q
+            owner_name, _, attr = module_name.rpartition(".")
+            setattr(model.get_submodule(owner_name) if owner_name else model, attr, quantized)
+    with torch.device("cpu"):
+        model.model.rotary_emb = type(model.model.rotary_emb)(config=model.config)
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    return model.eval()
+
+
+def weight_bytes_read(model: torch.nn.Module) -> int:
+    """Bytes of weights one decoded token reads: every parameter and quantized buffer, one embedding row."""
+    embed = model.get_submodule("model.embed_tokens").weight
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    total += sum(b.numel() * b.element_size() for name, b in model.named_buffers() if "rotary" not in name)
     return total - embed.numel() * embed.element_size() + embed.shape[1] * embed.element_size()

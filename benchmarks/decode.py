@@ -13,6 +13,15 @@ each in its own process (so peak RSS is per dtype):
   product (256 MiB, best of both memory layouts, best of several repeats).
 
 Prints one JSON object.
+
+``--shape chatglm3-6b`` measures the real ChatGLM3-6B shape (28 layers, hidden 4096, FFN 13696,
+32 heads, 2 KV groups, vocab 65024) with random weights built directly in bf16, int8 and int4
+(group 128; the output layer int8), one precision per process, one at a time (the bf16 model
+alone is 12.5 GB): decode tokens/s (59-token prompt, greedy, median step), bandwidth efficiency,
+peak RSS (load and decode), weight bytes, time to first token for a 600-token prompt, and
+``speedup_vs_generate`` against transformers' ``generate()`` on the bf16 model in the same run
+(with a check that both chose the same tokens), plus a profile of where a bf16 token's time goes.
+Run it alone (``flock /tmp/glm-heavy.lock``): it needs about 14 GB of memory.
 """
 
 from __future__ import annotations
@@ -139,15 +148,196 @@ def _in_child(target, dtype_name: str, threads: int | None) -> dict:
     queue = context.Queue()
     child = context.Process(target=target, args=(dtype_name, threads, queue))
     child.start()
-    result = queue.get(timeout=900)
+    result = queue.get(timeout=1800)
     child.join()
     return result
+
+
+SIX_B_PROMPT = 59
+SIX_B_TTFT_PROMPT = 600
+SIX_B_NEW_TOKENS = 8
+
+
+def _prompt(tok, length: int) -> list[int]:
+    return (
+        [tok.gmask_id, tok.sop_id, tok.user_id]
+        + [1000 + (i * 37) % 30000 for i in range(length - 4)]
+        + [tok.assistant_id]
+    )
+
+
+def _generate_6b(model, prompt: list[int]) -> tuple[float, list[int]]:
+    """Seconds per decoded token of generate() ((1 + n tokens) - (1 token)) and the tokens it chose."""
+    import torch
+
+    ids = torch.tensor([prompt])
+    kwargs = {"do_sample": False, "eos_token_id": None, "pad_token_id": 0}
+
+    def timed(new: int):
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(ids, max_new_tokens=new, min_new_tokens=new, **kwargs)
+        return time.perf_counter() - start, out[0, len(prompt) :].tolist()
+
+    short, _ = timed(1)
+    long, tokens = timed(SIX_B_NEW_TOKENS + 1)
+    return (long - short) / SIX_B_NEW_TOKENS, tokens
+
+
+def _profile_tokens(runner, model, tokens: list[int]) -> dict:
+    """Where a decoded token's time goes (torch profiler over a few single-token forwards)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    labels = {}
+    cfg = model.config
+    h, f, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    qkv = cfg.num_attention_heads * cfg.head_dim + 2 * cfg.num_key_value_heads * cfg.head_dim
+    for name, (n, k) in {
+        "qkv": (qkv, h),
+        "attention_output": (h, h),
+        "gate_up": (2 * f, h),
+        "down": (h, f),
+        "output_layer": (v, h),
+    }.items():
+        labels[(n, k)] = labels[(k, n)] = name
+    runner.forward([tokens[0]])  # warm
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for token in tokens[1:]:
+            runner.forward([token])
+    wall = (time.perf_counter() - start) / (len(tokens) - 1)
+    per_token = {}
+    for event in prof.key_averages(group_by_input_shape=True):
+        ms = event.self_cpu_time_total / 1000 / (len(tokens) - 1)
+        if ms <= 0:
+            continue
+        name = event.key
+        shapes = [tuple(s) for s in (event.input_shapes or []) if isinstance(s, (list, tuple)) and len(s) == 2]
+        label = None
+        if name in (
+            "aten::mm",
+            "aten::addmm",
+            "aten::linear",
+            "aten::matmul",
+            "aten::_weight_int8pack_mm",
+            "aten::_weight_int4pack_mm_for_cpu",
+        ):
+            for shape in shapes[1:] + shapes[:1]:
+                if shape in labels:
+                    label = "matmul " + labels[shape]
+                    break
+            if label is None and name == "aten::_weight_int4pack_mm_for_cpu":
+                label = "matmul (int4)"
+            label = label or "matmul other"
+        elif "scaled_dot_product" in name or name in ("aten::bmm", "aten::baddbmm", "aten::_softmax"):
+            label = "attention"
+        else:
+            label = name
+        per_token[label] = per_token.get(label, 0.0) + ms
+    ops_ms = sum(per_token.values())
+    top = dict(sorted(per_token.items(), key=lambda kv: -kv[1])[:16])
+    return {
+        "wall_ms_per_token": round(wall * 1000, 1),
+        "op_ms_per_token": {k: round(ms, 2) for k, ms in top.items()},
+        "all_ops_ms_per_token": round(ops_ms, 1),
+        "outside_ops_ms_per_token": round(wall * 1000 - ops_ms, 1),
+        "note": "self CPU time per op (matmuls labelled by weight shape); outside_ops = Python, dispatch, profiler",
+    }
+
+
+def measure_6b(precision: str, threads: int | None, queue) -> None:  # runs in a child process
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    from _chatglm3_shaped import random_model_6b, tokenizer, weight_bytes_read
+
+    from glm_agent.models import LocalModel
+    from glm_agent.models.base import GenerationParams
+
+    tok = tokenizer()
+    start = time.perf_counter()
+    model = random_model_6b(precision)
+    build_s = time.perf_counter() - start
+    read = weight_bytes_read(model)
+    prompt = _prompt(tok, SIX_B_PROMPT)
+    out: dict = {"build_s": round(build_s, 1), "weight_bytes": read}
+    reference = None
+    if precision == "bf16":
+        per_token, reference = _generate_6b(model, prompt)
+        out["generate_tokens_per_s"] = round(1 / per_token, 3)
+    local = LocalModel(model, tok)
+    local.stop_ids = frozenset()
+    for _delta in local._stream(prompt, GenerationParams(temperature=0, max_new_tokens=SIX_B_NEW_TOKENS + 1)):
+        pass
+    stats = local.last_stats
+    steps = sorted(b - a for a, b in itertools.pairwise(stats.token_times))
+    per_token = steps[len(steps) // 2]
+    ours = list(stats.output_ids)
+    if reference is not None:
+        out["same_tokens_as_generate"] = ours == reference
+    out["tokens_per_s"] = round(1 / per_token, 3)
+    out["ms_per_token"] = round(per_token * 1000, 1)
+    out["decode_prompt_ttft_s"] = round(stats.time_to_first_token, 2)
+    if precision == "bf16":
+        out["profile"] = _profile_tokens(local._cache.runner, model, ours[:4])
+    local.reset_cache()
+    ttft_prompt = _prompt(tok, SIX_B_TTFT_PROMPT)
+    for _delta in local._stream(ttft_prompt, GenerationParams(temperature=0, max_new_tokens=1)):
+        pass
+    out["ttft_s"] = round(local.last_stats.time_to_first_token, 2)
+    out["ttft_prompt_tokens"] = SIX_B_TTFT_PROMPT
+    bandwidth = memory_bandwidth()
+    out["memory_bandwidth_gb_s"] = round(bandwidth / 1e9, 2)
+    out["achieved_gb_s"] = round(read / per_token / 1e9, 2)
+    out["bandwidth_efficiency"] = round(read / per_token / bandwidth, 3)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    out["peak_rss_bytes"] = peak
+    out["peak_rss_over_weights"] = round(peak / read, 3)
+    out["threads"] = torch.get_num_threads()
+    queue.put(out)
+
+
+def main_6b(args) -> None:
+    results = {}
+    for precision in args.precisions.split(","):
+        results[precision] = _in_child(measure_6b, precision, args.threads)
+        print(json.dumps({precision: results[precision]}), file=sys.stderr, flush=True)
+    baseline = results.get("bf16", {}).get("generate_tokens_per_s")
+    for r in results.values():
+        if baseline:
+            r["speedup_vs_generate"] = round(r["tokens_per_s"] / baseline, 3)
+    if "bf16" in results:
+        for name in ("int8", "int4"):
+            if name in results:
+                results[name]["tokens_per_s_over_bf16"] = round(
+                    results[name]["tokens_per_s"] / results["bf16"]["tokens_per_s"], 2
+                )
+    out = {
+        "benchmark": "decode",
+        "shape": "chatglm3-6b",
+        "model": {
+            "parameters": 6243584000,
+            "shape": "ChatGLM3-6B: hidden 4096, 28 layers, 32 heads x 128, 2 KV groups, FFN 13696, vocab 65024",
+            "weights": "random, built directly in each precision; int4 at group 128; the output layer int8 in int8 and int4",
+        },
+        "prompt_tokens": SIX_B_PROMPT,
+        "new_tokens": SIX_B_NEW_TOKENS,
+        "baseline": "transformers generate() on the bf16 model, same process as bf16, same prompt, greedy",
+        "results": results,
+    }
+    print(json.dumps(out, indent=2))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--shape", choices=("100m", "chatglm3-6b"), default="100m", help="model shape (default 100m)")
+    parser.add_argument("--precisions", default="bf16,int8,int4", help="for chatglm3-6b: which, comma-separated")
     args = parser.parse_args()
+    if args.shape == "chatglm3-6b":
+        main_6b(args)
+        return
     results = {}
     for dtype_name in ("float32", "bfloat16"):
         local = _in_child(measure_local, dtype_name, args.threads)

@@ -6,8 +6,9 @@ safetensors shards, ``tokenizer.model``) whose linear weights are stored as
 :mod:`glm_agent.quantization` (unpacked int8, or int4 two per byte; bfloat16 scales and zeros).
 ``config.json`` says so in ``quantization_config`` (``quant_method: glm-agent``, format version,
 scheme, group size), as does each shard's header. Nothing in it is CPU-specific: the kernel
-packing happens at load. transformers refuses such a checkpoint (unknown quant_method) instead
-of loading it with random weights.
+packing happens at load. The shards are named ``quantized-*.safetensors`` (index
+``quantized.safetensors.index.json``) so that plain transformers finds no weights and refuses
+the directory instead of loading it with random weights.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "FORMAT_VERSION",
     "QUANT_METHOD",
+    "QUANTIZED_INDEX",
     "OUTPUT_LAYER",
     "is_quantized_linear",
     "spec_for",
@@ -40,6 +42,7 @@ __all__ = [
 ]
 
 QUANT_METHOD = "glm-agent"
+QUANTIZED_INDEX = "quantized.safetensors.index.json"
 FORMAT_VERSION = 1
 #: the output layer is int8 under both schemes: 8.5% of ChatGLM3-6B's bytes, and the layer whose
 #: errors reach the logits directly (llama.cpp's 4-bit types likewise keep it at 6-8 bits)
@@ -167,7 +170,7 @@ def write_quantized_checkpoint(
         nonlocal shard, size
         if not shard:
             return
-        name = f"model-{len(written) + 1:05d}.safetensors"
+        name = f"quantized-{len(written) + 1:05d}.safetensors"
         save_file(shard, str(target / name), metadata=meta)
         written.append((name, list(shard)))
         shard, size = {}, 0
@@ -190,13 +193,13 @@ def write_quantized_checkpoint(
         total += nbytes
     flush()
     names = [n for n, _ in written]
-    final = [f"model-{i + 1:05d}-of-{len(names):05d}.safetensors" for i in range(len(names))]
+    final = [f"quantized-{i + 1:05d}-of-{len(names):05d}.safetensors" for i in range(len(names))]
     weight_map: dict[str, str] = {}
     for (old, keys), new in zip(written, final, strict=True):
         os.replace(target / old, target / new)
         weight_map.update(dict.fromkeys(keys, new))
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (target / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    (target / QUANTIZED_INDEX).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     config = {**config, "quantization_config": header(spec), "torch_dtype": str(dtype).removeprefix("torch.")}
     (target / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     if tokenizer is not None and tokenizer.is_file():

@@ -111,7 +111,11 @@ def glm_config(cfg: dict[str, Any]) -> GlmConfig:
 
 def weight_files(directory: Path) -> list[Path]:
     """The checkpoint's weight files in index order; a missing shard is an error that names it."""
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+    for index_name in (
+        "quantized.safetensors.index.json",
+        "model.safetensors.index.json",
+        "pytorch_model.bin.index.json",
+    ):
         index = directory / index_name
         if index.is_file():
             try:

@@ -86,6 +86,9 @@ def add_agent_options(parser: argparse.ArgumentParser) -> None:
     local.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: the backend's choice)")
     local.add_argument("--dtype", help="e.g. bfloat16, float16, float32 (default: the backend's choice)")
     local.add_argument("--allow-download", action="store_true", help="let a hub id download missing weights")
+    from glm_agent.cli.convert import add_quantize_arguments
+
+    add_quantize_arguments(local)
 
 
 def _mcp_config(path: str | None) -> str | None:
@@ -131,6 +134,9 @@ def load_model(spec: str, args: argparse.Namespace, console: Console) -> ChatMod
     options: dict[str, Any] = {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v is not None}
     if args.allow_download:
         options["allow_download"] = True
+    if getattr(args, "quantize", None):
+        options["quantize"] = args.quantize
+        options["group_size"] = args.group_size
     with console.status(f"Loading model [bold]{spec}[/] ...", spinner="dots"):
         try:
             model: ChatModel = load_chat_model(spec, **options)

@@ -8,7 +8,7 @@ from typing import Any
 
 from glm_agent.errors import CheckpointError
 
-__all__ = ["add_command"]
+__all__ = ["add_command", "add_quantize_arguments"]
 
 
 def add_command(subparsers: Any) -> None:
@@ -24,11 +24,28 @@ def add_command(subparsers: Any) -> None:
         "--dtype", default="auto", help="float32, bfloat16, float16, or auto (keep the checkpoint's; default)"
     )
     parser.add_argument("--max-shard-size", default="2GB", help="largest safetensors shard (default 2GB)")
+    add_quantize_arguments(parser)
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty DST")
     parser.add_argument(
         "--allow-download", action="store_true", help="download a hub id that is not in the local cache"
     )
     parser.set_defaults(handler=_run_convert)
+
+
+def add_quantize_arguments(parser: Any) -> None:
+    """``--quantize int8|int4`` and ``--group-size N`` (shared by every command that loads weights)."""
+    parser.add_argument(
+        "--quantize",
+        choices=("int8", "int4"),
+        help="int8/int4 linear weights (the output layer int8), quantized tensor by tensor; runs on CPU kernels",
+    )
+    parser.add_argument(
+        "--group-size",
+        type=int,
+        default=128,
+        choices=(32, 64, 128, 256),
+        help="int4: inputs per scale and zero (default 128)",
+    )
 
 
 def _run_convert(args: argparse.Namespace) -> int:
@@ -42,6 +59,8 @@ def _run_convert(args: argparse.Namespace) -> int:
             max_shard_size=args.max_shard_size,
             overwrite=args.overwrite,
             allow_download=args.allow_download,
+            quantize=args.quantize,
+            group_size=args.group_size,
         )
     except CheckpointError as exc:
         print(f"glm-agent convert: error: {exc}", file=sys.stderr)

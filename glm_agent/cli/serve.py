@@ -51,6 +51,9 @@ def add_command(subparsers: Any) -> None:
         "--body-timeout", type=float, help="seconds a client may take to send a request's body, else 408 (default 30)"
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    from glm_agent.cli.convert import add_quantize_arguments
+
+    add_quantize_arguments(p)
     p.set_defaults(handler=run_serve)
 
 
@@ -80,7 +83,8 @@ def run_serve(args: argparse.Namespace) -> int:
         from glm_agent.chatglm3.tokenizer import ChatGLM3Tokenizer
         from glm_agent.models import load_chat_model
 
-        model = load_chat_model(args.model)
+        options = {"quantize": args.quantize, "group_size": args.group_size} if args.quantize else {}
+        model = load_chat_model(args.model, **options)
         tokenizer = getattr(model, "tokenizer", None)
         if args.tokenizer:
             tokenizer = ChatGLM3Tokenizer.from_pretrained(args.tokenizer)

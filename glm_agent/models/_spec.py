@@ -21,6 +21,8 @@ def load_chat_model(spec: str, **options: Any) -> Any:
         raise ModelError(
             "no model given: pass a checkpoint path, a hub id, scripted:FILE.json or an http(s):// server URL"
         )
+    if options.get("quantize") and spec.startswith(("scripted:", "http://", "https://")):
+        raise ModelError(f"quantize applies to local weights only, not to {spec}; drop --quantize")
     if spec.startswith("scripted:"):
         from glm_agent.models.scripted import ScriptedModel
 

@@ -32,6 +32,7 @@ __all__ = ["QuantizedLinear", "cpu_kernels_available", "fast_cpu_kernels"]
 _INT8_K_MULTIPLE = 32  # the int8 kernel's input dimension is padded to a multiple of this
 _INT4_N_MULTIPLE = 64  # the int4 packing's row block on AVX-512
 DEQUANTIZE_MIN_ROWS = 128  # products over this many rows dequantize and use a dense product
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _warned: set[str] = set()
 
 
@@ -153,10 +154,14 @@ class QuantizedLinear(torch.nn.Module):
         return scales
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        if not x.is_floating_point():
             raise TypeError(f"QuantizedLinear needs float inputs, not {x.dtype}")
         rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-        if self.backend == "dequantize" or (rows >= DEQUANTIZE_MIN_ROWS and self._can_dequantize()):
+        if (
+            self.backend == "dequantize"
+            or x.dtype not in _KERNEL_DTYPES
+            or (rows >= DEQUANTIZE_MIN_ROWS and self._can_dequantize())
+        ):
             return F.linear(x, self.dequantized(x.dtype), self._bias_as(x.dtype))
         flat = x.reshape(-1, x.shape[-1])
         if self._padded_in != self.in_features:

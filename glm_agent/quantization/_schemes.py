@@ -134,8 +134,8 @@ def _quantize_int4(weight: torch.Tensor, group_size: int) -> PortableWeight:
         w = w.view(rows, groups, group_size)
         low, high = w.amin(dim=-1), w.amax(dim=-1)
         scale = ((high - low) / 15).to(torch.bfloat16)
+        zero = (low + 8 * scale.float()).to(torch.bfloat16)  # the value of q = 8 (a constant group: that value)
         scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-        zero = (low + 8 * scale.float()).to(torch.bfloat16)  # the value of q = 8
         q = torch.round((w - zero.float()[..., None]) / scale.float()[..., None] + 8).clamp_(0, 15)
         qweight[start : start + rows] = pack_nibbles(q.view(rows, kp).to(torch.uint8))
         scales[start : start + rows] = scale

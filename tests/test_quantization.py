@@ -1,0 +1,340 @@
+"""int8 / int4 weights: kernels at ChatGLM3's shapes, the guards, quantize-while-loading and the portable checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from safetensors import safe_open  # noqa: E402
+
+from glm_agent.chatglm3 import ChatGLM3Tokenizer  # noqa: E402
+from glm_agent.chatglm3.checkpoint import convert_checkpoint, load_model  # noqa: E402
+from glm_agent.cli import main as cli_main  # noqa: E402
+from glm_agent.errors import CheckpointError, ModelError  # noqa: E402
+from glm_agent.models import LocalModel  # noqa: E402
+from glm_agent.quantization import (  # noqa: E402
+    DEQUANTIZE_MIN_ROWS,
+    QuantizedLinear,
+    QuantSpec,
+    cpu_kernels_available,
+    dequantize,
+    pack_nibbles,
+    quantize,
+    unpack_nibbles,
+)
+
+TINY = Path(__file__).resolve().parents[1].parent / "shared" / "chatglm3" / "golden" / "tiny-chatglm3"
+needs_kernels = pytest.mark.skipif(not cpu_kernels_available(), reason="this torch lacks the CPU int8/int4 kernels")
+needs_tiny = pytest.mark.skipif(not TINY.is_dir(), reason=f"reference data {TINY} is absent (../shared/chatglm3)")
+SPECS = [QuantSpec("int8"), QuantSpec("int4", 32), QuantSpec("int4", 128)]
+MESSAGES = [{"role": "user", "content": "What is the weather in Paris and in 北京? Answer briefly."}]
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((out.float() - ref).abs().max() / ref.abs().max())
+
+
+# -- the scheme ------------------------------------------------------------------------------
+def test_nibble_packing_round_trips_and_puts_the_even_column_low():
+    values = torch.randint(0, 16, (48, 96), dtype=torch.uint8)
+    packed = pack_nibbles(values)
+    assert packed.shape == (48, 48) and packed.dtype == torch.uint8
+    assert torch.equal(unpack_nibbles(packed), values)
+    assert int(pack_nibbles(torch.tensor([[3, 12]]))[0, 0]) == 3 | (12 << 4)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.label)
+def test_quantization_error_is_bounded_by_half_a_step(spec):
+    weight = torch.randn(64, 4096) * 0.02
+    portable = quantize(weight, spec)
+    portable.check()
+    restored = dequantize(portable)
+    assert restored.shape == weight.shape
+    if spec.scheme == "int8":
+        step = portable.scales.float()[:, None]
+    else:
+        step = portable.scales.float().repeat_interleave(spec.group_size, dim=1)[:, :4096]
+    assert bool(((restored - weight).abs() <= step * 0.5 + 1e-6 + step * 0.01).all())
+
+
+def test_zero_rows_and_constant_groups_survive():
+    weight = torch.zeros(16, 256)
+    for spec in SPECS:
+        assert torch.equal(dequantize(quantize(weight, spec)), weight), spec
+    weight[1] = 0.013  # a constant int4 group keeps its value (rounded to bfloat16)
+    for spec in SPECS[1:]:
+        assert torch.equal(dequantize(quantize(weight, spec)), weight.bfloat16().float()), spec
+
+
+def test_bad_specs_are_refused_with_the_choices():
+    with pytest.raises(ValueError, match="'int8' or 'int4'"):
+        QuantSpec("int3")
+    with pytest.raises(ValueError, match="32, 64, 128, 256"):
+        QuantSpec("int4", 100)
+    with pytest.raises(ValueError, match="only matrices"):
+        quantize(torch.zeros(4), QuantSpec("int8"))
+
+
+# -- kernels at ChatGLM3's shapes --------------------------------------------------------------
+@needs_kernels
+@pytest.mark.parametrize("k", [4096, 13696])
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.label)
+def test_kernels_match_the_dequantized_reference_at_chatglm3_shapes(spec, k):
+    torch.manual_seed(k)
+    weight = torch.randn(128, k) * 0.02
+    portable = quantize(weight, spec)
+    layer = QuantizedLinear(portable, torch.randn(128) * 0.01)
+    assert layer.backend == f"{spec.scheme}_cpu"
+    reference = dequantize(portable)
+    for rows in (1, 5, DEQUANTIZE_MIN_ROWS):  # decode, a short chunk, the dequantizing prefill path
+        x = torch.randn(rows, k)
+        expected = x @ reference.t() + layer.bias
+        assert relative_error(layer(x), expected) < 1e-5  # float32 activations: exact up to summation order
+        assert relative_error(layer(x.bfloat16()), expected) < 2e-2
+    # the portable form comes back out of this CPU's packing unchanged
+    again = layer.portable()
+    assert torch.equal(again.qweight, portable.qweight) and torch.equal(again.scales, portable.scales)
+
+
+@needs_kernels
+@pytest.mark.parametrize("k", [4100, 4104, 60, 24])
+def test_int8_guard_pads_input_sizes_the_kernel_gets_wrong(k):
+    """torch 2.13's int8 kernel gives NaN/garbage (or crashes) unless K is a multiple of 16."""
+    torch.manual_seed(k)
+    portable = quantize(torch.randn(96, k), QuantSpec("int8"))
+    layer = QuantizedLinear(portable)
+    for rows in (1, 3):
+        x = torch.randn(rows, k, dtype=torch.bfloat16)
+        out = layer(x)
+        assert torch.isfinite(out).all()
+        assert relative_error(out, x.float() @ dequantize(portable).t()) < 2e-2
+
+
+@needs_kernels
+@pytest.mark.parametrize("n,k", [(48, 64), (40, 160), (65024 // 1016, 100)])
+def test_int4_guard_pads_rows_and_groups(n, k):
+    portable = quantize(torch.randn(n, k), QuantSpec("int4", 128))
+    layer = QuantizedLinear(portable)
+    x = torch.randn(3, k)
+    assert relative_error(layer(x), x @ dequantize(portable).t()) < 1e-5
+    assert torch.equal(dequantize(layer.portable()), dequantize(portable))
+
+
+def test_the_dequantizing_path_is_the_reference_on_any_device():
+    portable = quantize(torch.randn(32, 64), QuantSpec("int4", 32))
+    layer = QuantizedLinear(portable, kernels=False)
+    assert layer.backend == "dequantize"
+    x = torch.randn(2, 64, dtype=torch.float64)
+    assert torch.allclose(layer(x), x @ dequantize(portable, torch.float64).t())
+    with pytest.raises(TypeError, match="float inputs"):
+        layer(torch.ones(2, 64, dtype=torch.long))
+
+
+@needs_kernels
+def test_without_avx512_the_kernels_still_work_and_say_they_are_slow():
+    """ATEN_CPU_CAPABILITY=avx2 makes torch use its AVX2 kernels (and their int4 packing) as on an older CPU."""
+    code = (
+        "import logging, torch\n"
+        "logging.basicConfig(level=logging.WARNING, format='%(message)s')\n"
+        "from glm_agent.quantization import QuantizedLinear, QuantSpec, quantize, dequantize\n"
+        "torch.manual_seed(0)\n"
+        "for spec in (QuantSpec('int8'), QuantSpec('int4', 128)):\n"
+        "    p = quantize(torch.randn(64, 4096), spec)\n"
+        "    layer = QuantizedLinear(p)\n"
+        "    for rows in (1, 200):\n"
+        "        x = torch.randn(rows, 4096)\n"
+        "        ref = x @ dequantize(p).t()\n"
+        "        err = float((layer(x) - ref).abs().max() / ref.abs().max())\n"
+        "        assert err < 1e-5, (spec, rows, err)\n"
+        "print('capability', torch.backends.cpu.get_cpu_capability())\n"
+    )
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "capability AVX2" in done.stdout
+    assert "no AVX-512" in done.stderr and "slow" in done.stderr
+
+
+# -- the tiny checkpoint -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tokenizer() -> ChatGLM3Tokenizer:
+    return ChatGLM3Tokenizer.from_pretrained(TINY)
+
+
+def dequantized_twin(quantized_model, dtype=torch.float32):
+    """The float model whose linear weights are exactly the quantized model's dequantized ones."""
+    twin = load_model(TINY, dtype=dtype, device="cpu", progress=False)
+    for name, module in quantized_model.named_modules():
+        if isinstance(module, QuantizedLinear):
+            twin.get_submodule(name).weight.data = module.dequantized(torch.float32).to(dtype)
+    return twin
+
+
+@needs_tiny
+@needs_kernels
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.label)
+def test_quantized_model_equals_float32_on_the_dequantized_weights(spec, tokenizer):
+    model = load_model(
+        TINY, dtype="float32", device="cpu", progress=False, quantize=spec.scheme, group_size=spec.group_size
+    )
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, QuantizedLinear)}
+    assert len(layers) == 2 * 4 + 2 * 2 + 1  # q, k, v, o per layer + gate_up, down per layer + the output layer
+    assert layers["lm_head"].scheme == "int8"  # the output layer is int8 under both schemes
+    assert {m.scheme for n, m in layers.items() if n != "lm_head"} == {spec.scheme}
+    assert model.model.embed_tokens.weight.dtype == torch.float32
+    twin = dequantized_twin(model)
+    ids = torch.tensor([tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True)])
+    with torch.inference_mode():
+        assert torch.allclose(model(ids).logits, twin(ids).logits, atol=1e-4, rtol=0)
+    ours = LocalModel(model, tokenizer, temperature=0, max_new_tokens=24)
+    reference = LocalModel(twin, tokenizer, temperature=0, max_new_tokens=24)
+    assert "".join(ours.stream(MESSAGES)) == "".join(reference.stream(MESSAGES))
+    assert ours.last_stats.output_ids == reference.last_stats.output_ids
+    assert len(ours.last_stats.output_ids) == 24
+
+
+@needs_tiny
+@needs_kernels
+def test_from_pretrained_quantizes_in_bfloat16_and_the_cache_and_streaming_agree(tokenizer):
+    model = LocalModel.from_pretrained(TINY, device="cpu", quantize="int4", group_size=32, temperature=0)
+    assert model.model.model.embed_tokens.weight.dtype == torch.bfloat16  # the default with quantize
+    fresh = LocalModel(model.model, tokenizer, prefix_cache=False, temperature=0)
+    episode = [*MESSAGES]
+    for turn in range(3):
+        text = "".join(model.stream(episode, max_new_tokens=12))
+        cached_ids = list(model.last_stats.output_ids)
+        reused = model.last_stats.reused_tokens
+        streamed = "".join(fresh.stream(episode, max_new_tokens=12))
+        assert fresh.last_stats.output_ids == cached_ids
+        assert streamed == text == tokenizer.decode(cached_ids)
+        if turn:
+            assert reused > 0
+        episode += [{"role": "assistant", "content": text}, {"role": "user", "content": f"and turn {turn}?"}]
+
+
+@needs_tiny
+def test_quantize_refuses_device_map_and_bad_arguments():
+    with pytest.raises(CheckpointError, match="device_map"):
+        load_model(TINY, device_map="cpu", quantize="int8", progress=False)
+    with pytest.raises(CheckpointError, match="'int8' or 'int4'"):
+        load_model(TINY, device="cpu", quantize="int2", progress=False)
+    with pytest.raises(CheckpointError, match="group size"):
+        load_model(TINY, device="cpu", quantize="int4", group_size=96, progress=False)
+
+
+# -- the portable checkpoint -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def int4_checkpoint(tmp_path_factory) -> Path:
+    dst = tmp_path_factory.mktemp("q") / "tiny-int4"
+    assert cli_main(["convert", str(TINY), str(dst), "--quantize", "int4", "--group-size", "32"]) == 0
+    return dst
+
+
+@needs_tiny
+def test_convert_writes_the_portable_layout_with_its_header(int4_checkpoint):
+    config = json.loads((int4_checkpoint / "config.json").read_text())
+    header = config["quantization_config"]
+    assert header["quant_method"] == "glm-agent" and header["format_version"] == 1
+    assert header["scheme"] == "int4" and header["group_size"] == 32 and header["output_layer"] == "int8"
+    assert config["model_type"] == "glm" and (int4_checkpoint / "tokenizer.model").is_file()
+    index = json.loads((int4_checkpoint / "quantized.safetensors.index.json").read_text())
+    [shard] = set(index["weight_map"].values())
+    with safe_open(str(int4_checkpoint / shard), framework="pt") as handle:
+        assert json.loads(handle.metadata()["glm_agent_quantization"]) == header
+        q = handle.get_tensor("model.layers.0.mlp.down_proj.qweight")
+        assert q.dtype == torch.uint8 and q.shape == (64, 80)  # 160 inputs, two per byte
+        assert handle.get_tensor("model.layers.0.mlp.down_proj.scales").dtype == torch.bfloat16
+        assert handle.get_tensor("lm_head.qweight").dtype == torch.int8
+        assert handle.get_tensor("model.embed_tokens.weight").dtype == torch.bfloat16
+        assert "model.layers.0.self_attn.q_proj.weight" not in set(handle.keys())
+
+
+@needs_tiny
+@needs_kernels
+def test_a_converted_checkpoint_loads_as_quantizing_while_loading_does(int4_checkpoint, tokenizer):
+    loaded = LocalModel.from_pretrained(int4_checkpoint, device="cpu", temperature=0, max_new_tokens=16)
+    direct = LocalModel.from_pretrained(
+        TINY, device="cpu", dtype="bfloat16", quantize="int4", group_size=32, temperature=0, max_new_tokens=16
+    )
+    for name, module in direct.model.named_modules():
+        if isinstance(module, QuantizedLinear):
+            other = loaded.model.get_submodule(name)
+            assert torch.equal(other.dequantized(), module.dequantized()), name
+    assert "".join(loaded.stream(MESSAGES)) == "".join(direct.stream(MESSAGES))
+    # asking for the scheme it already has is fine; another one is not
+    load_model(int4_checkpoint, device="cpu", quantize="int4", group_size=32, progress=False)
+    with pytest.raises(CheckpointError, match="already quantized as int4"):
+        load_model(int4_checkpoint, device="cpu", quantize="int8", progress=False)
+    with pytest.raises(CheckpointError, match="already quantized"):
+        convert_checkpoint(int4_checkpoint, int4_checkpoint.parent / "again", quantize="int8")
+
+
+@needs_tiny
+@needs_kernels
+def test_a_checkpoint_quantized_elsewhere_loads_on_a_cpu_with_other_kernels(int4_checkpoint, tokenizer):
+    here = LocalModel.from_pretrained(int4_checkpoint, device="cpu", dtype="float32", temperature=0, max_new_tokens=16)
+    expected = "".join(here.stream(MESSAGES))
+    code = (
+        "import sys, torch\n"
+        "from glm_agent.models import LocalModel\n"
+        "m = LocalModel.from_pretrained(sys.argv[1], device='cpu', dtype='float32', temperature=0, max_new_tokens=16)\n"
+        "sys.stdout.write(''.join(m.stream([{'role': 'user', 'content': sys.argv[2]}])))\n"
+    )
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(int4_checkpoint), MESSAGES[0]["content"]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == expected
+
+
+@needs_tiny
+def test_damaged_or_foreign_quantized_checkpoints_say_what_to_do(int4_checkpoint, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(int4_checkpoint, broken)
+    [shard] = list(broken.glob("*.safetensors"))
+    tensors = load_file(str(shard))
+    del tensors["model.layers.1.mlp.gate_up_proj.zeros"]
+    save_file(tensors, str(shard))
+    with pytest.raises(CheckpointError, match="lacks parts of model.layers.1.mlp.gate_up_proj; convert it again"):
+        load_model(broken, device="cpu", progress=False)
+    config = json.loads((broken / "config.json").read_text())
+    config["quantization_config"]["format_version"] = 99
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="format version 99"):
+        load_model(broken, device="cpu", progress=False)
+    config["quantization_config"] = {"quant_method": "gptq", "bits": 4}
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="'gptq'"):
+        load_model(broken, device="cpu", progress=False)
+
+
+@needs_tiny
+def test_plain_transformers_refuses_the_quantized_checkpoint(int4_checkpoint):
+    import transformers
+
+    with pytest.raises((ValueError, KeyError, RuntimeError, OSError)):
+        transformers.GlmForCausalLM.from_pretrained(int4_checkpoint)
+
+
+def test_quantize_is_for_local_weights_only():
+    from glm_agent.models import load_chat_model
+
+    with pytest.raises(ModelError, match="local weights only"):
+        load_chat_model("http://127.0.0.1:9/v1", quantize="int8")
