@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -338,3 +339,34 @@ def test_quantize_is_for_local_weights_only():
 
     with pytest.raises(ModelError, match="local weights only"):
         load_chat_model("http://127.0.0.1:9/v1", quantize="int8")
+
+
+@needs_tiny
+@needs_kernels
+def test_perplexity_script_compares_precisions_on_the_shipped_text():
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "perplexity.py"
+    done = subprocess.run(
+        [sys.executable, str(script), str(TINY), "--quantize", "int8", "--length", "256", "--stride", "128"]
+        + ["--max-windows", "3"],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["text"] == "tang300.txt" and report["text_tokens"] > 20000
+    bf16, int8 = report["results"]["bf16"], report["results"]["int8"]
+    assert bf16["windows"] == 3 and bf16["scored_tokens"] == 255 + 2 * 128
+    assert math.isfinite(bf16["perplexity"]) and bf16["over_bf16"] == 1.0
+    assert abs(int8["over_bf16"] - 1) < 0.005  # int8 within 0.5% of bf16, as on real weights
+
+
+def test_strided_windows_score_every_token_once():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from perplexity import windows
+
+    for total, length, stride in ((27521, 2048, 512), (10, 4, 2), (100, 128, 64), (129, 64, 32)):
+        scored = [t for _, end, first in windows(total, length, stride) for t in range(first, end)]
+        assert scored == list(range(1, total))
+        assert all(end - start <= length for start, end, _ in windows(total, length, stride))
