@@ -341,13 +341,15 @@ def test_quantize_is_for_local_weights_only():
         load_chat_model("http://127.0.0.1:9/v1", quantize="int8")
 
 
+OPTIONS = ("--length", "256", "--stride", "128", "--max-windows", "3")
+
+
 @needs_tiny
 @needs_kernels
 def test_perplexity_script_compares_precisions_on_the_shipped_text():
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "perplexity.py"
     done = subprocess.run(
-        [sys.executable, str(script), str(TINY), "--quantize", "int8", "--length", "256", "--stride", "128"]
-        + ["--max-windows", "3"],
+        [sys.executable, str(script), str(TINY), "--quantize", "int8", *OPTIONS],
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
         capture_output=True,
         text=True,
