@@ -46,12 +46,10 @@ def deep_schema_tools(depth: int, count: int = 10) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def tracebacks(caplog: pytest.LogCaptureFixture) -> Iterator[list[logging.LogRecord]]:
-    """Log records that carry a traceback (none may appear for bad input)."""
+def tracebacks(caplog: pytest.LogCaptureFixture) -> Any:
+    """A function listing the log records so far that carry a traceback (bad input may cause none)."""
     caplog.set_level(logging.WARNING)
-    records: list[logging.LogRecord] = []
-    yield records
-    records.extend(r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage())
+    return lambda: [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
 
 
 @pytest.fixture
@@ -91,14 +89,14 @@ def deep_schema_request(depth: int, count: int = 10) -> bytes:
     return f'{{"model": "scripted", "messages": {json.dumps(USER)}, "tools": [{tools}]}}'.encode()
 
 
-def test_deep_tool_schemas_are_refused_at_parse(serve: Any, tracebacks: list[logging.LogRecord]) -> None:
+def test_deep_tool_schemas_are_refused_at_parse(serve: Any, tracebacks: Any) -> None:
     srv = serve(context_length=8192)
     response = post(srv, deep_schema_request(900))
     error = error_of(response)
     assert response.status_code == 400 and "nests deeper than 64 levels" in error["message"]
     less_deep = post(srv, deep_schema_request(40))  # 80 levels: past the limit, named where it starts
     assert less_deep.status_code == 400 and error_of(less_deep)["param"] == "tools[0].function.parameters"
-    assert not tracebacks
+    assert not tracebacks()
 
 
 def test_a_prompt_sure_to_exceed_the_context_is_refused_before_tokenizing(
@@ -120,6 +118,18 @@ def test_a_prompt_sure_to_exceed_the_context_is_refused_before_tokenizing(
     assert "a token covers at most" in error["message"] and calls == []
     fine = post(srv, {"model": "scripted", "messages": USER, "tools": deep_schema_tools(3, count=2)})
     assert fine.status_code == 200 and calls == [1]
+
+
+def test_the_traceback_check_sees_a_real_failure(serve: Any, tracebacks: Any) -> None:
+    """The check the tests above rely on: a backend that raises is a 500 with its traceback in the log."""
+
+    def broken(messages: Any) -> str:
+        raise RuntimeError("the backend fell over")
+
+    srv = serve(ScriptedModel(broken))
+    response = post(srv, {"model": "scripted", "messages": USER})
+    assert response.status_code == 500 and error_of(response)["type"] == "server_error"
+    assert tracebacks()
 
 
 # -- 3 and 6: size and time limits ---------------------------------------------------------------------------------
@@ -221,7 +231,7 @@ def test_slow_heads_and_bodies_get_408_and_are_closed(serve: Any) -> None:
     ],
 )
 def test_malformed_requests_are_400s_with_param(
-    serve: Any, tracebacks: list[logging.LogRecord], raw: bytes, param: str | None, message: str
+    serve: Any, tracebacks: Any, raw: bytes, param: str | None, message: str
 ) -> None:
     srv = serve()
     for path in ("/v1/chat/completions", "/v1/completions"):
@@ -236,16 +246,16 @@ def test_malformed_requests_are_400s_with_param(
         assert message in error["message"], error
         if path == "/v1/chat/completions" and param is not None:
             assert error["param"] == param, error
-    assert not tracebacks
+    assert not tracebacks()
 
 
-def test_degenerate_sampling_values_never_500(serve: Any, tracebacks: list[logging.LogRecord]) -> None:
+def test_degenerate_sampling_values_never_500(serve: Any, tracebacks: Any) -> None:
     srv = serve()
     for extra in ({"temperature": 1e-300}, {"seed": 2**63}, {"seed": -(2**63)}, {"top_p": 1e-300}, {"top_k": 10**30}):
         response = post(srv, {"model": "scripted", "messages": USER, **extra})
         assert response.status_code == 200, (extra, response.text)
     assert post(srv, {"model": "scripted", "messages": USER, "seed": 2**70}).status_code == 400
-    assert not tracebacks
+    assert not tracebacks()
 
 
 def test_method_and_route_errors_have_openai_shape(serve: Any) -> None:

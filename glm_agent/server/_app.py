@@ -9,6 +9,7 @@ import logging
 import socket
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -98,6 +99,7 @@ class _Server:
         self.specials = list(SPECIAL_TOKENS)
         self.budget = PromptBudget(tokenizer, self.context_length)
         self.workers = concurrent.futures.ThreadPoolExecutor(PREPARE_WORKERS, thread_name_prefix="glm-agent-prepare")
+        weakref.finalize(self, self.workers.shutdown, wait=False)  # the pool's threads end with the app
 
     # -- request checks ----------------------------------------------------------------------
     async def in_worker(self, function: Callable[..., Any], *args: Any) -> Any:
