@@ -30,6 +30,7 @@ PLOT = code(
 )
 
 
+@pytest.mark.kernel
 def test_code_episode_with_image_error_recovery_and_notebook(tmp_path):
     model = ScriptedModel(
         [
@@ -70,6 +71,7 @@ def test_code_episode_with_image_error_recovery_and_notebook(tmp_path):
     assert sum(c.cell_type == "code" for c in nb2.cells) == 3
 
 
+@pytest.mark.kernel
 def test_state_persists_across_turns_and_runs():
     model = ScriptedModel([code("x = 41"), "\n set", code("print(x + 1)"), "\n 42"])
     with Agent(model, code_interpreter=True) as agent:
@@ -78,6 +80,7 @@ def test_state_persists_across_turns_and_runs():
         assert "42" in result.calls[0].observation
 
 
+@pytest.mark.kernel
 def test_uploaded_files_are_announced_and_reachable(tmp_path):
     data = tmp_path / "numbers.csv"
     data.write_text("a\n1\n2\n3\n", encoding="utf-8")
@@ -92,6 +95,7 @@ def test_uploaded_files_are_announced_and_reachable(tmp_path):
 SLEEPER = "open('started', 'w').close()\nimport time\ntime.sleep(60)"  # the marker file: the sleep has begun
 
 
+@pytest.mark.kernel
 def test_cancelling_while_code_runs_interrupts_the_kernel_and_keeps_state():
     async def go():
         model = ScriptedModel([code("y = 7"), "\n ok", code(SLEEPER), code("print(y)"), "\n 7"])
@@ -115,6 +119,7 @@ def test_cancelling_while_code_runs_interrupts_the_kernel_and_keeps_state():
 
 
 @needs_shared
+@pytest.mark.slow
 def test_local_model_episode_on_the_tiny_checkpoint_holds_together(tokenizer):
     from glm_agent.models import LocalModel
 
@@ -133,6 +138,7 @@ def test_local_model_episode_on_the_tiny_checkpoint_holds_together(tokenizer):
     json.dumps([e.to_dict() for e in result.events])
 
 
+@pytest.mark.kernel
 def test_agent_cancel_interrupts_running_code_and_the_kernel_keeps_its_state():
     from concurrent.futures import ThreadPoolExecutor
 

@@ -164,6 +164,7 @@ def test_tools_prints_schemas():
 
 
 # -- errors: one line, non-zero, no traceback ---------------------------------------------------------
+@pytest.mark.slow
 def test_missing_weights_is_one_line(tmp_path):
     missing = tmp_path / "no-such-checkpoint"
     proc = glm_agent("run", "hi", "--model", str(missing))
@@ -312,6 +313,7 @@ def test_chat_at_a_terminal_ctrl_c_stops_the_agent_and_ctrl_d_leaves(tmp_path):
 
 # -- a real checkpoint -----------------------------------------------------------------------------
 @needs_tiny_checkpoint
+@pytest.mark.slow
 def test_run_with_real_weights_streams_generated_text():
     proc = glm_agent(
         "run", "hi", "--model", str(TINY), "--json", "--max-new-tokens", "6", "--temperature", "0", timeout=180
@@ -328,6 +330,8 @@ def test_run_with_real_weights_streams_generated_text():
 PLOT = "import matplotlib.pyplot as plt\nplt.plot([1, 4, 9])\nplt.show()\nprint(sum([1, 4, 9]))"
 
 
+@pytest.mark.slow
+@pytest.mark.kernel
 def test_run_with_the_code_interpreter_then_notebook_from_the_saved_session(tmp_path):
     model = script(tmp_path, [f"interpreter\n ```python\n{PLOT}\n```", "\n The sum is 14."])
     session, live, workspace = tmp_path / "session.jsonl", tmp_path / "live.ipynb", tmp_path / "ws"
@@ -372,6 +376,7 @@ def test_run_with_the_code_interpreter_then_notebook_from_the_saved_session(tmp_
     assert glm_agent("notebook", str(session)).returncode == 0 and session.with_suffix(".ipynb").is_file()
 
 
+@pytest.mark.slow
 def test_notebook_command_errors_are_one_line(tmp_path):
     assert_one_line_error(glm_agent("notebook", str(tmp_path / "none.jsonl")), "no conversation file")
     bad = tmp_path / "bad.jsonl"
@@ -411,6 +416,8 @@ def _state(pid: int) -> str:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc to find the kernel process")
+@pytest.mark.slow
+@pytest.mark.kernel
 def test_chat_ctrl_c_stops_running_code_and_the_kernel_is_shut_down_on_exit(tmp_path):
     compute = "interpreter\n ```python\nprint(6 * 7)\n```"
     sleeper = "import time\nopen('sleeping', 'w').close()\ntime.sleep(60)"
@@ -496,6 +503,7 @@ def test_run_at_a_terminal_asks_before_each_call(tmp_path):
     assert lines[-1] == {"type": "final_answer", "step": 2, "text": "4 and 6."}
 
 
+@pytest.mark.kernel
 def test_chat_with_a_workspace_keeps_files_and_reset_gives_a_fresh_kernel(tmp_path):
     write = "interpreter\n ```python\nx = 5\nopen('/mnt/data/note.txt', 'w').write('kept')\nprint(x)\n```"
     check = "interpreter\n ```python\nprint('x' in globals())\n```"

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from tests._data import REPO
@@ -68,6 +69,8 @@ def test_official_demo_tools_run_unchanged():
     assert "<- ok: 82" in out and out.rstrip().endswith("is 82.")
 
 
+@pytest.mark.slow
+@pytest.mark.kernel
 def test_code_analysis_runs_code_draws_a_plot_and_saves_a_notebook(tmp_path):
     proc = run_example("code_analysis.py", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
@@ -96,6 +99,7 @@ def test_an_example_with_a_missing_model_says_so_in_one_line(tmp_path):
     assert proc.stderr.startswith("error:") and "no-checkpoint" in proc.stderr
 
 
+@pytest.mark.kernel
 def test_agent_notebook_executes(monkeypatch):
     monkeypatch.delenv("GLM_AGENT_MODEL", raising=False)  # the kernel inherits the environment
     notebook = nbformat.read(str(EXAMPLES / "agent_notebook.ipynb"), as_version=4)

@@ -17,6 +17,8 @@ from glm_agent.interpreter import CodeInterpreter, ErrorOutput, Limits, StreamOu
 from glm_agent.interpreter._limits import MiB
 from tests._helpers import wait_until_async
 
+pytestmark = pytest.mark.kernel
+
 ISOLATION = detect_isolation()
 needs_isolation = pytest.mark.skipif(
     not ISOLATION.enabled, reason=f"Linux namespaces are not available here: {ISOLATION.reason}"
@@ -78,6 +80,7 @@ def test_exception_is_the_clean_traceback(interp):
     assert "----> 4 f()" in result.observation
 
 
+@pytest.mark.slow
 def test_timeout_interrupts_and_keeps_state(interp):
     interp.run("kept = 'still here'")
     result = interp.run("print('looping')\nwhile True: pass", timeout=2)
@@ -89,6 +92,7 @@ def test_timeout_interrupts_and_keeps_state(interp):
     assert interp.run("print(kept)").observation == "```result\nstill here\n```"
 
 
+@pytest.mark.slow
 def test_code_ignoring_sigint_gets_a_restart(interp):
     interp.run("before_restart = 1\nopen('survives.txt', 'w').write('file')")
     code = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: pass"

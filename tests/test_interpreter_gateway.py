@@ -26,6 +26,8 @@ from glm_agent.interpreter import CodeInterpreter, KernelGateway, Limits, detect
 from tests._helpers import free_port, wait_until
 from tests.gateway_server import CONFIG, FlakyProxy, GatewayServer
 
+pytestmark = [pytest.mark.kernel, pytest.mark.gateway]  # every session here comes with the module's gateway
+
 KINDS = ["local", "gateway"]
 
 
@@ -129,6 +131,7 @@ def test_errors_are_clean_tracebacks(interp):
     assert result.observation.startswith("```result\nbefore\n")
 
 
+@pytest.mark.slow
 def test_timeout_interrupts_and_keeps_state(interp):
     interp.run("kept = 'still here'")
     result = interp.run("print('looping', flush=True)\nwhile True: pass", timeout=2)
@@ -137,6 +140,7 @@ def test_timeout_interrupts_and_keeps_state(interp):
     assert interp.run("print(kept)").observation == "```result\nstill here\n```"
 
 
+@pytest.mark.slow
 def test_code_ignoring_the_interrupt_gets_a_restart_and_files_stay(interp):
     interp.run("before_restart = 1\nopen('survives.txt', 'w').write('file')")
     result = interp.run("import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: pass", timeout=1)
@@ -145,6 +149,7 @@ def test_code_ignoring_the_interrupt_gets_a_restart_and_files_stay(interp):
     assert interp.run("print(open('survives.txt').read())").observation == "```result\nfile\n```"
 
 
+@pytest.mark.slow
 def test_kernel_death_says_why_and_restarts(interp):
     result = interp.run("print('bye', flush=True)\nimport os; os._exit(3)")
     assert result.status == "died" and result.restarted and result.state_lost
@@ -190,6 +195,7 @@ def test_a_million_lines_are_bounded(interp):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.slow
 async def test_concurrent_sessions_do_not_see_each_other(kind, make_session):
     sessions = await asyncio.gather(*(asyncio.to_thread(make_session, kind, timeout=20) for _ in range(3)))
     try:
@@ -259,6 +265,7 @@ def test_wrong_token_is_refused_with_a_clear_error(gateway):
         CodeInterpreter(gateway=gateway.url)
 
 
+@pytest.mark.slow
 def test_kernel_deleted_behind_the_sessions_back_is_replaced(make_session, gateway):
     session = make_session("gateway")
     session.run("variable = 1\nopen('kept.txt', 'w').write('still on disk')")
@@ -270,6 +277,7 @@ def test_kernel_deleted_behind_the_sessions_back_is_replaced(make_session, gatew
     assert result.stdout == "still on disk\n" and result.error.ename == "NameError"  # files stay, variables do not
 
 
+@pytest.mark.slow
 def test_websocket_dropped_mid_run_reconnects_and_says_so(make_session, gateway):
     proxy = FlakyProxy(gateway.port)
     try:
@@ -286,6 +294,7 @@ def test_websocket_dropped_mid_run_reconnects_and_says_so(make_session, gateway)
         proxy.close()
 
 
+@pytest.mark.slow
 def test_reply_lost_with_the_connection_ends_the_run_with_a_notice(make_session, gateway):
     proxy = FlakyProxy(gateway.port)
     try:
@@ -309,6 +318,7 @@ def test_reply_lost_with_the_connection_ends_the_run_with_a_notice(make_session,
         proxy.close()
 
 
+@pytest.mark.slow
 def test_culled_kernel_and_killed_gateway():
     """A gateway that culls idle kernels after 4 s, then is killed mid-run (SIGKILL)."""
     server = GatewayServer(env={"KG_CULL_IDLE_TIMEOUT": "4", "KG_CULL_INTERVAL": "1"})
@@ -343,6 +353,7 @@ def test_culled_kernel_and_killed_gateway():
     assert not Path(server.runtime_dir).exists()
 
 
+@pytest.mark.slow
 def test_the_gateway_configuration_refuses_to_run_without_a_token():
     jupyter = Path(sys.executable).with_name("jupyter")
     env = {k: v for k, v in os.environ.items() if k != "KG_AUTH_TOKEN"}

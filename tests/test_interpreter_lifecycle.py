@@ -23,6 +23,8 @@ from glm_agent.messages import AssistantMessage, ObservationMessage, SystemMessa
 from tests._data import REPO
 from tests._helpers import wait_until
 
+pytestmark = pytest.mark.kernel
+
 
 def _kernel_processes() -> list[psutil.Process]:
     """Our kernel supervisors and kernels (descendants of this test process)."""
@@ -57,6 +59,7 @@ def _tree(pid: int) -> list[int]:
     return [pid] + [p.pid for p in psutil.Process(pid).children(recursive=True)]
 
 
+@pytest.mark.slow
 async def test_eight_concurrent_sessions_do_not_see_each_other():
     with ThreadPoolExecutor(4) as executor:
         sessions = list(executor.map(lambda _i: CodeInterpreter(timeout=20), range(8)))
@@ -114,6 +117,7 @@ def test_session_with_its_own_workspace_does_not_take_from_the_pool(tmp_path):
             CodeInterpreter(pool=pool, limits=Limits(open_files=512))
 
 
+@pytest.mark.slow
 def test_hundred_open_close_cycles_leak_no_processes_or_fds():
     """100 real sessions (two at a time, so both cores work), each running code; nothing may remain."""
     me = psutil.Process()

@@ -39,6 +39,7 @@ def glm_agent(*args: str) -> list[str]:
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
+@pytest.mark.slow
 def test_run_with_mcp_calls_the_servers_tool(tmp_path):
     config = write_config(tmp_path)
     replies = write_replies(tmp_path, [call("test__add", "a=40, b=2"), "\n The answer is 42."])
@@ -76,6 +77,7 @@ def _pids(pid_file) -> list[int]:
     return [int(line) for line in pid_file.read_text().split()] if pid_file.exists() else []
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_an_mcp_call_ends_the_server_and_its_children(tmp_path):
     pid_file = tmp_path / "pids"
     config = write_config(tmp_path, pid_file)

@@ -162,6 +162,7 @@ def test_connecting_to_a_missing_command_is_a_clear_error():
         connect_mcp({"nope": MCPServerStdio("no-such-mcp-server-binary")})
 
 
+@pytest.mark.slow
 def test_a_server_that_never_answers_times_out_and_is_ended():
     spec = MCPServerStdio(sys.executable, ["-c", "import time; time.sleep(120)"], connect_timeout=1.5)
     connection = MCPConnection("mute", spec)

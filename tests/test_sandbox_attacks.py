@@ -24,7 +24,10 @@ from glm_agent.interpreter._limits import MiB
 from tests._data import REPO
 from tests.gateway_server import GatewayServer
 
-pytestmark = pytest.mark.skipif(not detect_isolation().enabled, reason=f"needs isolation: {detect_isolation().reason}")
+pytestmark = [
+    pytest.mark.skipif(not detect_isolation().enabled, reason=f"needs isolation: {detect_isolation().reason}"),
+    pytest.mark.kernel,
+]
 
 LIMITS = Limits(max_processes=64, total_memory_bytes=768 * MiB, workspace_bytes=64 * MiB)
 SECRETS = {
@@ -33,7 +36,7 @@ SECRETS = {
     "MY_DB_PASSWORD": "redteam-db-password",
     "FOO": "redteam-foo",
 }
-KINDS = ["local", "gateway"]
+KINDS = ["local", pytest.param("gateway", marks=pytest.mark.gateway)]
 
 
 @pytest.fixture(scope="module")
@@ -219,6 +222,7 @@ print(subprocess.run(['unshare', '-U', 'true'], capture_output=True).returncode 
     still_works(session)
 
 
+@pytest.mark.slow
 def test_a_fork_bomb_stops_at_the_process_limit(session):
     code = """
 import os, time
@@ -254,6 +258,7 @@ except OSError as exc:
     still_works(session)
 
 
+@pytest.mark.slow
 def test_ten_processes_over_the_total_memory_limit_are_killed(session):
     code = """
 import os, time

@@ -334,6 +334,7 @@ def test_backend_errors_become_500_or_400(serve):
         list(c.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "x"}], stream=True))
 
 
+@pytest.mark.slow
 def test_queue_full_health_while_generating_and_release(serve):
     model = SlowModel(["\n" + "x" * 40, "\n ok"], delay=0.05)
     srv = serve(model, max_concurrency=1, max_queue=0)
