@@ -98,7 +98,10 @@ def test_ctrl_c_during_an_mcp_call_ends_the_server_and_its_children(tmp_path):
             time.sleep(0.1)
         pids = _pids(pid_file)
         assert len(pids) == 2, "the server and its child should have started"
-        time.sleep(1.0)  # now inside the slow call
+        for line in process.stdout:  # --json: one event a line, printed as it happens
+            event = json.loads(line)
+            if event["type"] == "tool_call" and event["call"]["name"] == "test__slow":
+                break  # the slow call is under way
         process.send_signal(signal.SIGINT)
         code = process.wait(60)
     finally:

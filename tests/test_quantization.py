@@ -31,10 +31,11 @@ from glm_agent.quantization import (  # noqa: E402
     quantize,
     unpack_nibbles,
 )
+from tests._data import REPO, needs_tiny_checkpoint  # noqa: E402
+from tests._data import TINY_CHECKPOINT as TINY  # noqa: E402
 
-TINY = Path(__file__).resolve().parents[1].parent / "shared" / "chatglm3" / "golden" / "tiny-chatglm3"
 needs_kernels = pytest.mark.skipif(not cpu_kernels_available(), reason="this torch lacks the CPU int8/int4 kernels")
-needs_tiny = pytest.mark.skipif(not TINY.is_dir(), reason=f"reference data {TINY} is absent (../shared/chatglm3)")
+needs_tiny = needs_tiny_checkpoint
 SPECS = [QuantSpec("int8"), QuantSpec("int4", 32), QuantSpec("int4", 128)]
 MESSAGES = [{"role": "user", "content": "What is the weather in Paris and in 北京? Answer briefly."}]
 
@@ -157,7 +158,7 @@ def test_without_avx512_the_kernels_still_work_and_say_they_are_slow():
         "        assert err < 1e-5, (spec, rows, err)\n"
         "print('capability', torch.backends.cpu.get_cpu_capability())\n"
     )
-    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "capability AVX2" in done.stdout
@@ -289,7 +290,7 @@ def test_a_checkpoint_quantized_elsewhere_loads_on_a_cpu_with_other_kernels(int4
         "m = LocalModel.from_pretrained(sys.argv[1], device='cpu', dtype='float32', temperature=0, max_new_tokens=16)\n"
         "sys.stdout.write(''.join(m.stream([{'role': 'user', 'content': sys.argv[2]}])))\n"
     )
-    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "PYTHONPATH": str(REPO)}
     done = subprocess.run(
         [sys.executable, "-c", code, str(int4_checkpoint), MESSAGES[0]["content"]],
         env=env,
@@ -347,10 +348,10 @@ OPTIONS = ("--length", "256", "--stride", "128", "--max-windows", "3")
 @needs_tiny
 @needs_kernels
 def test_perplexity_script_compares_precisions_on_the_shipped_text():
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "perplexity.py"
+    script = REPO / "benchmarks" / "perplexity.py"
     done = subprocess.run(
         [sys.executable, str(script), str(TINY), "--quantize", "int8", *OPTIONS],
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
         text=True,
         timeout=300,
@@ -365,7 +366,7 @@ def test_perplexity_script_compares_precisions_on_the_shipped_text():
 
 
 def test_strided_windows_score_every_token_once():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.path.insert(0, str(REPO / "benchmarks"))
     from perplexity import windows
 
     for total, length, stride in ((27521, 2048, 512), (10, 4, 2), (100, 128, 64), (129, 64, 32)):
