@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import nbformat
-from nbformat import v4
+import nbformat as _nbformat
+from nbformat import v4 as _v4
 
 from glm_agent.interpreter._results import (
     DisplayOutput,
@@ -21,6 +21,10 @@ from glm_agent.interpreter._results import (
 
 if TYPE_CHECKING:
     from glm_agent.messages import MessageLike
+
+# nbformat has no type hints: its builders are used through Any (mypy --strict forbids untyped calls)
+nbformat: Any = _nbformat
+v4: Any = _v4
 
 __all__ = ["build_notebook", "write_notebook", "conversation_to_notebook"]
 
