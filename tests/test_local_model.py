@@ -328,3 +328,29 @@ def test_relayout_false_keeps_the_model_savable(tmp_path, tokenizer, golden):
     again = LocalModel(GlmForCausalLM.from_pretrained(tmp_path), tokenizer)
     "".join(again._stream(case["input_ids"], GenerationParams(**GREEDY)))
     assert again.last_stats.output_ids == case["greedy_new_tokens"]
+
+
+def test_bfloat16_weights_packed_for_onednn_decode_as_transformers_does(tokenizer):
+    """In bfloat16 on CPU the lean engine packs the weights for oneDNN; tokens and the model's own forward are unchanged."""
+    from glm_agent.models._packed_linear import PackedLinear, packing_available
+
+    weights = load_model(TINY, dtype="bfloat16", device="cpu", progress=False)
+    messages = [{"role": "user", "content": "What is the weather in Paris and in 北京?"}]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    tensor = torch.tensor([ids])
+    with torch.inference_mode():
+        before = weights(tensor).logits
+        generated = weights.generate(tensor, do_sample=False, max_new_tokens=24, eos_token_id=None, pad_token_id=0)
+    local = LocalModel(weights, tokenizer, temperature=0, max_new_tokens=24)
+    local.stop_ids = frozenset()
+    "".join(local.stream(messages))
+    assert local.last_stats.output_ids == generated[0, len(ids) :].tolist()
+    if packing_available(torch.bfloat16):
+        assert isinstance(weights.lm_head, PackedLinear)
+        assert isinstance(weights.model.layers[0].self_attn.q_proj.fused, PackedLinear)
+    with torch.inference_mode():
+        assert torch.equal(weights(tensor).logits, before)
+    again = LocalModel(weights, tokenizer, temperature=0, max_new_tokens=24)  # a second engine on packed weights
+    again.stop_ids = frozenset()
+    "".join(again.stream(messages))
+    assert again.last_stats.output_ids == local.last_stats.output_ids

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from glm_agent.errors import ModelError
 from glm_agent.models._cpu_tuning import keep_freed_memory
+from glm_agent.models._packed_linear import RowSlice, pack_fused_qkv, pack_linear, packing_available
 
 logger = logging.getLogger(__name__)
 
@@ -84,12 +85,10 @@ class LeanGlmRunner:
         column_major = relayout and self.device.type == "cpu" and self.dtype == torch.float32
         if column_major:
             _use_column_major(model)
-        projections = [
-            _fused_qkv(layer.self_attn, column_major)
-            if relayout and _plain(layer.self_attn)
-            else _SeparateQKV(layer.self_attn)
-            for layer in base.layers
-        ]
+        pack = relayout and self.device.type == "cpu" and packing_available(self.dtype)
+        if pack:  # bfloat16: oneDNN's blocked layout, 1.5-7x faster per decode product (see _packed_linear)
+            _pack_linears(model)
+        projections = [_qkv(layer.self_attn, relayout, column_major, pack) for layer in base.layers]
         self.lm_head = _linear(model.lm_head)
         self.lm_head_device = _device_of(model.lm_head)
         self.layers = [
@@ -121,7 +120,7 @@ class LeanGlmRunner:
         if not all(type(m.mlp.activation_fn).__name__ in ("SiLU", "SiLUActivation") for m in model.model.layers):
             return "the MLP activation is not SiLU"
         attn = model.model.layers[0].self_attn
-        if len({p.bias is None for p in (attn.q_proj, attn.k_proj, attn.v_proj)}) != 1:
+        if len({getattr(p, "bias", None) is None for p in (attn.q_proj, attn.k_proj, attn.v_proj)}) != 1:
             return "q/k/v projections mix biases"
         rope = getattr(model.config, "rope_parameters", None) or getattr(model.config, "rope_scaling", None) or {}
         if rope.get("rope_type", "default") != "default":
@@ -245,6 +244,24 @@ class _SeparateQKV:
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
         return torch.cat([p(h) for p in self.projections], dim=-1)
+
+
+def _qkv(attn: Any, relayout: bool, column_major: bool, pack: bool) -> Any:
+    """One callable for q, k and v: a fused (packed) product when the weights allow, else three."""
+    if isinstance(attn.q_proj, RowSlice):
+        return attn.q_proj.fused
+    if relayout and _plain(attn):
+        return pack_fused_qkv(attn) if pack else _fused_qkv(attn, column_major)
+    return _SeparateQKV(attn)
+
+
+def _pack_linears(model: Any) -> None:
+    """Every ``nn.Linear`` outside attention's q/k/v (fused separately) becomes a :class:`PackedLinear`."""
+    for name, module in list(model.named_modules()):
+        if name.endswith(("q_proj", "k_proj", "v_proj")) or not isinstance(module, torch.nn.Linear):
+            continue
+        owner_name, _, attr = name.rpartition(".")
+        pack_linear(model.get_submodule(owner_name) if owner_name else model, attr)
 
 
 def _plain(attn: Any) -> bool:
