@@ -373,3 +373,15 @@ def test_strided_windows_score_every_token_once():
         scored = [t for _, end, first in windows(total, length, stride) for t in range(first, end)]
         assert scored == list(range(1, total))
         assert all(end - start <= length for start, end, _ in windows(total, length, stride))
+
+
+@needs_kernels
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.label)
+def test_long_prompts_dequantize_in_row_blocks(spec, monkeypatch):
+    from glm_agent.quantization import _linear
+
+    monkeypatch.setattr(_linear, "_DENSE_BLOCK_ROWS", 64)
+    portable = quantize(torch.randn(320, 160), spec)
+    layer = QuantizedLinear(portable, torch.randn(320))
+    x = torch.randn(DEQUANTIZE_MIN_ROWS + 3, 160)
+    assert relative_error(layer(x), x @ dequantize(portable).t() + layer.bias) < 1e-5

@@ -31,6 +31,7 @@ __all__ = ["QuantizedLinear", "cpu_kernels_available", "fast_cpu_kernels"]
 
 _INT8_K_MULTIPLE = 32  # the int8 kernel's input dimension is padded to a multiple of this
 _INT4_N_MULTIPLE = 64  # the int4 packing's row block on AVX-512
+_DENSE_BLOCK_ROWS = 2048  # output rows dequantized at a time for a dense product (a multiple of 64)
 DEQUANTIZE_MIN_ROWS = 128  # products over this many rows dequantize and use a dense product
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _warned: set[str] = set()
@@ -162,7 +163,9 @@ class QuantizedLinear(torch.nn.Module):
             or x.dtype not in _KERNEL_DTYPES
             or (rows >= DEQUANTIZE_MIN_ROWS and self._can_dequantize())
         ):
-            return F.linear(x, self.dequantized(x.dtype), self._bias_as(x.dtype))
+            if self.backend == "dequantize" or x.dtype not in _KERNEL_DTYPES:
+                return F.linear(x, self.dequantized(x.dtype), self._bias_as(x.dtype))
+            return self._dense_in_blocks(x)
         flat = x.reshape(-1, x.shape[-1])
         if self._padded_in != self.in_features:
             flat = F.pad(flat, (0, self._padded_in - self.in_features))
@@ -205,6 +208,33 @@ class QuantizedLinear(torch.nn.Module):
             scales_and_zeros[..., 0].t().contiguous(),
             scales_and_zeros[..., 1].t().contiguous(),
         )
+
+    def _dense_in_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """``x W^T + b`` with ``W`` dequantized ``_DENSE_BLOCK_ROWS`` output rows at a time (bounded scratch memory)."""
+        flat = x.reshape(-1, x.shape[-1])
+        out = torch.empty((flat.shape[0], self.out_features), dtype=x.dtype)
+        for start in range(0, self.out_features, _DENSE_BLOCK_ROWS):
+            end = min(start + _DENSE_BLOCK_ROWS, self.out_features)
+            torch.matmul(flat, self._dequantized_rows(start, end, x.dtype).t(), out=out[:, start:end])
+        bias = self._bias_as(out.dtype)
+        if bias is not None:
+            out += bias
+        return out.view(*x.shape[:-1], self.out_features)
+
+    def _dequantized_rows(self, start: int, end: int, dtype: torch.dtype) -> torch.Tensor:
+        """Output rows ``[start, end)`` of the weight in ``dtype`` (``start`` a multiple of 64)."""
+        k = self.in_features
+        if self.backend == "int8_cpu":
+            return self.qweight[start:end, :k] * self._scales_as(dtype)[start:end, None]
+        rows = -(-(end - start) // _INT4_N_MULTIPLE) * _INT4_N_MULTIPLE
+        per_row = self.qweight.numel() // self._padded_out
+        packed = self.qweight.reshape(-1)[start * per_row : (start + rows) * per_row]
+        values = _unpack_int4_cpu(packed, rows, self._padded_in)[: end - start]
+        scales_and_zeros = self._scales_as(dtype)[:, start:end]  # [groups, rows, 2]
+        g = self.group_size
+        w = (values.to(dtype).view(end - start, -1, g) - 8) * scales_and_zeros[..., 0].t()[..., None]
+        w += scales_and_zeros[..., 1].t()[..., None]
+        return w.view(end - start, -1)[:, :k]
 
     def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The ``[out_features, in_features]`` weight in ``dtype``."""
