@@ -43,7 +43,9 @@ REPEATS = 5
 
 
 def memory_bandwidth(repeats: int = 10) -> float:
-    """Bytes/s of a float32 matrix-vector product over 256 MiB, best of row- and column-major layouts."""
+    """Memory read bandwidth in bytes/s: the best of a float32 matrix-vector product over 256 MiB
+    (row- and column-major) and a plain sum over the same 256 MiB (a pure streaming read).
+    """
     import torch
 
     n = 8192
@@ -52,7 +54,7 @@ def memory_bandwidth(repeats: int = 10) -> float:
     transposed = weight.t().contiguous()
     best = float("inf")
     for _ in range(repeats):
-        for product in (lambda: torch.mv(weight, vector), lambda: vector @ transposed):
+        for product in (lambda: torch.mv(weight, vector), lambda: vector @ transposed, weight.sum):
             start = time.perf_counter()
             product()
             best = min(best, time.perf_counter() - start)

@@ -139,14 +139,14 @@ class LeanGlmRunner:
             return
         capacity = min(self.max_length, max(needed, 2 * self.capacity, _GROW))
         capacity = min(self.max_length, -(-capacity // _GROW) * _GROW)
-        shape = (1, self.num_kv, capacity, self.head_dim)
+        shape = (self.num_kv, capacity, self.head_dim)
         keys, values = [], []
         for i, layer in enumerate(self.layers):
             k = torch.empty(shape, dtype=self.dtype, device=layer[-1])
             v = torch.empty(shape, dtype=self.dtype, device=layer[-1])
             if self.length:
-                k[:, :, : self.length] = self.keys[i][:, :, : self.length]
-                v[:, :, : self.length] = self.values[i][:, :, : self.length]
+                k[:, : self.length] = self.keys[i][:, : self.length]
+                v[:, : self.length] = self.values[i][:, : self.length]
             keys.append(k)
             values.append(v)
         self.keys, self.values, self.capacity = keys, values, capacity
@@ -179,17 +179,24 @@ class LeanGlmRunner:
             qkv = qkv_proj(ln1(x)).view(count, heads + 2 * kv_heads, self.head_dim)
             qk = _apply_rotary(qkv[:, : heads + kv_heads], cos, sin)
             q, k, v = qk[:, :heads], qk[:, heads:], qkv[:, heads + kv_heads :]
-            keys, values = self.keys[i], self.values[i]
-            keys[0, :, past:total] = k.transpose(0, 1)
-            values[0, :, past:total] = v.transpose(0, 1)
+            keys, values = self.keys[i], self.values[i]  # [kv heads, capacity, head_dim]
+            keys[:, past:total] = k.transpose(0, 1)
+            values[:, past:total] = v.transpose(0, 1)
             # grouped heads: the rep query heads of a KV head attend as rep*T rows of one head
-            q = (
-                q.view(count, self.num_kv, rep, self.head_dim)
-                .permute(1, 2, 0, 3)
-                .reshape(1, self.num_kv, rep * count, self.head_dim)
-            )
-            attn = F.scaled_dot_product_attention(
-                q, keys[:, :, :total], values[:, :, :total], attn_mask=mask, scale=self.head_dim**-0.5
+            q = q.view(count, self.num_kv, rep, self.head_dim).permute(1, 2, 0, 3).reshape(self.num_kv, rep * count, -1)
+            # one call per KV head, so that keys and values are contiguous slices: with a strided
+            # [kv, :total] slice, CPU bfloat16 attention takes 2-8 ms instead of 0.05 ms a layer
+            attn = torch.cat(
+                [
+                    F.scaled_dot_product_attention(
+                        q[g : g + 1],
+                        keys[g : g + 1, :total],
+                        values[g : g + 1, :total],
+                        attn_mask=mask,
+                        scale=self.head_dim**-0.5,
+                    )
+                    for g in range(self.num_kv)
+                ]
             )
             attn = attn.view(self.num_kv, rep, count, self.head_dim).permute(2, 0, 1, 3).reshape(count, -1)
             x = x + o_proj(attn)

@@ -241,6 +241,13 @@ class QuantizedLinear(torch.nn.Module):
         if self.backend == "int8_cpu":
             q = self.qweight if self._padded_in == self.in_features else self.qweight[:, : self.in_features]
             return q * self._scales_as(dtype)[:, None] if dtype != torch.float32 else dequantize(self.portable(), dtype)
+        if self.backend == "int4_cpu" and not _int4_layout_known():
+            # an unknown packing: the kernel applied to the identity gives W^T (slow; for checks, not for speed)
+            eye = torch.eye(self._padded_in, dtype=torch.float32)
+            columns = torch._weight_int4pack_mm_for_cpu(
+                eye, self.qweight, self.group_size, self._scales_as(torch.float32)
+            )
+            return columns[: self.in_features, : self.out_features].t().to(dtype)
         return dequantize(self.portable(), dtype)
 
 
