@@ -14,11 +14,12 @@ import atexit
 import collections
 import logging
 import os
+import sys
 import threading
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from contextlib import AsyncExitStack
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import mcp_types as types
 from mcp import Client, StdioServerParameters
@@ -39,6 +40,7 @@ __all__ = ["MCPConnection", "MCPTool", "close_all_connections"]
 logger = logging.getLogger(__name__)
 
 State = Literal["new", "up", "down", "failed", "closed"]
+T = TypeVar("T")
 
 _CLOSE_GRACE = 10.0  # the SDK's stdio shutdown takes at most ~6 s (stdin close, SIGTERM, SIGKILL)
 _BACKSTOP = 5.0  # extra seconds a waiting thread allows beyond a coroutine's own limit
@@ -58,6 +60,17 @@ def _describe(exc: BaseException) -> str:
     leaf = _leaf(exc)
     text = str(leaf).strip()
     return f"{type(leaf).__name__}: {text}" if text else type(leaf).__name__
+
+
+async def _limited(awaitable: Coroutine[Any, Any, T], limit: float) -> T:
+    """Await with a time limit (``TimeoutError`` past it), without an extra task where asyncio allows."""
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(limit):
+            return await awaitable
+    try:  # pragma: no cover - Python 3.10
+        return await asyncio.wait_for(awaitable, limit)
+    except asyncio.TimeoutError:  # pragma: no cover
+        raise TimeoutError(limit) from None
 
 
 class _StderrTail:
@@ -367,9 +380,9 @@ class MCPConnection:
         if client is None or self.state != "up":
             return ToolOutput.error(f"MCP server {self.name!r} is not connected ({self.last_error or self.state})")
         try:
-            result = await asyncio.wait_for(client.call_tool(tool, arguments), limit)
-        except asyncio.TimeoutError:
-            raise TimeoutError(limit) from None
+            result = await _limited(client.call_tool(tool, arguments), limit)
+        except TimeoutError:  # our limit (an OSError subclass: it must not read as a crash below)
+            raise
         except MCPError as exc:
             if exc.code == types.CONNECTION_CLOSED:
                 return self._crashed(str(exc.message))
