@@ -110,3 +110,20 @@ def test_ctrl_c_during_an_mcp_call_ends_the_server_and_its_children(tmp_path):
             process.wait()
     assert code == 130
     assert wait_gone(pids, 10) == []
+
+
+def test_a_program_that_exits_without_closing_leaves_no_server_behind(tmp_path):
+    pid_file = tmp_path / "pids"
+    script = (
+        "import sys\n"
+        "from glm_agent.mcp import connect_mcp, MCPServerStdio\n"
+        f"spec = MCPServerStdio(sys.executable, [{str(SERVER)!r}], env={{'MCP_TEST_PID_FILE': {str(pid_file)!r}}})\n"
+        "tools = connect_mcp({'t': spec})\n"
+        "assert tools.call('t__spawn_child').ok\n"
+        "print('started', flush=True)\n"  # and exit without closing: the atexit hook ends the servers
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=ENV)
+    assert done.returncode == 0 and "started" in done.stdout, done.stderr
+    pids = _pids(pid_file)
+    assert len(pids) == 2
+    assert wait_gone(pids, 10) == []
