@@ -28,7 +28,7 @@ def _validator_for(schema: Mapping[str, Any], where: str) -> Any:
         ) from exc
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     try:
-        cls.check_schema(schema)
+        cls.check_schema(dict(schema))
     except jsonschema.SchemaError as exc:
         raise ToolDefinitionError(f"{where}: the parameters are not a valid JSON Schema: {exc.message}") from exc
     return cls(schema)
