@@ -380,7 +380,9 @@ class MCPConnection:
         if client is None or self.state != "up":
             return ToolOutput.error(f"MCP server {self.name!r} is not connected ({self.last_error or self.state})")
         try:
-            result = await _limited(client.call_tool(tool, arguments), limit)
+            # the session's call (what Client.call_tool wraps): no input-required rounds or extension
+            # claims to drive, since this client offers neither elicitation nor extensions
+            result = await _limited(client.session.call_tool(tool, arguments), limit)
         except TimeoutError:  # our limit (an OSError subclass: it must not read as a crash below)
             raise
         except MCPError as exc:
@@ -393,6 +395,10 @@ class MCPConnection:
             if self._client is None:
                 return self._crashed(_describe(exc))
             return ToolOutput.error(f"the call to MCP server {self.name!r} failed: {_describe(exc)}")
+        if not isinstance(result, types.CallToolResult):
+            return ToolOutput.error(
+                f"the MCP server {self.name!r} answered with a {type(result).__name__}, not a tool result"
+            )
         return result_to_output(result)
 
     def _crashed(self, why: str) -> ToolOutput:
