@@ -150,7 +150,7 @@ class MCPConnection:
         self._stderr: _StderrTail | None = None
         self._changed = False
         self._listed = False
-        self._start_lock = threading.Lock()
+        self._start_lock = threading.RLock()  # start, restart and close, one at a time
         self._tools: list[Tool] = []
 
     def __repr__(self) -> str:
@@ -296,6 +296,12 @@ class MCPConnection:
 
     def _ensure_up(self) -> None:
         """Start on first use; after a crash restart once; after a failed restart refuse."""
+        if self.state == "up":
+            return
+        with self._start_lock:
+            self._bring_up()
+
+    def _bring_up(self) -> None:
         if self.state == "up":
             return
         if self.state == "down":
