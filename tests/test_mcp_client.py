@@ -106,6 +106,14 @@ def test_arguments_are_checked_against_the_servers_schema_before_the_call(regist
     assert ok.ok and result_value(ok.observation) == "meeting 'lunch' in Rome with Ann, Bo"
 
 
+def test_calls_from_many_threads_share_one_connection(registry):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda i: registry.call("test__echo", {"text": f"n{i}"}), range(24)))
+    assert [result_value(r.observation) for r in results] == [f"n{i}" for i in range(24)]
+
+
 # -- timeouts and crashes -------------------------------------------------------------------------
 def test_a_hung_call_times_out_and_the_connection_stays_usable(registry):
     slow = registry.call("test__slow", {"seconds": 30}, timeout=1)
