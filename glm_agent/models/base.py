@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from glm_agent._thread_stream import ThreadStream
 from glm_agent.messages import MessageLike
 
 __all__ = ["ChatModel", "BaseChatModel", "GenerationParams"]
@@ -72,34 +71,9 @@ class BaseChatModel:
         return "".join([d async for d in self.astream(messages, **params)])
 
     async def astream(self, messages: Sequence[MessageLike], **params: Any) -> AsyncIterator[str]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        stop = threading.Event()
-
-        def worker() -> None:
-            gen = self.stream(messages, **params)
-            try:
-                for delta in gen:
-                    if stop.is_set():
-                        break
-                    loop.call_soon_threadsafe(queue.put_nowait, ("delta", delta))
-            except BaseException as exc:  # handed to the consumer
-                loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
-                return
-            finally:
-                gen.close()
-            loop.call_soon_threadsafe(queue.put_nowait, ("end", None))
-
-        thread = threading.Thread(target=worker, name=f"{self.name}-stream", daemon=True)
-        thread.start()
+        stream = ThreadStream(lambda: self.stream(messages, **params), name=f"{self.name}-stream")
         try:
-            while True:
-                kind, value = await queue.get()
-                if kind == "delta":
-                    yield value
-                elif kind == "error":
-                    raise value
-                else:
-                    break
+            async for delta in stream:
+                yield delta
         finally:
-            stop.set()
+            stream.close()
