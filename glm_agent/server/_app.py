@@ -1,48 +1,32 @@
-"""The FastAPI app: routes, request checks, the queue, and errors in OpenAI's shape."""
+"""The FastAPI app: the shared state, the routes (module-level handlers), errors in OpenAI's shape."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import logging
 import socket
 import time
-import uuid
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from glm_agent.chatglm3.openai_format import chatglm3_tools
 from glm_agent.chatglm3.parser import ASSISTANT_TOKEN
 from glm_agent.chatglm3.tokenizer import SPECIAL_TOKENS, ChatGLM3Tokenizer
-from glm_agent.errors import ContextLengthError, GlmAgentError
 from glm_agent.models.base import BaseChatModel
 from glm_agent.server._errors import APIError, param_path
 from glm_agent.server._guard import RequestGuard
-from glm_agent.server._prepare import (
-    PreparedChat,
-    PreparedCompletion,
-    PromptBudget,
-    prepare_chat,
-    prepare_completion,
-)
+from glm_agent.server._prepare import PromptBudget, prepare_chat, prepare_completion
 from glm_agent.server._protocol import head_timeout_protocol
+from glm_agent.server._respond import ChatReply, CompletionReply, respond
 from glm_agent.server._schemas import ChatRequest, CompletionRequest, request_body_openapi
-from glm_agent.server._stream import (
-    ContentOut,
-    QueueFull,
-    ReplyTranslator,
-    RequestGate,
-    StopScanner,
-    ThreadStream,
-    ToolCallOut,
-)
+from glm_agent.server._stream import RequestGate, StopScanner
 
 __all__ = ["create_app", "serve", "APIError"]
 
@@ -54,24 +38,11 @@ DEFAULT_HEAD_TIMEOUT = 10.0
 DEFAULT_BODY_TIMEOUT = 30.0
 PREPARE_WORKERS = 4
 
-
-class _Disconnected(Exception):
-    """The client went away before its answer was ready."""
+T = TypeVar("T")
 
 
-def _backend_error(exc: BaseException) -> APIError:
-    if isinstance(exc, APIError):
-        return exc
-    if isinstance(exc, ContextLengthError):
-        return APIError(400, str(exc), code="context_length_exceeded", param="messages")
-    if isinstance(exc, GlmAgentError):
-        return APIError(500, f"{type(exc).__name__}: {exc}", type="server_error", code="model_error")
-    logger.error("generation failed", exc_info=exc)
-    return APIError(500, f"the model failed: {type(exc).__name__}: {exc}", type="server_error")
-
-
-class _Server:
-    """What the routes share: the backend, its tokenizer, the queue and the limits."""
+class ServerState:
+    """What the routes share (``app.state.glm``): the backend, its tokenizer, the queue, the limits, the workers."""
 
     def __init__(
         self,
@@ -87,8 +58,10 @@ class _Server:
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
-        self.model_name = model_name or getattr(model, "name", None) or "chatglm3"
-        self.context_length = context_length if context_length is not None else getattr(model, "context_length", None)
+        self.model_name: str = model_name or getattr(model, "name", None) or "chatglm3"
+        self.context_length: int | None = (
+            context_length if context_length is not None else getattr(model, "context_length", None)
+        )
         self.default_max_tokens = default_max_tokens
         self.created = int(time.time())
         if tools is not None and hasattr(tools, "openai_schemas"):
@@ -102,7 +75,7 @@ class _Server:
         weakref.finalize(self, self.workers.shutdown, wait=False)  # the pool's threads end with the app
 
     # -- request checks ----------------------------------------------------------------------
-    async def in_worker(self, function: Callable[..., Any], *args: Any) -> Any:
+    async def in_worker(self, function: Callable[..., T], *args: Any) -> T:
         """Run request preparation (parsing, mapping, tokenizing) off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self.workers, function, *args)
 
@@ -134,99 +107,120 @@ class _Server:
         parts = text.split(ASSISTANT_TOKEN)
         return sum(len(self.tokenizer.encode(p)) for p in parts if p) + len(parts) - 1
 
-    # -- generation --------------------------------------------------------------------------
-    async def start(self, make_iter: Callable[[], Iterator[str]], request: Request) -> tuple[ThreadStream, str | None]:
-        """Wait for a slot (or 429), start generating, and await the first delta (errors become statuses)."""
-        try:
-            await _unless_disconnected(request, self.gate.acquire(), undo=lambda _: self.gate.release())
-        except QueueFull as exc:
-            raise APIError(
-                429, f"the server is busy: {exc}; retry later", type="rate_limit_exceeded", code="queue_full"
-            ) from None
-        stream = ThreadStream(make_iter, on_done=self.gate.release, name=self.model_name)
-        try:
-            first = await _unless_disconnected(request, _first(stream))
-        except BaseException as exc:
-            stream.close()
-            if isinstance(exc, (_Disconnected, asyncio.CancelledError)):
-                raise
-            raise _backend_error(exc) from None
-        return stream, first
+    def model_card(self) -> dict[str, Any]:
+        return {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "glm-agent"}
 
 
-async def _first(stream: ThreadStream) -> str | None:
-    try:
-        return await stream.__anext__()
-    except StopAsyncIteration:
-        return None
+def _state(request: Request) -> ServerState:
+    state: ServerState = request.app.state.glm
+    return state
 
 
-async def _unless_disconnected(request: Request, awaitable: Any, undo: Callable[[Any], None] | None = None) -> Any:
-    """Await ``awaitable``, cancelling it (and raising ``_Disconnected``) if the client disconnects.
-
-    ``undo`` gets a result that arrived anyway while cancelling (e.g. a queue slot to give back).
-    """
-    task = asyncio.ensure_future(awaitable)
-
-    async def watch() -> None:
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                return
-
-    watcher = asyncio.ensure_future(watch())
-    try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            return task.result()
-        task.cancel()
-        try:
-            late = await task
-        except BaseException:  # noqa: S110 (the cancelled task's own error is of no interest)
-            pass
-        else:
-            if undo is not None:
-                undo(late)
-        raise _Disconnected()
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
+# -- routes --------------------------------------------------------------------------------------
+async def health(request: Request) -> dict[str, Any]:
+    state = _state(request)
+    return {"status": "ok", "model": state.model_name, "active": state.gate.active, "waiting": state.gate.waiting}
 
 
-def _stream_end(obj: str, ident: str, created: int, model: str, usage: dict[str, int] | None) -> Iterator[str]:
-    """The end of an SSE stream: the usage-only chunk (``stream_options.include_usage``), then ``[DONE]``."""
-    if usage is not None:
-        yield _sse({"id": ident, "object": obj, "created": created, "model": model, "choices": [], "usage": usage})
-    yield "data: [DONE]\n\n"
+async def list_models(request: Request) -> dict[str, Any]:
+    return {"object": "list", "data": [_state(request).model_card()]}
 
 
-def _sse(data: dict[str, Any]) -> str:
-    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+async def get_model(name: str, request: Request) -> dict[str, Any]:
+    state = _state(request)
+    state.check_model(name)
+    return state.model_card()
 
 
-def _usage(prompt: int, completion: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+async def chat_completions(request: Request) -> Response:
+    state = _state(request)
+    prepared = await state.in_worker(
+        prepare_chat, await request.body(), state.tokenizer, state.default_tools, state.budget
+    )
+    body, messages, prompt_tokens = prepared.body, prepared.messages, len(prepared.prompt_ids)
+    state.check_model(body.model)
+    max_new = state.max_new_tokens(prompt_tokens, body.requested_max_tokens(), "messages")
+    params = body.generation_params(max_new)
+    reply = ChatReply(
+        prepared.choice,
+        model_name=state.model_name,
+        prompt_tokens=prompt_tokens,
+        max_new=max_new,
+        scanner=StopScanner(body.stop_list()),
+        count_tokens=state.count_tokens,
+    )
+    return await respond(
+        request,
+        state.gate,
+        lambda: state.model.stream(messages, **params),
+        reply,
+        stream=body.stream,
+        include_usage=body.include_usage(),
+    )
 
 
-async def _deltas(stream: ThreadStream, first: str | None, scanner: StopScanner) -> AsyncIterator[str]:
-    """The backend's text after stop strings; closes the backend stream when done or abandoned."""
-    try:
-        if first is not None:
-            text = scanner.feed(first)
-            if text:
-                yield text
-            async for delta in stream:
-                if scanner.stopped:
-                    break
-                text = scanner.feed(delta)
-                if text:
-                    yield text
-        tail = scanner.flush()
-        if tail:
-            yield tail
-    finally:
-        stream.close()
+async def completions(request: Request) -> Response:
+    state = _state(request)
+    model, tokenizer = state.model, state.tokenizer
+    if getattr(type(model), "stream_ids", BaseChatModel.stream_ids) is BaseChatModel.stream_ids:
+        raise APIError(
+            400,
+            f"the backend {state.model_name!r} cannot continue raw prompts; use /v1/chat/completions",
+            code="unsupported",
+        )
+    prepared = await state.in_worker(prepare_completion, await request.body(), tokenizer, state.budget)
+    body, prompt_ids = prepared.body, prepared.prompt_ids
+    state.check_model(body.model)
+    stops = body.stop_list()
+    for i in body.stop_token_ids or []:
+        if not 0 <= i < tokenizer.vocab_size:
+            raise APIError(400, f"stop token id {i} is outside the vocabulary", param="stop_token_ids")
+        text = tokenizer.decode([i])
+        if text:  # eos decodes to nothing: backends always stop on it
+            stops.append(text)
+    max_new = state.max_new_tokens(len(prompt_ids), body.max_tokens, "prompt")
+    params = body.generation_params(max_new)
+    reply = CompletionReply(
+        model_name=state.model_name,
+        prompt_tokens=len(prompt_ids),
+        max_new=max_new,
+        scanner=StopScanner(stops, remove=state.specials if body.skip_special_tokens else None),
+        count_tokens=state.count_tokens,
+    )
+    return await respond(
+        request,
+        state.gate,
+        lambda: model.stream_ids(prompt_ids, **params),
+        reply,
+        stream=body.stream,
+        include_usage=body.include_usage(),
+    )
+
+
+# -- errors --------------------------------------------------------------------------------------
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, APIError)
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    err = APIError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
+    return JSONResponse(err.body(), status_code=exc.status_code)
+
+
+async def _invalid(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    problems = "; ".join(f"{param_path(e['loc']) or 'request'}: {e['msg']}" for e in errors[:5])
+    err = APIError(422, f"invalid request: {problems}", param=param_path(errors[0]["loc"]) if errors else None)
+    return JSONResponse(err.body(), status_code=422)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    logger.error("request failed", exc_info=exc)
+    err = APIError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error")
+    return JSONResponse(err.body(), status_code=500)
 
 
 def create_app(
@@ -256,7 +250,7 @@ def create_app(
     """
     if max_request_bytes < 1 or body_timeout <= 0:
         raise ValueError("max_request_bytes and body_timeout must be positive")
-    state = _Server(
+    state = ServerState(
         model,
         tokenizer,
         tools=tools,
@@ -275,240 +269,16 @@ def create_app(
         registry = tools if isinstance(tools, ToolRegistry) else ToolRegistry()
         mount_mcp(app, registry, path=mcp_path, host=mcp_host)
     app.add_middleware(RequestGuard, api_key=api_key, max_request_bytes=max_request_bytes, body_timeout=body_timeout)
-
-    @app.exception_handler(APIError)
-    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        err = APIError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
-        return JSONResponse(err.body(), status_code=exc.status_code)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        problems = "; ".join(f"{param_path(e['loc']) or 'request'}: {e['msg']}" for e in errors[:5])
-        err = APIError(422, f"invalid request: {problems}", param=param_path(errors[0]["loc"]) if errors else None)
-        return JSONResponse(err.body(), status_code=422)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.error("request failed", exc_info=exc)
-        err = APIError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error")
-        return JSONResponse(err.body(), status_code=500)
-
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": state.model_name, "active": state.gate.active, "waiting": state.gate.waiting}
-
-    def _model_card() -> dict[str, Any]:
-        return {"id": state.model_name, "object": "model", "created": state.created, "owned_by": "glm-agent"}
-
-    @app.get("/v1/models")
-    async def models(request: Request) -> dict[str, Any]:
-        return {"object": "list", "data": [_model_card()]}
-
-    @app.get("/v1/models/{name:path}")
-    async def model_card(name: str, request: Request) -> dict[str, Any]:
-        state.check_model(name)
-        return _model_card()
-
-    @app.post("/v1/chat/completions", openapi_extra=request_body_openapi(ChatRequest))
-    async def chat(request: Request) -> Response:
-        prepared: PreparedChat = await state.in_worker(
-            prepare_chat, await request.body(), tokenizer, state.default_tools, state.budget
-        )
-        body, choice, messages, prompt_ids = prepared.body, prepared.choice, prepared.messages, prepared.prompt_ids
-        state.check_model(body.model)
-        max_new = state.max_new_tokens(len(prompt_ids), body.requested_max_tokens(), "messages")
-        params = body.generation_params(max_new)
-        try:
-            stream, first = await state.start(lambda: model.stream(messages, **params), request)
-        except _Disconnected:
-            return Response(status_code=499)
-        translator = ReplyTranslator(choice)
-        scanner = StopScanner(body.stop_list())
-        ident, created = "chatcmpl-" + uuid.uuid4().hex, int(time.time())
-
-        def finish() -> tuple[str, dict[str, int]]:
-            completion = state.count_tokens(translator.raw)
-            if translator.calls:
-                reason = "tool_calls"
-            elif not scanner.stopped and completion >= max_new:
-                reason = "length"
-            else:
-                reason = "stop"
-            return reason, _usage(len(prompt_ids), completion)
-
-        if not body.stream:
-
-            async def collect() -> dict[str, Any]:
-                texts: list[str] = []
-                async for delta in _deltas(stream, first, scanner):
-                    texts.extend(o.text for o in translator.feed(delta) if isinstance(o, ContentOut))
-                texts.extend(o.text for o in translator.close() if isinstance(o, ContentOut))
-                reason, usage = finish()
-                message: dict[str, Any] = {
-                    "role": "assistant",
-                    "content": "".join(texts) or (None if translator.calls else ""),
-                }
-                if translator.calls:
-                    message["tool_calls"] = [
-                        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-                        for c in translator.calls
-                    ]
-                return {
-                    "id": ident,
-                    "object": "chat.completion",
-                    "created": created,
-                    "model": state.model_name,
-                    "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": reason}],
-                    "usage": usage,
-                }
-
-            try:
-                return JSONResponse(await _unless_disconnected(request, collect()))
-            except _Disconnected:
-                return Response(status_code=499)
-            except APIError:
-                raise
-            except Exception as exc:
-                raise _backend_error(exc) from None
-            finally:
-                stream.close()
-
-        def chunk(delta: dict[str, Any], reason: str | None = None, usage: dict[str, int] | None = None) -> str:
-            data: dict[str, Any] = {
-                "id": ident,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": state.model_name,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}],
-            }
-            if usage is not None:
-                data["usage"] = usage
-            return _sse(data)
-
-        def render(outs: list[Any]) -> Iterator[str]:
-            for out in outs:
-                if isinstance(out, ContentOut):
-                    yield chunk({"content": out.text})
-                elif isinstance(out, ToolCallOut):
-                    yield chunk(
-                        {
-                            "tool_calls": [
-                                {
-                                    "index": out.index,
-                                    "id": out.id,
-                                    "type": "function",
-                                    "function": {"name": out.name, "arguments": ""},
-                                }
-                            ]
-                        }
-                    )
-                    yield chunk({"tool_calls": [{"index": out.index, "function": {"arguments": out.arguments}}]})
-
-        async def events() -> AsyncIterator[str]:
-            try:
-                yield chunk({"role": "assistant", "content": ""})
-                async for delta in _deltas(stream, first, scanner):
-                    for line in render(translator.feed(delta)):
-                        yield line
-                for line in render(translator.close()):
-                    yield line
-                reason, usage = finish()
-                yield chunk({}, reason, usage)
-                for line in _stream_end(
-                    "chat.completion.chunk", ident, created, state.model_name, usage if body.include_usage() else None
-                ):
-                    yield line
-            except Exception as exc:
-                yield _sse(_backend_error(exc).body())
-            finally:
-                stream.close()
-
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-    @app.post("/v1/completions", openapi_extra=request_body_openapi(CompletionRequest))
-    async def completions(request: Request) -> Response:
-        if getattr(type(model), "stream_ids", BaseChatModel.stream_ids) is BaseChatModel.stream_ids:
-            raise APIError(
-                400,
-                f"the backend {state.model_name!r} cannot continue raw prompts; use /v1/chat/completions",
-                code="unsupported",
-            )
-        prepared: PreparedCompletion = await state.in_worker(
-            prepare_completion, await request.body(), tokenizer, state.budget
-        )
-        body, prompt_ids = prepared.body, prepared.prompt_ids
-        state.check_model(body.model)
-        stops = body.stop_list()
-        for i in body.stop_token_ids or []:
-            if not 0 <= i < tokenizer.vocab_size:
-                raise APIError(400, f"stop token id {i} is outside the vocabulary", param="stop_token_ids")
-            text = tokenizer.decode([i])
-            if text:  # eos decodes to nothing: backends always stop on it
-                stops.append(text)
-        max_new = state.max_new_tokens(len(prompt_ids), body.max_tokens, "prompt")
-        params = body.generation_params(max_new)
-        try:
-            stream, first = await state.start(lambda: model.stream_ids(prompt_ids, **params), request)
-        except _Disconnected:
-            return Response(status_code=499)
-        scanner = StopScanner(stops, remove=state.specials if body.skip_special_tokens else None)
-        ident, created = "cmpl-" + uuid.uuid4().hex, int(time.time())
-        produced: list[str] = []
-
-        def finish() -> tuple[str, dict[str, int]]:
-            completion = state.count_tokens("".join(produced))
-            reason = "length" if not scanner.stopped and completion >= max_new else "stop"
-            return reason, _usage(len(prompt_ids), completion)
-
-        def payload(text: str, reason: str | None) -> dict[str, Any]:
-            return {
-                "id": ident,
-                "object": "text_completion",
-                "created": created,
-                "model": state.model_name,
-                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": reason}],
-            }
-
-        if not body.stream:
-
-            async def collect() -> dict[str, Any]:
-                async for delta in _deltas(stream, first, scanner):
-                    produced.append(delta)
-                reason, usage = finish()
-                return {**payload("".join(produced), reason), "usage": usage}
-
-            try:
-                return JSONResponse(await _unless_disconnected(request, collect()))
-            except _Disconnected:
-                return Response(status_code=499)
-            except Exception as exc:
-                raise _backend_error(exc) from None
-            finally:
-                stream.close()
-
-        async def events() -> AsyncIterator[str]:
-            try:
-                async for delta in _deltas(stream, first, scanner):
-                    produced.append(delta)
-                    yield _sse(payload(delta, None))
-                reason, usage = finish()
-                yield _sse({**payload("", reason), "usage": usage})
-                for line in _stream_end(
-                    "text_completion", ident, created, state.model_name, usage if body.include_usage() else None
-                ):
-                    yield line
-            except Exception as exc:
-                yield _sse(_backend_error(exc).body())
-            finally:
-                stream.close()
-
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
+    app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(Exception, _unexpected)
+    app.add_api_route("/health", health, methods=["GET"])
+    app.add_api_route("/v1/models", list_models, methods=["GET"])
+    app.add_api_route("/v1/models/{name:path}", get_model, methods=["GET"])
+    chat_body, completion_body = request_body_openapi(ChatRequest), request_body_openapi(CompletionRequest)
+    app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"], openapi_extra=chat_body)
+    app.add_api_route("/v1/completions", completions, methods=["POST"], openapi_extra=completion_body)
     return app
 
 

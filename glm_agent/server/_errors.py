@@ -1,11 +1,16 @@
-"""``APIError``: an error answered in OpenAI's shape, and the ``param`` path style it names fields with."""
+"""``APIError``: an error answered in OpenAI's shape; the ``param`` path style; how backend failures map onto it."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["APIError", "param_path"]
+from glm_agent.errors import ContextLengthError, GlmAgentError
+
+__all__ = ["APIError", "param_path", "Disconnected", "backend_error"]
+
+logger = logging.getLogger(__name__)
 
 
 class APIError(Exception):
@@ -32,3 +37,19 @@ def param_path(keys: Iterable[str | int]) -> str | None:
     for key in keys:
         text += f"[{key}]" if isinstance(key, int) else (f".{key}" if text else str(key))
     return text or None
+
+
+class Disconnected(Exception):
+    """The client went away before its answer was ready."""
+
+
+def backend_error(exc: BaseException) -> APIError:
+    """The API error for a failure while generating: 400 for a prompt too long, else 500."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, ContextLengthError):
+        return APIError(400, str(exc), code="context_length_exceeded", param="messages")
+    if isinstance(exc, GlmAgentError):
+        return APIError(500, f"{type(exc).__name__}: {exc}", type="server_error", code="model_error")
+    logger.error("generation failed", exc_info=exc)
+    return APIError(500, f"the model failed: {type(exc).__name__}: {exc}", type="server_error")

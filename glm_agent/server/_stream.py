@@ -1,12 +1,8 @@
-"""The server's streaming parts: stop strings, reply → OpenAI deltas, backends in threads, the queue."""
+"""The server's streaming parts: stop strings, reply → OpenAI deltas, the queue."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import threading
-from collections import deque
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -14,9 +10,7 @@ from glm_agent.chatglm3.openai_format import INTERPRETER, ToolChoice, call_block
 from glm_agent.chatglm3.parser import CallFinished, CallNamed, ReplyStreamParser, ReplyText
 from glm_agent.messages import CodeCall
 
-__all__ = ["StopScanner", "ContentOut", "ToolCallOut", "ReplyTranslator", "ThreadStream", "RequestGate", "QueueFull"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["StopScanner", "ContentOut", "ToolCallOut", "Out", "ReplyTranslator", "RequestGate", "QueueFull"]
 
 
 class StopScanner:
@@ -150,97 +144,6 @@ class ReplyTranslator:
         self._any_content = True
         self._need_separator = True
         return ContentOut(text)
-
-
-class ThreadStream:
-    """Iterates a sync backend stream in a worker thread; the event loop only awaits a wake-up.
-
-    Deltas that arrive while the consumer is busy are joined into one, and the worker wakes the
-    loop once per batch, not once per delta. ``close()`` (or cancelling the consumer) makes the
-    worker stop at the next delta and close the backend's generator, which ends generation.
-    ``on_done`` runs on the loop when the worker ends.
-    """
-
-    def __init__(
-        self, make_iter: Callable[[], Iterator[str]], on_done: Callable[[], None] | None = None, name: str = "backend"
-    ) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._items: deque[tuple[str, Any]] = deque()
-        self._lock = threading.Lock()
-        self._wake_pending = False
-        self._ready = asyncio.Event()
-        self._stop = threading.Event()
-        self._make_iter = make_iter
-        self._on_done = on_done
-        self._finished = False
-        self.thread = threading.Thread(target=self._work, name=f"{name}-generate", daemon=True)
-        self.thread.start()
-
-    def _put(self, item: tuple[str, Any]) -> None:
-        with self._lock:
-            self._items.append(item)
-            if self._wake_pending:
-                return
-            self._wake_pending = True
-        try:
-            self._loop.call_soon_threadsafe(self._wake)
-        except RuntimeError:  # the loop is gone (server shut down)
-            pass
-
-    def _wake(self) -> None:
-        with self._lock:
-            self._wake_pending = False
-        self._ready.set()
-
-    def _work(self) -> None:
-        try:
-            it = self._make_iter()
-            try:
-                for delta in it:
-                    if self._stop.is_set():
-                        break
-                    self._put(("delta", delta))
-            finally:
-                close = getattr(it, "close", None)
-                if close is not None:
-                    close()
-        except BaseException as exc:  # handed to the consumer
-            self._put(("error", exc))
-        else:
-            self._put(("end", None))
-        finally:
-            if self._on_done is not None:
-                try:
-                    self._loop.call_soon_threadsafe(self._on_done)
-                except RuntimeError:
-                    pass
-
-    def __aiter__(self) -> ThreadStream:
-        return self
-
-    async def __anext__(self) -> str:
-        if self._finished:
-            raise StopAsyncIteration
-        while True:
-            self._ready.clear()
-            with self._lock:
-                deltas: list[str] = []
-                while self._items and self._items[0][0] == "delta":
-                    deltas.append(self._items.popleft()[1])
-                item = self._items.popleft() if not deltas and self._items else None
-            if deltas:
-                return "".join(deltas)
-            if item is not None:
-                break
-            await self._ready.wait()
-        self._finished = True
-        kind, value = item
-        if kind == "error":
-            raise value
-        raise StopAsyncIteration
-
-    def close(self) -> None:
-        self._stop.set()
 
 
 class QueueFull(Exception):
