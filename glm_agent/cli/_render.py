@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.syntax import Syntax
 from rich.text import Text
+from typing_extensions import assert_never
 
 from glm_agent import events as ev
 from glm_agent.messages import INTERPRETER, CodeCall, ToolCall
@@ -68,18 +69,41 @@ class EventRenderer:
 
     # -- events ------------------------------------------------------------------------------------
     def render(self, event: ev.Event) -> None:
+        """Show one event. Every member of ``events.Event`` has a case: mypy fails on a missing one."""
         self.stop_waiting()
-        handler = getattr(self, f"_on_{type(event).__name__}", None)
-        if handler is not None:
-            handler(event)
+        match event:
+            case ev.TextDelta():
+                self._text(event)
+            case ev.CallStarted():
+                self._call_started(event)
+            case ev.ToolCalled():
+                self._show_once(event.call)
+                self._wait(f"running {event.call.name} ...")
+            case ev.ToolReturned():
+                self._tool_returned(event)
+            case ev.CodeStarted():
+                self._show_once(event.call)
+                self._wait("running code ...")
+            case ev.CodeFinished():
+                self._code_finished(event)
+            case ev.CallRefused():
+                self._refused(event)
+            case ev.ParseFailed():
+                self._parse_failed(event)
+            case ev.FinalAnswer():
+                self._end_line()
+            case ev.RunError():
+                self._line(Text.from_markup(f"[bold red]stopped:[/] {escape(event.message)}"))
+            case _:
+                assert_never(event)
 
-    def _on_TextDelta(self, e: ev.TextDelta) -> None:
+    def _text(self, e: ev.TextDelta) -> None:
         if not e.text:
             return
         self.console.print(e.text, end="", markup=False, highlight=False, soft_wrap=True)
         self._mid_line = not e.text.endswith("\n")
 
-    def _on_CallStarted(self, e: ev.CallStarted) -> None:
+    def _call_started(self, e: ev.CallStarted) -> None:
         what = "writing code ..." if e.name == INTERPRETER else f"calling {e.name} ..."
         self.note(f"  {what}")
 
@@ -99,11 +123,7 @@ class EventRenderer:
             self.show_call(call)
         self._shown = None
 
-    def _on_ToolCalled(self, e: ev.ToolCalled) -> None:
-        self._show_once(e.call)
-        self._wait(f"running {e.call.name} ...")
-
-    def _on_ToolReturned(self, e: ev.ToolReturned) -> None:
+    def _tool_returned(self, e: ev.ToolReturned) -> None:
         mark, style = ("ok", "green") if e.ok else ("error", "red")
         self.console.print(
             Panel(Text(_clip(e.observation)), title=f"{e.call.name}: {mark}", title_align="left", border_style=style),
@@ -112,11 +132,7 @@ class EventRenderer:
         for path in e.files:
             self._line(Text.assemble(("saved ", "bold magenta"), str(path)))
 
-    def _on_CodeStarted(self, e: ev.CodeStarted) -> None:
-        self._show_once(e.call)
-        self._wait("running code ...")
-
-    def _on_CodeFinished(self, e: ev.CodeFinished) -> None:
+    def _code_finished(self, e: ev.CodeFinished) -> None:
         self._end_line()
         style = "green" if e.ok else "red"
         title = "output" if e.ok else "output: error"
@@ -129,22 +145,14 @@ class EventRenderer:
             self.note(f"  ({self.image_note})")
             self.image_note = None
 
-    def _on_CallRefused(self, e: ev.CallRefused) -> None:
-        if self._shown is not e.call:
-            self.show_call(e.call)
-        self._shown = None
+    def _refused(self, e: ev.CallRefused) -> None:
+        self._show_once(e.call)
         what = "code" if e.call.name == INTERPRETER else e.call.name
         hint = f" ({self.refusal_hint})" if self.refusal_hint else ""
         self._line(Text(f"refused: {what}{hint}", style="yellow"))
 
-    def _on_ParseFailed(self, e: ev.ParseFailed) -> None:
+    def _parse_failed(self, e: ev.ParseFailed) -> None:
         self._line(Text.assemble(("unreadable call ", "bold red"), (e.name, "bold"), ": ", _clip(e.observation, 500)))
-
-    def _on_FinalAnswer(self, e: ev.FinalAnswer) -> None:
-        self._end_line()
-
-    def _on_RunError(self, e: ev.RunError) -> None:
-        self._line(Text.from_markup(f"[bold red]stopped:[/] {escape(e.message)}"))
 
     def _wait(self, what: str) -> None:
         self._status = self.console.status(what, spinner="dots")
