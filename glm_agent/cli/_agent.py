@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from glm_agent.errors import GlmAgentError, UsageError
 
@@ -29,6 +29,7 @@ __all__ = [
     "is_scripted",
     "cli_errors",
     "UsageError",
+    "Subparsers",
 ]
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ MODEL_ENV = "GLM_AGENT_MODEL"
 DEFAULT_MODEL = "THUDM/chatglm3-6b"
 
 Handler = Callable[[argparse.Namespace], int]
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"  # what ``add_command`` receives
 
 
 def add_agent_options(parser: argparse.ArgumentParser) -> None:

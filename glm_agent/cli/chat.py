@@ -12,7 +12,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from glm_agent.cli._agent import add_agent_options, cli_errors
+from glm_agent.cli._agent import Subparsers, add_agent_options, cli_errors
 
 __all__ = ["add_command", "SLASH_HELP"]
 
@@ -26,7 +26,7 @@ SLASH_HELP = {
 PROMPT = "[bold green]you>[/] "
 
 
-def add_command(subparsers: Any) -> argparse.ArgumentParser:
+def add_command(subparsers: Subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "chat",
         help="talk with the agent at the terminal",

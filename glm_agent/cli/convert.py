@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
+from glm_agent.cli._agent import Subparsers
 from glm_agent.errors import CheckpointError
 
 __all__ = ["add_command", "add_quantize_arguments"]
 
 
-def add_command(subparsers: Any) -> None:
+def add_command(subparsers: Subparsers) -> argparse.ArgumentParser:
     """Register ``glm-agent convert SRC DST`` on the CLI's subparsers."""
     parser = subparsers.add_parser(
         "convert",
@@ -30,9 +30,10 @@ def add_command(subparsers: Any) -> None:
         "--allow-download", action="store_true", help="download a hub id that is not in the local cache"
     )
     parser.set_defaults(handler=_run_convert)
+    return parser
 
 
-def add_quantize_arguments(parser: Any) -> None:
+def add_quantize_arguments(parser: argparse._ActionsContainer) -> None:
     """``--quantize int8|int4`` and ``--group-size N`` (shared by every command that loads weights)."""
     parser.add_argument(
         "--quantize",

@@ -9,14 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
-from glm_agent.cli._agent import cli_errors
+from glm_agent.cli._agent import Subparsers, cli_errors
 
 __all__ = ["add_command"]
 
 
-def add_command(subparsers: Any) -> argparse.ArgumentParser:
+def add_command(subparsers: Subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "notebook",
         help="turn a saved conversation (JSON Lines) into a Jupyter notebook",
@@ -30,7 +29,8 @@ def add_command(subparsers: Any) -> argparse.ArgumentParser:
 
 @cli_errors("notebook")
 def notebook_command(args: argparse.Namespace) -> int:
-    from glm_agent.interpreter import conversation_to_notebook
+    # the interpreter package exports it lazily (nbformat imports slowly); the same function, typed
+    from glm_agent.interpreter._notebook import conversation_to_notebook
     from glm_agent.messages import load_jsonl
 
     session = Path(args.session)

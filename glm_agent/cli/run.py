@@ -14,12 +14,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from glm_agent.cli._agent import add_agent_options, cli_errors
+from glm_agent.cli._agent import Subparsers, add_agent_options, cli_errors
 
 __all__ = ["add_command"]
 
 
-def add_command(subparsers: Any) -> argparse.ArgumentParser:
+def add_command(subparsers: Subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "run",
         help="answer a question with the agent and exit (--json: events as JSON Lines)",

@@ -7,6 +7,7 @@ import logging
 import sys
 from typing import Any
 
+from glm_agent.cli._agent import Subparsers
 from glm_agent.errors import GlmAgentError
 
 __all__ = ["add_command"]
@@ -14,47 +15,50 @@ __all__ = ["add_command"]
 logger = logging.getLogger(__name__)
 
 
-def add_command(subparsers: Any) -> None:
-    p = subparsers.add_parser(
+def add_command(subparsers: Subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
         "serve",
         help="serve a model over an OpenAI-compatible HTTP API",
         description="Serve a ChatGLM3 model (or any backend) as an OpenAI-compatible API on /v1.",
     )
-    p.add_argument("--model", required=True, help="checkpoint dir, hub id, scripted:FILE.json or an http(s):// server")
-    p.add_argument("--tokenizer", help="tokenizer.model or checkpoint dir (default: the model's own)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but /health")
-    p.add_argument(
+    parser.add_argument(
+        "--model", required=True, help="checkpoint dir, hub id, scripted:FILE.json or an http(s):// server"
+    )
+    parser.add_argument("--tokenizer", help="tokenizer.model or checkpoint dir (default: the model's own)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but /health")
+    parser.add_argument(
         "--tools", nargs="+", default=[], metavar="FILE", help="tool modules offered when a request sends no tools"
     )
-    p.add_argument(
+    parser.add_argument(
         "--mcp",
         metavar="CONFIG.json",
         help='MCP servers whose tools (server__tool) are offered like --tools ({"mcpServers": ...})',
     )
-    p.add_argument(
+    parser.add_argument(
         "--mcp-path",
         metavar="PATH",
         help="also serve the --tools and --mcp tools as an MCP server (streamable HTTP) at PATH, e.g. /mcp",
     )
-    p.add_argument("--served-model-name", help="the model id clients send (default: the backend's name)")
-    p.add_argument("--max-concurrency", type=int, default=1, help="generations at once (default 1)")
-    p.add_argument("--max-queue", type=int, default=32, help="requests waiting before 429 (default 32)")
-    p.add_argument("--context-length", type=int, help="refuse prompts longer than this many tokens")
+    parser.add_argument("--served-model-name", help="the model id clients send (default: the backend's name)")
+    parser.add_argument("--max-concurrency", type=int, default=1, help="generations at once (default 1)")
+    parser.add_argument("--max-queue", type=int, default=32, help="requests waiting before 429 (default 32)")
+    parser.add_argument("--context-length", type=int, help="refuse prompts longer than this many tokens")
     # defaults live in glm_agent.server (not imported here: the CLI works without the server extra)
-    p.add_argument("--max-request-bytes", type=int, help="larger request bodies get 413 (default 4 MiB: 4194304)")
-    p.add_argument(
+    parser.add_argument("--max-request-bytes", type=int, help="larger request bodies get 413 (default 4 MiB: 4194304)")
+    parser.add_argument(
         "--header-timeout", type=float, help="seconds a client may take to send a request's head, else 408 (default 10)"
     )
-    p.add_argument(
+    parser.add_argument(
         "--body-timeout", type=float, help="seconds a client may take to send a request's body, else 408 (default 30)"
     )
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     from glm_agent.cli.convert import add_quantize_arguments
 
-    add_quantize_arguments(p)
-    p.set_defaults(handler=run_serve)
+    add_quantize_arguments(parser)
+    parser.set_defaults(handler=run_serve)
+    return parser
 
 
 def _check_limits(args: argparse.Namespace) -> None:

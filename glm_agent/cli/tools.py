@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
 
+from glm_agent.cli._agent import Subparsers
 from glm_agent.errors import GlmAgentError
 
 __all__ = ["add_command"]
 
 
-def add_command(subparsers: Any) -> argparse.ArgumentParser:
+def add_command(subparsers: Subparsers) -> argparse.ArgumentParser:
     """Register the ``tools`` subcommand on an ``add_subparsers()`` object."""
     parser = subparsers.add_parser(
         "tools",

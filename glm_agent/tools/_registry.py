@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 from glm_agent.errors import ToolDefinitionError
 from glm_agent.tools import _observation as obs
@@ -376,9 +376,9 @@ def load_tools(
     ``registry_options`` go to ``ToolRegistry`` (``output_dir``, ``default_timeout``, ...).
     Two tools with the same name are a ``ToolDefinitionError``.
     """
+    registry = ToolRegistry(**registry_options)
     if isinstance(sources, (str, Path, ModuleType)):
         sources = [sources]
-    registry = ToolRegistry(**registry_options)
-    for source in sources:
+    for source in cast("Iterable[str | Path | ModuleType]", sources):  # mypy does not narrow ModuleType out
         registry.load(source)
     return registry
