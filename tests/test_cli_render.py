@@ -30,7 +30,10 @@ SAMPLES: list[tuple[ev.AgentEvent, list[str]]] = [
         ev.CodeFinished(step=1, call=CODE, ok=False, observation="```result\nZeroDivisionError\n```"),
         ["output: error", "ZeroDivisionError"],
     ),
-    (ev.CallRefused(step=1, call=WEATHER, observation="refused"), ["refused: get_weather"]),
+    (
+        ev.CallRefused(step=1, call=WEATHER, observation="refused", reason="the approver raised OSError"),
+        ["refused: get_weather", "the approver raised OSError"],
+    ),
     (ev.ParseFailed(step=1, name="get_weather", observation="tool_call(city="), ["unreadable call get_weather"]),
     (ev.FinalAnswer(step=2, text="北京今天晴"), []),
     (ev.RunError(step=2, kind="max_steps", message="stopped after [3] steps"), ["stopped:", "[3] steps"]),

@@ -148,7 +148,8 @@ class EventRenderer:
     def _refused(self, e: ev.CallRefused) -> None:
         self._show_once(e.call)
         what = "code" if e.call.name == INTERPRETER else e.call.name
-        hint = f" ({self.refusal_hint})" if self.refusal_hint else ""
+        why = e.reason or self.refusal_hint  # a failed approval check says why; else how to allow calls
+        hint = f" ({why})" if why else ""
         self._line(Text(f"refused: {what}{hint}", style="yellow"))
 
     def _parse_failed(self, e: ev.ParseFailed) -> None:
