@@ -4,7 +4,9 @@ Two processes of the same echo server (stdio), one per client, measured in the s
 in interleaved rounds. ``registry.call`` is the sync path (argument check against the
 server's schema, the hop to the background loop, the result turned into an observation);
 ``registry.acall`` the async one. Prints one JSON object; ``overhead_ratio`` is the
-median registry call over the median SDK call (target <= 1.2).
+median registry call over the median SDK call (target <= 1.2); ``loop_round_trip_median_us``
+is the cost of the thread hop alone (an empty coroutine on the background loop), which
+grows with the machine's load (thread wake-up latency).
 Run: python benchmarks/mcp_calls.py [--calls 300] [--rounds 5]
 """
 
@@ -21,15 +23,21 @@ from pathlib import Path
 from mcp import Client, StdioServerParameters
 
 from glm_agent.mcp import MCPServerStdio, connect_mcp
+from glm_agent.mcp._loop import run_on_loop
 
 SERVER = [str(Path(__file__).resolve().parent / "_mcp_echo_server.py")]
 ARGS = {"text": "hello, MCP"}
+
+
+async def _nothing() -> None:
+    return None
 
 
 async def main(calls: int, rounds: int) -> dict[str, object]:
     sdk: list[float] = []
     ours: list[float] = []
     ours_async: list[float] = []
+    hop: list[float] = []
     params = StdioServerParameters(command=sys.executable, args=SERVER)
     with connect_mcp({"bench": MCPServerStdio(sys.executable, SERVER)}) as registry:
         async with Client(params, mode="legacy", cache=None) as client:
@@ -54,6 +62,10 @@ async def main(calls: int, rounds: int) -> dict[str, object]:
                     answer = await registry.acall("bench__echo", ARGS)
                     ours_async.append(time.perf_counter() - start)
                 assert answer.ok and answer.observation == ARGS["text"]
+                for _ in range(calls):
+                    start = time.perf_counter()
+                    run_on_loop(_nothing(), 10)
+                    hop.append(time.perf_counter() - start)
     sdk_ms = statistics.median(sdk) * 1000
     ours_ms = statistics.median(ours) * 1000
     async_ms = statistics.median(ours_async) * 1000
@@ -65,6 +77,8 @@ async def main(calls: int, rounds: int) -> dict[str, object]:
         "registry_acall_median_ms": round(async_ms, 4),
         "overhead_us": round((ours_ms - sdk_ms) * 1000, 1),
         "overhead_ratio": round(ours_ms / sdk_ms, 3),
+        # the part of the overhead that is the hop to the connection's loop thread and back
+        "loop_round_trip_median_us": round(statistics.median(hop) * 1e6, 1),
         "async_overhead_ratio": round(async_ms / sdk_ms, 3),
         "target_ratio": 1.2,
     }
