@@ -113,13 +113,14 @@ class MCPTool(SchemaTool):
         super().__init__(
             prefixed_name(None, remote.name),
             remote.input_schema,
-            self._unused,
+            self._call_directly,
             description=description,
             timeout=connection.spec.call_timeout,
         )
         self.source_name = remote.name
 
-    def _unused(self, **arguments: Any) -> Any:  # pragma: no cover - calls go through invoke/ainvoke
+    def _call_directly(self, **arguments: Any) -> Any:
+        """``tool(**arguments)``: the call without the registry (no argument check); a ``ToolOutput``."""
         return self.invoke(arguments, self.timeout)
 
     def invoke(self, kwargs: dict[str, Any], timeout: float | None) -> Any:

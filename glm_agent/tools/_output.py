@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Union
 
 __all__ = ["Attachment", "ToolOutput", "OutputPart"]
@@ -36,8 +36,6 @@ class ToolOutput:
     parts: Sequence[OutputPart] = ()
     is_error: bool = False
     value: Any = None
-    #: extra details for the caller (not shown to the model)
-    meta: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def error(cls, message: str) -> ToolOutput:
