@@ -58,7 +58,6 @@ def assert_matches_golden(model, golden, golden_logits, *, generate: bool = True
                 assert out[0, ids.shape[1] :].tolist() == case["greedy_new_tokens"], case["id"]
 
 
-@pytest.mark.slow
 def test_official_checkpoint_reproduces_golden_logits_and_greedy_tokens(tiny_model, golden, golden_logits):
     assert type(tiny_model).__name__ == "GlmForCausalLM"
     assert tiny_model.dtype == torch.float32
@@ -115,7 +114,6 @@ def test_single_bin_file_loads_and_matches(tmp_path, golden, golden_logits):
     assert_matches_golden(model, golden, golden_logits, generate=False)
 
 
-@pytest.mark.slow
 def test_convert_output_loads_with_plain_transformers(tmp_path, golden, golden_logits):
     dst = tmp_path / "native"
     assert cli_main(["convert", str(TINY), str(dst), "--dtype", "float32"]) == 0

@@ -92,6 +92,7 @@ def test_code_analysis_runs_code_draws_a_plot_and_saves_a_notebook(tmp_path):
     assert "mean: 179.2" in code[0].outputs[0].text and "image/png" in code[0].outputs[1].data
 
 
+@pytest.mark.slow
 def test_an_example_with_a_missing_model_says_so_in_one_line(tmp_path):
     proc = run_example("tools_agent.py", "--model", str(tmp_path / "no-checkpoint"))
     assert proc.returncode == 2

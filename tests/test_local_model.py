@@ -114,7 +114,6 @@ def test_stream_equals_generate_and_the_full_decode(model, tokenizer):
     assert model.generate(messages, **GREEDY) == "".join(deltas)
 
 
-@pytest.mark.slow
 def test_prefix_cache_on_equals_off_over_a_multi_turn_episode(weights, tokenizer):
     cached = LocalModel(weights, tokenizer, prefix_cache=True)
     fresh = LocalModel(weights, tokenizer, prefix_cache=False)

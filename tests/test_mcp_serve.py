@@ -148,6 +148,7 @@ def test_our_server_through_our_client_over_stdio(extra_tools):
 
 
 @needs_shared
+@pytest.mark.slow
 def test_serve_mounts_the_mcp_endpoint_next_to_the_openai_api(tmp_path, extra_tools):
     replies = tmp_path / "replies.json"
     replies.write_text(json.dumps(["\n hello"]), encoding="utf-8")

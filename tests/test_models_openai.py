@@ -272,6 +272,7 @@ _SLOW_SERVER = textwrap.dedent(
 
 @needs_shared
 @pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.slow
 def test_server_killed_mid_stream_raises_a_clear_error(tmp_path, mode):
     script = tmp_path / "slow_server.py"
     script.write_text(_SLOW_SERVER, encoding="utf-8")

@@ -149,6 +149,7 @@ def test_the_dequantizing_path_is_the_reference_on_any_device():
 
 @needs_kernels
 @x86
+@pytest.mark.slow
 def test_without_avx512_the_kernels_still_work_and_say_they_are_slow():
     """ATEN_CPU_CAPABILITY=avx2 makes torch use its AVX2 kernels (and their int4 packing) as on an older CPU."""
     code = (
@@ -192,6 +193,7 @@ def dequantized_twin(quantized_model, dtype=torch.float32):
 @needs_tiny
 @needs_kernels
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.label)
+@pytest.mark.slow
 def test_quantized_model_equals_float32_on_the_dequantized_weights(spec, tokenizer):
     model = load_model(
         TINY, dtype="float32", device="cpu", progress=False, quantize=spec.scheme, group_size=spec.group_size
@@ -214,6 +216,7 @@ def test_quantized_model_equals_float32_on_the_dequantized_weights(spec, tokeniz
 
 @needs_tiny
 @needs_kernels
+@pytest.mark.slow
 def test_from_pretrained_quantizes_in_bfloat16_and_the_cache_and_streaming_agree(tokenizer):
     model = LocalModel.from_pretrained(TINY, device="cpu", quantize="int4", group_size=32, temperature=0)
     assert model.model.model.embed_tokens.weight.dtype == torch.bfloat16  # the default with quantize
@@ -291,6 +294,7 @@ def test_a_converted_checkpoint_loads_as_quantizing_while_loading_does(int4_chec
 @needs_tiny
 @needs_kernels
 @x86
+@pytest.mark.slow
 def test_a_checkpoint_quantized_elsewhere_loads_on_a_cpu_with_other_kernels(int4_checkpoint, tokenizer):
     here = LocalModel.from_pretrained(int4_checkpoint, device="cpu", dtype="float32", temperature=0, max_new_tokens=16)
     expected = "".join(here.stream(MESSAGES))
@@ -357,6 +361,7 @@ OPTIONS = ("--length", "256", "--stride", "128", "--max-windows", "3")
 
 @needs_tiny
 @needs_kernels
+@pytest.mark.slow
 def test_perplexity_script_compares_precisions_on_the_shipped_text():
     script = REPO / "benchmarks" / "perplexity.py"
     done = subprocess.run(

@@ -36,6 +36,7 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
     database=None,
     suppress_health_check=list(HealthCheck),
 )
+@pytest.mark.slow
 def test_no_5xx_and_openai_error_shape(case: Any) -> None:
     response = case.call()
     assert response.status_code < 500, (case.method, case.path, case.body, response.text[:500])

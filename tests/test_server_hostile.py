@@ -379,6 +379,7 @@ def _serve_cli(tmp_path: Any, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(tmp_path: Any) -> None:
     bad_port = _serve_cli(tmp_path, "--port", "99999")
     assert bad_port.returncode == 2 and bad_port.stderr.strip().splitlines() == [
