@@ -18,6 +18,8 @@ __all__ = [
     "MCPConnectionError",
     "FormatError",
     "UsageError",
+    "SessionLimitError",
+    "StoppedWhileWaiting",
 ]
 
 
@@ -106,3 +108,11 @@ class FormatError(GlmAgentError, ValueError):
 
 class UsageError(GlmAgentError):
     """Command-line arguments that cannot work together (reported in one line, exit code 2)."""
+
+
+class SessionLimitError(GlmAgentError):
+    """The web UI has every session slot taken; the message says to try again later."""
+
+
+class StoppedWhileWaiting(ModelError):
+    """The user stopped a generation that was still waiting for its turn on a shared model."""

@@ -537,3 +537,35 @@ def test_a_reader_that_leaves_early_is_not_a_traceback():
     proc.stdout.close()  # before the command has written anything: its first write meets a closed pipe
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0 and b"Traceback" not in err
+
+
+def test_chat_resumes_a_saved_transcript(tmp_path):
+    from glm_agent.messages import AssistantMessage, SystemMessage, UserMessage, save_jsonl
+
+    saved = save_jsonl(
+        [
+            SystemMessage(content="You are terse."),
+            UserMessage(content="my name is Ada"),
+            AssistantMessage(content="Hi Ada."),
+        ],
+        tmp_path / "web.jsonl",
+    )
+    after = tmp_path / "after.jsonl"
+    model = script(tmp_path, ["\n Your name is Ada."])
+    proc = glm_agent("chat", "--model", model, "--resume", str(saved), input=f"my name?\n/save {after}\n")
+    assert proc.returncode == 0, proc.stderr
+    assert f"resumed {saved}: 1 question so far" in proc.stdout and "Your name is Ada." in proc.stdout
+    rows = [json.loads(line) for line in after.read_text().splitlines()]
+    assert rows[0]["content"] == "You are terse."  # the transcript's own system prompt is kept
+    assert [r["role"] for r in rows] == ["system", "user", "assistant", "user", "assistant"]
+
+
+def test_chat_resume_of_a_bad_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"role": "user", "content": "hi"}\nnot json\n')
+    proc = glm_agent("chat", "--model", script(tmp_path, ["\n Hi."]), "--resume", str(bad), input="")
+    assert proc.returncode == 2 and "line 2: not JSON" in proc.stderr
+    proc = glm_agent(
+        "chat", "--model", script(tmp_path, ["\n Hi."]), "--resume", str(tmp_path / "none.jsonl"), input=""
+    )
+    assert proc.returncode == 2 and "no conversation file" in proc.stderr

@@ -366,3 +366,31 @@ def test_an_unisolated_kernel_gets_the_clean_environment_too(tmp_path, monkeypat
     with CodeInterpreter(tmp_path / "ws", isolate=False, timeout=10, env={"FOO": "chosen"}) as session:
         shown = session.run("import os\nprint(os.environ.get('OPENAI_API_KEY'), os.environ['FOO'])").stdout
         assert shown == "None chosen\n"
+
+
+def test_on_output_sees_stdout_before_the_cell_ends(interp):
+    seen: list[tuple[float, str]] = []
+    import time as _time
+
+    interp.on_output = lambda out: seen.append((_time.monotonic(), getattr(out, "text", "")))
+    try:
+        result = interp.run("import time\nprint('first', flush=True)\ntime.sleep(1.5)\nprint('second')")
+    finally:
+        interp.on_output = None
+    ended = _time.monotonic()
+    assert "first\n" in [text for _, text in seen] and "second\n" in [text for _, text in seen]
+    first_at = next(at for at, text in seen if text == "first\n")
+    assert ended - first_at >= 1.0  # it arrived while the cell was still sleeping
+    assert "first\nsecond" in result.observation
+
+
+def test_a_failing_on_output_listener_does_not_break_the_run(interp):
+    def boom(out):
+        raise RuntimeError("listener bug")
+
+    interp.on_output = boom
+    try:
+        result = interp.run("print(6 * 7)")
+    finally:
+        interp.on_output = None
+    assert "42" in result.observation

@@ -26,6 +26,7 @@ from glm_agent.chatglm3.prompts import (
     upload_header,
 )
 from glm_agent.chatglm3.tokenizer import SPECIAL_TOKENS, ChatGLM3Tokenizer, format_system_content
+from glm_agent.chatglm3.turns import PromptTurn, PromptView, prompt_view
 from glm_agent.errors import ToolCallParseError
 
 __all__ = [
@@ -50,6 +51,9 @@ __all__ = [
     "CODE_SYSTEM_EN",
     "code_system_prompt",
     "upload_header",
+    "prompt_view",
+    "PromptView",
+    "PromptTurn",
     "load_model",
     "convert_checkpoint",
 ]

@@ -15,7 +15,7 @@ import sys
 __all__ = ["main", "COMMANDS"]
 
 #: The subcommands in the order ``--help`` lists them; each names a module ``glm_agent.cli.<name>``.
-COMMANDS = ("chat", "run", "tools", "notebook", "convert", "serve", "mcp")
+COMMANDS = ("chat", "run", "tools", "notebook", "convert", "serve", "web", "mcp")
 
 
 def _build_parser() -> argparse.ArgumentParser:

@@ -35,6 +35,11 @@ def add_command(subparsers: Subparsers) -> argparse.ArgumentParser:
         + ". Every call waits for your y/n unless you pass --yes.",
     )
     add_agent_options(parser)
+    parser.add_argument(
+        "--resume",
+        metavar="FILE.jsonl",
+        help="continue a saved conversation (/save, Agent.save, or the web UI's transcript download)",
+    )
     parser.set_defaults(handler=chat_command)
     return parser
 
@@ -46,17 +51,26 @@ def chat_command(args: argparse.Namespace) -> int:
     from glm_agent.cli._agent import is_scripted, load_model, model_spec, open_agent
     from glm_agent.cli._approve import choose_approver
     from glm_agent.cli._render import TEMPORARY_IMAGES, EventRenderer, scripted_banner
+    from glm_agent.messages import load_jsonl
 
     console = Console()
     renderer = EventRenderer(console)
     approve, _ = choose_approver(args.yes, renderer, console, interactive=True)
+    history = load_jsonl(args.resume) if args.resume else None  # a bad file fails before the model loads
     model = load_model(model_spec(args), args, console)
     if args.code_interpreter and not args.workspace:
         renderer.image_note = TEMPORARY_IMAGES
     with open_agent(args, model, approve, console) as agent:
         if is_scripted(model):
             console.print(scripted_banner(model), style="bold yellow", markup=False, highlight=False, soft_wrap=True)
+        if history is not None:
+            agent.load_messages(history)
         _welcome(console, agent, model)
+        if history is not None:
+            turns = sum(m.role == "user" for m in agent.messages)
+            console.print(
+                f"resumed {args.resume}: {turns} question{'s' * (turns != 1)} so far", style="dim", markup=False
+            )
         _loop(console, renderer, agent, fresh_kernel_on_reset=bool(args.workspace))
     return 0
 

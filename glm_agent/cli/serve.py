@@ -57,6 +57,14 @@ def add_command(subparsers: Subparsers) -> argparse.ArgumentParser:
     from glm_agent.cli.convert import add_quantize_arguments
 
     add_quantize_arguments(parser)
+    parser.add_argument("--ui", action="store_true", help="also serve the browser UI at /ui (needs the 'web' extra)")
+    parser.add_argument("--code-interpreter", action="store_true", help="offer the UI's Code Interpreter mode")
+    parser.add_argument(
+        "--auth", metavar="USER:PASS", help="the UI's login (needed with --ui on a non-loopback --host)"
+    )
+    from glm_agent.cli.web import add_ui_options
+
+    add_ui_options(parser, tokenizer=False, mcp=False)
     parser.set_defaults(handler=run_serve)
     return parser
 
@@ -107,6 +115,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
             connect_mcp(args.mcp, registry=tools)
         from glm_agent.server import serve
+
+        ui, ui_auth = _ui(args, model, tokenizer, tools)
     except (GlmAgentError, ValueError, OSError, ImportError) as exc:
         if tools is not None:
             tools.close()
@@ -132,6 +142,8 @@ def run_serve(args: argparse.Namespace) -> int:
                 head_timeout=args.header_timeout,
                 body_timeout=args.body_timeout,
             ),
+            ui=ui,
+            ui_auth=ui_auth,
         )
     except (GlmAgentError, ValueError, OSError) as exc:
         print(f"glm-agent serve: {exc}", file=sys.stderr)
@@ -140,3 +152,23 @@ def run_serve(args: argparse.Namespace) -> int:
         if tools is not None:
             tools.close()  # ends the MCP servers of --mcp
     return 0
+
+
+def _ui(args: argparse.Namespace, model: Any, tokenizer: Any, tools: Any) -> tuple[Any, Any]:
+    """The web UI's configuration for ``--ui`` (same model, same tools; scripted files replay per session)."""
+    if not args.ui:
+        if args.code_interpreter or args.auth:
+            raise GlmAgentError("--code-interpreter and --auth are options of the web UI; add --ui")
+        return None, None
+    try:
+        from glm_agent.web import ModelSource, check_bind, parse_auth
+    except ImportError as exc:
+        raise GlmAgentError(f"--ui needs the 'web' extra ({exc}); pip install 'glm-agent[web]'") from None
+    from glm_agent.cli.web import web_config
+
+    auth = parse_auth(args.auth)
+    check_bind(args.host, auth)
+    models = ModelSource.from_spec(args.model) if args.model.startswith("scripted:") else ModelSource(model)
+    config = web_config(args, models, tools=tools)
+    config.tokenizer = config.tokenizer or tokenizer
+    return config, auth

@@ -12,11 +12,11 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import EllipsisType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union
 
 from glm_agent.errors import InterpreterError
 from glm_agent.interpreter._backend import KernelBackend
@@ -27,7 +27,15 @@ from glm_agent.interpreter._isolation import Isolation, resolve_isolation, runti
 from glm_agent.interpreter._limits import GiB, Limits, MiB
 from glm_agent.interpreter._local import LocalKernel
 from glm_agent.interpreter._outcome import CellReport, RunOutcome, read_report
-from glm_agent.interpreter._results import ErrorOutput, ExecutionResult, format_observation, output_text
+from glm_agent.interpreter._results import (
+    DisplayOutput,
+    ErrorOutput,
+    ExecutionResult,
+    StreamOutput,
+    format_observation,
+    output_text,
+    strip_ansi,
+)
 from glm_agent.interpreter._workspace import SessionDirs
 
 if TYPE_CHECKING:
@@ -35,13 +43,30 @@ if TYPE_CHECKING:
     from glm_agent.interpreter._pool import KernelPool
     from glm_agent.messages import MessageLike
 
-__all__ = ["CodeInterpreter", "MNT_DATA"]
+__all__ = ["CodeInterpreter", "MNT_DATA", "OutputListener", "live_output"]
 
 log = logging.getLogger(__name__)
 
 MNT_DATA = "/mnt/data"
 _MNT_DATA_IN_CODE = re.compile(r"(?<![\w/.])/mnt/data(?![\w.-])")
 _UPLOAD_NAME = re.compile(r"^[^/\\\x00]+$")
+
+#: Called from the running thread with each output as it arrives (stdout line by line, errors, displays).
+OutputListener = Callable[[Union[StreamOutput, ErrorOutput, DisplayOutput]], None]
+
+
+def live_output(
+    msg: dict[str, Any], to_model_path: Callable[[str], str] = str
+) -> StreamOutput | ErrorOutput | DisplayOutput | None:
+    """One iopub message as the output a live view shows (ANSI codes removed), or None for other messages."""
+    kind, content = msg.get("msg_type"), msg.get("content", {})
+    if kind == "stream":
+        return StreamOutput(content.get("name", "stdout"), to_model_path(strip_ansi(content.get("text", ""))))
+    if kind == "error":
+        return ErrorOutput(content.get("ename", ""), content.get("evalue", ""), list(content.get("traceback", [])))
+    if kind in ("display_data", "execute_result"):
+        return DisplayOutput(kind, dict(content.get("data", {})), dict(content.get("metadata", {})))
+    return None
 
 
 class CodeInterpreter:
@@ -57,7 +82,9 @@ class CodeInterpreter:
     is restarted. Observations say when either happened. ``isolate``: None = where
     available, True = required, False = off (see ``isolation``). ``pool`` hands out
     pre-started kernels. ``max_observation_chars`` bounds the observation (head + tail),
-    ``max_output_chars`` what is kept of a run's output at all.
+    ``max_output_chars`` what is kept of a run's output at all. ``on_output(output)`` (settable
+    later as ``interpreter.on_output``) sees each output while the cell runs: stdout as it is
+    printed, errors, displays; the complete result still comes from ``run``.
 
     ``gateway="http://host:port"`` (with ``token=``, or a ``KernelGateway`` object) runs the
     kernel on a Jupyter Kernel/Enterprise Gateway instead (see ``sandbox/README.md``): the same
@@ -83,6 +110,7 @@ class CodeInterpreter:
         token: str | None = None,
         readonly_paths: Sequence[str | Path] = (),
         env: Mapping[str, str] | None = None,
+        on_output: OutputListener | None = None,
     ) -> None:
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
@@ -94,6 +122,7 @@ class CodeInterpreter:
         self.max_observation_chars = max_observation_chars
         self.max_output_chars = max_output_chars
         self.history: list[ExecutionResult] = []
+        self.on_output = on_output
         self._lock = threading.RLock()
         self._closed = False
         self.env = check_env(env)
@@ -312,6 +341,8 @@ class CodeInterpreter:
                     idle = idle or msg["content"].get("execution_state") == "idle"
                 else:
                     collector.add(msg)
+                    if self.on_output is not None:
+                        self._emit_live(msg)
         except KeyboardInterrupt:
             backend.interrupt()  # Ctrl-C on the host stops the code too
             raise
@@ -349,6 +380,16 @@ class CodeInterpreter:
             f"[The session's limit of {self.limits.max_processes} processes and threads was reached "
             "(Limits.max_processes): starting more failed. Let processes and threads end before starting new ones.]"
         )
+
+    def _emit_live(self, msg: dict[str, Any]) -> None:
+        """Hand one output to ``on_output`` while the cell runs (a failing listener never breaks the run)."""
+        live = live_output(msg, self._path_for_model)
+        if live is None or self.on_output is None:
+            return
+        try:
+            self.on_output(live)
+        except Exception:
+            log.warning("the on_output listener failed", exc_info=True)
 
     def _transport_notices(self) -> list[str]:
         """What a remote transport had to do during the run (reconnects, a lost reply)."""

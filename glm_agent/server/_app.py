@@ -238,6 +238,7 @@ def create_app(
     mcp_host: str = "127.0.0.1",
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    ui_path: str | None = None,
 ) -> FastAPI:
     """The FastAPI app serving ``model`` (any backend with ``stream``; ``stream_ids`` for raw prompts).
 
@@ -247,6 +248,8 @@ def create_app(
     ``api_key``: required on every route but ``/health`` (docs and the OpenAPI schema included).
     ``context_length``: refuse prompts that do not fit (default: ``model.context_length`` if any).
     ``max_request_bytes`` / ``body_timeout``: a larger body is a 413, a slower one a 408.
+    ``ui_path``: where the web UI will be mounted; it has its own login (``--auth``) and limits,
+    so the API key and body limits do not apply there.
     """
     if max_request_bytes < 1 or body_timeout <= 0:
         raise ValueError("max_request_bytes and body_timeout must be positive")
@@ -268,7 +271,13 @@ def create_app(
 
         registry = tools if isinstance(tools, ToolRegistry) else ToolRegistry()
         mount_mcp(app, registry, path=mcp_path, host=mcp_host)
-    app.add_middleware(RequestGuard, api_key=api_key, max_request_bytes=max_request_bytes, body_timeout=body_timeout)
+    app.add_middleware(
+        RequestGuard,
+        api_key=api_key,
+        max_request_bytes=max_request_bytes,
+        body_timeout=body_timeout,
+        own_login_path=ui_path,
+    )
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _invalid)
@@ -290,11 +299,15 @@ def serve(
     port: int = 8000,
     log_level: str = "info",
     head_timeout: float = DEFAULT_HEAD_TIMEOUT,
+    ui: Any = None,
+    ui_auth: tuple[str, str] | None = None,
     **app_options: Any,
 ) -> None:
     """Serve ``model`` until interrupted (``app_options`` go to :func:`create_app`).
 
     ``head_timeout``: seconds a connection may take to send a request's head (slowloris), else a 408.
+    ``ui``: a :class:`glm_agent.web.WebConfig` to serve the browser UI at ``/ui`` as well
+    (``ui_auth``: its login); its sessions and kernels are closed on the way out.
     """
     import uvicorn
 
@@ -302,12 +315,28 @@ def serve(
         app_options.setdefault("mcp_host", host)
     if not head_timeout > 0:
         raise ValueError("head_timeout must be a positive number of seconds")
+    if ui is not None:
+        app_options["ui_path"] = "/ui"
     app = create_app(model, tokenizer, **app_options)
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, http=head_timeout_protocol(head_timeout))
-    listener = _listen(host, port)  # a busy port fails here, before anything says "serving"
-    port = listener.getsockname()[1]
-    logger.info("serving %s on http://%s:%d/v1", app.state.glm.model_name, host, port)
-    uvicorn.Server(config).run(sockets=[listener])
+    web = None
+    if ui is not None:
+        from glm_agent.web import check_bind, mount_web_ui
+
+        check_bind(host, ui_auth)
+        web = mount_web_ui(app, ui, path="/ui", auth=ui_auth)
+    try:
+        config = uvicorn.Config(
+            app, host=host, port=port, log_level=log_level, http=head_timeout_protocol(head_timeout)
+        )
+        listener = _listen(host, port)  # a busy port fails here, before anything says "serving"
+        port = listener.getsockname()[1]
+        if web is not None:
+            logger.info("web UI on http://%s:%d/ui", host, port)
+        logger.info("serving %s on http://%s:%d/v1", app.state.glm.model_name, host, port)
+        uvicorn.Server(config).run(sockets=[listener])
+    finally:
+        if web is not None:
+            web.close()
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -43,14 +43,23 @@ def _bearer(scope: Scope) -> bytes:
 class RequestGuard:
     """ASGI middleware: auth, then the size and time limits on the body, then the app."""
 
-    def __init__(self, app: Any, *, api_key: str | None, max_request_bytes: int, body_timeout: float) -> None:
+    def __init__(
+        self,
+        app: Any,
+        *,
+        api_key: str | None,
+        max_request_bytes: int,
+        body_timeout: float,
+        own_login_path: str | None = None,
+    ) -> None:
         self.app = app
         self.api_key = None if api_key is None else api_key.encode("utf-8")
         self.max_request_bytes = max_request_bytes
         self.body_timeout = body_timeout
+        self.own_login_path = own_login_path  # the web UI: its own login, uploads, streaming
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or self._own_login(scope["path"]):
             await self.app(scope, receive, send)
             return
         if self.api_key is not None and scope["path"] not in OPEN_PATHS:
@@ -92,6 +101,10 @@ class RequestGuard:
             f"the request body is larger than {self.max_request_bytes} bytes (the server's --max-request-bytes)",
             code="request_too_large",
         )
+
+    def _own_login(self, path: str) -> bool:
+        prefix = self.own_login_path
+        return prefix is not None and (path == prefix or path.startswith(prefix.rstrip("/") + "/"))
 
     @staticmethod
     def _content_length(scope: Scope) -> int | None:

@@ -1,0 +1,98 @@
+"""What the web UI serves: the model (shared, or one per session for scripted replays), tools, interpreter, limits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from glm_agent.tools import ToolRegistry
+from glm_agent.web._queue import ModelQueue, QueuedModel, StopFn, WaitFn
+
+__all__ = ["ModelSource", "WebConfig"]
+
+
+class ModelSource:
+    """Where sessions get their model.
+
+    ``ModelSource(model)``: one shared model; concurrent generations wait in a :class:`ModelQueue`.
+    ``ModelSource(factory=fn)``: a fresh model per conversation (``scripted:FILE`` replays the file
+    from its first reply in every browser session, so anyone can run the demo without weights).
+    """
+
+    def __init__(
+        self, model: Any = None, *, factory: Callable[[], Any] | None = None, label: str | None = None
+    ) -> None:
+        if (model is None) == (factory is None):
+            raise ValueError("pass either a shared model or a factory of per-session models")
+        self.model = model
+        self.factory = factory
+        self.queue = ModelQueue()
+        sample = model if model is not None else factory() if factory is not None else None
+        self.label = label or str(getattr(sample, "name", type(sample).__name__))
+        self.tokenizer = getattr(sample, "tokenizer", None)
+        self.context_length: int | None = getattr(sample, "context_length", None)
+
+    @classmethod
+    def from_spec(cls, spec: str, **options: Any) -> ModelSource:
+        """A ``--model`` spec: ``scripted:FILE.json`` gives a per-session replay; anything else is loaded once."""
+        from glm_agent.models import load_chat_model
+
+        if spec.strip().startswith("scripted:"):
+            load_chat_model(spec, **options)  # fails now, with a clear message, if the file is bad
+            return cls(factory=lambda: load_chat_model(spec, **options))
+        return cls(load_chat_model(spec, **options))
+
+    @property
+    def shared(self) -> bool:
+        return self.model is not None
+
+    def for_session(self, on_wait: WaitFn, should_stop: StopFn) -> Any:
+        """The model one conversation talks to."""
+        if self.factory is not None:
+            return self.factory()
+        return QueuedModel(self.model, self.queue, on_wait, should_stop)
+
+
+@dataclass
+class WebConfig:
+    """Everything ``glm-agent web`` (or ``serve --ui``) needs to build the UI.
+
+    ``code_interpreter``: offer the Code Interpreter mode (a kernel per session, from a pool of
+    ``pool_size`` pre-started local kernels, or on ``gateway``). ``tokenizer`` and
+    ``context_length`` feed the prompt view's token counts (the model's own when it has them).
+    """
+
+    models: ModelSource
+    tools: ToolRegistry = field(default_factory=ToolRegistry)
+    code_interpreter: bool = False
+    gateway: str | None = None
+    token: str | None = None
+    tokenizer: Any = None
+    context_length: int | None = None
+    max_sessions: int = 16
+    idle_timeout: float = 15 * 60
+    pool_size: int = 2
+    code_timeout: float = 120.0
+    max_steps: int = 10
+    language: Literal["zh", "en"] = "zh"
+    title: str = "glm-agent"
+
+    def __post_init__(self) -> None:
+        if self.max_sessions < 1:
+            raise ValueError("max_sessions must be at least 1")
+        if self.idle_timeout <= 0:
+            raise ValueError("idle_timeout must be a positive number of seconds")
+        if self.tokenizer is None:
+            self.tokenizer = self.models.tokenizer
+        if self.context_length is None:
+            self.context_length = self.models.context_length
+
+    def modes(self) -> list[str]:
+        """The modes a conversation can be in: Chat always, Tools with tools, Code Interpreter with a kernel."""
+        modes = ["Chat"]
+        if len(self.tools):
+            modes.append("Tools")
+        if self.code_interpreter:
+            modes.append("Code Interpreter")
+        return modes

@@ -1,0 +1,81 @@
+"""One shared model, many browser sessions: generations take turns, and a waiting session is told so."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from glm_agent.errors import StoppedWhileWaiting
+from glm_agent.messages import MessageLike
+
+__all__ = ["ModelQueue", "QueuedModel"]
+
+WaitFn = Callable[[int], None]  # called with the number of generations ahead (0: this one runs now)
+StopFn = Callable[[], bool]
+
+
+class ModelQueue:
+    """First come, first served: one generation at a time on the shared model."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._line: list[object] = []
+
+    @property
+    def waiting(self) -> int:
+        """Generations running or waiting."""
+        with self._cond:
+            return len(self._line)
+
+    @contextmanager
+    def turn(self, on_wait: WaitFn, should_stop: StopFn) -> Iterator[None]:
+        """Wait for this caller's turn (reporting the line ahead as it changes), hold it, then let the next go."""
+        me = object()
+        with self._cond:
+            self._line.append(me)
+        try:
+            reported = -1
+            with self._cond:
+                while self._line[0] is not me:
+                    ahead = self._line.index(me)
+                    if ahead != reported:
+                        on_wait(ahead)
+                        reported = ahead
+                    self._cond.wait(0.2)
+                    if should_stop():
+                        raise StoppedWhileWaiting("stopped while waiting for the model")
+            if reported > 0:
+                on_wait(0)
+            yield
+        finally:
+            with self._cond:
+                self._line.remove(me)
+                self._cond.notify_all()
+
+
+class QueuedModel:
+    """A session's view of the shared model: ``stream`` waits in the :class:`ModelQueue` first.
+
+    Other attributes (``name``, ``tokenizer``, ``context_length``) are the shared model's.
+    """
+
+    def __init__(self, model: Any, queue: ModelQueue, on_wait: WaitFn, should_stop: StopFn) -> None:
+        self.model = model
+        self.queue = queue
+        self.on_wait = on_wait
+        self.should_stop = should_stop
+
+    def stream(self, messages: Sequence[MessageLike], **params: Any) -> Iterator[str]:
+        with self.queue.turn(self.on_wait, self.should_stop):
+            inner = self.model.stream(messages, **params)
+            try:
+                yield from inner
+            finally:
+                close = getattr(inner, "close", None)
+                if close is not None:
+                    close()  # a local model stops at the next token
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)

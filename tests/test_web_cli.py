@@ -1,0 +1,109 @@
+"""``glm-agent web`` and ``glm-agent serve --ui`` as real processes, and their refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import psutil
+import pytest
+
+from glm_agent.cli import main
+from tests._data import REPO, SHARED, needs_shared
+from tests._helpers import free_port
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _start(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "glm_agent.cli", *args],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _wait_http(proc: subprocess.Popen, url: str, timeout: float = 60) -> httpx.Response:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the process ended early:\n{proc.stdout.read()}")
+        try:
+            response = httpx.get(url, timeout=5)
+            if response.status_code == 200:
+                return response
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} did not answer in {timeout} s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Ctrl-C, as a user would; every kernel the process started must end with it."""
+    descendants = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    _, alive = psutil.wait_procs(descendants, timeout=15)
+    assert [p for p in alive if p.status() != psutil.STATUS_ZOMBIE] == []
+
+
+def test_web_serves_the_ui_with_a_scripted_model_and_a_kernel_pool(tmp_path):
+    script = tmp_path / "demo.json"
+    script.write_text(json.dumps(["Hello from the demo."]))
+    port = free_port()
+    proc = _start("web", "--model", f"scripted:{script}", "--code-interpreter", "--port", str(port), "--pool-size", "1")
+    try:
+        page = _wait_http(proc, f"http://127.0.0.1:{port}/")
+        assert "<gradio-app" in page.text or "gradio" in page.text.lower()
+        config = _wait_http(proc, f"http://127.0.0.1:{port}/config").json()
+        labels = json.dumps(config)
+        assert "Code Interpreter" in labels and "scripted" in labels
+        assert "fonts.googleapis" not in page.text + labels
+    finally:
+        _stop(proc)
+
+
+@needs_shared
+def test_serve_ui_mounts_the_ui_beside_the_api(tmp_path):
+    script = tmp_path / "demo.json"
+    script.write_text(json.dumps(["Hello."]))
+    port = free_port()
+    proc = _start(
+        "serve", "--model", f"scripted:{script}", "--tokenizer", str(SHARED / "tokenizer.model"), "--ui",
+        "--port", str(port), "--api-key", "sk-test",
+    )  # fmt: skip
+    try:
+        ui = _wait_http(proc, f"http://127.0.0.1:{port}/ui/")  # the UI has its own login (--auth), not the key
+        assert "gradio" in ui.text.lower()
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/models").status_code == 401
+        models = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": "Bearer sk-test"})
+        assert models.status_code == 200 and models.json()["data"]
+    finally:
+        _stop(proc)
+
+
+def test_a_public_host_without_a_login_is_refused(capsys, tmp_path):
+    script = tmp_path / "demo.json"
+    script.write_text("[]")
+    assert main(["web", "--model", f"scripted:{script}", "--host", "0.0.0.0"]) == 2
+    assert "--auth USER:PASS" in capsys.readouterr().err
+    assert main(["web", "--model", f"scripted:{script}", "--auth", "nopassword"]) == 2
+    assert "USER:PASS" in capsys.readouterr().err
+    assert main(["web", "--model", f"scripted:{tmp_path / 'missing.json'}"]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["web", "--model", f"scripted:{script}", "--gateway", "http://127.0.0.1:1"]) == 2
+    assert "add --code-interpreter" in capsys.readouterr().err
