@@ -27,7 +27,7 @@ from tests.web_support import (
     wait_until,
 )
 
-pytestmark = [needs_browser, pytest.mark.timeout(180)]
+pytestmark = [needs_browser, pytest.mark.browser, pytest.mark.kernel, pytest.mark.slow, pytest.mark.timeout(180)]
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOT = REPO / "docs" / "web-ui.png"

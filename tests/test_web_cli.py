@@ -61,6 +61,8 @@ def _stop(proc: subprocess.Popen) -> None:
     assert [p for p in alive if p.status() != psutil.STATUS_ZOMBIE] == []
 
 
+@pytest.mark.slow
+@pytest.mark.kernel
 def test_web_serves_the_ui_with_a_scripted_model_and_a_kernel_pool(tmp_path):
     script = tmp_path / "demo.json"
     script.write_text(json.dumps(["Hello from the demo."]))
@@ -77,6 +79,7 @@ def test_web_serves_the_ui_with_a_scripted_model_and_a_kernel_pool(tmp_path):
         _stop(proc)
 
 
+@pytest.mark.slow
 @needs_shared
 def test_serve_ui_mounts_the_ui_beside_the_api(tmp_path):
     script = tmp_path / "demo.json"

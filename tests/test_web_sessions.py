@@ -18,6 +18,8 @@ from glm_agent.web import ModelQueue, ModelSource, SessionLimitError, SessionMan
 from glm_agent.web._server import check_bind, parse_auth
 from tests.web_support import Router, code_reply, tool_reply, tools, wait_until
 
+pytestmark = pytest.mark.kernel  # the sessions' kernel pool starts kernels
+
 SCRIPTS = {
     "set x": [code_reply("x = 41\nprint('x is set')"), "Stored."],
     "show x": [code_reply("print(x + 1)"), "Shown."],
