@@ -59,6 +59,9 @@ def test_refused_and_unparsable_calls_are_visible():
     view.event(ev.CallRefused(1, call, "The user did not allow you to call delete_all."))
     refused = view.messages[-1]
     assert refused["metadata"]["title"] == "Tool: delete_all (failed)" and "denied by the user" in refused["content"]
+    view.event(ev.CallStarted(1, "delete_all"))
+    view.event(ev.CallRefused(1, call, "The request was not approved.", reason="approve raised RuntimeError: boom"))
+    assert "not run: approve raised RuntimeError: boom" in view.messages[-1]["content"]  # a failing gate says why
     view.event(ev.CallStarted(1, "broken"))
     view.event(ev.ParseFailed(1, "broken", "could not parse the call: unbalanced brackets"))
     assert "could not be parsed" in view.messages[-1]["metadata"]["title"]

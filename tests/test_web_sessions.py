@@ -236,3 +236,37 @@ def test_binding_beyond_loopback_needs_a_login():
     for bad in ("alice", ":x", "alice:"):
         with pytest.raises(GlmAgentError, match="USER:PASS"):
             parse_auth(bad)
+
+
+@pytest.mark.gateway
+@pytest.mark.slow
+def test_sessions_on_a_kernel_gateway_stream_output_stop_and_leave_no_kernel():
+    from tests.gateway_server import GatewayServer
+
+    gateway = GatewayServer()
+    manager = None
+    try:
+        config = WebConfig(
+            ModelSource(factory=Router(SCRIPTS).factory()),
+            code_interpreter=True,
+            gateway=gateway.url,
+            token=gateway.token,
+        )
+        manager = SessionManager(config)
+        assert manager.pool is None  # kernels come from the gateway
+        a, b = manager.open("a"), manager.open("b")
+        run(a, "set x")
+        assert any("NameError" in text for text in run(b, "show x"))
+        a.start("sleep")
+        wait_until(lambda: any("zz" in str(m["content"]) for m in a.snapshot().messages), what="live output")
+        a.stop()
+        assert a.wait(10)
+        assert any("42" in text for text in run(a, "show x"))  # interrupted, state kept
+        assert a.workspace_files() == []  # the kernel's files stay on the gateway
+        assert len(gateway.kernels()) == 2
+        manager.close_all()
+        wait_until(lambda: gateway.kernels() == [], what="the gateway's kernels to be shut down")
+    finally:
+        if manager is not None:
+            manager.close_all()
+        gateway.stop()

@@ -199,7 +199,8 @@ class ChatView:
 
     def _on_refused(self, e: ev.CallRefused) -> None:
         card = self._finish(e.call.name, e.observation, False, kind="code" if isinstance(e.call, CodeCall) else "tool")
-        card.note = "denied by the user"
+        reason = getattr(e, "reason", None)
+        card.note = f"not run: {reason}" if reason else "denied by the user"
         self._refresh(card)
 
     def _on_parse_failed(self, e: ev.ParseFailed) -> None:
