@@ -112,6 +112,8 @@ def test_idle_sessions_are_closed_with_their_kernels():
         wait_until(lambda: gone(pid), what="its kernel to end")
         with pytest.raises(GlmAgentError, match="reload the page"):
             session.start("hello")
+        with pytest.raises(GlmAgentError, match="ended after .* idle minutes"):
+            manager.open("idle")  # the tab is told, not silently given an empty conversation
     finally:
         manager.close_all()
 

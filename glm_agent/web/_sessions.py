@@ -434,6 +434,7 @@ class SessionManager:
 
             self.pool = KernelPool(config.pool_size)
         self._sessions: dict[str, WebSession] = {}
+        self._expired: set[str] = set()  # closed for idleness: their tabs are told to reload
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._reaper = threading.Thread(target=self._reap_loop, name="glm-agent-web-reaper", daemon=True)
@@ -452,6 +453,11 @@ class SessionManager:
             session = self._sessions.get(session_id)
             if session is not None and not session.closed:
                 return session
+            if session_id in self._expired:
+                raise GlmAgentError(
+                    f"this session ended after {self.config.idle_timeout / 60:g} idle minutes and its kernel was "
+                    "freed; reload the page to start a new one"
+                )
             if len(self._sessions) >= self.config.max_sessions:
                 raise SessionLimitError(
                     f"All {self.config.max_sessions} sessions are in use. Try again in a few minutes "
@@ -490,6 +496,8 @@ class SessionManager:
             ]
         for sid in idle:
             self.close(sid)
+            with self._lock:
+                self._expired.add(sid)
         return idle
 
     def _reap_loop(self) -> None:
