@@ -102,8 +102,10 @@ def random_model_6b(precision: str, seed: int = 0, group_size: int = 128) -> Glm
             else:
                 groups = k // group_size
                 q = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8)
-                scales = torch.full((n, groups), 0.06 / 15, dtype=torch.bfloat16)
-                zeros = torch.empty((n, groups), dtype=torch.bfloat16).uniform_(-0.002, 0.002)
+                step = 0.06 / 15
+                scales = torch.full((n, groups), step, dtype=torch.bfloat16)
+                # w = (q - 8) * step + zero has mean -step / 2 + zero: zeros around step / 2 keep it unbiased
+                zeros = torch.empty((n, groups), dtype=torch.bfloat16).uniform_(step / 2 - 0.001, step / 2 + 0.001)
                 portable = PortableWeight("int4", n, k, group_size, q, scales, zeros)
             bias = module.bias
             quantized = QuantizedLinear(portable, bias.data if bias is not None else None)

@@ -17,7 +17,8 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -29,7 +30,7 @@ from glm_agent.models._packed_linear import RowSlice, pack_fused_qkv, pack_linea
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Runner", "LeanGlmRunner", "TransformersRunner", "make_runner"]
+__all__ = ["Runner", "LeanGlmRunner", "StageClock", "TransformersRunner", "make_runner"]
 
 _GROW = 256  # KV buffers grow in multiples of this many positions
 
@@ -103,6 +104,7 @@ class LeanGlmRunner:
             )
             for layer, qkv in zip(base.layers, projections, strict=False)
         ]
+        self.clock: StageClock | None = None  # set one to time the stages of each forward pass
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.capacity = 0
@@ -163,6 +165,7 @@ class LeanGlmRunner:
         return logits
 
     def _forward_chunk(self, ids: Sequence[int]) -> torch.Tensor:
+        mark = self.clock.start() if self.clock is not None else _no_mark
         past, count = self.length, len(ids)
         total = past + count
         self._reserve(total)
@@ -170,15 +173,20 @@ class LeanGlmRunner:
         x = F.embedding(tokens, self.embed)  # [T, H]
         cos, sin = self._rotary(past, count)
         mask = self._mask(past, count)
+        mark("embedding, rotary tables, mask")
         rep = self.num_heads // self.num_kv
         heads, kv_heads = self.num_heads, self.num_kv
         for i, (ln1, qkv_proj, o_proj, ln2, gate_up_proj, down_proj, device) in enumerate(self.layers):
             if x.device != device:
                 x = x.to(device)
                 cos, sin, mask = cos.to(device), sin.to(device), mask.to(device) if mask is not None else None
-            qkv = qkv_proj(ln1(x)).view(count, heads + 2 * kv_heads, self.head_dim)
+            h = ln1(x)
+            mark("norms")
+            qkv = qkv_proj(h).view(count, heads + 2 * kv_heads, self.head_dim)
+            mark("matmul qkv")
             qk = _apply_rotary(qkv[:, : heads + kv_heads], cos, sin)
             q, k, v = qk[:, :heads], qk[:, heads:], qkv[:, heads + kv_heads :]
+            mark("rotary")
             keys, values = self.keys[i], self.values[i]  # [kv heads, capacity, head_dim]
             keys[:, past:total] = k.transpose(0, 1)
             values[:, past:total] = v.transpose(0, 1)
@@ -199,12 +207,22 @@ class LeanGlmRunner:
                 ]
             )
             attn = attn.view(self.num_kv, rep, count, self.head_dim).permute(2, 0, 1, 3).reshape(count, -1)
+            mark("attention (cache write, sdpa)")
             x = x + o_proj(attn)
-            gate, up = gate_up_proj(ln2(x)).chunk(2, dim=-1)
-            x = x + down_proj(up * F.silu(gate))
+            mark("matmul attention output")
+            h = ln2(x)
+            mark("norms")
+            gate, up = gate_up_proj(h).chunk(2, dim=-1)
+            mark("matmul gate_up")
+            h = up * F.silu(gate)
+            mark("silu")
+            x = x + down_proj(h)
+            mark("matmul down")
         self.length = total
         last = self.norm(x[-1:])
+        mark("norms")
         logits: torch.Tensor = self.lm_head(last.to(self.lm_head_device))[0]
+        mark("matmul output layer")
         return logits.float()
 
     def _rotary(self, past: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -243,6 +261,27 @@ def _rms_norm(module: Any, dtype: torch.dtype) -> Any:
     return functools.partial(F.rms_norm, normalized_shape=(weight.shape[0],), weight=weight, eps=eps)
 
 
+class StageClock:
+    """Wall time per stage of the lean forward pass (set ``runner.clock = StageClock()``; CPU ops are synchronous)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = 0.0
+
+    def start(self) -> Callable[[str], None]:
+        self._last = time.perf_counter()
+        return self.mark
+
+    def mark(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._last
+        self._last = now
+
+
+def _no_mark(stage: str) -> None:
+    return None
+
+
 class _SeparateQKV:
     """q, k and v as three products over the model's untouched (or quantized) weights, concatenated."""
 
@@ -264,8 +303,9 @@ def _qkv(attn: Any, relayout: bool, column_major: bool, pack: bool) -> Any:
 
 def _pack_linears(model: Any) -> None:
     """Every ``nn.Linear`` outside attention's q/k/v (fused separately) becomes a :class:`PackedLinear`."""
-    for name, module in list(model.named_modules()):
-        if name.endswith(("q_proj", "k_proj", "v_proj")) or not isinstance(module, torch.nn.Linear):
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]  # names only: each old
+    for name in names:  # weight must be freed as soon as its packed twin exists (peak: one extra matrix)
+        if name.endswith(("q_proj", "k_proj", "v_proj")):
             continue
         owner_name, _, attr = name.rpartition(".")
         pack_linear(model.get_submodule(owner_name) if owner_name else model, attr)

@@ -83,6 +83,7 @@ def pack_linear(owner: Any, name: str) -> PackedLinear:
     linear = getattr(owner, name)
     packed = PackedLinear(linear.weight, linear.bias)
     setattr(owner, name, packed)
+    linear.weight = None  # in case someone else still holds the old module: its weight goes now
     return packed
 
 
@@ -102,5 +103,6 @@ def pack_fused_qkv(attn: Any) -> PackedLinear:
     for name, p in zip(("q_proj", "k_proj", "v_proj"), projections, strict=True):
         end = start + p.weight.shape[0]
         setattr(attn, name, RowSlice(fused, start, end))
+        p.weight = None
         start = end
     return fused
