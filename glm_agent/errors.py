@@ -14,6 +14,7 @@ __all__ = [
     "ToolArgumentsError",
     "ArgumentProblem",
     "InterpreterError",
+    "GatewayRefused",
     "MCPConfigError",
     "MCPConnectionError",
     "FormatError",
@@ -88,6 +89,10 @@ class ToolArgumentsError(GlmAgentError, ValueError):
 
 class InterpreterError(GlmAgentError, RuntimeError):
     """The code interpreter could not start or reach its kernel."""
+
+
+class GatewayRefused(InterpreterError):
+    """The Kernel Gateway answered with an HTTP error (so it is reachable)."""
 
 
 class MCPConfigError(GlmAgentError, ValueError):

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from glm_agent.errors import InterpreterError
+from glm_agent.errors import GatewayRefused, InterpreterError
 from glm_agent.interpreter._backend import KernelMessage
 from glm_agent.interpreter._gateway_kernel import LAST_EXIT_ENV
 from glm_agent.interpreter._isolation import Isolation
@@ -26,10 +26,6 @@ __all__ = [
 ]  # fmt: skip
 
 TOKEN_ENV = "GLM_AGENT_GATEWAY_TOKEN"
-
-
-class GatewayRefused(InterpreterError):
-    """The gateway answered with an HTTP error (so it is reachable)."""
 
 
 class GatewayREST:

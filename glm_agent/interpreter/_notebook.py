@@ -76,7 +76,7 @@ def build_notebook(
     ``observation_outputs``: a call with no matching run gets the observation that answered it
     as its cell's output (text, as the model read it) instead of a markdown cell.
     """
-    from glm_agent.messages import AssistantMessage, ObservationMessage, UserMessage, to_messages
+    from glm_agent.messages import INTERPRETER, AssistantMessage, ObservationMessage, UserMessage, to_messages
 
     cells: list[Any] = []
     pending = list(history)
@@ -94,7 +94,7 @@ def build_notebook(
         if isinstance(message, UserMessage):
             waiting = []
             cells.append(v4.new_markdown_cell(f"**User**\n\n{message.content}"))
-        elif isinstance(message, AssistantMessage) and message.metadata.strip() == "interpreter":
+        elif isinstance(message, AssistantMessage) and message.metadata.strip() == INTERPRETER:
             code = _code_of(message.content)
             match = next((r for r in pending if r.code.strip("\n") == code), None)
             if match is not None:

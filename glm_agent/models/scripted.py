@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +90,7 @@ class ScriptedModel(BaseChatModel):
         for start in range(0, len(reply), self.chunk_size):
             yield reply[start : start + self.chunk_size]
 
-    async def astream(self, messages: Sequence[MessageLike], **params: Any):  # type: ignore[override]
+    async def astream(self, messages: Sequence[MessageLike], **params: Any) -> AsyncIterator[str]:
         # no thread needed: replaying is instant
         for delta in self.stream(messages, **params):
             yield delta
