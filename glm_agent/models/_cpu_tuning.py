@@ -38,7 +38,9 @@ def keep_freed_memory(mmap_threshold: int = 32 * 2**20, trim_threshold: int = 51
         libc.gnu_get_libc_version  # noqa: B018 - present only in glibc (not musl)
     except (OSError, AttributeError):
         return False
-    ok = libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold) == 1
+    ok = bool(
+        libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold) == 1
+    )
     _applied = ok
     logger.debug("glibc malloc tuning for CPU inference %s", "applied" if ok else "refused")
     return ok

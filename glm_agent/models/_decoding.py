@@ -138,12 +138,12 @@ class IncrementalDetokenizer:
         return delta
 
     def _window_text(self) -> str:
-        return self._window_lead + self.tokenizer.decode(self.ids[self._start :])
+        return self._window_lead + str(self.tokenizer.decode(self.ids[self._start :]))
 
     def _sticky(self, token: int) -> bool:
         """Byte pieces join their neighbours into characters; control/unknown pieces change how a run starts."""
         sp = self.sp
-        return token < self.ordinary and (sp.IsByte(token) or sp.IsControl(token) or sp.IsUnknown(token))
+        return token < self.ordinary and bool(sp.IsByte(token) or sp.IsControl(token) or sp.IsUnknown(token))
 
     def _boundary(self, prev: int, token: int) -> bool:
         return not self._sticky(prev) and not self._sticky(token)
@@ -152,7 +152,7 @@ class IncrementalDetokenizer:
         """A run-start decode drops the dummy-prefix space that a mid-run piece keeps."""
         if token >= self.ordinary or prev >= self.ordinary:
             return False  # a special id ends the run: the full decode drops that space too
-        return self.sp.IdToPiece(token).startswith("\u2581")
+        return bool(self.sp.IdToPiece(token).startswith("\u2581"))
 
 
 class StopStrings:
