@@ -13,7 +13,13 @@ from typing import Any
 
 from glm_agent.errors import ToolDefinitionError
 from glm_agent.tools._schema import check_tool_name
-from glm_agent.tools._tool import ArgumentProblem, Tool, ToolArgumentsError, describe_expected
+from glm_agent.tools._tool import (
+    ArgumentProblem,
+    Tool,
+    ToolArgumentsError,
+    check_function_and_timeout,
+    describe_expected,
+)
 
 __all__ = ["SchemaTool"]
 
@@ -58,10 +64,7 @@ class SchemaTool(Tool):
         description: str = "",
         timeout: float | None = None,
     ) -> None:
-        if not callable(function):
-            raise ToolDefinitionError(f"a tool must be made from a callable, not {type(function).__name__}")
-        if timeout is not None and not timeout > 0:
-            raise ToolDefinitionError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
+        check_function_and_timeout(function, timeout)
         if not isinstance(parameters, Mapping):
             raise ToolDefinitionError(f"tool {name!r}: parameters must be a JSON Schema object, not {parameters!r}")
         self.name = check_tool_name(name, f"tool {name!r}")

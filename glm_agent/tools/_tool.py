@@ -29,6 +29,14 @@ def _short_repr(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def check_function_and_timeout(function: Any, timeout: float | None) -> None:
+    """What every tool's constructor checks first: something to call, and a usable time limit."""
+    if not callable(function):
+        raise ToolDefinitionError(f"a tool must be made from a callable, not {type(function).__name__}")
+    if timeout is not None and not timeout > 0:
+        raise ToolDefinitionError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
+
+
 def describe_expected(schema: Mapping[str, Any]) -> str:
     """A short human (and model) readable account of what a JSON Schema accepts."""
     if "enum" in schema:
@@ -68,10 +76,7 @@ class Tool:
         description: str | None = None,
         timeout: float | None = None,
     ) -> None:
-        if not callable(function):
-            raise ToolDefinitionError(f"a tool must be made from a callable, not {type(function).__name__}")
-        if timeout is not None and not timeout > 0:
-            raise ToolDefinitionError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
+        check_function_and_timeout(function, timeout)
         where = getattr(function, "__qualname__", None) or repr(function)
         self.name: str = check_tool_name(name if name is not None else getattr(function, "__name__", ""), where)
         spec = describe_function(function)
