@@ -6,6 +6,9 @@ import asyncio
 import socket
 import time
 from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -15,19 +18,27 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 30, interval: float = 0.02) -> None:
-    """Poll ``predicate`` until it returns something truthy; fail the test if ``timeout`` seconds pass first."""
+def wait_until(predicate: Callable[[], T], timeout: float = 30, interval: float = 0.05, what: str = "") -> T:
+    """Poll ``predicate`` until it returns something truthy, and return that; fail the test after ``timeout`` s."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while not (value := predicate()):
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s: {getattr(predicate, '__name__', predicate)}")
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what or _name(predicate)}")
         time.sleep(interval)
+    return value
 
 
-async def wait_until_async(predicate: Callable[[], object], timeout: float = 30, interval: float = 0.02) -> None:
+async def wait_until_async(
+    predicate: Callable[[], T], timeout: float = 30, interval: float = 0.05, what: str = ""
+) -> T:
     """``wait_until`` for a coroutine: polls without blocking the event loop (the code it waits for may run there)."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while not (value := predicate()):
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s: {getattr(predicate, '__name__', predicate)}")
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what or _name(predicate)}")
         await asyncio.sleep(interval)
+    return value
+
+
+def _name(predicate: Callable[[], object]) -> str:
+    return getattr(predicate, "__name__", repr(predicate))

@@ -12,20 +12,13 @@ from pathlib import Path
 import psutil
 
 from glm_agent.mcp import MCPServerHTTP, MCPServerStdio
+from tests._helpers import free_port
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-SERVER = HERE / "mcp_test_server.py"
+SERVER = Path(__file__).resolve().parent / "mcp_test_server.py"
 
 
 def stdio_spec(**options: float) -> MCPServerStdio:
     return MCPServerStdio(sys.executable, [str(SERVER)], **options)  # type: ignore[arg-type]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class HTTPTestServer:

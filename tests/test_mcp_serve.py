@@ -19,7 +19,7 @@ from mcp import Client, StdioServerParameters
 
 from glm_agent.mcp import MCPServerHTTP, MCPServerStdio, connect_mcp
 from tests._data import REPO, SHARED, needs_shared
-from tests.mcp_helpers import free_port
+from tests._helpers import free_port
 
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="

@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import os
 import time
-from pathlib import Path
 
 import nbformat
 import psutil
@@ -16,7 +15,8 @@ import pytest
 
 from glm_agent.messages import ObservationMessage, load_jsonl
 from glm_agent.web import ModelSource, WebConfig, create_web_app
-from tests._data import SHARED
+from tests._data import REPO, SHARED
+from tests._helpers import wait_until
 from tests.web_support import (
     Router,
     browser,
@@ -25,12 +25,10 @@ from tests.web_support import (
     needs_browser,
     tool_reply,
     tools,
-    wait_until,
 )
 
 pytestmark = [needs_browser, pytest.mark.browser, pytest.mark.kernel, pytest.mark.slow, pytest.mark.timeout(180)]
 
-REPO = Path(__file__).resolve().parents[1]
 # The README's picture is rewritten only when asked (GLM_AGENT_UPDATE_SCREENSHOTS=1), so a test run
 # leaves the checkout clean; otherwise the screenshot goes to a temporary file and is still checked.
 SCREENSHOT = REPO / "docs" / "web-ui.png"

@@ -16,7 +16,8 @@ from glm_agent.messages import ObservationMessage
 from glm_agent.models import ScriptedModel
 from glm_agent.web import ModelQueue, ModelSource, SessionLimitError, SessionManager, WebConfig
 from glm_agent.web._server import check_bind, parse_auth
-from tests.web_support import Router, code_reply, tool_reply, tools, wait_until
+from tests._helpers import wait_until
+from tests.web_support import Router, code_reply, tool_reply, tools
 
 pytestmark = pytest.mark.kernel  # the sessions' kernel pool starts kernels
 
