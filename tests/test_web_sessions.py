@@ -109,8 +109,8 @@ def test_idle_sessions_are_closed_with_their_kernels():
         run(session, "set x")
         pid = session.interpreter.backend.pid
         wait_until(lambda: "idle" not in manager.ids(), timeout=10, what="the idle session to close")
-        assert session.closed
         wait_until(lambda: gone(pid), what="its kernel to end")
+        assert session.closed
         with pytest.raises(GlmAgentError, match="reload the page"):
             session.start("hello")
         with pytest.raises(GlmAgentError, match="ended after .* idle minutes"):

@@ -488,17 +488,19 @@ class SessionManager:
     def reap(self) -> list[str]:
         """Close sessions idle for longer than ``idle_timeout`` (not while they run); their ids."""
         now = time.monotonic()
-        with self._lock:
-            idle = [
-                sid
+        with self._lock:  # removed and marked expired in one step: its tab is never given a fresh session
+            idle = {
+                sid: s
                 for sid, s in self._sessions.items()
                 if not s.running and now - s.last_active > self.config.idle_timeout
-            ]
-        for sid in idle:
-            self.close(sid)
-            with self._lock:
+            }
+            for sid in idle:
+                del self._sessions[sid]
                 self._expired.add(sid)
-        return idle
+        for sid, session in idle.items():
+            session.close()
+            log.info("session %s closed after %g idle seconds", sid[:8], self.config.idle_timeout)
+        return list(idle)
 
     def _reap_loop(self) -> None:
         interval = min(30.0, max(0.5, self.config.idle_timeout / 4))
