@@ -16,6 +16,7 @@ from glm_agent.errors import MCPConnectionError, ToolDefinitionError
 from glm_agent.mcp import MCPConnection, MCPServerStdio, connect_mcp
 from glm_agent.mcp._processes import tagged_processes
 from glm_agent.models import ScriptedModel
+from tests._helpers import wait_until
 from tests.mcp_helpers import HTTPTestServer, alive, call, result_value, stdio_spec, wait_gone
 
 
@@ -158,7 +159,8 @@ def test_closing_ends_the_server_and_every_child_it_started():
     children = [result_value(tools.call("p__spawn_child").observation) for _ in range(2)]
     pids = [server_pid, *children]
     assert all(alive(p) for p in pids)
-    assert set(pids) <= set(tagged_processes(connection.tag))
+    # a child that is still exec'ing has no readable environment for a moment: wait until all are seen
+    wait_until(lambda: set(pids) <= set(tagged_processes(connection.tag)), timeout=10, what="the tagged processes")
     tools.close()
     assert wait_gone(pids, 1.0) == []
     assert tagged_processes(connection.tag) == []
