@@ -90,7 +90,12 @@ def build_blocks(manager: SessionManager) -> gr.Blocks:
         with gr.Accordion("Prompt (ChatGLM3 turns)", open=False, elem_id="prompt"):
             prompt_html = gr.HTML("", elem_id="prompt-view")
 
-        view_outputs = [chatbot, status, approval, send, stop, box, pending, notebook, transcript, files, prompt_html]
+        # What a run streams to: as few components as possible. Gradio postprocesses every output
+        # of every yield, and one a yield leaves out (a skip) or updates (gr.update) costs a rebuild
+        # of the component and its config, JSON schema included: milliseconds per update. Downloads
+        # and the prompt view change once, after the run (on_after_run), so they are not among them.
+        run_outputs = [chatbot, status, approval, send, stop, box, pending]
+        view_outputs = [*run_outputs, notebook, transcript, files, prompt_html]
 
         def session_of(request: gr.Request) -> WebSession:
             return manager.open(str(request.session_hash))
@@ -225,12 +230,10 @@ def build_blocks(manager: SessionManager) -> gr.Blocks:
         run_inputs = [box, mode, ask, system, temperature, top_p, max_new_tokens]
         after_outputs = [notebook, transcript, files, prompt_html, pending]
         sent = gr.on(
-            [box.submit, send.click], on_send, run_inputs, view_outputs, api_name="send", concurrency_limit=None
+            [box.submit, send.click], on_send, run_inputs, run_outputs, api_name="send", concurrency_limit=None
         )
         sent.then(on_after_run, None, after_outputs, api_visibility="private", concurrency_limit=None)
-        regenerated = regenerate.click(
-            on_regenerate, [ask], view_outputs, api_name="regenerate", concurrency_limit=None
-        )
+        regenerated = regenerate.click(on_regenerate, [ask], run_outputs, api_name="regenerate", concurrency_limit=None)
         regenerated.then(on_after_run, None, after_outputs, api_visibility="private", concurrency_limit=None)
         clear.click(on_clear, None, view_outputs, api_name="clear", concurrency_limit=None)
         mode.input(on_mode, [mode], [*view_outputs, system], api_name="mode", concurrency_limit=None)

@@ -292,7 +292,7 @@ class WebSession:
                     finished = finished or isinstance(event, (ev.FinalAnswer, ev.RunError))
                     self.bump()
                 if self.stop_requested.is_set():
-                    break
+                    agent.cancel()  # e.g. after a call denied by Stop: the run ends once the denial is recorded
         except Exception as exc:  # the UI shows it; the session stays usable
             log.exception("session %s: the run failed", self.id)
             with self.changed:
@@ -312,29 +312,25 @@ class WebSession:
     def stop(self) -> None:
         """Stop generation and running code (within a second or two); a pending approval is denied.
 
-        The kernel is interrupted until the run ends (an interrupt that lands just before the
-        cell starts would be lost), at most a few times.
+        The run ends the agent's own way (:meth:`Agent.cancel`: ``RunError(kind="cancelled")``,
+        pending calls answered), so the conversation stays well formed. Waiting for the model ends
+        on ``stop_requested``; a pending approval is denied first (the model's conversation says
+        so), then the run is cancelled.
         """
         self.stop_requested.set()
-        if self.running and self.interpreter is not None:
-            threading.Thread(target=self._interrupt_until_stopped, name="glm-agent-web-stop", daemon=True).start()
+        if self.running and self.pending_approval is None:
+            threading.Thread(target=self._cancel_until_stopped, name="glm-agent-web-stop", daemon=True).start()
 
-    def _interrupt_until_stopped(self, tries: int = 10, every: float = 0.5) -> None:
+    def _cancel_until_stopped(self, tries: int = 10, every: float = 0.5) -> None:
+        """``Agent.cancel()`` until the run ends, at most a few times: a cancel that lands before the run
+        starts is cleared by it, and an interrupt that lands just before a cell starts is lost."""
         thread = self._thread
         for _ in range(tries):
-            interpreter = self.interpreter
-            if interpreter is None or not self.running or interpreter.closed:
+            agent = self.agent
+            if agent is None or thread is None or not thread.is_alive():
                 return
-            try:
-                interpreter.interrupt()
-            except Exception:
-                log.warning("could not interrupt the kernel of session %s", self.id, exc_info=True)
-                return
-            if thread is None:
-                return
+            agent.cancel()
             thread.join(every)
-            if not thread.is_alive():
-                return
 
     def answer_approval(self, approved: bool) -> None:
         self._gate.answer(approved)
