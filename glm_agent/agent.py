@@ -19,6 +19,7 @@ import asyncio
 import inspect
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -267,6 +268,16 @@ class Agent:
         """
         self._cancel.set()
         if self._code_running and self._interpreter is not None:
+            _interrupt(self._interpreter)
+            # An interrupt that reaches the kernel just before the cell starts is lost: repeat it
+            # while the code still runs (and this cancel still stands), a few times at most.
+            threading.Thread(target=self._interrupt_until_stopped, name="glm-agent-cancel", daemon=True).start()
+
+    def _interrupt_until_stopped(self, tries: int = 20, every: float = 0.25) -> None:
+        for _ in range(tries):
+            time.sleep(every)
+            if not (self._cancel.is_set() and self._code_running and self._interpreter is not None):
+                return
             _interrupt(self._interpreter)
 
     def _start(self, query: str, files: Sequence[str | Path]) -> _steps.Step:

@@ -154,3 +154,27 @@ def test_agent_cancel_interrupts_running_code_and_the_kernel_keeps_its_state():
         assert result.stopped == "cancelled"
         assert "KeyboardInterrupt" in result.calls[0].observation and not result.calls[0].ok
         assert agent.run("print y").answer == "7"
+
+
+@pytest.mark.kernel
+def test_a_cancel_that_lands_just_before_the_cell_starts_still_interrupts_it():
+    """The race: cancel() after the agent marked code as running, before the kernel began the cell.
+
+    The first interrupt reaches an idle kernel and is lost; cancel() repeats it while the code runs.
+    """
+    model = ScriptedModel([code("import time\ntime.sleep(60)\nprint('slept', 'through')"), "\n done"])
+    with CodeInterpreter(timeout=120) as interpreter:
+        agent = Agent(model, code_interpreter=interpreter)
+        real_run = interpreter.run
+
+        def cancel_then_run(src: str, *args, **kwargs):
+            agent.cancel()  # the interrupt goes to an idle kernel: lost
+            return real_run(src, *args, **kwargs)
+
+        interpreter.run = cancel_then_run  # type: ignore[method-assign]
+        result = agent.run("sleep")
+        assert result.stopped == "cancelled"
+        observation = result.calls[0].observation
+        assert "KeyboardInterrupt" in observation and "slept through" not in observation
+        del interpreter.run
+        assert agent.run("again").stopped == "answer"
