@@ -38,10 +38,7 @@ class PromptBudget:
     """The most bytes a prompt that fits ``context`` tokens can have (tokens ≥ bytes / longest piece)."""
 
     def __init__(self, tokenizer: ChatGLM3Tokenizer, context: int | None) -> None:
-        sp = tokenizer.sp
-        self.max_piece_bytes = max(
-            len(sp.IdToPiece(i).replace("\u2581", " ").encode("utf-8")) for i in range(tokenizer.sp_vocab_size)
-        )
+        self.max_piece_bytes = tokenizer.max_piece_bytes
         self.context = context
         self.max_bytes = (context or UNKNOWN_CONTEXT_TOKENS) * self.max_piece_bytes
 
