@@ -7,6 +7,7 @@ ffn/hidden ratio 3.34, untied output layer), scaled down: hidden 512, 4 heads, 1
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -71,6 +72,28 @@ CONFIG_6B = {
 }
 
 
+def _random_bf16(module_name: str, name: str, shape: torch.Size) -> torch.Tensor:
+    """One parameter of the bf16 6B-shaped model: norms ones, weights uniform in +-0.03, biases in +-0.01."""
+    value = torch.empty(shape, dtype=torch.bfloat16)
+    if "norm" in module_name:
+        value.fill_(1.0)
+    else:
+        value.uniform_(-0.03, 0.03) if name == "weight" else value.uniform_(-0.01, 0.01)
+    return value
+
+
+def random_bf16_tensors_6b(seed: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
+    """The parameters of ``random_model_6b("bf16", seed)`` one at a time, same names and values, in the
+    order it draws them: for writing them elsewhere (a GGUF file) without holding the 12.5 GB model.
+    """
+    torch.manual_seed(seed)
+    with torch.device("meta"):
+        model = GlmForCausalLM(GlmConfig(**CONFIG_6B))
+    for module_name, module in model.named_modules():
+        for name, param in module.named_parameters(recurse=False):
+            yield f"{module_name}.{name}", _random_bf16(module_name, name, param.shape)
+
+
 def random_model_6b(precision: str, seed: int = 0, group_size: int = 128) -> GlmForCausalLM:
     """ChatGLM3-6B's shape with random weights built directly in ``precision`` (bf16, int8 or int4).
 
@@ -87,11 +110,7 @@ def random_model_6b(precision: str, seed: int = 0, group_size: int = 128) -> Glm
         for name, param in list(module.named_parameters(recurse=False)):
             if name == "weight" and isinstance(module, torch.nn.Linear) and precision != "bf16":
                 continue
-            value = torch.empty(param.shape, dtype=torch.bfloat16)
-            if "norm" in module_name:
-                value.fill_(1.0)
-            else:
-                value.uniform_(-0.03, 0.03) if name == "weight" else value.uniform_(-0.01, 0.01)
+            value = _random_bf16(module_name, name, param.shape)
             module._parameters[name] = torch.nn.Parameter(value, requires_grad=False)
         if isinstance(module, torch.nn.Linear) and precision != "bf16":
             n, k = module.out_features, module.in_features

@@ -22,6 +22,24 @@ peak RSS (load and decode), weight bytes, time to first token for a 600-token pr
 ``speedup_vs_generate`` against transformers' ``generate()`` on the bf16 model in the same run
 (with a check that both chose the same tokens), plus a profile of where a bf16 token's time goes.
 Run it alone (``flock /tmp/glm-heavy.lock``): it needs about 14 GB of memory.
+
+``--peer llama.cpp`` (opt-in, with ``--shape chatglm3-6b``) adds llama.cpp side by side on the same random
+weights: the bf16 model's tensors are streamed one at a time (never the whole model) into GGUF files in
+llama.cpp's ``chatglm`` layout at q8_0 and q4_0, written with the ``gguf`` package's quantizers (how the
+names, fused q/k/v, gate/up order, rope, tokenizer metadata and per-tensor types map is in
+``benchmarks/_llama_cpp_peer.py``), then each file is decoded by llama.cpp's CPU kernels through
+node-llama-cpp's prebuilt binary (``benchmarks/llama_cpp_decode.mjs``: same 59 token ids, greedy, same
+thread count, median step excluding the first token, with a check that it loaded the chatglm
+architecture). The JSON gains ``peer`` (per GGUF type: ``tokens_per_s``, weight bytes, bandwidth
+efficiency, the tokens it chose; ``how``) and ``results.int8.peer_ratio`` = ours int8 / llama.cpp q8_0,
+``results.int4.peer_ratio`` = ours int4 / q4_0 (tokens/s). It needs node >= 20 and, installed once into the
+gitignored ``benchmarks/.peer/``::
+
+    npm install --prefix benchmarks/.peer --omit=optional --ignore-scripts \
+        node-llama-cpp@3.22.1 @node-llama-cpp/linux-x64@3.22.1
+    pip install gguf
+
+``--precisions none`` runs only the peer. The default run needs neither node nor gguf.
 """
 
 from __future__ import annotations
@@ -265,13 +283,51 @@ def measure_6b(precision: str, threads: int | None, queue) -> None:  # runs in a
     queue.put(out)
 
 
+def measure_peer(_unused: str, threads: int | None, queue) -> None:  # runs in a child process
+    import torch
+    from _chatglm3_shaped import tokenizer
+    from _llama_cpp_peer import peer_6b
+
+    threads = threads or torch.get_num_threads()  # what our runs use by default
+    out = peer_6b(_prompt(tokenizer(), SIX_B_PROMPT), SIX_B_NEW_TOKENS, threads)
+    out["memory_bandwidth_gb_s"] = round(memory_bandwidth() / 1e9, 2)
+    queue.put(out)
+
+
+PEER_HOW = (
+    "llama.cpp {version} (node-llama-cpp {nlc} prebuilt CPU binary, {threads} threads) on GGUF files written from "
+    "the same random bf16 weights as our bf16 model (seed 0), streamed tensor by tensor into llama.cpp's chatglm "
+    "layout as convert_hf_to_gguf.py names them (q/k/v fused into attn_qkv, gate+up in ffn_up, rope on 64 dims, "
+    "the genuine ChatGLM3 vocabulary), quantized with the gguf package: q8_0 = every matrix Q8_0, the token "
+    "embedding and output layer included (as convert_hf_to_gguf.py --outtype q8_0); q4_0 = every matrix Q4_0, the "
+    "token embedding included, the output layer Q8_0 (llama-quantize would choose Q6_K, which gguf cannot write; "
+    "our int4 model's output layer is int8 too); norms and biases F32. Same 59 token ids, greedy, median step "
+    "after the first token. peer_ratio = ours / llama.cpp tokens/s (int8 vs q8_0, int4 vs q4_0)."
+)
+
+
 def main_6b(args) -> None:
+    if args.peer:
+        from _llama_cpp_peer import PeerUnavailable, check_available
+
+        try:
+            check_available()
+        except PeerUnavailable as error:
+            raise SystemExit(str(error)) from None
     results = {}
-    for precision in args.precisions.split(","):
+    for precision in [p for p in args.precisions.split(",") if p and p != "none"]:
         results[precision] = _in_child(measure_6b, precision, args.threads)
         print(json.dumps({precision: results[precision]}), file=sys.stderr, flush=True)
+    peer = None
+    if args.peer:
+        threads = max((r["threads"] for r in results.values()), default=args.threads)
+        peer = _in_child(measure_peer, "", threads)
+        print(json.dumps({"peer": peer}), file=sys.stderr, flush=True)
     baseline = results.get("bf16", {}).get("generate_tokens_per_s")
-    bandwidth = max(r["memory_bandwidth_gb_s"] for r in results.values()) * 1e9  # the run's best read bandwidth
+    bandwidths = [r["memory_bandwidth_gb_s"] for r in results.values()] + (
+        [peer["memory_bandwidth_gb_s"]] if peer else []
+    )
+    bandwidth = max(bandwidths) * 1e9  # the run's best read bandwidth
     for r in results.values():
         r["bandwidth_efficiency_own_process"] = r["bandwidth_efficiency"]
         r["bandwidth_efficiency"] = round(r["weight_bytes"] / r.pop("seconds_per_token") / bandwidth, 3)
@@ -299,6 +355,20 @@ def main_6b(args) -> None:
         "bandwidth_efficiency = weight bytes per token / seconds per token / that",
         "results": results,
     }
+    if peer is not None:
+        from _llama_cpp_peer import NODE_LLAMA_CPP_VERSION
+
+        for kind, ours in (("q8_0", "int8"), ("q4_0", "int4")):
+            peer[kind]["bandwidth_efficiency"] = round(
+                peer[kind]["weight_bytes"] * peer[kind]["tokens_per_s"] / bandwidth, 3
+            )
+            if ours in results:
+                results[ours]["peer_ratio"] = round(results[ours]["tokens_per_s"] / peer[kind]["tokens_per_s"], 3)
+        peer.pop("memory_bandwidth_gb_s")
+        peer["how"] = PEER_HOW.format(
+            version=peer["q8_0"]["llama_cpp_release"], nlc=NODE_LLAMA_CPP_VERSION, threads=peer["q8_0"]["threads"]
+        )
+        out["peer"] = peer
     print(json.dumps(out, indent=2))
 
 
@@ -306,8 +376,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--shape", choices=("100m", "chatglm3-6b"), default="100m", help="model shape (default 100m)")
-    parser.add_argument("--precisions", default="bf16,int8,int4", help="for chatglm3-6b: which, comma-separated")
+    parser.add_argument(
+        "--precisions", default="bf16,int8,int4", help="for chatglm3-6b: which, comma-separated ('none': only --peer)"
+    )
+    parser.add_argument(
+        "--peer",
+        choices=("llama.cpp",),
+        default=None,
+        help="for chatglm3-6b: also decode the same weights in llama.cpp at q8_0 and q4_0 (needs node, node-llama-cpp, gguf)",
+    )
     args = parser.parse_args()
+    if args.peer and args.shape != "chatglm3-6b":
+        parser.error("--peer needs --shape chatglm3-6b")
     if args.shape == "chatglm3-6b":
         main_6b(args)
         return
