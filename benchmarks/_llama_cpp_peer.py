@@ -92,7 +92,7 @@ def check_available() -> Path:
 
 def gguf_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
     """GlmForCausalLM parameters renamed (and q/k/v fused) into llama.cpp's chatglm layout, in stream order."""
-    pending: dict[tuple[str, str], torch.Tensor] = {}
+    pending: dict[tuple[str, str, str], torch.Tensor] = {}  # (layer, projection, weight|bias)
     for name, tensor in named:
         if name in _TOP:
             yield _TOP[name], tensor
@@ -107,9 +107,9 @@ def gguf_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[st
         part, _, kind = rest.removeprefix("self_attn.").partition(".")
         if part not in _QKV or kind not in ("weight", "bias"):
             raise ValueError(f"no chatglm GGUF name for {name!r}")
-        pending[(part, kind)] = tensor
-        if all((p, kind) in pending for p in _QKV):
-            yield f"blk.{layer}.attn_qkv.{kind}", torch.cat([pending.pop((p, kind)) for p in _QKV])
+        pending[(layer, part, kind)] = tensor
+        if all((layer, p, kind) in pending for p in _QKV):
+            yield f"blk.{layer}.attn_qkv.{kind}", torch.cat([pending.pop((layer, p, kind)) for p in _QKV])
     if pending:
         raise ValueError(f"incomplete q/k/v projections at the end: {sorted(pending)}")
 
@@ -118,15 +118,13 @@ def ggml_type(name: str, ndim: int, precision: str) -> Any:
     """The GGML type a tensor gets in a ``precision`` file (see the module docstring)."""
     from gguf import GGMLQuantizationType as T
 
+    if precision not in ("q8_0", "q4_0", "bf16"):
+        raise ValueError(f"unknown GGUF precision {precision!r} (q8_0, q4_0 or bf16)")
     if ndim == 1:
         return T.F32
     if precision == "bf16":
         return T.BF16
-    if precision == "q8_0" or name == "output.weight":
-        return T.Q8_0
-    if precision == "q4_0":
-        return T.Q4_0
-    raise ValueError(f"unknown GGUF precision {precision!r} (q8_0, q4_0 or bf16)")
+    return T.Q8_0 if precision == "q8_0" or name == "output.weight" else T.Q4_0
 
 
 def _tokenizer_metadata(writer: Any, model_file: Path, vocab_size: int) -> None:

@@ -112,8 +112,12 @@ def test_weights_that_do_not_fit_the_chatglm_layout_are_refused(tmp_path):
         list(peer.gguf_tensors([("model.layers.0.mlp.gate_proj.weight", torch.zeros(2, 2))]))
     with pytest.raises(ValueError, match="incomplete q/k/v"):
         list(peer.gguf_tensors([("model.layers.0.self_attn.q_proj.weight", torch.zeros(2, 2))]))
-    with pytest.raises(ValueError, match="unknown GGUF precision 'q5_k'"):
-        peer.ggml_type("blk.0.ffn_up.weight", 2, "q5_k")
+    layers_mixed = [(f"model.layers.{i}.self_attn.{p}_proj.weight", torch.zeros(2, 2)) for i, p in enumerate("qkv")]
+    with pytest.raises(ValueError, match="incomplete q/k/v"):
+        list(peer.gguf_tensors(layers_mixed))
+    for name in ("blk.0.ffn_up.weight", "output.weight"):
+        with pytest.raises(ValueError, match="unknown GGUF precision 'q5_k'"):
+            peer.ggml_type(name, 2, "q5_k")
 
 
 @needs_tokenizer
