@@ -6,6 +6,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,7 @@ from glm_agent.quantization import (  # noqa: E402
     unpack_nibbles,
 )
 from glm_agent.quantization._linear import _int4_layout_known as int4_layout_known  # noqa: E402
+from glm_agent.quantization._native import native_int4, tile_int4, untile_groups, untile_int4  # noqa: E402
 from tests._data import REPO, needs_tiny_checkpoint  # noqa: E402
 from tests._data import TINY_CHECKPOINT as TINY  # noqa: E402
 
@@ -99,7 +101,7 @@ def test_kernels_match_the_dequantized_reference_at_chatglm3_shapes(spec, k):
     weight = torch.randn(128, k) * 0.02
     portable = quantize(weight, spec)
     layer = QuantizedLinear(portable, torch.randn(128) * 0.01)
-    assert layer.backend == f"{spec.scheme}_cpu"
+    assert layer.backend in (f"{spec.scheme}_cpu", f"{spec.scheme}_native")
     reference = dequantize(portable)
     for rows in (1, 5, DEQUANTIZE_MIN_ROWS):  # decode, a short chunk, the dequantizing prefill path
         x = torch.randn(rows, k)
@@ -111,6 +113,112 @@ def test_kernels_match_the_dequantized_reference_at_chatglm3_shapes(spec, k):
         again = layer.portable()
         assert torch.equal(again.qweight, portable.qweight) and torch.equal(again.scales, portable.scales)
     assert torch.allclose(layer.dequantized(), reference, atol=1e-6, rtol=0)
+
+
+# -- glm-agent's int4 kernel -----------------------------------------------------------------
+needs_native = pytest.mark.skipif(native_int4() is None, reason="glm-agent's int4 kernel cannot be built or run here")
+
+
+@needs_native
+@pytest.mark.parametrize("k", [4096, 13696])
+@pytest.mark.parametrize("group", [32, 64, 128, 256])
+def test_native_int4_kernel_is_the_dequantized_product_at_chatglm3_shapes(group, k):
+    torch.manual_seed(group + k)
+    n = 4 * 9 + 3  # rows that do not fill the last tile of 4
+    portable = quantize(torch.randn(n, k) * 0.02, QuantSpec("int4", group))
+    layer = QuantizedLinear(portable)
+    assert layer.backend == "int4_native"
+    reference = dequantize(portable)
+    kp = portable.padded_in_features
+    for rows in (1, 3):
+        x = torch.randn(rows, k).bfloat16()
+        padded = torch.nn.functional.pad(x, (0, kp - k))
+        exact = layer._native.matmul(layer.qweight, layer.scales, layer.zeros, padded, group, n, torch.float32)
+        expected = x.float() @ reference.t()
+        assert relative_error(exact, expected) < 1e-5  # bfloat16 inputs, float32 sums: exact up to summation order
+        assert relative_error(layer(x), expected) < 1e-2  # the layer's output is bfloat16
+    again = layer.portable()  # the kernel's layout gives the portable form back unchanged
+    assert torch.equal(again.qweight, portable.qweight)
+    assert torch.equal(again.scales, portable.scales) and torch.equal(again.zeros, portable.zeros)
+    assert torch.equal(layer.dequantized(), reference)
+    assert torch.allclose(layer.dequantized(torch.bfloat16).float(), reference, rtol=1e-2, atol=1e-3)  # in bfloat16
+
+
+def test_int4_tiles_round_trip_with_padded_rows():
+    values = torch.randint(0, 16, (10, 128), dtype=torch.uint8)
+    scales = torch.rand(10, 2).bfloat16()
+    zeros = torch.rand(10, 2).bfloat16()
+    q, s, z = tile_int4(lambda start, end: values[start:end], 10, 128, scales, zeros)
+    assert q.shape == (3, 2, 4, 32) and s.shape == z.shape == (3, 2, 4)
+    assert torch.equal(untile_int4(q)[:10], values)
+    assert (untile_int4(q)[10:] == 8).all()  # padding rows are zero weights: code 8, scale 1, zero 0
+    assert torch.equal(untile_groups(s)[:10], scales) and (untile_groups(s)[10:] == 1).all()
+    assert torch.equal(untile_groups(z)[:10], zeros) and (untile_groups(z)[10:] == 0).all()
+    assert torch.equal(untile_int4(q, 1, 2), values[4:8])
+
+
+@needs_native
+def test_native_int4_kernel_refuses_inputs_it_cannot_read():
+    layer = QuantizedLinear(quantize(torch.randn(8, 128), QuantSpec("int4", 32)))
+    args = (layer.qweight, layer.scales, layer.zeros)
+    with pytest.raises(ValueError, match="bfloat16"):
+        layer._native.matmul(*args, torch.randn(1, 128), 32, 8)
+    with pytest.raises(ValueError, match="bfloat16"):
+        layer._native.matmul(*args, torch.randn(1, 64).bfloat16(), 32, 8)
+    with pytest.raises(ValueError, match="float32"):
+        layer._native.matmul(*args, torch.randn(1, 128).bfloat16(), 32, 8, torch.float16)
+    # float32 activations are not the kernel's: the layer dequantizes, exactly
+    x = torch.randn(2, 128)
+    assert relative_error(layer(x), x @ dequantize(layer.portable()).t()) < 1e-5
+
+
+_NATIVE_PROBE = (
+    "import logging, torch\n"
+    "logging.basicConfig(level=logging.INFO, format='%(message)s')\n"
+    "from glm_agent.quantization import QuantizedLinear, QuantSpec, quantize, dequantize\n"
+    "p = quantize(torch.randn(16, 256), QuantSpec('int4', 64))\n"
+    "layer = QuantizedLinear(p)\n"
+    "x = torch.randn(1, 256).bfloat16()\n"
+    "ref = x.float() @ dequantize(p).t()\n"
+    "assert float((layer(x).float() - ref).abs().max() / ref.abs().max()) < 1e-2\n"
+    "print('backend', layer.backend)\n"
+)
+
+
+@needs_native
+@pytest.mark.parametrize(
+    "setting, reason",
+    [
+        ({"GLM_AGENT_NATIVE_KERNELS": "0"}, "GLM_AGENT_NATIVE_KERNELS=0"),
+        ({"CC": "/nonexistent/cc", "PATH": "/nonexistent"}, "no C compiler found"),
+        ({"CC": "false"}, "failed"),  # a compiler that fails
+    ],
+    ids=["switched-off", "no-compiler", "compiler-fails"],
+)
+def test_without_the_native_kernel_int4_uses_torchs_and_says_why(setting, reason, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "XDG_CACHE_HOME": str(tmp_path), **setting}
+    if setting.get("CC") == "false":
+        env["CC"] = shutil.which("false") or "false"
+        env["PATH"] = str(Path(env["CC"]).parent)
+    done = subprocess.run([sys.executable, "-c", _NATIVE_PROBE], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "backend int4_cpu" in done.stdout
+    assert "use torch's kernel" in done.stderr and reason in done.stderr
+    assert not list(tmp_path.rglob("*.so"))
+
+
+@needs_native
+def test_the_native_kernel_is_built_once_per_source_and_compiler(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "XDG_CACHE_HOME": str(tmp_path)}
+    for expected in ("built glm-agent's int4 kernel", None):
+        done = subprocess.run(
+            [sys.executable, "-c", _NATIVE_PROBE], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr
+        assert "backend int4_native" in done.stdout
+        assert (expected in done.stderr) if expected else ("built" not in done.stderr)
+    built = list((tmp_path / "glm-agent" / "kernels").iterdir())
+    assert len(built) == 1 and built[0].suffix == ".so"  # no scratch left behind
 
 
 @needs_kernels

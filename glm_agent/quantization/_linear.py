@@ -1,8 +1,9 @@
 """``QuantizedLinear``: a drop-in for ``nn.Linear`` over int8/int4 weights, on torch's CPU kernels when they are safe.
 
 On CPU the portable weight is packed at load for this CPU's kernel: ``torch._weight_int8pack_mm``
-(int8, one scale per row) or ``torch._convert_weight_to_int4pack_for_cpu`` +
-``torch._weight_int4pack_mm_for_cpu`` (int4 groups). The kernels are guarded: in torch 2.13 the
+(int8, one scale per row); for int4 groups glm-agent's own AVX-512 BF16 kernel where it can be
+built (``_native``: 1.5x torch's at decode), else ``torch._convert_weight_to_int4pack_for_cpu`` +
+``torch._weight_int4pack_mm_for_cpu``. The kernels are guarded: in torch 2.13 the
 int8 kernel returns NaN, garbage or crashes when the input dimension is not a multiple of 16
 (measured on AVX-512), so such weights get zero columns up to a multiple of 32 and the inputs
 are padded to match; the int4 packing needs rows in multiples of 16 (we pad to 64, which keeps
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from glm_agent.quantization import _native
 from glm_agent.quantization._schemes import PortableWeight, dequantize, pack_nibbles, unpack_nibbles
 
 logger = logging.getLogger(__name__)
@@ -33,6 +35,9 @@ _INT8_K_MULTIPLE = 32  # the int8 kernel's input dimension is padded to a multip
 _INT4_N_MULTIPLE = 64  # the int4 packing's row block on AVX-512
 _DENSE_BLOCK_ROWS = 2048  # output rows dequantized at a time for a dense product (a multiple of 64)
 DEQUANTIZE_MIN_ROWS = 64  # products over this many rows dequantize and use a dense product (kernels: 2.4-2.9x slower than bf16 at 64 rows)
+NATIVE_DEQUANTIZE_MIN_ROWS = (
+    128  # the same for glm-agent's int4 kernel (at 64 rows: 103 vs 142 ms for gate/up, 50 vs 223 for down)
+)
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _warned: set[str] = set()
 
@@ -88,6 +93,7 @@ class QuantizedLinear(torch.nn.Module):
         self.backend = "dequantize"
         self._padded_in = weight.in_features
         self._padded_out = weight.out_features
+        self._dense_min_rows = DEQUANTIZE_MIN_ROWS
         if kernels and device.type == "cpu" and cpu_kernels_available():
             if not fast_cpu_kernels():
                 _warn_once(
@@ -114,6 +120,24 @@ class QuantizedLinear(torch.nn.Module):
             self.register_buffer("scales", weight.scales.contiguous())
             self.register_buffer("zeros", None)
             self.backend = "int8_cpu"
+        elif (kernel := _native.native_int4()) is not None and weight.padded_in_features % _native.CHUNK == 0:
+            assert weight.zeros is not None
+            self._padded_in = weight.padded_in_features
+            packed_codes = weight.qweight
+            q, scales, zeros = _native.tile_int4(
+                lambda start, end: unpack_nibbles(packed_codes[start:end]),
+                weight.out_features,
+                self._padded_in,
+                weight.scales,
+                weight.zeros,
+            )
+            self._padded_out = q.shape[0] * _native.ROWS
+            self._native = kernel
+            self.register_buffer("qweight", q)
+            self.register_buffer("scales", scales)  # [tiles, groups, 4]
+            self.register_buffer("zeros", zeros)
+            self.backend = "int4_native"
+            self._dense_min_rows = NATIVE_DEQUANTIZE_MIN_ROWS
         else:
             assert weight.zeros is not None
             self._padded_in = weight.padded_in_features
@@ -161,16 +185,22 @@ class QuantizedLinear(torch.nn.Module):
         if (
             self.backend == "dequantize"
             or x.dtype not in _KERNEL_DTYPES
-            or (rows >= DEQUANTIZE_MIN_ROWS and self._can_dequantize())
+            or (rows >= self._dense_min_rows and self._can_dequantize())
         ):
             if self.backend == "dequantize" or x.dtype not in _KERNEL_DTYPES:
                 return F.linear(x, self.dequantized(x.dtype), self._bias_as(x.dtype))
+            return self._dense_in_blocks(x)
+        if self.backend == "int4_native" and x.dtype != torch.bfloat16:  # the kernel takes bfloat16 only
+            _warn_once("native-dtype", "int4 products over %s activations dequantize (slow); use bfloat16", x.dtype)
             return self._dense_in_blocks(x)
         flat = x.reshape(-1, x.shape[-1])
         if self._padded_in != self.in_features:
             flat = F.pad(flat, (0, self._padded_in - self.in_features))
         flat = flat.contiguous()
-        if self.backend == "int8_cpu":
+        if self.backend == "int4_native":
+            assert self.zeros is not None
+            out = self._native.matmul(self.qweight, self.scales, self.zeros, flat, self.group_size, self.out_features)
+        elif self.backend == "int8_cpu":
             out = torch._weight_int8pack_mm(flat, self.qweight, self._scales_as(flat.dtype))
         else:
             out = torch._weight_int4pack_mm_for_cpu(flat, self.qweight, self.group_size, self._scales_as(flat.dtype))
@@ -184,7 +214,7 @@ class QuantizedLinear(torch.nn.Module):
         return None if self.bias is None else self.bias.to(dtype)
 
     def _can_dequantize(self) -> bool:
-        return self.backend == "int8_cpu" or _int4_layout_known()
+        return self.backend in ("int8_cpu", "int4_native") or _int4_layout_known()
 
     def portable(self) -> PortableWeight:
         """The weight in the portable layout (unpacked from this CPU's kernel layout where needed)."""
@@ -195,6 +225,18 @@ class QuantizedLinear(torch.nn.Module):
         if self.backend == "int8_cpu":
             q = self.qweight[:, : self.in_features].contiguous()
             return PortableWeight("int8", self.out_features, self.in_features, 0, q, self.scales)
+        if self.backend == "int4_native":
+            assert self.zeros is not None
+            n = self.out_features
+            return PortableWeight(
+                "int4",
+                n,
+                self.in_features,
+                self.group_size,
+                pack_nibbles(_native.untile_int4(self.qweight)[:n]),
+                _native.untile_groups(self.scales)[:n].contiguous(),
+                _native.untile_groups(self.zeros)[:n].contiguous(),
+            )
         if not _int4_layout_known():
             raise NotImplementedError("this CPU's int4 packing layout is not one glm-agent can unpack")
         values = _unpack_int4_cpu(self.qweight, self._padded_out, self._padded_in)[: self.out_features]
@@ -226,12 +268,22 @@ class QuantizedLinear(torch.nn.Module):
         k = self.in_features
         if self.backend == "int8_cpu":
             return self.qweight[start:end, :k] * self._scales_as(dtype)[start:end, None]
+        g = self.group_size
+        if self.backend == "int4_native":
+            rows_per_tile = _native.ROWS
+            first, last = start // rows_per_tile, -(-end // rows_per_tile)
+            values = _native.untile_int4(self.qweight, first, last)[: end - start]
+            assert self.zeros is not None
+            scales = _native.untile_groups(self.scales[first:last])[: end - start].to(dtype)
+            zeros = _native.untile_groups(self.zeros[first:last])[: end - start].to(dtype)
+            w = (values.to(dtype).view(end - start, -1, g) - 8) * scales[..., None]
+            w += zeros[..., None]
+            return w.view(end - start, -1)[:, :k]
         rows = -(-(end - start) // _INT4_N_MULTIPLE) * _INT4_N_MULTIPLE
         per_row = self.qweight.numel() // self._padded_out
         packed = self.qweight.reshape(-1)[start * per_row : (start + rows) * per_row]
         values = _unpack_int4_cpu(packed, rows, self._padded_in)[: end - start]
         scales_and_zeros = self._scales_as(dtype)[:, start:end]  # [groups, rows, 2]
-        g = self.group_size
         w = (values.to(dtype).view(end - start, -1, g) - 8) * scales_and_zeros[..., 0].t()[..., None]
         w += scales_and_zeros[..., 1].t()[..., None]
         return w.view(end - start, -1)[:, :k]
@@ -241,6 +293,8 @@ class QuantizedLinear(torch.nn.Module):
         if self.backend == "int8_cpu":
             q = self.qweight if self._padded_in == self.in_features else self.qweight[:, : self.in_features]
             return q * self._scales_as(dtype)[:, None] if dtype != torch.float32 else dequantize(self.portable(), dtype)
+        if self.backend == "int4_native" and dtype != torch.float32:
+            return self._dequantized_rows(0, self.out_features, dtype)
         if self.backend == "int4_cpu" and not _int4_layout_known():
             # an unknown packing: the kernel applied to the identity gives W^T (slow; for checks, not for speed)
             eye = torch.eye(self._padded_in, dtype=torch.float32)

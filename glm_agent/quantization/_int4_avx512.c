@@ -1,0 +1,130 @@
+/* int4 weights times bfloat16 activations on AVX-512 BF16 CPUs: glm-agent's decode kernel.
+ *
+ * Built at first use by glm_agent/quantization/_native.py (cc -O3 -fopenmp; OpenMP is the
+ * libgomp torch already loaded, so the kernel shares torch's thread pool).
+ *
+ * Weight layout ("tiled int4"), made by _native.tile_int4 from the portable layout:
+ *   q       uint8 [N/4][K/64][4][32]  the 4 rows of a tile, 64 inputs at a time: byte j holds
+ *                                     input 64c + j in its low nibble and 64c + 32 + j in its high one
+ *   scales  bfloat16 [N/4][G][4]      G = K / group
+ *   zeros   bfloat16 [N/4][G][4]
+ * so the weights are one sequential stream. With w = (q - 8) * scale + zero,
+ *   y[n] = sum_g scale[n,g] * sum_{k in g} (q[n,k] - 8) x[k]  +  zero[n,g] * sum_{k in g} x[k]
+ * The inner sums are exact products of small integers and bfloat16 values accumulated in
+ * float32 (vdpbf16ps), so the result is the dequantized product up to summation order.
+ */
+#include <immintrin.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ROWS 4  /* rows per tile */
+#define PREFETCH 2048  /* bytes ahead of the stream */
+
+int glm_int4_supported(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512bf16");
+}
+
+int glm_int4_rows_per_tile(void) { return ROWS; }
+
+static inline float bf16_to_float(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static inline uint16_t float_to_bf16(float f) { /* round to nearest even, NaN stays NaN */
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* One tile (ROWS rows) against one activation row: out[r] for r < ROWS. */
+static void tile_dot(const uint8_t *q, const uint16_t *scales, const uint16_t *zeros, const uint16_t *x,
+                     const float *xsum, int64_t k, int64_t group, float out[ROWS]) {
+    const __m256i nibble = _mm256_set1_epi8(0x0f);
+    /* vpermw table: bf16(v - 8) for v = 0..15 (twice: the index uses 5 bits) */
+    static const uint16_t table[32] = {
+        0xc100, 0xc0e0, 0xc0c0, 0xc0a0, 0xc080, 0xc040, 0xc000, 0xbf80, 0x0000, 0x3f80, 0x4000,
+        0x4040, 0x4080, 0x40a0, 0x40c0, 0x40e0, 0xc100, 0xc0e0, 0xc0c0, 0xc0a0, 0xc080, 0xc040,
+        0xc000, 0xbf80, 0x0000, 0x3f80, 0x4000, 0x4040, 0x4080, 0x40a0, 0x40c0, 0x40e0};
+    const __m512i lut = _mm512_loadu_si512(table);
+    const int64_t chunks = k / 64, units_per_group = group / 32;
+    __m512 acc[ROWS], part[ROWS];
+    float zsum[ROWS];
+    for (int r = 0; r < ROWS; r++) {
+        acc[r] = _mm512_setzero_ps();
+        part[r] = _mm512_setzero_ps();
+        zsum[r] = 0.0f;
+    }
+    for (int64_t c = 0; c < chunks; c++) {
+        const uint8_t *qc = q + c * ROWS * 32;
+        _mm_prefetch((const char *)(qc + PREFETCH), _MM_HINT_T0);
+        _mm_prefetch((const char *)(qc + PREFETCH + 64), _MM_HINT_T0);
+        const __m512bh xl = (__m512bh)_mm512_loadu_si512(x + 64 * c);
+        const __m512bh xh = (__m512bh)_mm512_loadu_si512(x + 64 * c + 32);
+        for (int r = 0; r < ROWS; r++) {
+            const __m256i b = _mm256_loadu_si256((const __m256i *)(qc + 32 * r));
+            const __m512i lo = _mm512_cvtepu8_epi16(_mm256_and_si256(b, nibble));
+            const __m512i hi = _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16(b, 4), nibble));
+            part[r] = _mm512_dpbf16_ps(part[r], (__m512bh)_mm512_permutexvar_epi16(lo, lut), xl);
+            if (units_per_group == 1) { /* groups of 32: the low half ends group 2c */
+                const int64_t g = 2 * c;
+                acc[r] = _mm512_fmadd_ps(part[r], _mm512_set1_ps(bf16_to_float(scales[g * ROWS + r])), acc[r]);
+                zsum[r] += bf16_to_float(zeros[g * ROWS + r]) * xsum[g];
+                part[r] = _mm512_setzero_ps();
+            }
+            part[r] = _mm512_dpbf16_ps(part[r], (__m512bh)_mm512_permutexvar_epi16(hi, lut), xh);
+        }
+        if ((2 * c + 2) % units_per_group == 0) { /* a group ends with this chunk */
+            const int64_t g = (2 * c + 2) / units_per_group - 1;
+            for (int r = 0; r < ROWS; r++) {
+                acc[r] = _mm512_fmadd_ps(part[r], _mm512_set1_ps(bf16_to_float(scales[g * ROWS + r])), acc[r]);
+                zsum[r] += bf16_to_float(zeros[g * ROWS + r]) * xsum[g];
+                part[r] = _mm512_setzero_ps();
+            }
+        }
+    }
+    for (int r = 0; r < ROWS; r++) out[r] = _mm512_reduce_add_ps(acc[r]) + zsum[r];
+}
+
+/* y[m, n] = sum_k x[m, k] w[n, k] for m < rows, n < n_padded (a multiple of ROWS).
+ * x: bfloat16 [rows][k]; y: [rows][n_padded], bfloat16 when out_bf16 else float32.
+ * k is a multiple of 64 and of group (32, 64, 128 or 256). Returns 0, or -1 when out of memory. */
+int glm_int4_matmul(const uint8_t *q, const uint16_t *scales, const uint16_t *zeros, const uint16_t *x,
+                    void *y, int64_t rows, int64_t n_padded, int64_t k, int64_t group, int out_bf16,
+                    int threads) {
+    const int64_t groups = k / group, tiles = n_padded / ROWS;
+    float *xsum = malloc(sizeof(float) * (size_t)(rows * groups));
+    if (xsum == NULL) return -1;
+    for (int64_t m = 0; m < rows; m++) {
+        for (int64_t g = 0; g < groups; g++) {
+            float s = 0.0f;
+            for (int64_t i = g * group; i < (g + 1) * group; i++) s += bf16_to_float(x[m * k + i]);
+            xsum[m * groups + g] = s;
+        }
+    }
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t t = 0; t < tiles; t++) {
+        const uint8_t *qt = q + t * (k / 64) * ROWS * 32;
+        const uint16_t *st = scales + t * groups * ROWS, *zt = zeros + t * groups * ROWS;
+        for (int64_t m = 0; m < rows; m++) { /* the tile stays in cache for the later rows */
+            float out[ROWS];
+            tile_dot(qt, st, zt, x + m * k, xsum + m * groups, k, group, out);
+            for (int r = 0; r < ROWS; r++) {
+                const int64_t at = m * n_padded + t * ROWS + r;
+                if (out_bf16)
+                    ((uint16_t *)y)[at] = float_to_bf16(out[r]);
+                else
+                    ((float *)y)[at] = out[r];
+            }
+        }
+    }
+    free(xsum);
+    return 0;
+}
