@@ -116,7 +116,10 @@ def test_kernels_match_the_dequantized_reference_at_chatglm3_shapes(spec, k):
 
 
 # -- glm-agent's int4 kernel -----------------------------------------------------------------
-needs_native = pytest.mark.skipif(native_int4() is None, reason="glm-agent's int4 kernel cannot be built or run here")
+needs_native = pytest.mark.skipif(  # .ci/run requires it: there these tests run, never skip
+    native_int4() is None and os.environ.get("GLM_AGENT_REQUIRE_NATIVE") != "1",
+    reason="glm-agent's int4 kernel cannot be built or run here (needs a C compiler and AVX-512 BF16)",
+)
 
 
 @needs_native
