@@ -34,7 +34,14 @@ from glm_agent.quantization import (  # noqa: E402
     unpack_nibbles,
 )
 from glm_agent.quantization._linear import _int4_layout_known as int4_layout_known  # noqa: E402
-from glm_agent.quantization._native import native_int4, tile_int4, untile_groups, untile_int4  # noqa: E402
+from glm_agent.quantization._native import (  # noqa: E402
+    native_kernels,
+    tile_int4,
+    tile_int8,
+    untile_groups,
+    untile_int4,
+    untile_int8,
+)
 from tests._data import REPO, needs_tiny_checkpoint  # noqa: E402
 from tests._data import TINY_CHECKPOINT as TINY  # noqa: E402
 
@@ -115,10 +122,10 @@ def test_kernels_match_the_dequantized_reference_at_chatglm3_shapes(spec, k):
     assert torch.allclose(layer.dequantized(), reference, atol=1e-6, rtol=0)
 
 
-# -- glm-agent's int4 kernel -----------------------------------------------------------------
+# -- glm-agent's int4/int8 kernels -----------------------------------------------------------------
 needs_native = pytest.mark.skipif(  # .ci/run requires it: there these tests run, never skip
-    native_int4() is None and os.environ.get("GLM_AGENT_REQUIRE_NATIVE") != "1",
-    reason="glm-agent's int4 kernel cannot be built or run here (needs a C compiler and AVX-512 BF16)",
+    native_kernels() is None and os.environ.get("GLM_AGENT_REQUIRE_NATIVE") != "1",
+    reason="glm-agent's CPU kernels cannot be built or run here (they need a C compiler and AVX-512 BF16)",
 )
 
 
@@ -136,7 +143,7 @@ def test_native_int4_kernel_is_the_dequantized_product_at_chatglm3_shapes(group,
     for rows in (1, 3):
         x = torch.randn(rows, k).bfloat16()
         padded = torch.nn.functional.pad(x, (0, kp - k))
-        exact = layer._native.matmul(layer.qweight, layer.scales, layer.zeros, padded, group, n, torch.float32)
+        exact = layer._native.int4_matmul(layer.qweight, layer.scales, layer.zeros, padded, group, n, torch.float32)
         expected = x.float() @ reference.t()
         assert relative_error(exact, expected) < 1e-5  # bfloat16 inputs, float32 sums: exact up to summation order
         assert relative_error(layer(x), expected) < 1e-2  # the layer's output is bfloat16
@@ -145,6 +152,39 @@ def test_native_int4_kernel_is_the_dequantized_product_at_chatglm3_shapes(group,
     assert torch.equal(again.scales, portable.scales) and torch.equal(again.zeros, portable.zeros)
     assert torch.equal(layer.dequantized(), reference)
     assert torch.allclose(layer.dequantized(torch.bfloat16).float(), reference, rtol=1e-2, atol=1e-3)  # in bfloat16
+
+
+@needs_native
+@pytest.mark.parametrize("k", [4096, 13696, 4100, 24])
+def test_native_int8_kernel_is_the_dequantized_product(k):
+    torch.manual_seed(k)
+    n = 4 * 5 + 1
+    portable = quantize(torch.randn(n, k) * 0.02, QuantSpec("int8"))
+    layer = QuantizedLinear(portable, torch.randn(n) * 0.01)
+    assert layer.backend == "int8_native"
+    reference = dequantize(portable)
+    padded_k = layer.qweight.shape[1] * 64
+    for rows in (1, 3):
+        x = torch.randn(rows, k).bfloat16()
+        padded = torch.nn.functional.pad(x, (0, padded_k - k))
+        exact = layer._native.int8_matmul(layer.qweight, layer.scales, padded, n, torch.float32)
+        expected = x.float() @ reference.t()
+        assert relative_error(exact, expected) < 1e-5
+        assert relative_error(layer(x), expected + layer.bias) < 1e-2
+    again = layer.portable()
+    assert torch.equal(again.qweight, portable.qweight) and torch.equal(again.scales, portable.scales)
+    assert torch.equal(layer.dequantized(), reference)
+    rows = DEQUANTIZE_MIN_ROWS * 2 + 1  # the dense path over the tiled layout
+    x = torch.randn(rows, k).bfloat16()
+    assert relative_error(layer(x), x.float() @ reference.t() + layer.bias) < 2e-2
+
+
+def test_int8_tiles_round_trip_with_padded_rows():
+    q = torch.randint(-127, 128, (6, 128), dtype=torch.int8)
+    tiled, scales = tile_int8(q, torch.rand(6).bfloat16())
+    assert tiled.shape == (2, 2, 4, 64) and scales.shape == (8,)
+    assert torch.equal(untile_int8(tiled)[:6], q) and (untile_int8(tiled)[6:] == 0).all()
+    assert torch.equal(untile_int8(tiled, 1, 2), torch.nn.functional.pad(q[4:], (0, 0, 0, 2)))
 
 
 def test_int4_tiles_round_trip_with_padded_rows():
@@ -165,11 +205,11 @@ def test_native_int4_kernel_refuses_inputs_it_cannot_read():
     layer = QuantizedLinear(quantize(torch.randn(8, 128), QuantSpec("int4", 32)))
     args = (layer.qweight, layer.scales, layer.zeros)
     with pytest.raises(ValueError, match="bfloat16"):
-        layer._native.matmul(*args, torch.randn(1, 128), 32, 8)
+        layer._native.int4_matmul(*args, torch.randn(1, 128), 32, 8)
     with pytest.raises(ValueError, match="bfloat16"):
-        layer._native.matmul(*args, torch.randn(1, 64).bfloat16(), 32, 8)
+        layer._native.int4_matmul(*args, torch.randn(1, 64).bfloat16(), 32, 8)
     with pytest.raises(ValueError, match="float32"):
-        layer._native.matmul(*args, torch.randn(1, 128).bfloat16(), 32, 8, torch.float16)
+        layer._native.int4_matmul(*args, torch.randn(1, 128).bfloat16(), 32, 8, torch.float16)
     # float32 activations are not the kernel's: the layer dequantizes, exactly
     x = torch.randn(2, 128)
     assert relative_error(layer(x), x @ dequantize(layer.portable()).t()) < 1e-5
@@ -206,14 +246,14 @@ def test_without_the_native_kernel_int4_uses_torchs_and_says_why(setting, reason
     done = subprocess.run([sys.executable, "-c", _NATIVE_PROBE], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "backend int4_cpu" in done.stdout
-    assert "use torch's kernel" in done.stderr and reason in done.stderr
+    assert "use torch's kernels" in done.stderr and reason in done.stderr
     assert not list(tmp_path.rglob("*.so"))
 
 
 @needs_native
-def test_the_native_kernel_is_built_once_per_source_and_compiler(tmp_path):
+def test_the_native_kernels_are_built_once_per_source_and_compiler(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "XDG_CACHE_HOME": str(tmp_path)}
-    for expected in ("built glm-agent's int4 kernel", None):
+    for expected in ("built glm-agent's CPU kernels", None):
         done = subprocess.run(
             [sys.executable, "-c", _NATIVE_PROBE], env=env, capture_output=True, text=True, timeout=300
         )

@@ -1,9 +1,9 @@
 """``QuantizedLinear``: a drop-in for ``nn.Linear`` over int8/int4 weights, on torch's CPU kernels when they are safe.
 
-On CPU the portable weight is packed at load for this CPU's kernel: ``torch._weight_int8pack_mm``
-(int8, one scale per row); for int4 groups glm-agent's own AVX-512 BF16 kernel where it can be
-built (``_native``: 1.5x torch's at decode), else ``torch._convert_weight_to_int4pack_for_cpu`` +
-``torch._weight_int4pack_mm_for_cpu``. The kernels are guarded: in torch 2.13 the
+On CPU the portable weight is packed at load for this CPU's kernel: glm-agent's own AVX-512 BF16
+kernels where they can be built (``_native``; at ChatGLM3-6B decode 1.6-1.8x torch's for int8,
+1.4-1.6x for int4), else torch's ``_weight_int8pack_mm`` (int8, one scale per row) or
+``_convert_weight_to_int4pack_for_cpu`` + ``_weight_int4pack_mm_for_cpu`` (int4 groups). The kernels are guarded: in torch 2.13 the
 int8 kernel returns NaN, garbage or crashes when the input dimension is not a multiple of 16
 (measured on AVX-512), so such weights get zero columns up to a multiple of 32 and the inputs
 are padded to match; the int4 packing needs rows in multiples of 16 (we pad to 64, which keeps
@@ -110,7 +110,10 @@ class QuantizedLinear(torch.nn.Module):
         self._scales_by_dtype: dict[torch.dtype, torch.Tensor] = {}
 
     def _pack_for_cpu(self, weight: PortableWeight) -> None:
-        if weight.scheme == "int8":
+        kernels = _native.native_kernels()
+        if kernels is not None:
+            self._pack_native(weight, kernels)
+        elif weight.scheme == "int8":
             q = weight.qweight
             k = q.shape[1]
             if k % _INT8_K_MULTIPLE:
@@ -120,24 +123,6 @@ class QuantizedLinear(torch.nn.Module):
             self.register_buffer("scales", weight.scales.contiguous())
             self.register_buffer("zeros", None)
             self.backend = "int8_cpu"
-        elif (kernel := _native.native_int4()) is not None and weight.padded_in_features % _native.CHUNK == 0:
-            assert weight.zeros is not None
-            self._padded_in = weight.padded_in_features
-            packed_codes = weight.qweight
-            q, scales, zeros = _native.tile_int4(
-                lambda start, end: unpack_nibbles(packed_codes[start:end]),
-                weight.out_features,
-                self._padded_in,
-                weight.scales,
-                weight.zeros,
-            )
-            self._padded_out = q.shape[0] * _native.ROWS
-            self._native = kernel
-            self.register_buffer("qweight", q)
-            self.register_buffer("scales", scales)  # [tiles, groups, 4]
-            self.register_buffer("zeros", zeros)
-            self.backend = "int4_native"
-            self._dense_min_rows = NATIVE_DEQUANTIZE_MIN_ROWS
         else:
             assert weight.zeros is not None
             self._padded_in = weight.padded_in_features
@@ -157,6 +142,41 @@ class QuantizedLinear(torch.nn.Module):
             self.register_buffer("scales", scales_and_zeros)  # [K / group, N, 2]
             self.register_buffer("zeros", None)
             self.backend = "int4_cpu"
+
+    def _pack_native(self, weight: PortableWeight, kernels: _native.NativeKernels) -> None:
+        """glm-agent's kernels' tiled layouts (input dimension padded to a multiple of 64 with zeros)."""
+        self._native = kernels
+        self._dense_min_rows = NATIVE_DEQUANTIZE_MIN_ROWS
+        if weight.scheme == "int8":
+            q = weight.qweight
+            if q.shape[1] % _native.CHUNK:
+                self._padded_in = -(-q.shape[1] // _native.CHUNK) * _native.CHUNK
+                q = F.pad(q, (0, self._padded_in - q.shape[1]))
+            tiled, scales = _native.tile_int8(q, weight.scales)
+            self.register_buffer("qweight", tiled)  # [tiles, K / 64, 4, 64]
+            self.register_buffer("scales", scales)  # [tiles * 4]
+            self.register_buffer("zeros", None)
+            self.backend = "int8_native"
+        else:
+            assert weight.zeros is not None
+            codes = weight.qweight
+            self._padded_in = -(-weight.padded_in_features // _native.CHUNK) * _native.CHUNK
+            extra = (self._padded_in - weight.padded_in_features) // 2  # zero columns: code 8 in a zero group
+            if extra:
+                codes = F.pad(codes, (0, extra), value=0x88)
+            groups = self._padded_in // weight.group_size - weight.scales.shape[1]
+            tiled, scales, zeros = _native.tile_int4(
+                lambda start, end: unpack_nibbles(codes[start:end]),
+                weight.out_features,
+                self._padded_in,
+                F.pad(weight.scales, (0, groups), value=1.0),
+                F.pad(weight.zeros, (0, groups), value=0.0),
+            )
+            self.register_buffer("qweight", tiled)  # [tiles, K / 64, 4, 32]
+            self.register_buffer("scales", scales)  # [tiles, groups, 4]
+            self.register_buffer("zeros", zeros)
+            self.backend = "int4_native"
+        self._padded_out = self.qweight.shape[0] * _native.ROWS
 
     @property
     def weight_bytes(self) -> int:
@@ -190,8 +210,11 @@ class QuantizedLinear(torch.nn.Module):
             if self.backend == "dequantize" or x.dtype not in _KERNEL_DTYPES:
                 return F.linear(x, self.dequantized(x.dtype), self._bias_as(x.dtype))
             return self._dense_in_blocks(x)
-        if self.backend == "int4_native" and x.dtype != torch.bfloat16:  # the kernel takes bfloat16 only
-            _warn_once("native-dtype", "int4 products over %s activations dequantize (slow); use bfloat16", x.dtype)
+        native = self.backend in ("int4_native", "int8_native")
+        if native and x.dtype != torch.bfloat16:  # the kernels take bfloat16 only
+            _warn_once(
+                "native-dtype", "quantized products over %s activations dequantize (slow); use bfloat16", x.dtype
+            )
             return self._dense_in_blocks(x)
         flat = x.reshape(-1, x.shape[-1])
         if self._padded_in != self.in_features:
@@ -199,7 +222,11 @@ class QuantizedLinear(torch.nn.Module):
         flat = flat.contiguous()
         if self.backend == "int4_native":
             assert self.zeros is not None
-            out = self._native.matmul(self.qweight, self.scales, self.zeros, flat, self.group_size, self.out_features)
+            out = self._native.int4_matmul(
+                self.qweight, self.scales, self.zeros, flat, self.group_size, self.out_features
+            )
+        elif self.backend == "int8_native":
+            out = self._native.int8_matmul(self.qweight, self.scales, flat, self.out_features)
         elif self.backend == "int8_cpu":
             out = torch._weight_int8pack_mm(flat, self.qweight, self._scales_as(flat.dtype))
         else:
@@ -214,7 +241,7 @@ class QuantizedLinear(torch.nn.Module):
         return None if self.bias is None else self.bias.to(dtype)
 
     def _can_dequantize(self) -> bool:
-        return self.backend in ("int8_cpu", "int4_native") or _int4_layout_known()
+        return self.backend in ("int8_cpu", "int4_native", "int8_native") or _int4_layout_known()
 
     def portable(self) -> PortableWeight:
         """The weight in the portable layout (unpacked from this CPU's kernel layout where needed)."""
@@ -225,17 +252,21 @@ class QuantizedLinear(torch.nn.Module):
         if self.backend == "int8_cpu":
             q = self.qweight[:, : self.in_features].contiguous()
             return PortableWeight("int8", self.out_features, self.in_features, 0, q, self.scales)
+        n = self.out_features
+        if self.backend == "int8_native":
+            q = _native.untile_int8(self.qweight)[:n, : self.in_features].contiguous()
+            return PortableWeight("int8", n, self.in_features, 0, q, self.scales[:n].contiguous())
         if self.backend == "int4_native":
             assert self.zeros is not None
-            n = self.out_features
+            kp = -(-self.in_features // self.group_size) * self.group_size  # the portable padding
             return PortableWeight(
                 "int4",
                 n,
                 self.in_features,
                 self.group_size,
-                pack_nibbles(_native.untile_int4(self.qweight)[:n]),
-                _native.untile_groups(self.scales)[:n].contiguous(),
-                _native.untile_groups(self.zeros)[:n].contiguous(),
+                pack_nibbles(_native.untile_int4(self.qweight)[:n, :kp]),
+                _native.untile_groups(self.scales)[:n, : kp // self.group_size].contiguous(),
+                _native.untile_groups(self.zeros)[:n, : kp // self.group_size].contiguous(),
             )
         if not _int4_layout_known():
             raise NotImplementedError("this CPU's int4 packing layout is not one glm-agent can unpack")
@@ -269,6 +300,10 @@ class QuantizedLinear(torch.nn.Module):
         if self.backend == "int8_cpu":
             return self.qweight[start:end, :k] * self._scales_as(dtype)[start:end, None]
         g = self.group_size
+        if self.backend == "int8_native":
+            first, last = start // _native.ROWS, -(-end // _native.ROWS)
+            q = _native.untile_int8(self.qweight, first, last)[: end - start, :k]
+            return q * self._scales_as(dtype)[start:end, None]
         if self.backend == "int4_native":
             rows_per_tile = _native.ROWS
             first, last = start // rows_per_tile, -(-end // rows_per_tile)
@@ -293,7 +328,7 @@ class QuantizedLinear(torch.nn.Module):
         if self.backend == "int8_cpu":
             q = self.qweight if self._padded_in == self.in_features else self.qweight[:, : self.in_features]
             return q * self._scales_as(dtype)[:, None] if dtype != torch.float32 else dequantize(self.portable(), dtype)
-        if self.backend == "int4_native" and dtype != torch.float32:
+        if self.backend in ("int4_native", "int8_native") and dtype != torch.float32:
             return self._dequantized_rows(0, self.out_features, dtype)
         if self.backend == "int4_cpu" and not _int4_layout_known():
             # an unknown packing: the kernel applied to the identity gives W^T (slow; for checks, not for speed)

@@ -1,16 +1,17 @@
-"""glm-agent's own int4 decode kernel (``_int4_avx512.c``): built at first use, loaded with ctypes.
+"""glm-agent's own int4/int8 decode kernels (``_cpu_kernels.c``): built at first use, loaded with ctypes.
 
-torch's CPU int4 kernel dequantizes in float32 and reaches about 19 GB/s at ChatGLM3-6B's
-shapes on 2 AVX-512 cores, where a bfloat16 product reads about 24 GB/s: int4 decoding is
-bound by arithmetic, not memory. This kernel multiplies the 4-bit codes as bfloat16 integers
-with ``vdpbf16ps`` and applies scales and zeros once per group, on a layout that streams the
-weights in one pass (see the C file).
+torch's CPU int4 kernel dequantizes in float32 and reaches about 20-22 GB/s at ChatGLM3-6B's
+shapes on 2 AVX-512 cores, and its int8 kernel about 22: decoding is bound by arithmetic, not
+memory. The int4 kernel multiplies the 4-bit codes as bfloat16 integers with ``vdpbf16ps`` and
+applies scales and zeros once per group; the int8 kernel widens the codes to float32 for
+one fused multiply-add each; both stream the weights in one pass over a tiled layout (see the
+C file) and reach 33-35 GB/s, about what a plain streaming read gets here.
 
 The kernel is compiled with the system C compiler (``$CC``, else ``cc``/``gcc``) into
 ``$XDG_CACHE_HOME/glm-agent/kernels`` (once per source and compiler) and used only where the
 CPU has AVX-512 BF16 and torch dispatches to AVX-512. Without a compiler, or with
-``GLM_AGENT_NATIVE_KERNELS=0``, int4 layers use torch's kernel: slower, same results up to
-summation order.
+``GLM_AGENT_NATIVE_KERNELS=0``, quantized layers use torch's kernels: slower, same results up
+to summation order.
 """
 
 from __future__ import annotations
@@ -31,25 +32,28 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["NativeInt4", "native_int4", "tile_int4", "untile_int4"]
+__all__ = ["NativeKernels", "native_kernels", "tile_int4", "tile_int8", "untile_groups", "untile_int4", "untile_int8"]
 
-SOURCE = Path(__file__).with_name("_int4_avx512.c")
+SOURCE = Path(__file__).with_name("_cpu_kernels.c")
 FLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fopenmp", "-fPIC", "-shared")
 ROWS = 4  # rows per tile (ROWS in the C file)
 CHUNK = 64  # inputs per step of the stream
 _TILE_ROWS_AT_ONCE = 4096  # rows re-laid out at a time (bounds the unpacked temporaries)
 
 
-class NativeInt4:
-    """The loaded kernel: ``matmul`` over tiled int4 weights."""
+class NativeKernels:
+    """The loaded kernels: ``int4_matmul`` and ``int8_matmul`` over weights in their tiled layouts."""
 
     def __init__(self, library: ctypes.CDLL, path: Path) -> None:
         self.path = path
-        self._matmul = library.glm_int4_matmul
-        self._matmul.restype = ctypes.c_int
-        self._matmul.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 4 + [ctypes.c_int, ctypes.c_int]
+        self._int4 = library.glm_int4_matmul
+        self._int4.restype = ctypes.c_int
+        self._int4.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 4 + [ctypes.c_int, ctypes.c_int]
+        self._int8 = library.glm_int8_matmul
+        self._int8.restype = ctypes.c_int
+        self._int8.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int, ctypes.c_int]
 
-    def matmul(
+    def int4_matmul(
         self,
         q: torch.Tensor,
         scales: torch.Tensor,
@@ -60,29 +64,85 @@ class NativeInt4:
         out_dtype: torch.dtype = torch.bfloat16,
     ) -> torch.Tensor:
         """``x W^T`` for contiguous bfloat16 ``x [M, K]``: ``[M, out_rows]`` in ``out_dtype`` (bfloat16 or float32)."""
-        rows, k = x.shape
-        if x.dtype != torch.bfloat16 or not x.is_contiguous() or k != q.shape[1] * CHUNK:
-            raise ValueError(f"the int4 kernel takes contiguous bfloat16 [M, {q.shape[1] * CHUNK}] inputs")
-        if out_dtype not in (torch.bfloat16, torch.float32):
-            raise ValueError(f"the int4 kernel writes bfloat16 or float32, not {out_dtype}")
-        padded = q.shape[0] * ROWS
-        out = torch.empty((rows, padded), dtype=out_dtype)
-        status = self._matmul(
+        rows, k, out = self._prepare("int4", q, x, out_dtype)
+        status = self._int4(
             q.data_ptr(),
             scales.data_ptr(),
             zeros.data_ptr(),
             x.data_ptr(),
             out.data_ptr(),
             rows,
-            padded,
+            out.shape[1],
             k,
             group,
             int(out_dtype == torch.bfloat16),
             torch.get_num_threads(),
         )
+        return self._finish(status, out, out_rows)
+
+    def int8_matmul(
+        self,
+        q: torch.Tensor,
+        scales: torch.Tensor,
+        x: torch.Tensor,
+        out_rows: int,
+        out_dtype: torch.dtype = torch.bfloat16,
+    ) -> torch.Tensor:
+        """``x W^T`` over tiled int8 weights with one bfloat16 scale per (padded) row; as :meth:`int4_matmul`."""
+        rows, k, out = self._prepare("int8", q, x, out_dtype)
+        status = self._int8(
+            q.data_ptr(),
+            scales.data_ptr(),
+            x.data_ptr(),
+            out.data_ptr(),
+            rows,
+            out.shape[1],
+            k,
+            int(out_dtype == torch.bfloat16),
+            torch.get_num_threads(),
+        )
+        return self._finish(status, out, out_rows)
+
+    @staticmethod
+    def _prepare(
+        scheme: str, q: torch.Tensor, x: torch.Tensor, out_dtype: torch.dtype
+    ) -> tuple[int, int, torch.Tensor]:
+        rows, k = x.shape
+        if x.dtype != torch.bfloat16 or not x.is_contiguous() or k != q.shape[1] * CHUNK:
+            raise ValueError(f"the {scheme} kernel takes contiguous bfloat16 [M, {q.shape[1] * CHUNK}] inputs")
+        if out_dtype not in (torch.bfloat16, torch.float32):
+            raise ValueError(f"the {scheme} kernel writes bfloat16 or float32, not {out_dtype}")
+        return rows, k, torch.empty((rows, q.shape[0] * ROWS), dtype=out_dtype)
+
+    @staticmethod
+    def _finish(status: int, out: torch.Tensor, out_rows: int) -> torch.Tensor:
         if status:
-            raise MemoryError("the int4 kernel could not allocate its activation sums")
-        return out if padded == out_rows else out[:, :out_rows]
+            raise MemoryError("a glm-agent CPU kernel could not allocate its scratch memory")
+        return out if out.shape[1] == out_rows else out[:, :out_rows]
+
+
+def tile_int8(q: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The int8 kernel's layout: ``q [N, K]`` (K a multiple of 64) as ``[tiles, K / 64, 4, 64]``, scales padded.
+
+    Padding rows are zero weights with scale 1.
+    """
+    rows, cols = q.shape
+    padded = -(-rows // ROWS) * ROWS
+    tiled = torch.empty((padded // ROWS, cols // CHUNK, ROWS, CHUNK), dtype=torch.int8)
+    for start in range(0, padded, _TILE_ROWS_AT_ONCE):
+        end = min(start + _TILE_ROWS_AT_ONCE, padded)
+        part = q[start : min(end, rows)]
+        if part.shape[0] < end - start:
+            part = torch.nn.functional.pad(part, (0, 0, 0, end - start - part.shape[0]))
+        tiled[start // ROWS : end // ROWS] = part.view(-1, ROWS, cols // CHUNK, CHUNK).transpose(1, 2)
+    padded_scales = torch.nn.functional.pad(scales.to(torch.bfloat16), (0, padded - rows), value=1.0)
+    return tiled, padded_scales.contiguous()
+
+
+def untile_int8(q: torch.Tensor, start_tile: int = 0, end_tile: int | None = None) -> torch.Tensor:
+    """Codes ``int8 [4 * tiles, K]`` of tiles ``[start_tile, end_tile)`` (the inverse of :func:`tile_int8`)."""
+    part = q[start_tile:end_tile]
+    return part.transpose(1, 2).reshape(part.shape[0] * ROWS, -1)
 
 
 def tile_int4(
@@ -129,8 +189,8 @@ def untile_groups(t: torch.Tensor) -> torch.Tensor:
 
 
 @functools.cache
-def native_int4() -> NativeInt4 | None:
-    """The kernel when it can run here (built on first use), else ``None`` (the reason is logged once)."""
+def native_kernels() -> NativeKernels | None:
+    """The kernels when they can run here (built on first use), else ``None`` (the reason is logged once)."""
     reason = _unavailable_reason()
     if reason is None:
         try:
@@ -139,10 +199,10 @@ def native_int4() -> NativeInt4 | None:
             if not library.glm_int4_supported():
                 reason = "this CPU lacks AVX-512 BF16"
             else:
-                return NativeInt4(library, path)
+                return NativeKernels(library, path)
         except (OSError, subprocess.SubprocessError, _BuildError) as error:
             reason = str(error)
-    logger.info("int4 layers use torch's kernel (glm-agent's faster one is off: %s)", reason)
+    logger.info("quantized layers use torch's kernels (glm-agent's faster ones are off: %s)", reason)
     return None
 
 
@@ -178,7 +238,7 @@ def _build() -> Path:
     compiler = _compiler()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
     digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + version.encode()).hexdigest()[:16]
-    target = _cache_dir() / f"int4_avx512-{digest}.so"
+    target = _cache_dir() / f"cpu_kernels-{digest}.so"
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -190,5 +250,5 @@ def _build() -> Path:
         if done.returncode:
             raise _BuildError(f"{Path(compiler).name} failed: {done.stderr.strip()[-500:]}")
         os.replace(built, target)  # atomic: concurrent builders end with one complete file
-    logger.info("built glm-agent's int4 kernel at %s", target)
+    logger.info("built glm-agent's CPU kernels at %s", target)
     return target

@@ -1,9 +1,9 @@
-/* int4 weights times bfloat16 activations on AVX-512 BF16 CPUs: glm-agent's decode kernel.
+/* int4 and int8 weights times bfloat16 activations on AVX-512 BF16 CPUs: glm-agent's decode kernels.
  *
  * Built at first use by glm_agent/quantization/_native.py (cc -O3 -fopenmp; OpenMP is the
  * libgomp torch already loaded, so the kernel shares torch's thread pool).
  *
- * Weight layout ("tiled int4"), made by _native.tile_int4 from the portable layout:
+ * int4 weight layout ("tiled int4"), made by _native.tile_int4 from the portable layout:
  *   q       uint8 [N/4][K/64][4][32]  the 4 rows of a tile, 64 inputs at a time: byte j holds
  *                                     input 64c + j in its low nibble and 64c + 32 + j in its high one
  *   scales  bfloat16 [N/4][G][4]      G = K / group
@@ -12,6 +12,10 @@
  *   y[n] = sum_g scale[n,g] * sum_{k in g} (q[n,k] - 8) x[k]  +  zero[n,g] * sum_{k in g} x[k]
  * The inner sums are exact products of small integers and bfloat16 values accumulated in
  * float32 (vdpbf16ps), so the result is the dequantized product up to summation order.
+ *
+ * int8 weight layout ("tiled int8"), made by _native.tile_int8:
+ *   q       int8 [N/4][K/64][4][64]   the 4 rows of a tile, 64 inputs at a time
+ *   scales  bfloat16 [N]              y[n] = scale[n] * sum_k q[n,k] x[k], summed in float32
  */
 #include <immintrin.h>
 #include <stdint.h>
@@ -126,5 +130,55 @@ int glm_int4_matmul(const uint8_t *q, const uint16_t *scales, const uint16_t *ze
         }
     }
     free(xsum);
+    return 0;
+}
+
+/* One int8 tile (ROWS rows) against one activation row given in float32. */
+static void tile_dot_int8(const int8_t *q, const float *x, int64_t k, float out[ROWS]) {
+    __m512 acc[ROWS];
+    for (int r = 0; r < ROWS; r++) acc[r] = _mm512_setzero_ps();
+    const int64_t chunks = k / 64;
+    for (int64_t c = 0; c < chunks; c++) {
+        const int8_t *qc = q + c * ROWS * 64;
+        _mm_prefetch((const char *)(qc + PREFETCH), _MM_HINT_T0);
+        _mm_prefetch((const char *)(qc + PREFETCH + 64), _MM_HINT_T0);
+        _mm_prefetch((const char *)(qc + PREFETCH + 128), _MM_HINT_T0);
+        _mm_prefetch((const char *)(qc + PREFETCH + 192), _MM_HINT_T0);
+        const float *xc = x + 64 * c;
+        for (int part = 0; part < 4; part++) {
+            const __m512 xv = _mm512_loadu_ps(xc + 16 * part);
+            for (int r = 0; r < ROWS; r++) {
+                const __m128i b = _mm_loadu_si128((const __m128i *)(qc + 64 * r + 16 * part));
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)), xv, acc[r]);
+            }
+        }
+    }
+    for (int r = 0; r < ROWS; r++) out[r] = _mm512_reduce_add_ps(acc[r]);
+}
+
+/* y[m, n] = scale[n] * sum_k x[m, k] q[n, k]; shapes and outputs as glm_int4_matmul (k a multiple of 64). */
+int glm_int8_matmul(const int8_t *q, const uint16_t *scales, const uint16_t *x, void *y, int64_t rows,
+                    int64_t n_padded, int64_t k, int out_bf16, int threads) {
+    const int64_t tiles = n_padded / ROWS;
+    float *xf = malloc(sizeof(float) * (size_t)(rows * k));
+    if (xf == NULL) return -1;
+    for (int64_t i = 0; i < rows * k; i++) xf[i] = bf16_to_float(x[i]);
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t t = 0; t < tiles; t++) {
+        const int8_t *qt = q + t * (k / 64) * ROWS * 64;
+        for (int64_t m = 0; m < rows; m++) {
+            float out[ROWS];
+            tile_dot_int8(qt, xf + m * k, k, out);
+            for (int r = 0; r < ROWS; r++) {
+                const int64_t at = m * n_padded + t * ROWS + r;
+                const float value = out[r] * bf16_to_float(scales[t * ROWS + r]);
+                if (out_bf16)
+                    ((uint16_t *)y)[at] = float_to_bf16(value);
+                else
+                    ((float *)y)[at] = value;
+            }
+        }
+    }
+    free(xf);
     return 0;
 }
