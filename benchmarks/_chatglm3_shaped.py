@@ -144,3 +144,20 @@ def weight_bytes_read(model: torch.nn.Module) -> int:
     total = sum(p.numel() * p.element_size() for p in model.parameters())
     total += sum(b.numel() * b.element_size() for name, b in model.named_buffers() if "rotary" not in name)
     return total - embed.numel() * embed.element_size() + embed.shape[1] * embed.element_size()
+
+
+def weight_bytes_held(model: torch.nn.Module) -> int:
+    """Bytes of every weight the model holds (the whole embedding table included)."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    return total + sum(b.numel() * b.element_size() for name, b in model.named_buffers() if "rotary" not in name)
+
+
+def quantized_backends(model: torch.nn.Module) -> dict[str, int]:
+    """How many quantized layers run on which kernels (``int4_native``: glm-agent's, ``int4_cpu``: torch's, ...)."""
+    from glm_agent.quantization import QuantizedLinear
+
+    counts: dict[str, int] = {}
+    for module in model.modules():
+        if isinstance(module, QuantizedLinear):
+            counts[module.backend] = counts.get(module.backend, 0) + 1
+    return counts
