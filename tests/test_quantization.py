@@ -151,7 +151,9 @@ def test_native_int4_kernel_is_the_dequantized_product_at_chatglm3_shapes(group,
     assert torch.equal(again.qweight, portable.qweight)
     assert torch.equal(again.scales, portable.scales) and torch.equal(again.zeros, portable.zeros)
     assert torch.equal(layer.dequantized(), reference)
-    assert torch.allclose(layer.dequantized(torch.bfloat16).float(), reference, rtol=1e-2, atol=1e-3)  # in bfloat16
+    in_bf16 = layer.dequantized(torch.bfloat16)  # the kernel's dequantization: one rounding to bfloat16
+    assert torch.allclose(in_bf16.float(), reference, rtol=2**-8, atol=0)
+    assert torch.equal(layer._dequantized_rows(8, 24, torch.bfloat16), in_bf16[8:24])
 
 
 @needs_native
@@ -174,6 +176,9 @@ def test_native_int8_kernel_is_the_dequantized_product(k):
     again = layer.portable()
     assert torch.equal(again.qweight, portable.qweight) and torch.equal(again.scales, portable.scales)
     assert torch.equal(layer.dequantized(), reference)
+    assert torch.equal(layer.dequantized(torch.bfloat16), reference.bfloat16())
+    with pytest.raises(ValueError, match="within"):
+        layer._native.int8_dequantize(layer.qweight, layer.scales, 5, 2)
     rows = DEQUANTIZE_MIN_ROWS * 2 + 1  # the dense path over the tiled layout
     x = torch.randn(rows, k).bfloat16()
     assert relative_error(layer(x), x.float() @ reference.t() + layer.bias) < 2e-2

@@ -19,11 +19,35 @@ import sys
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["keep_freed_memory"]
+__all__ = ["keep_freed_memory", "return_freed_memory"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _applied = False
+
+
+def _glibc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version  # noqa: B018 - present only in glibc (not musl)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def return_freed_memory() -> bool:
+    """Give the heap's free pages back to the kernel now (``malloc_trim``); True when done.
+
+    Loading and re-laying out weights leaves freed temporaries between live weights, where
+    glibc never trims on its own: measured at ChatGLM3-6B int4, 1.1 GB of the process's 5.3 GB.
+    """
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True
 
 
 def keep_freed_memory(mmap_threshold: int = 32 * 2**20, trim_threshold: int = 512 * 2**20) -> bool:
@@ -31,12 +55,10 @@ def keep_freed_memory(mmap_threshold: int = 32 * 2**20, trim_threshold: int = 51
     global _applied
     if _applied:
         return True
-    if not sys.platform.startswith("linux") or os.environ.get("GLM_AGENT_MALLOC_TUNING", "1") == "0":
+    if os.environ.get("GLM_AGENT_MALLOC_TUNING", "1") == "0":
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version  # noqa: B018 - present only in glibc (not musl)
-    except (OSError, AttributeError):
+    libc = _glibc()
+    if libc is None:
         return False
     ok = bool(
         libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold) == 1

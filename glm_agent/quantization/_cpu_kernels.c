@@ -182,3 +182,56 @@ int glm_int8_matmul(const int8_t *q, const uint16_t *scales, const uint16_t *x, 
     free(xf);
     return 0;
 }
+
+/* Dequantized weights for prefill's dense products: rows [4 * first_tile, 4 * (first_tile + tiles))
+ * of the tiled int4 weight as bfloat16 [4 * tiles][k], row-major. */
+void glm_int4_dequantize(const uint8_t *q, const uint16_t *scales, const uint16_t *zeros, uint16_t *out,
+                         int64_t first_tile, int64_t tiles, int64_t k, int64_t group, int threads) {
+    const int64_t groups = k / group, chunks = k / 64;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t t = first_tile; t < first_tile + tiles; t++) {
+        const uint8_t *qt = q + t * chunks * ROWS * 32;
+        const uint16_t *st = scales + t * groups * ROWS, *zt = zeros + t * groups * ROWS;
+        for (int r = 0; r < ROWS; r++) {
+            uint16_t *row = out + ((t - first_tile) * ROWS + r) * k;
+            for (int64_t c = 0; c < chunks; c++) {
+                const uint8_t *bytes = qt + c * ROWS * 32 + 32 * r;
+                for (int half = 0; half < 2; half++) { /* low nibbles: inputs 64c..64c+31, high: the next 32 */
+                    const int64_t first = 64 * c + 32 * half, g = first / group;
+                    const __m512 scale = _mm512_set1_ps(bf16_to_float(st[g * ROWS + r]));
+                    const __m512 zero = _mm512_set1_ps(bf16_to_float(zt[g * ROWS + r]));
+                    for (int part = 0; part < 2; part++) {
+                        const __m128i b = _mm_loadu_si128((const __m128i *)(bytes + 16 * part));
+                        const __m128i v = half ? _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(0x0f))
+                                               : _mm_and_si128(b, _mm_set1_epi8(0x0f));
+                        const __m512 codes = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_cvtepu8_epi32(v),
+                                                                                 _mm512_set1_epi32(8)));
+                        const __m256bh w = _mm512_cvtneps_pbh(_mm512_fmadd_ps(codes, scale, zero));
+                        _mm256_storeu_si256((__m256i *)(row + first + 16 * part), (__m256i)w);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* The same for the tiled int8 weight (scale per row). */
+void glm_int8_dequantize(const int8_t *q, const uint16_t *scales, uint16_t *out, int64_t first_tile,
+                         int64_t tiles, int64_t k, int threads) {
+    const int64_t chunks = k / 64;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t t = first_tile; t < first_tile + tiles; t++) {
+        const int8_t *qt = q + t * chunks * ROWS * 64;
+        for (int r = 0; r < ROWS; r++) {
+            uint16_t *row = out + ((t - first_tile) * ROWS + r) * k;
+            const __m512 scale = _mm512_set1_ps(bf16_to_float(scales[t * ROWS + r]));
+            for (int64_t c = 0; c < chunks; c++) {
+                for (int part = 0; part < 4; part++) {
+                    const __m128i b = _mm_loadu_si128((const __m128i *)(qt + c * ROWS * 64 + 64 * r + 16 * part));
+                    const __m512 w = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)), scale);
+                    _mm256_storeu_si256((__m256i *)(row + 64 * c + 16 * part), (__m256i)_mm512_cvtneps_pbh(w));
+                }
+            }
+        }
+    }
+}

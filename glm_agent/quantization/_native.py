@@ -52,6 +52,12 @@ class NativeKernels:
         self._int8 = library.glm_int8_matmul
         self._int8.restype = ctypes.c_int
         self._int8.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int, ctypes.c_int]
+        self._int4_dequantize = library.glm_int4_dequantize
+        self._int4_dequantize.restype = None
+        self._int4_dequantize.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 4 + [ctypes.c_int]
+        self._int8_dequantize = library.glm_int8_dequantize
+        self._int8_dequantize.restype = None
+        self._int8_dequantize.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [ctypes.c_int]
 
     def int4_matmul(
         self,
@@ -102,6 +108,31 @@ class NativeKernels:
             torch.get_num_threads(),
         )
         return self._finish(status, out, out_rows)
+
+    def int4_dequantize(
+        self, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, first_tile: int, tiles: int, group: int
+    ) -> torch.Tensor:
+        """Rows of tiles ``[first_tile, first_tile + tiles)`` as bfloat16 ``[4 * tiles, K]`` (for dense prefill)."""
+        k = q.shape[1] * CHUNK
+        if not 0 <= first_tile <= first_tile + tiles <= q.shape[0]:
+            raise ValueError(f"tiles [{first_tile}, {first_tile + tiles}) are not within the weight's {q.shape[0]}")
+        out = torch.empty((tiles * ROWS, k), dtype=torch.bfloat16)
+        self._int4_dequantize(
+            q.data_ptr(), scales.data_ptr(), zeros.data_ptr(), out.data_ptr(), first_tile, tiles, k, group,
+            torch.get_num_threads(),
+        )  # fmt: skip
+        return out
+
+    def int8_dequantize(self, q: torch.Tensor, scales: torch.Tensor, first_tile: int, tiles: int) -> torch.Tensor:
+        """As :meth:`int4_dequantize`, for the tiled int8 weight."""
+        k = q.shape[1] * CHUNK
+        if not 0 <= first_tile <= first_tile + tiles <= q.shape[0]:
+            raise ValueError(f"tiles [{first_tile}, {first_tile + tiles}) are not within the weight's {q.shape[0]}")
+        out = torch.empty((tiles * ROWS, k), dtype=torch.bfloat16)
+        self._int8_dequantize(
+            q.data_ptr(), scales.data_ptr(), out.data_ptr(), first_tile, tiles, k, torch.get_num_threads()
+        )
+        return out
 
     @staticmethod
     def _prepare(
