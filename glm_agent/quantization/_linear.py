@@ -35,9 +35,8 @@ _INT8_K_MULTIPLE = 32  # the int8 kernel's input dimension is padded to a multip
 _INT4_N_MULTIPLE = 64  # the int4 packing's row block on AVX-512
 _DENSE_BLOCK_ROWS = 2048  # output rows dequantized at a time for a dense product (a multiple of 64)
 DEQUANTIZE_MIN_ROWS = 64  # products over this many rows dequantize and use a dense product (kernels: 2.4-2.9x slower than bf16 at 64 rows)
-NATIVE_DEQUANTIZE_MIN_ROWS = (
-    128  # the same for glm-agent's int4 kernel (at 64 rows: 103 vs 142 ms for gate/up, 50 vs 223 for down)
-)
+# the same for glm-agent's kernels: int4 gate/up + down at 64 rows take 172 ms by the kernel, 124 dequantized
+NATIVE_DEQUANTIZE_MIN_ROWS = 48
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _warned: set[str] = set()
 
