@@ -8,6 +8,7 @@ import platform
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -24,7 +25,7 @@ from glm_agent.errors import CheckpointError, ContextLengthError  # noqa: E402
 from glm_agent.models import LocalModel  # noqa: E402
 from glm_agent.models._decoding import IncrementalDetokenizer, Sampler, StopStrings  # noqa: E402
 from glm_agent.models.base import ChatModel, GenerationParams  # noqa: E402
-from tests._data import GOLDEN, needs_tiny_checkpoint  # noqa: E402
+from tests._data import GOLDEN, REPO, needs_tiny_checkpoint  # noqa: E402
 from tests._data import TINY_CHECKPOINT as TINY  # noqa: E402
 
 pytestmark = needs_tiny_checkpoint
@@ -323,6 +324,37 @@ def test_freed_memory_between_live_blocks_goes_back_to_the_kernel_on_request():
     returned, before, after = done.stdout.split()
     assert returned == "True"
     assert int(before) - int(after) > 250  # MiB: most of the 360 MiB freed between live blocks
+
+
+_HUGE_WEIGHT = """
+import torch
+from glm_agent.quantization._native import _empty_weight
+weight = _empty_weight((64 << 20,), torch.uint8)  # as the kernels' tiled weights are made
+weight.fill_(1)
+print(next(int(line.split()[1]) for line in open("/proc/self/smaps_rollup") if line.startswith("AnonHugePages")))
+"""
+
+
+def _transparent_huge_pages() -> str:
+    try:
+        setting = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return "absent"
+    return setting.split("[", 1)[1].split("]", 1)[0] if "[" in setting else "absent"
+
+
+@pytest.mark.skipif(_transparent_huge_pages() != "madvise", reason="needs transparent huge pages in madvise mode")
+def test_quantized_weights_ask_for_huge_pages_unless_told_not_to():
+    def huge_kib(**env: str) -> int:
+        run_env = {**os.environ, "PYTHONPATH": str(REPO), **env}
+        done = subprocess.run(
+            [sys.executable, "-c", _HUGE_WEIGHT], capture_output=True, text=True, timeout=60, env=run_env
+        )
+        assert done.returncode == 0, done.stderr
+        return int(done.stdout)
+
+    assert huge_kib() >= 32 << 10  # at least half of the 64 MiB on 2 MiB pages
+    assert huge_kib(GLM_AGENT_HUGE_PAGES="0") == 0
 
 
 def test_generation_stops_on_a_stop_id_which_is_not_part_of_the_text(tokenizer, golden):

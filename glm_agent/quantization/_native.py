@@ -159,7 +159,7 @@ def tile_int8(q: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torc
     """
     rows, cols = q.shape
     padded = -(-rows // ROWS) * ROWS
-    tiled = torch.empty((padded // ROWS, cols // CHUNK, ROWS, CHUNK), dtype=torch.int8)
+    tiled = _empty_weight((padded // ROWS, cols // CHUNK, ROWS, CHUNK), torch.int8)
     for start in range(0, padded, _TILE_ROWS_AT_ONCE):
         end = min(start + _TILE_ROWS_AT_ONCE, padded)
         part = q[start : min(end, rows)]
@@ -186,7 +186,7 @@ def tile_int4(
     """
     assert callable(values_of)
     padded = -(-rows // ROWS) * ROWS
-    q = torch.empty((padded // ROWS, cols // CHUNK, ROWS, CHUNK // 2), dtype=torch.uint8)
+    q = _empty_weight((padded // ROWS, cols // CHUNK, ROWS, CHUNK // 2), torch.uint8)
     for start in range(0, padded, _TILE_ROWS_AT_ONCE):
         end = min(start + _TILE_ROWS_AT_ONCE, padded)
         values = values_of(start, min(end, rows))
@@ -196,6 +196,15 @@ def tile_int4(
         packed = v[:, :, :, 0] | (v[:, :, :, 1] << 4)  # [tiles, 4, chunks, 32]
         q[start // ROWS : end // ROWS] = packed.permute(0, 2, 1, 3)
     return q, _tile_groups(scales, padded, 1.0), _tile_groups(zeros, padded, 0.0)
+
+
+def _empty_weight(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor for a weight, on huge pages where the kernel grants them (see ``advise_huge_pages``)."""
+    from glm_agent.models._cpu_tuning import advise_huge_pages
+
+    weight = torch.empty(shape, dtype=dtype)
+    advise_huge_pages(weight.data_ptr(), weight.numel() * weight.element_size())
+    return weight
 
 
 def _tile_groups(t: torch.Tensor, padded: int, fill: float) -> torch.Tensor:
