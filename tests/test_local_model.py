@@ -386,9 +386,17 @@ def test_relayout_false_keeps_the_model_savable(tmp_path, tokenizer, golden):
     assert again.last_stats.output_ids == case["greedy_new_tokens"]
 
 
-def test_bfloat16_weights_packed_for_onednn_decode_as_transformers_does(tokenizer):
-    """In bfloat16 on CPU the lean engine packs the weights for oneDNN; tokens and the model's own forward are unchanged."""
+@pytest.mark.parametrize("native", ["1", "0"], ids=["glm-agent-kernel", "onednn-packed"])
+def test_bfloat16_weights_decode_as_transformers_does(tokenizer, native, monkeypatch, request):
+    """In bfloat16 on CPU the lean engine decodes on glm-agent's kernel (weights untouched) or packs the
+    weights for oneDNN; tokens and the model's own forward are unchanged either way."""
+    from glm_agent.models._native_linear import NativeBf16Linear
     from glm_agent.models._packed_linear import PackedLinear, packing_available
+    from glm_agent.quantization import _native
+
+    monkeypatch.setenv("GLM_AGENT_NATIVE_KERNELS", native)
+    _native.native_kernels.cache_clear()
+    request.addfinalizer(_native.native_kernels.cache_clear)  # the tests after this one see the real setting
 
     weights = load_model(TINY, dtype="bfloat16", device="cpu", progress=False)
     messages = [{"role": "user", "content": "What is the weather in Paris and in 北京?"}]
@@ -401,7 +409,11 @@ def test_bfloat16_weights_packed_for_onednn_decode_as_transformers_does(tokenize
     local.stop_ids = frozenset()
     "".join(local.stream(messages))
     assert local.last_stats.output_ids == generated[0, len(ids) :].tolist()
-    if packing_available(torch.bfloat16):
+    engine = local._cache.runner
+    if native == "1" and _native.native_kernels() is not None:
+        assert isinstance(engine.lm_head, NativeBf16Linear) and isinstance(engine.layers[0][1], NativeBf16Linear)
+        assert isinstance(weights.lm_head, torch.nn.Linear)  # the model keeps plain weights
+    elif packing_available(torch.bfloat16):
         assert isinstance(weights.lm_head, PackedLinear)
         assert isinstance(weights.model.layers[0].self_attn.q_proj.fused, PackedLinear)
     with torch.inference_mode():

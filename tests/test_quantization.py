@@ -192,6 +192,26 @@ def test_int8_tiles_round_trip_with_padded_rows():
     assert torch.equal(untile_int8(tiled, 1, 2), torch.nn.functional.pad(q[4:], (0, 0, 0, 2)))
 
 
+@needs_native
+@pytest.mark.parametrize("n,k", [(4608, 4096), (4096, 13696)])
+def test_native_bf16_kernel_matches_the_float32_product(n, k):
+    from glm_agent.models._native_linear import DENSE_MIN_ROWS, NativeBf16Linear
+
+    torch.manual_seed(n)
+    weight = (torch.randn(n, k) * 0.02).bfloat16()
+    bias = torch.randn(n).bfloat16()
+    layer = NativeBf16Linear(native_kernels(), weight, bias)
+    for rows in (1, 3, DENSE_MIN_ROWS):  # the kernel, then F.linear
+        x = torch.randn(rows, k).bfloat16()
+        expected = x.float() @ weight.float().t() + bias.float()
+        assert relative_error(layer(x), expected) < 1e-2  # bfloat16 output
+    with pytest.raises(ValueError, match="rows by 4"):
+        native_kernels().bf16_matmul(weight[:3], torch.randn(1, k).bfloat16())
+    with pytest.raises(ValueError, match="inputs"):
+        native_kernels().bf16_matmul(weight, torch.randn(1, k))
+    assert not NativeBf16Linear.fits(weight[:, :40]) and not NativeBf16Linear.fits(weight.float())
+
+
 def test_int4_tiles_round_trip_with_padded_rows():
     values = torch.randint(0, 16, (10, 128), dtype=torch.uint8)
     scales = torch.rand(10, 2).bfloat16()

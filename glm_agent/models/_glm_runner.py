@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from glm_agent.errors import ModelError
 from glm_agent.models._cpu_tuning import keep_freed_memory
+from glm_agent.models._native_linear import NativeBf16Linear, native_bf16_kernels
 from glm_agent.models._packed_linear import RowSlice, pack_fused_qkv, pack_linear, packing_available
 
 logger = logging.getLogger(__name__)
@@ -86,10 +87,14 @@ class LeanGlmRunner:
         column_major = relayout and self.device.type == "cpu" and self.dtype == torch.float32
         if column_major:
             _use_column_major(model)
-        pack = relayout and self.device.type == "cpu" and packing_available(self.dtype)
-        if pack:  # bfloat16: oneDNN's blocked layout, 1.5-7x faster per decode product (see _packed_linear)
+        # bfloat16 on CPU: glm-agent's kernel (1.2-1.4x oneDNN's packed product, see _native_linear), else
+        # oneDNN's blocked layout (1.5-7x faster than F.linear per decode product, see _packed_linear)
+        kernels = native_bf16_kernels(self.dtype) if relayout and self.device.type == "cpu" else None
+        pack = kernels is None and relayout and self.device.type == "cpu" and packing_available(self.dtype)
+        if pack:
             _pack_linears(model)
-        projections = [_qkv(layer.self_attn, relayout, column_major, pack) for layer in base.layers]
+        projections = [_qkv(layer.self_attn, relayout, column_major, pack, kernels) for layer in base.layers]
+        _linear = functools.partial(_plain_linear, kernels=kernels)
         self.lm_head = _linear(model.lm_head)
         self.lm_head_device = _device_of(model.lm_head)
         self.layers = [
@@ -286,18 +291,23 @@ class _SeparateQKV:
     """q, k and v as three products over the model's untouched (or quantized) weights, concatenated."""
 
     def __init__(self, attn: Any) -> None:
-        self.projections = tuple(_linear(p) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+        self.projections = tuple(_plain_linear(p) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
         return torch.cat([p(h) for p in self.projections], dim=-1)
 
 
-def _qkv(attn: Any, relayout: bool, column_major: bool, pack: bool) -> Any:
+def _qkv(attn: Any, relayout: bool, column_major: bool, pack: bool, kernels: Any = None) -> Any:
     """One callable for q, k and v: a fused (packed) product when the weights allow, else three."""
     if isinstance(attn.q_proj, RowSlice):
         return attn.q_proj.fused
     if relayout and _plain(attn):
-        return pack_fused_qkv(attn) if pack else _fused_qkv(attn, column_major)
+        if pack:
+            return pack_fused_qkv(attn)
+        weight, bias = _fuse_qkv(attn, column_major)
+        if kernels is not None and NativeBf16Linear.fits(weight):
+            return NativeBf16Linear(kernels, weight, bias)
+        return functools.partial(F.linear, weight=weight, bias=bias)
     return _SeparateQKV(attn)
 
 
@@ -316,9 +326,12 @@ def _plain(attn: Any) -> bool:
     return all(isinstance(p, torch.nn.Linear) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
 
 
-def _linear(module: Any) -> Any:
-    """A callable for one projection: ``F.linear`` over an ``nn.Linear``'s tensors, else the module itself."""
+def _plain_linear(module: Any, kernels: Any = None) -> Any:
+    """A callable for one projection: glm-agent's bfloat16 kernel (``kernels``) or ``F.linear`` over an
+    ``nn.Linear``'s tensors, else the module itself."""
     if isinstance(module, torch.nn.Linear):
+        if kernels is not None and NativeBf16Linear.fits(module.weight):
+            return NativeBf16Linear(kernels, module.weight, module.bias)
         return functools.partial(F.linear, weight=module.weight, bias=module.bias)
     return module
 
@@ -329,12 +342,6 @@ def _device_of(module: Any) -> torch.device:
         tensor = next(iter(module.buffers()))
     device: torch.device = tensor.device
     return device
-
-
-def _fused_qkv(attn: Any, column_major: bool) -> Any:
-    """One product for q, k and v: their weights become views of one matrix (the model's forward is unchanged)."""
-    weight, bias = _fuse_qkv(attn, column_major)
-    return functools.partial(F.linear, weight=weight, bias=bias)
 
 
 def _fuse_qkv(attn: Any, column_major: bool) -> tuple[torch.Tensor, torch.Tensor | None]:

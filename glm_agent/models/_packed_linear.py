@@ -1,4 +1,4 @@
-"""bfloat16 linear layers pre-packed for oneDNN: the CPU decode path at real model sizes.
+"""bfloat16 linear layers pre-packed for oneDNN: the CPU decode path where glm-agent's own kernel cannot run.
 
 ``F.linear`` on bfloat16 CPU tensors pays a large fixed cost per call on top of the product
 (oneDNN sets up the product for a plain row-major weight each time): measured at ChatGLM3-6B's

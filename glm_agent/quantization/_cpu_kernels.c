@@ -235,3 +235,28 @@ void glm_int8_dequantize(const int8_t *q, const uint16_t *scales, uint16_t *out,
         }
     }
 }
+
+/* y[m, n] = sum_k x[m, k] w[n, k] for a plain row-major bfloat16 weight w [n][k] (n a multiple of ROWS,
+ * k of 32): bfloat16 decoding, four rows streamed at a time, products summed in float32. */
+void glm_bf16_matmul(const uint16_t *w, const uint16_t *x, uint16_t *y, int64_t rows, int64_t n, int64_t k,
+                     int threads) {
+    const int64_t tiles = n / ROWS;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t t = 0; t < tiles; t++) {
+        const uint16_t *wt = w + t * ROWS * k;
+        for (int64_t m = 0; m < rows; m++) { /* the tile's rows stay in cache for the later rows of x */
+            const uint16_t *xm = x + m * k;
+            __m512 acc[ROWS];
+            for (int r = 0; r < ROWS; r++) acc[r] = _mm512_setzero_ps();
+            for (int64_t c = 0; c < k; c += 32) {
+                const __m512bh xv = (__m512bh)_mm512_loadu_si512(xm + c);
+                for (int r = 0; r < ROWS; r++) {
+                    const uint16_t *wr = wt + r * k + c;
+                    _mm_prefetch((const char *)(wr + PREFETCH / 2), _MM_HINT_T0);
+                    acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_loadu_si512(wr), xv);
+                }
+            }
+            for (int r = 0; r < ROWS; r++) y[m * n + t * ROWS + r] = float_to_bf16(_mm512_reduce_add_ps(acc[r]));
+        }
+    }
+}

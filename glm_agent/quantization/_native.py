@@ -52,6 +52,9 @@ class NativeKernels:
         self._int8 = library.glm_int8_matmul
         self._int8.restype = ctypes.c_int
         self._int8.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int, ctypes.c_int]
+        self._bf16 = library.glm_bf16_matmul
+        self._bf16.restype = None
+        self._bf16.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [ctypes.c_int]
         self._int4_dequantize = library.glm_int4_dequantize
         self._int4_dequantize.restype = None
         self._int4_dequantize.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 4 + [ctypes.c_int]
@@ -108,6 +111,17 @@ class NativeKernels:
             torch.get_num_threads(),
         )
         return self._finish(status, out, out_rows)
+
+    def bf16_matmul(self, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``x W^T`` for a contiguous bfloat16 ``W [N, K]`` (N a multiple of 4, K of 32) and ``x [M, K]``."""
+        n, k = weight.shape
+        if weight.dtype != torch.bfloat16 or not weight.is_contiguous() or n % ROWS or k % 32:
+            raise ValueError("the bfloat16 kernel takes a contiguous bfloat16 weight, rows by 4, inputs by 32")
+        if x.dtype != torch.bfloat16 or not x.is_contiguous() or x.dim() != 2 or x.shape[1] != k:
+            raise ValueError(f"the bfloat16 kernel takes contiguous bfloat16 [M, {k}] inputs")
+        out = torch.empty((x.shape[0], n), dtype=torch.bfloat16)
+        self._bf16(weight.data_ptr(), x.data_ptr(), out.data_ptr(), x.shape[0], n, k, torch.get_num_threads())
+        return out
 
     def int4_dequantize(
         self, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, first_tile: int, tiles: int, group: int
