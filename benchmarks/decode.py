@@ -357,8 +357,11 @@ def main_6b(args) -> None:
         "new_tokens": SIX_B_NEW_TOKENS,
         "baseline": "transformers generate() on the bf16 model, same process as bf16, same prompt, greedy",
         "memory_bandwidth_gb_s": round(bandwidth / 1e9, 2),
+        "memory_bandwidth_range_gb_s": [min(bandwidths), max(bandwidths)],  # the probe's swing between processes
         "bandwidth_note": "best read bandwidth of the run (each process measures before loading and after decoding); "
-        "bandwidth_efficiency = weight bytes per token / seconds per token / that",
+        "bandwidth_efficiency = weight bytes per token / seconds per token / that; "
+        "bandwidth_efficiency_own_process: over that process's own best probe (on a VM the probe swings between "
+        "processes: see memory_bandwidth_range_gb_s)",
         "results": results,
     }
     if peer is not None:
