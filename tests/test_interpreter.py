@@ -324,7 +324,9 @@ def test_isolated_kernel_writes_to_mnt_data_and_nowhere_else(interp):
     assert (interp.workspace / "result.txt").read_text() == "42"
     lines = result.stdout.splitlines()
     assert lines[0] == "/mnt/data"
-    assert lines[1:4] == ["Read-only file system"] * 3
+    # /etc and /usr are read-only binds; /root is in the sandbox only when Python lives under it (pyenv)
+    assert lines[1] == lines[3] == "Read-only file system"
+    assert lines[2] in ("Read-only file system", "No such file or directory")
     assert lines[4] == "0000000000000000 1"  # no capabilities; PID 1 of its own namespace
     assert not Path("/etc/glm_agent_probe").exists()
 
