@@ -1,4 +1,4 @@
-"""int8 / int4 weights for CPU inference: the portable scheme, and ``QuantizedLinear`` over torch's kernels."""
+"""int8 / int4 weights for CPU inference: the portable scheme, and ``QuantizedLinear`` over glm-agent's or torch's kernels."""
 
 from __future__ import annotations
 
