@@ -1,13 +1,15 @@
-"""glm-agent's own int4/int8 decode kernels (``_cpu_kernels.c``): built at first use, loaded with ctypes.
+"""glm-agent's own CPU decode kernels (``_cpu_kernels.c``): built at first use, loaded with ctypes.
 
-torch's CPU int4 kernel dequantizes in float32 and reaches about 20-22 GB/s at ChatGLM3-6B's
-shapes on 2 AVX-512 cores, and its int8 kernel about 22: decoding is bound by arithmetic, not
+torch's CPU int4 kernel dequantizes in float32 and reads about 20-22 GB/s at ChatGLM3-6B's
+shapes on 2 AVX-512 cores, and its int8 kernel about 18-22: decoding is bound by arithmetic, not
 memory. The int4 kernel multiplies the 4-bit codes as bfloat16 integers with ``vdpbf16ps`` and
-applies scales and zeros once per group; the int8 kernel widens the codes to float32 for
-one fused multiply-add each; both stream the weights in one pass over a tiled layout (see the
-C file) and reach 33-35 GB/s, about what a plain streaming read gets here.
+applies scales and zeros once per group (29-35 GB/s on one matrix); the int8 kernel widens the
+codes to float32 for one fused multiply-add each (19-22 GB/s on one matrix, but 1.6-1.8x torch's
+kernel in the whole model); both stream the weights in one pass over a tiled layout (see the C
+file). ``bf16_matmul`` does the same for plain bfloat16 weights (30-35 GB/s, oneDNN's packed
+product 24-27), and the ``*_dequantize`` loops feed prefill's dense products.
 
-The kernel is compiled with the system C compiler (``$CC``, else ``cc``/``gcc``) into
+The kernels are compiled with the system C compiler (``$CC``, else ``cc``/``gcc``) into
 ``$XDG_CACHE_HOME/glm-agent/kernels`` (once per source and compiler) and used only where the
 CPU has AVX-512 BF16 and torch dispatches to AVX-512. Without a compiler, or with
 ``GLM_AGENT_NATIVE_KERNELS=0``, quantized layers use torch's kernels: slower, same results up
@@ -42,7 +44,7 @@ _TILE_ROWS_AT_ONCE = 4096  # rows re-laid out at a time (bounds the unpacked tem
 
 
 class NativeKernels:
-    """The loaded kernels: ``int4_matmul`` and ``int8_matmul`` over weights in their tiled layouts."""
+    """The loaded kernels: products over tiled int4/int8 and plain bfloat16 weights, and dequantization."""
 
     def __init__(self, library: ctypes.CDLL, path: Path) -> None:
         self.path = path
