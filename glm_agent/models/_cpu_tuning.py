@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import sys
@@ -29,7 +30,9 @@ _M_MMAP_THRESHOLD = -3
 _applied = False
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
+    """glibc, loaded once (``find_library`` costs a millisecond or more; loading calls this per layer)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -37,6 +40,7 @@ def _glibc() -> ctypes.CDLL | None:
         libc.gnu_get_libc_version  # noqa: B018 - present only in glibc (not musl)
     except (OSError, AttributeError):
         return None
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     return libc
 
 
@@ -87,6 +91,4 @@ def advise_huge_pages(address: int, length: int) -> bool:
     end = (address + length) // _HUGE_PAGE * _HUGE_PAGE
     if end <= start:
         return False
-    madvise = libc.madvise
-    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    return bool(madvise(start, end - start, _MADV_HUGEPAGE) == 0)
+    return bool(libc.madvise(start, end - start, _MADV_HUGEPAGE) == 0)
