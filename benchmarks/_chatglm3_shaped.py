@@ -141,9 +141,7 @@ def random_model_6b(precision: str, seed: int = 0, group_size: int = 128) -> Glm
 def weight_bytes_read(model: torch.nn.Module) -> int:
     """Bytes of weights one decoded token reads: every parameter and quantized buffer, one embedding row."""
     embed = model.get_submodule("model.embed_tokens").weight
-    total = sum(p.numel() * p.element_size() for p in model.parameters())
-    total += sum(b.numel() * b.element_size() for name, b in model.named_buffers() if "rotary" not in name)
-    return total - embed.numel() * embed.element_size() + embed.shape[1] * embed.element_size()
+    return weight_bytes_held(model) - embed.numel() * embed.element_size() + embed.shape[1] * embed.element_size()
 
 
 def weight_bytes_held(model: torch.nn.Module) -> int:

@@ -26,8 +26,9 @@ import torch.nn.functional as F
 
 from glm_agent.errors import ModelError
 from glm_agent.models._cpu_tuning import keep_freed_memory
-from glm_agent.models._native_linear import NativeBf16Linear, native_bf16_kernels
+from glm_agent.models._native_linear import NativeBf16Linear
 from glm_agent.models._packed_linear import RowSlice, pack_fused_qkv, pack_linear, packing_available
+from glm_agent.quantization._native import native_kernels
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,8 @@ class LeanGlmRunner:
             _use_column_major(model)
         # bfloat16 on CPU: glm-agent's kernel (1.2-1.4x oneDNN's packed product, see _native_linear), else
         # oneDNN's blocked layout (1.5-7x faster than F.linear per decode product, see _packed_linear)
-        kernels = native_bf16_kernels(self.dtype) if relayout and self.device.type == "cpu" else None
+        on_cpu_bf16 = relayout and self.device.type == "cpu" and self.dtype == torch.bfloat16
+        kernels = native_kernels() if on_cpu_bf16 else None
         pack = kernels is None and relayout and self.device.type == "cpu" and packing_available(self.dtype)
         if pack:
             _pack_linears(model)
@@ -304,10 +306,7 @@ def _qkv(attn: Any, relayout: bool, column_major: bool, pack: bool, kernels: Any
     if relayout and _plain(attn):
         if pack:
             return pack_fused_qkv(attn)
-        weight, bias = _fuse_qkv(attn, column_major)
-        if kernels is not None and NativeBf16Linear.fits(weight):
-            return NativeBf16Linear(kernels, weight, bias)
-        return functools.partial(F.linear, weight=weight, bias=bias)
+        return _product(*_fuse_qkv(attn, column_major), kernels)
     return _SeparateQKV(attn)
 
 
@@ -330,10 +329,15 @@ def _plain_linear(module: Any, kernels: Any = None) -> Any:
     """A callable for one projection: glm-agent's bfloat16 kernel (``kernels``) or ``F.linear`` over an
     ``nn.Linear``'s tensors, else the module itself."""
     if isinstance(module, torch.nn.Linear):
-        if kernels is not None and NativeBf16Linear.fits(module.weight):
-            return NativeBf16Linear(kernels, module.weight, module.bias)
-        return functools.partial(F.linear, weight=module.weight, bias=module.bias)
+        return _product(module.weight, module.bias, kernels)
     return module
+
+
+def _product(weight: torch.Tensor, bias: torch.Tensor | None, kernels: Any) -> Any:
+    """``x W^T + b``: glm-agent's bfloat16 kernel where ``kernels`` are given and take ``weight``, else ``F.linear``."""
+    if kernels is not None and NativeBf16Linear.fits(weight):
+        return NativeBf16Linear(kernels, weight, bias)
+    return functools.partial(F.linear, weight=weight, bias=bias)
 
 
 def _device_of(module: Any) -> torch.device:

@@ -11,16 +11,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from glm_agent.quantization._native import NativeKernels, native_kernels
+from glm_agent.quantization._native import NativeKernels
 
-__all__ = ["DENSE_MIN_ROWS", "NativeBf16Linear", "native_bf16_kernels"]
+__all__ = ["DENSE_MIN_ROWS", "NativeBf16Linear"]
 
 DENSE_MIN_ROWS = 8  # rows at once from which F.linear is as fast or faster (measured at 6B shapes)
-
-
-def native_bf16_kernels(dtype: torch.dtype) -> NativeKernels | None:
-    """The kernels when ``dtype`` is bfloat16 and they can run here."""
-    return native_kernels() if dtype == torch.bfloat16 else None
 
 
 class NativeBf16Linear:

@@ -1,16 +1,16 @@
-"""``QuantizedLinear``: a drop-in for ``nn.Linear`` over int8/int4 weights, on torch's CPU kernels when they are safe.
+"""``QuantizedLinear``: a drop-in for ``nn.Linear`` over int8/int4 weights, on the fastest CPU kernels that are safe.
 
 On CPU the portable weight is packed at load for this CPU's kernel: glm-agent's own AVX-512 BF16
 kernels where they can be built (``_native``; at ChatGLM3-6B decode 1.6-1.8x torch's for int8,
 1.4-1.6x for int4), else torch's ``_weight_int8pack_mm`` (int8, one scale per row) or
-``_convert_weight_to_int4pack_for_cpu`` + ``_weight_int4pack_mm_for_cpu`` (int4 groups). The kernels are guarded: in torch 2.13 the
-int8 kernel returns NaN, garbage or crashes when the input dimension is not a multiple of 16
-(measured on AVX-512), so such weights get zero columns up to a multiple of 32 and the inputs
-are padded to match; the int4 packing needs rows in multiples of 16 (we pad to 64, which keeps
-its blocked layout uniform). Elsewhere (another device, a torch without the kernels) the weight
+``_convert_weight_to_int4pack_for_cpu`` + ``_weight_int4pack_mm_for_cpu`` (int4 groups).
+torch's kernels are guarded: in torch 2.13 the int8 kernel returns NaN, garbage or crashes when
+the input dimension is not a multiple of 16 (measured on AVX-512), so such weights get zero
+columns up to a multiple of 32 and the inputs are padded to match; the int4 packing needs rows
+in multiples of 16 (we pad to 64, which keeps its blocked layout uniform). Elsewhere (another device, a torch without the kernels) the weight
 stays portable and is dequantized for each product: slower, never wrong.
 
-The kernels are matrix-vector engines: for many rows at once (prefill) they are 2-4x slower than
+The kernels are matrix-vector engines: for many rows at once (prefill) torch's are 2-4x slower than
 a bfloat16 matrix product (measured at 13696x4096, 600 rows), so products over at least
 ``DEQUANTIZE_MIN_ROWS`` rows dequantize the weight to the activations' dtype and use ``F.linear``.
 """

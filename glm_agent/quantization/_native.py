@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -193,14 +194,13 @@ def untile_int8(q: torch.Tensor, start_tile: int = 0, end_tile: int | None = Non
 
 
 def tile_int4(
-    values_of: object, rows: int, cols: int, scales: torch.Tensor, zeros: torch.Tensor
+    values_of: Callable[[int, int], torch.Tensor], rows: int, cols: int, scales: torch.Tensor, zeros: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The kernel's layout from a function ``values_of(start, end) -> uint8 [end - start, cols]`` of codes.
 
     ``cols`` is a multiple of 64 and of the group size; rows are padded to a multiple of 4
     with zero weights. Returns ``(q [tiles, cols / 64, 4, 32], scales, zeros [tiles, G, 4] bfloat16)``.
     """
-    assert callable(values_of)
     padded = -(-rows // ROWS) * ROWS
     q = _empty_weight((padded // ROWS, cols // CHUNK, ROWS, CHUNK // 2), torch.uint8)
     for start in range(0, padded, _TILE_ROWS_AT_ONCE):
