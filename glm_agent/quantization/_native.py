@@ -130,10 +130,7 @@ class NativeKernels:
         self, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, first_tile: int, tiles: int, group: int
     ) -> torch.Tensor:
         """Rows of tiles ``[first_tile, first_tile + tiles)`` as bfloat16 ``[4 * tiles, K]`` (for dense prefill)."""
-        k = q.shape[1] * CHUNK
-        if not 0 <= first_tile <= first_tile + tiles <= q.shape[0]:
-            raise ValueError(f"tiles [{first_tile}, {first_tile + tiles}) are not within the weight's {q.shape[0]}")
-        out = torch.empty((tiles * ROWS, k), dtype=torch.bfloat16)
+        k, out = self._dequantized_rows(q, first_tile, tiles)
         self._int4_dequantize(
             q.data_ptr(), scales.data_ptr(), zeros.data_ptr(), out.data_ptr(), first_tile, tiles, k, group,
             torch.get_num_threads(),
@@ -142,14 +139,19 @@ class NativeKernels:
 
     def int8_dequantize(self, q: torch.Tensor, scales: torch.Tensor, first_tile: int, tiles: int) -> torch.Tensor:
         """As :meth:`int4_dequantize`, for the tiled int8 weight."""
-        k = q.shape[1] * CHUNK
-        if not 0 <= first_tile <= first_tile + tiles <= q.shape[0]:
-            raise ValueError(f"tiles [{first_tile}, {first_tile + tiles}) are not within the weight's {q.shape[0]}")
-        out = torch.empty((tiles * ROWS, k), dtype=torch.bfloat16)
+        k, out = self._dequantized_rows(q, first_tile, tiles)
         self._int8_dequantize(
             q.data_ptr(), scales.data_ptr(), out.data_ptr(), first_tile, tiles, k, torch.get_num_threads()
         )
         return out
+
+    @staticmethod
+    def _dequantized_rows(q: torch.Tensor, first_tile: int, tiles: int) -> tuple[int, torch.Tensor]:
+        """The input size and an empty bfloat16 ``[4 * tiles, K]`` for tiles ``[first_tile, first_tile + tiles)``."""
+        if not 0 <= first_tile <= first_tile + tiles <= q.shape[0]:
+            raise ValueError(f"tiles [{first_tile}, {first_tile + tiles}) are not within the weight's {q.shape[0]}")
+        k = q.shape[1] * CHUNK
+        return k, torch.empty((tiles * ROWS, k), dtype=torch.bfloat16)
 
     @staticmethod
     def _prepare(
