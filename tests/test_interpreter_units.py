@@ -11,7 +11,7 @@ import pytest
 from glm_agent.interpreter import Limits
 from glm_agent.interpreter._capture import OutputCollector
 from glm_agent.interpreter._limits import GiB, MiB
-from glm_agent.interpreter._local import describe_exit
+from glm_agent.interpreter._local import describe_exit, read_oom_kills
 from glm_agent.interpreter._notebook import build_notebook
 from glm_agent.interpreter._results import (
     DisplayOutput,
@@ -115,6 +115,22 @@ def test_describe_exit_names_signals_and_limits():
     )
     assert describe_exit(3) == "exited with code 3"
     assert describe_exit(None) == "still running"
+    limits = Limits(total_memory_bytes=3 << 29)
+    assert describe_exit(-signal.SIGKILL, limits, oom_killed=True) == (
+        "killed by SIGKILL: the session's memory limit of 1.5 GiB (Limits.total_memory_bytes) was reached"
+    )
+    assert describe_exit(-signal.SIGKILL, limits).startswith("killed by SIGKILL")
+    assert "memory limit" not in describe_exit(-signal.SIGKILL, limits)
+
+
+def test_oom_kill_counts_are_read_without_following_links(tmp_path):
+    assert read_oom_kills(tmp_path) == 0
+    (tmp_path / "elsewhere").write_text("7")
+    (tmp_path / "oom_kills").symlink_to(tmp_path / "elsewhere")  # planted by the kernel: not followed
+    assert read_oom_kills(tmp_path) == 0
+    (tmp_path / "oom_kills").unlink()
+    (tmp_path / "oom_kills").write_text("2")
+    assert read_oom_kills(tmp_path) == 2
 
 
 def test_build_notebook_matches_calls_to_runs_and_keeps_unmatched_code():

@@ -50,8 +50,8 @@ from typing import Any
 from glm_agent.interpreter._environment import check_env
 from glm_agent.interpreter._isolation import detect_isolation, launcher_argv
 from glm_agent.interpreter._launch import PR_SET_PDEATHSIG, _prctl
-from glm_agent.interpreter._limits import GiB, Limits
-from glm_agent.interpreter._local import describe_exit, launch_spec
+from glm_agent.interpreter._limits import Limits
+from glm_agent.interpreter._local import describe_exit, launch_spec, read_oom_kills
 from glm_agent.interpreter._workspace import SessionDirs
 
 __all__ = ["main", "SESSION_ENV", "KERNEL_ENV_ENV", "LAST_EXIT_ENV"]
@@ -195,16 +195,8 @@ def _run(spec: dict[str, Any]) -> int:
     signal.signal(signal.SIGTERM, terminate)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     status = proc.wait()
-    spec["exit_description"] = describe_exit(status, limits)
-    if status == -signal.SIGKILL and limits.total_memory_bytes:
-        try:
-            if int((Path(spec["runtime_dir"]) / "oom_kills").read_text() or 0):
-                spec["exit_description"] = (
-                    f"killed by SIGKILL: the session's memory limit of {limits.total_memory_bytes / GiB:g} GiB "
-                    "(Limits.total_memory_bytes) was reached"
-                )
-        except (OSError, ValueError):
-            pass
+    oom_killed = status == -signal.SIGKILL and read_oom_kills(Path(spec["runtime_dir"])) > 0
+    spec["exit_description"] = describe_exit(status, limits, oom_killed=oom_killed)
     try:
         os.close(write_fd)
     except OSError:

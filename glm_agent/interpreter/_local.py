@@ -48,10 +48,26 @@ _SIGNAL_MEANING = {
 }
 
 
-def describe_exit(returncode: int | None, limits: Limits | None = None) -> str:
-    """A kernel's end in words, from the supervisor's exit status."""
+def read_oom_kills(runtime_dir: Path) -> int:
+    """Processes the session's memory limit killed in a kernel's life (its supervisor writes them at the end)."""
+    try:  # the kernel can write in its runtime dir: never follow a link it put there
+        fd = os.open(runtime_dir / "oom_kills", os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return 0
+    with os.fdopen(fd) as fh:
+        text = fh.read(32)
+    return int(text) if text.isdigit() else 0
+
+
+def describe_exit(returncode: int | None, limits: Limits | None = None, *, oom_killed: bool = False) -> str:
+    """A kernel's end in words, from the supervisor's exit status (``oom_killed``: the session's memory limit struck)."""
     if returncode is None:
         return "still running"
+    if returncode == -signal.SIGKILL and oom_killed and limits is not None and limits.total_memory_bytes:
+        return (
+            f"killed by SIGKILL: the session's memory limit of {limits.total_memory_bytes / GiB:g} GiB "
+            "(Limits.total_memory_bytes) was reached"
+        )
     if returncode < 0:
         sig = -returncode
         try:
@@ -182,13 +198,7 @@ class _KernelProcess:
 
     def oom_kills(self) -> int:
         """Processes the session's memory limit killed in this kernel's life (the supervisor writes it at the end)."""
-        try:
-            fd = os.open(self.runtime_dir / "oom_kills", os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError:
-            return 0
-        with os.fdopen(fd) as fh:
-            text = fh.read(32)
-        return int(text) if text.isdigit() else 0
+        return read_oom_kills(self.runtime_dir)
 
     def close_client(self) -> None:
         client, self.client = self.client, None
@@ -275,7 +285,6 @@ class LocalKernel:
         self._poller: zmq.Poller | None = None
         self._iopub: zmq.Socket[bytes] | None = None
         self._shell: zmq.Socket[bytes] | None = None
-        self._last_oom_kills = 0
 
     # -- identity ---------------------------------------------------------------------------
     @property
@@ -441,13 +450,7 @@ class LocalKernel:
         if self._process is None:
             return "not started"
         returncode = self._process.proc.poll()
-        reason = describe_exit(returncode, self.limits)
-        if returncode == -signal.SIGKILL and self._process.oom_kills() and self.limits.total_memory_bytes:
-            reason = (
-                f"killed by SIGKILL: the session's memory limit of {self.limits.total_memory_bytes / GiB:g} GiB "
-                "(Limits.total_memory_bytes) was reached"
-            )
-        return reason
+        return describe_exit(returncode, self.limits, oom_killed=bool(self._process.oom_kills()))
 
     def log_tail(self) -> str:
         """The kernel process's own stdout/stderr (the last part)."""
