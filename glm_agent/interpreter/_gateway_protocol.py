@@ -156,10 +156,7 @@ def read_probe(reply_content: dict[str, Any], url: str) -> tuple[str, str, Isola
         report = {}
     report = report if isinstance(report, dict) else {}
     if report.get("isolated") and values.get("pid") == 1 and workspace == "/mnt/data":
-        isolation = Isolation(
-            "namespaces", seccomp=bool(report.get("seccomp")), max_processes="max_processes" in report,
-            total_memory="total_memory_bytes" in report, workspace_quota=report.get("workspace_bytes") is not None,
-        )  # fmt: skip
+        isolation = Isolation.from_report(report, workspace_quota=report.get("workspace_bytes") is not None)
     else:
         isolation = Isolation("none", f"the kernel spec on the Kernel Gateway at {url} runs kernels unisolated")
     rlimits = [None if v in (None, resource.RLIM_INFINITY) else v for v in values.get("rlimits") or [None] * 4]

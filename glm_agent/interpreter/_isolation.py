@@ -22,13 +22,22 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from glm_agent.errors import InterpreterError
 
-__all__ = ["Isolation", "detect_isolation", "resolve_isolation", "launcher_argv", "runtime_root", "NO_ISOLATION"]
+__all__ = [
+    "Isolation",
+    "check_readonly_paths",
+    "detect_isolation",
+    "resolve_isolation",
+    "launcher_argv",
+    "runtime_root",
+    "NO_ISOLATION",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +62,14 @@ class Isolation:
     total_memory: bool = False
     workspace_quota: bool = False
     notes: tuple[str, ...] = ()
+
+    @classmethod
+    def from_report(cls, report: dict[str, Any], *, workspace_quota: bool, notes: tuple[str, ...] = ()) -> Isolation:
+        """Namespaces isolation with what the sandbox launcher's JSON report says held."""
+        return cls(
+            "namespaces", seccomp=bool(report.get("seccomp")), max_processes="max_processes" in report,
+            total_memory="total_memory_bytes" in report, workspace_quota=workspace_quota, notes=notes,
+        )  # fmt: skip
 
     @property
     def enabled(self) -> bool:
@@ -175,7 +192,6 @@ def _probe() -> Isolation:
         except (ValueError, IndexError):
             report = {}
         notes = []
-        parents = cgroup_parents()
         if "max_processes" not in report:
             notes.append("max_processes: no writable pids cgroup (v1, or v2 delegated to this process's cgroup)")
         if "total_memory_bytes" not in report:
@@ -184,16 +200,29 @@ def _probe() -> Isolation:
             notes.append("workspace_bytes: cannot mount a size-limited tmpfs; writes are bounded per file only")
         if not report.get("seccomp"):
             notes.append("seccomp: no filter (supported on x86-64 Linux only)")
-        log.debug("isolation probe: report %s, cgroup parents %s", report, parents)
-        return Isolation(
-            "namespaces", seccomp=bool(report.get("seccomp")), max_processes="max_processes" in report,
-            total_memory="total_memory_bytes" in report, workspace_quota=dirs.quota, notes=tuple(notes),
-        )  # fmt: skip
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("isolation probe: report %s, cgroup parents %s", report, cgroup_parents())
+        return Isolation.from_report(report, workspace_quota=dirs.quota, notes=tuple(notes))
     finally:
         server.close()
         os.close(read_fd)
         os.close(write_fd)
         dirs.remove()
+
+
+def check_readonly_paths(paths: Sequence[str | Path]) -> tuple[str, ...]:
+    """``readonly_paths``: existing absolute folders or files, resolved (links followed on the host, once)."""
+    if isinstance(paths, (str, Path)):
+        raise TypeError("readonly_paths must be a list of paths, e.g. readonly_paths=['/data/sales']")
+    resolved = []
+    for path in paths:
+        real = Path(path).expanduser().resolve()
+        if not real.exists():
+            raise InterpreterError(f"readonly_paths: {path} does not exist; pass folders or files that exist")
+        if real == Path("/"):
+            raise InterpreterError("readonly_paths: '/' would show the whole host; pass the folders the code needs")
+        resolved.append(str(real))
+    return tuple(resolved)
 
 
 def resolve_isolation(isolate: bool | None) -> Isolation:

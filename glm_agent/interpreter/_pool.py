@@ -13,7 +13,7 @@ from pathlib import Path
 from glm_agent.errors import InterpreterError
 from glm_agent.interpreter._bootstrap import BOOTSTRAP, run_silent
 from glm_agent.interpreter._environment import check_env
-from glm_agent.interpreter._isolation import Isolation, resolve_isolation, runtime_root
+from glm_agent.interpreter._isolation import Isolation, check_readonly_paths, resolve_isolation, runtime_root
 from glm_agent.interpreter._limits import Limits
 from glm_agent.interpreter._local import LocalKernel
 from glm_agent.interpreter._workspace import SessionDirs
@@ -65,14 +65,12 @@ class KernelPool:
         env: Mapping[str, str] | None = None,
         readonly_paths: Sequence[str | Path] = (),
     ) -> None:
-        from glm_agent.interpreter._session import _check_readonly_paths
-
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"KernelPool size must be a positive int, not {size!r}")
         self.size = size
         self.limits = limits or Limits()
         self.env = check_env(env)
-        self.readonly_paths = _check_readonly_paths(readonly_paths)
+        self.readonly_paths = check_readonly_paths(readonly_paths)
         self.isolation: Isolation = resolve_isolation(isolate)
         self.start_timeout = start_timeout
         self._state = _PoolState()

@@ -23,7 +23,7 @@ from glm_agent.interpreter._backend import KernelBackend
 from glm_agent.interpreter._bootstrap import BOOTSTRAP, REPORT_EXPRESSION, run_silent, write_file
 from glm_agent.interpreter._capture import OutputCollector
 from glm_agent.interpreter._environment import check_env
-from glm_agent.interpreter._isolation import Isolation, resolve_isolation, runtime_root
+from glm_agent.interpreter._isolation import Isolation, check_readonly_paths, resolve_isolation, runtime_root
 from glm_agent.interpreter._limits import GiB, Limits, MiB
 from glm_agent.interpreter._local import LocalKernel
 from glm_agent.interpreter._outcome import CellReport, RunOutcome, read_report
@@ -126,7 +126,7 @@ class CodeInterpreter:
         self._lock = threading.RLock()
         self._closed = False
         self.env = check_env(env)
-        self.readonly_paths = _check_readonly_paths(readonly_paths)
+        self.readonly_paths = check_readonly_paths(readonly_paths)
         if gateway is not None:
             self._init_remote(gateway, token, workspace, limits, isolate, pool, keep_workspace)
             return
@@ -557,21 +557,6 @@ class CodeInterpreter:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"CodeInterpreter({str(self._workspace)!r}, isolation={self.isolation.mode!r}, {state})"
-
-
-def _check_readonly_paths(paths: Sequence[str | Path]) -> tuple[str, ...]:
-    """``readonly_paths``: existing absolute folders or files, resolved (links followed on the host, once)."""
-    if isinstance(paths, (str, Path)):
-        raise TypeError("readonly_paths must be a list of paths, e.g. readonly_paths=['/data/sales']")
-    resolved = []
-    for path in paths:
-        real = Path(path).expanduser().resolve()
-        if not real.exists():
-            raise InterpreterError(f"readonly_paths: {path} does not exist; pass folders or files that exist")
-        if real == Path("/"):
-            raise InterpreterError("readonly_paths: '/' would show the whole host; pass the folders the code needs")
-        resolved.append(str(real))
-    return tuple(resolved)
 
 
 def _replace_in_workspace(workspace: Path, name: str, data: bytes) -> None:
