@@ -173,8 +173,10 @@ class Agent:
 
     # -- conversation --------------------------------------------------------------------------
     def system_message(self) -> SystemMessage:
-        schemas = self.tools.chatglm3_schemas() if len(self.tools) else None
-        return build_system_message(self.system, schemas, self.code_enabled, self.language)
+        return build_system_message(self.system, self._tool_schemas(), self.code_enabled, self.language)
+
+    def _tool_schemas(self) -> list[dict[str, Any]] | None:
+        return self.tools.chatglm3_schemas() if len(self.tools) else None
 
     def reset(self) -> None:
         """Start a new conversation (the system prompt stays; a kernel this agent owns restarts fresh)."""
@@ -228,8 +230,7 @@ class Agent:
             return
         first = self.messages[0] if self.messages else None
         if isinstance(first, SystemMessage):
-            schemas = self.tools.chatglm3_schemas() if len(self.tools) else None
-            self.messages[0] = first.model_copy(update={"tools": schemas})
+            self.messages[0] = first.model_copy(update={"tools": self._tool_schemas()})
 
     def __enter__(self) -> Agent:
         return self

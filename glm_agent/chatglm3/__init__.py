@@ -65,9 +65,9 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:  # torch-heavy names import on first use
-    if name in ("TextDelta", "CallStarted"):  # renamed; the old names warn
-        from glm_agent.chatglm3 import parser
+    from glm_agent.chatglm3 import parser
 
+    if name in parser._RENAMED:  # renamed; the old names warn
         return getattr(parser, name)
     module = _LAZY.get(name)
     if module is None:

@@ -27,6 +27,7 @@ from mcp.client.stdio import get_default_environment, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
+from glm_agent import __version__
 from glm_agent.errors import MCPConnectionError
 from glm_agent.mcp._config import MCPServerHTTP, MCPServerSpec, MCPServerStdio, check_server_name
 from glm_agent.mcp._loop import arun_on_loop, run_on_loop
@@ -263,7 +264,7 @@ class MCPConnection:
                     self._transport(stack),
                     mode="legacy",
                     message_handler=self._on_message,
-                    client_info=types.Implementation(name="glm-agent", version="0.1.0"),
+                    client_info=types.Implementation(name="glm-agent", version=__version__),
                     cache=None,
                 )
                 try:

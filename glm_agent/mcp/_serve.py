@@ -19,6 +19,7 @@ import mcp_types as types
 from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
 
+from glm_agent import __version__
 from glm_agent.tools import ToolRegistry, ToolResult
 
 __all__ = ["mcp_server_for", "serve_mcp_stdio", "mcp_http_app", "mount_mcp"]
@@ -70,7 +71,9 @@ def mcp_server_for(registry: ToolRegistry, *, name: str = "glm-agent", instructi
         result = await registry.acall(params.name, params.arguments or {})
         return result_to_mcp(result)
 
-    return Server(name, version="0.1.0", instructions=instructions, on_list_tools=list_tools, on_call_tool=call_tool)
+    return Server(
+        name, version=__version__, instructions=instructions, on_list_tools=list_tools, on_call_tool=call_tool
+    )
 
 
 async def serve_mcp_stdio(registry: ToolRegistry, *, name: str = "glm-agent") -> None:

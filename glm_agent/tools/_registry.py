@@ -202,13 +202,17 @@ class ToolRegistry:
 
     def remove_toolset(self, toolset: Toolset) -> None:
         """Take a mounted toolset's tools out of the registry and close it."""
+        self._unmount(lambda mount: mount.toolset is toolset)
+
+    def _unmount(self, leaving: Callable[[MountedToolset], bool]) -> None:
+        """Take the mounts ``leaving`` picks out (their tools with them), then close them outside the lock."""
         with self._toolsets_lock:
-            mounts = [m for m in self._toolsets if m.toolset is toolset]
-            self._toolsets = [m for m in self._toolsets if m.toolset is not toolset]
-            for mount in mounts:
+            gone = [m for m in self._toolsets if leaving(m)]
+            self._toolsets = [m for m in self._toolsets if not leaving(m)]
+            for mount in gone:
                 for name in mount.names:
                     self._tools.pop(name, None)
-        for mount in mounts:
+        for mount in gone:
             self._close(mount)
 
     @staticmethod
@@ -220,13 +224,7 @@ class ToolRegistry:
 
     def close(self) -> None:
         """Close every mounted toolset (their tools leave the registry); plain tools stay."""
-        with self._toolsets_lock:
-            mounts, self._toolsets = self._toolsets, []
-            for mount in mounts:
-                for name in mount.names:
-                    self._tools.pop(name, None)
-        for mount in mounts:
-            self._close(mount)
+        self._unmount(lambda mount: True)
 
     def __enter__(self) -> ToolRegistry:
         return self
