@@ -348,6 +348,7 @@ def _load_official(
     from transformers import GlmConfig, GlmForCausalLM
 
     from glm_agent.chatglm3._quantized import PartsCollector, is_quantized_linear, spec_for
+    from glm_agent.quantization import quantize
 
     native = cfg["model_type"] == "glm"
     config = GlmConfig(**{k: v for k, v in cfg.items() if k != "quantization_config"}) if native else glm_config(cfg)
@@ -391,8 +392,6 @@ def _load_official(
                         f"{tuple(param.shape)} for {name}; the config and the weights do not belong together"
                     )
                 if spec is not None and is_quantized_linear(name):
-                    from glm_agent.quantization import quantize
-
                     _install_quantized(
                         model, name.removesuffix(".weight"), quantize(value, spec_for(name, spec)), device
                     )
