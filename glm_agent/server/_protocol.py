@@ -10,25 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from glm_agent.server._errors import APIError
 
 __all__ = ["head_timeout_protocol"]
 
 
 def _timeout_response(seconds: float) -> bytes:
-    body = json.dumps(
-        {
-            "error": {
-                "message": f"the request head did not arrive within {seconds:g} s",
-                "type": "invalid_request_error",
-                "param": None,
-                "code": "request_timeout",
-            }
-        }
-    ).encode()
+    message = f"the request head did not arrive within {seconds:g} s"
+    body = json.dumps(APIError(408, message, code="request_timeout").body()).encode()
     head = (
         "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
@@ -77,8 +70,3 @@ def head_timeout_protocol(head_timeout: float) -> type[H11Protocol]:
                 self.transport.close()
 
     return HeadTimeoutProtocol
-
-
-def uvicorn_options(head_timeout: float) -> dict[str, Any]:
-    """Keyword arguments for ``uvicorn.Config``/``uvicorn.run`` that enforce the head timeout."""
-    return {"http": head_timeout_protocol(head_timeout)}

@@ -39,8 +39,9 @@ class ModelSource:
         from glm_agent.models import load_chat_model
 
         if spec.strip().startswith("scripted:"):
-            load_chat_model(spec, **options)  # fails now, with a clear message, if the file is bad
-            return cls(factory=lambda: load_chat_model(spec, **options))
+            return cls(
+                factory=lambda: load_chat_model(spec, **options)
+            )  # __init__ loads a sample: a bad file fails now
         return cls(load_chat_model(spec, **options))
 
     @property

@@ -28,7 +28,7 @@ _BACKTICKS = re.compile(r"`{3,}")
 
 def fence(text: str, lang: str = "") -> str:
     """``text`` in a Markdown code fence longer than any backtick run inside it."""
-    longest = max((len(m) for m in _BACKTICKS.findall(text)), default=2)
+    longest = max((len(m) for m in _BACKTICKS.findall(text)), default=2) if "```" in text else 2  # the scan is the cost
     ticks = "`" * max(3, longest + 1)
     return f"{ticks}{lang}\n{text.rstrip(chr(10))}\n{ticks}"
 
