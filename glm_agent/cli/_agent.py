@@ -41,6 +41,22 @@ Handler = Callable[[argparse.Namespace], int]
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"  # what ``add_command`` receives
 
 
+def add_quantize_arguments(parser: argparse._ActionsContainer) -> None:
+    """``--quantize int8|int4`` and ``--group-size N`` (shared by every command that loads weights)."""
+    parser.add_argument(
+        "--quantize",
+        choices=("int8", "int4"),
+        help="int8/int4 linear weights (the output layer int8), quantized tensor by tensor; runs on CPU kernels",
+    )
+    parser.add_argument(
+        "--group-size",
+        type=int,
+        default=128,
+        choices=(32, 64, 128, 256),
+        help="int4: inputs per scale and zero (default 128)",
+    )
+
+
 def add_agent_options(parser: argparse.ArgumentParser) -> None:
     """Model, tools, code interpreter, prompt, sampling and approval options."""
     parser.add_argument(
@@ -88,8 +104,6 @@ def add_agent_options(parser: argparse.ArgumentParser) -> None:
     local.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: the backend's choice)")
     local.add_argument("--dtype", help="e.g. bfloat16, float16, float32 (default: the backend's choice)")
     local.add_argument("--allow-download", action="store_true", help="let a hub id download missing weights")
-    from glm_agent.cli.convert import add_quantize_arguments
-
     add_quantize_arguments(local)
 
 
@@ -200,6 +214,10 @@ def open_agent(
             interpreter.close()
         raise
     try:
+        if is_scripted(model):  # say so before anything is shown as the model's words
+            from glm_agent.cli._render import scripted_banner
+
+            console.print(scripted_banner(model), style="bold yellow", markup=False, highlight=False, soft_wrap=True)
         yield agent
     finally:
         agent.close()  # shuts down a kernel the agent started

@@ -48,9 +48,9 @@ def add_command(subparsers: Subparsers) -> argparse.ArgumentParser:
 def chat_command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from glm_agent.cli._agent import is_scripted, load_model, model_spec, open_agent
+    from glm_agent.cli._agent import load_model, model_spec, open_agent
     from glm_agent.cli._approve import choose_approver
-    from glm_agent.cli._render import TEMPORARY_IMAGES, EventRenderer, scripted_banner
+    from glm_agent.cli._render import TEMPORARY_IMAGES, EventRenderer
     from glm_agent.messages import load_jsonl
 
     console = Console()
@@ -61,8 +61,6 @@ def chat_command(args: argparse.Namespace) -> int:
     if args.code_interpreter and not args.workspace:
         renderer.image_note = TEMPORARY_IMAGES
     with open_agent(args, model, approve, console) as agent:
-        if is_scripted(model):
-            console.print(scripted_banner(model), style="bold yellow", markup=False, highlight=False, soft_wrap=True)
         if history is not None:
             agent.load_messages(history)
         _welcome(console, agent, model)

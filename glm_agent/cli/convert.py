@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from glm_agent.cli._agent import Subparsers
+from glm_agent.cli._agent import Subparsers, add_quantize_arguments
 from glm_agent.errors import CheckpointError
 
-__all__ = ["add_command", "add_quantize_arguments"]
+__all__ = ["add_command"]
 
 
 def add_command(subparsers: Subparsers) -> argparse.ArgumentParser:
@@ -31,22 +31,6 @@ def add_command(subparsers: Subparsers) -> argparse.ArgumentParser:
     )
     parser.set_defaults(handler=_run_convert)
     return parser
-
-
-def add_quantize_arguments(parser: argparse._ActionsContainer) -> None:
-    """``--quantize int8|int4`` and ``--group-size N`` (shared by every command that loads weights)."""
-    parser.add_argument(
-        "--quantize",
-        choices=("int8", "int4"),
-        help="int8/int4 linear weights (the output layer int8), quantized tensor by tensor; runs on CPU kernels",
-    )
-    parser.add_argument(
-        "--group-size",
-        type=int,
-        default=128,
-        choices=(32, 64, 128, 256),
-        help="int4: inputs per scale and zero (default 128)",
-    )
 
 
 def _run_convert(args: argparse.Namespace) -> int:

@@ -47,9 +47,9 @@ def add_command(subparsers: Subparsers) -> argparse.ArgumentParser:
 def run_command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from glm_agent.cli._agent import is_scripted, load_model, model_spec, open_agent
+    from glm_agent.cli._agent import load_model, model_spec, open_agent
     from glm_agent.cli._approve import choose_approver
-    from glm_agent.cli._render import TEMPORARY_IMAGES, EventRenderer, scripted_banner
+    from glm_agent.cli._render import TEMPORARY_IMAGES, EventRenderer
 
     for file in args.files:
         if not Path(file).is_file():
@@ -63,8 +63,6 @@ def run_command(args: argparse.Namespace) -> int:
     if args.code_interpreter and not args.workspace:
         renderer.image_note = TEMPORARY_IMAGES
     with open_agent(args, model, approve, err) as agent:
-        if is_scripted(model):
-            err.print(scripted_banner(model), style="bold yellow", markup=False, highlight=False, soft_wrap=True)
         try:
             status = _ask_all(args, agent, renderer)
             if args.save:

@@ -7,7 +7,8 @@ import logging
 import sys
 from typing import Any
 
-from glm_agent.cli._agent import Subparsers
+from glm_agent.cli._agent import Subparsers, add_quantize_arguments
+from glm_agent.cli.web import add_ui_options
 from glm_agent.errors import GlmAgentError
 
 __all__ = ["add_command"]
@@ -54,16 +55,12 @@ def add_command(subparsers: Subparsers) -> argparse.ArgumentParser:
         "--body-timeout", type=float, help="seconds a client may take to send a request's body, else 408 (default 30)"
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    from glm_agent.cli.convert import add_quantize_arguments
-
     add_quantize_arguments(parser)
     parser.add_argument("--ui", action="store_true", help="also serve the browser UI at /ui (needs the 'web' extra)")
     parser.add_argument("--code-interpreter", action="store_true", help="offer the UI's Code Interpreter mode")
     parser.add_argument(
         "--auth", metavar="USER:PASS", help="the UI's login (needed with --ui on a non-loopback --host)"
     )
-    from glm_agent.cli.web import add_ui_options
-
     add_ui_options(parser, tokenizer=False, mcp=False)
     parser.set_defaults(handler=run_serve)
     return parser

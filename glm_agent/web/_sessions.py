@@ -15,7 +15,7 @@ from glm_agent import events as ev
 from glm_agent.agent import Agent, build_system_message
 from glm_agent.chatglm3.turns import PromptView, prompt_view
 from glm_agent.errors import GlmAgentError, SessionLimitError, StoppedWhileWaiting
-from glm_agent.messages import Call, UserMessage
+from glm_agent.messages import Call, SystemMessage, UserMessage
 from glm_agent.web._config import WebConfig
 from glm_agent.web._render import ChatView
 
@@ -99,9 +99,11 @@ class WebSession:
     # -- conversation ----------------------------------------------------------------------------
     def official_system(self, mode: str | None = None) -> str:
         """ChatGLM3's official system prompt for ``mode`` (the text; tools are attached separately)."""
-        mode = mode or self.mode
+        return self._system_message(mode or self.mode, None).content
+
+    def _system_message(self, mode: str, system: str | None) -> SystemMessage:
         tools = self.config.tools.chatglm3_schemas() if mode != "Chat" and len(self.config.tools) else None
-        return build_system_message(None, tools, mode == "Code Interpreter", self.config.language).content
+        return build_system_message(system, tools, mode == "Code Interpreter", self.config.language)
 
     def configure(
         self, *, mode: str | None = None, system: str | None = None, generation: dict[str, Any] | None = None
@@ -221,9 +223,7 @@ class WebSession:
             if self.agent is not None:
                 messages = list(self.agent.messages)
             else:  # no conversation yet: the system turn it will start with
-                tools = self.config.tools.chatglm3_schemas() if self.mode != "Chat" and len(self.config.tools) else None
-                code = self.mode == "Code Interpreter"
-                messages = [build_system_message(self.system, tools, code, self.config.language)]
+                messages = [self._system_message(self.mode, self.system)]
         return prompt_view(
             messages, self.config.tokenizer, context_length=self.config.context_length, add_generation_prompt=False
         )
