@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Any, Literal
 
 __all__ = ["BackgroundServer"]
 
@@ -16,17 +16,25 @@ class BackgroundServer:
     """
 
     def __init__(
-        self, app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning", head_timeout: float = 10.0
+        self,
+        app: Any,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        log_level: str = "warning",
+        head_timeout: float | None = 10.0,
+        *,
+        lifespan: Literal["auto", "on", "off"] = "off",
+        name: str = "glm-agent-server",
     ) -> None:
+        """``head_timeout=None`` keeps uvicorn's own HTTP protocol; ``lifespan="on"`` runs the app's startup."""
         import uvicorn
 
         from glm_agent.server._protocol import head_timeout_protocol
 
-        self.config = uvicorn.Config(
-            app, host=host, port=port, log_level=log_level, lifespan="off", http=head_timeout_protocol(head_timeout)
-        )
+        http: dict[str, Any] = {} if head_timeout is None else {"http": head_timeout_protocol(head_timeout)}
+        self.config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan=lifespan, **http)
         self.server = uvicorn.Server(self.config)
-        self.thread = threading.Thread(target=self.server.run, name="glm-agent-server", daemon=True)
+        self.thread = threading.Thread(target=self.server.run, name=name, daemon=True)
         self.host = host
         self.port = port
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
-import threading
-import time
 from typing import Any
 
 from glm_agent.errors import GlmAgentError
+from glm_agent.server._thread import BackgroundServer
 from glm_agent.web._config import WebConfig
 from glm_agent.web._sessions import SessionManager
 
@@ -26,35 +25,26 @@ class WebUI:
         self.blocks = blocks
         self.sessions = sessions
         self.url: str | None = None
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
+        self._server: BackgroundServer | None = None
 
     def start(self, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0) -> str:
         """Serve in a background thread (tests, benchmarks, notebooks); returns the URL. ``close()`` stops it."""
-        import uvicorn
-
         check_bind(host, None if not self.blocks.auth else ("", ""))
         # lifespan on: Gradio starts its queue in the app's startup
-        config = uvicorn.Config(self.app, host=host, port=port, log_level="warning", lifespan="on")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="glm-agent-web", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.close()
-                raise GlmAgentError(f"the web UI did not start on {host}:{port}")
-            time.sleep(0.02)
-        bound = self._server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://{host}:{bound}"
+        self._server = BackgroundServer(self.app, host, port, head_timeout=None, lifespan="on", name="glm-agent-web")
+        try:
+            self._server.start(timeout)
+        except RuntimeError:
+            self.close()
+            raise GlmAgentError(f"the web UI did not start on {host}:{port}") from None
+        self.url = self._server.url
         return self.url
 
     def close(self) -> None:
         """Stop a server started with :meth:`start`, then close every session (kernels included) and the pool."""
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(15)
-            self._server = self._thread = None
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop(15)
         self.sessions.close_all()
 
     def __enter__(self) -> WebUI:
