@@ -89,6 +89,7 @@ def run_serve(args: argparse.Namespace) -> int:
     tools: Any = None
     try:
         _check_limits(args)
+        ui_auth = _ui_login(args)  # before the model loads: a refused bind or login fails at once
         from glm_agent.chatglm3.tokenizer import ChatGLM3Tokenizer
         from glm_agent.models import load_chat_model
 
@@ -113,7 +114,7 @@ def run_serve(args: argparse.Namespace) -> int:
             connect_mcp(args.mcp, registry=tools)
         from glm_agent.server import serve
 
-        ui, ui_auth = _ui(args, model, tokenizer, tools)
+        ui = _ui(args, model, tokenizer, tools)
     except (GlmAgentError, ValueError, OSError, ImportError) as exc:
         if tools is not None:
             tools.close()
@@ -151,21 +152,29 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ui(args: argparse.Namespace, model: Any, tokenizer: Any, tools: Any) -> tuple[Any, Any]:
-    """The web UI's configuration for ``--ui`` (same model, same tools; scripted files replay per session)."""
+def _ui_login(args: argparse.Namespace) -> Any:
+    """``--auth`` for ``--ui`` (checked against ``--host``); the UI's options without ``--ui`` are refused."""
     if not args.ui:
         if args.code_interpreter or args.auth:
             raise GlmAgentError("--code-interpreter and --auth are options of the web UI; add --ui")
-        return None, None
+        return None
     try:
-        from glm_agent.web import ModelSource, check_bind, parse_auth
+        from glm_agent.web import check_bind, parse_auth
     except ImportError as exc:
         raise GlmAgentError(f"--ui needs the 'web' extra ({exc}); pip install 'glm-agent[web]'") from None
-    from glm_agent.cli.web import web_config
-
     auth = parse_auth(args.auth)
     check_bind(args.host, auth)
+    return auth
+
+
+def _ui(args: argparse.Namespace, model: Any, tokenizer: Any, tools: Any) -> Any:
+    """The web UI's configuration for ``--ui`` (same model, same tools; scripted files replay per session)."""
+    if not args.ui:
+        return None
+    from glm_agent.cli.web import web_config
+    from glm_agent.web import ModelSource
+
     models = ModelSource.from_spec(args.model) if args.model.startswith("scripted:") else ModelSource(model)
     config = web_config(args, models, tools=tools)
     config.tokenizer = config.tokenizer or tokenizer
-    return config, auth
+    return config
