@@ -371,19 +371,25 @@ def test_an_unisolated_kernel_gets_the_clean_environment_too(tmp_path, monkeypat
 
 
 def test_on_output_sees_stdout_before_the_cell_ends(interp):
-    seen: list[tuple[float, str]] = []
-    import time as _time
+    seen: list[str] = []
+    go = interp.workspace / "go"
 
-    interp.on_output = lambda out: seen.append((_time.monotonic(), getattr(out, "text", "")))
+    def listener(out):
+        seen.append(getattr(out, "text", ""))
+        if seen[-1] == "first\n":
+            go.touch()  # the cell waits for this: it can only appear if "first" arrived while the cell ran
+
+    interp.on_output = listener
     try:
-        result = interp.run("import time\nprint('first', flush=True)\ntime.sleep(1.5)\nprint('second')")
+        result = interp.run(
+            "import os, time\nprint('first', flush=True)\nfor _ in range(400):\n"
+            "    if os.path.exists('go'):\n        print('the host saw first')\n        break\n"
+            "    time.sleep(0.05)\nprint('second')"
+        )
     finally:
         interp.on_output = None
-    ended = _time.monotonic()
-    assert "first\n" in [text for _, text in seen] and "second\n" in [text for _, text in seen]
-    first_at = next(at for at, text in seen if text == "first\n")
-    assert ended - first_at >= 1.0  # it arrived while the cell was still sleeping
-    assert "first\nsecond" in result.observation
+    assert seen[0] == "first\n" and "".join(seen) == "first\nthe host saw first\nsecond\n"
+    assert "first\nthe host saw first\nsecond" in result.observation
 
 
 def test_a_failing_on_output_listener_does_not_break_the_run(interp):
