@@ -10,11 +10,9 @@ import json
 import logging
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,7 +21,6 @@ import pytest
 
 from glm_agent.models import ScriptedModel
 from glm_agent.server import BackgroundServer, create_app
-from glm_agent.server._prepare import PromptBudget, prepare_chat
 from tests._data import REPO, SHARED, needs_shared
 
 pytestmark = needs_shared
@@ -329,27 +326,18 @@ def test_api_key_guards_everything_but_health(serve: Any) -> None:
 
 
 # -- the stall test: /health and a small chat answer while another client's request is prepared ------------------
-def _timed(function: Any) -> float:
-    start = time.perf_counter()
-    function()
-    return time.perf_counter() - start
-
-
 def test_health_and_small_requests_answer_while_a_big_one_is_prepared(serve: Any, tokenizer: Any) -> None:
     text = "天气预报 weather forecast, tool_call(city='北京') 1234567890\n" * 40_000  # ~2.6 MB of text
-    heavy = {"model": "scripted", "messages": [{"role": "user", "content": text}]}
-    raw = json.dumps(heavy).encode()
-    budget = PromptBudget(tokenizer, None)
-    in_process = _timed(lambda: prepare_chat(raw, tokenizer, None, budget))  # the heavy request's own cost
+    raw = json.dumps({"model": "scripted", "messages": [{"role": "user", "content": text}]}).encode()
     srv = serve()
     small = {"model": "scripted", "messages": USER}
-    idle_small = statistics.median(_timed(lambda: post(srv, small)) for _ in range(3))
-    started = threading.Event()
+    started, release = threading.Event(), threading.Event()
     real = tokenizer.apply_chat_template
 
     def announce(*args: Any, **kwargs: Any) -> Any:
-        if len(args[0][-1].content) > 1000:
+        if len(args[0][-1].content) > 1000:  # the big request: held in its preparation until the others answered
             started.set()
+            release.wait(60)
         return real(*args, **kwargs)
 
     result: list[httpx.Response] = []
@@ -357,16 +345,18 @@ def test_health_and_small_requests_answer_while_a_big_one_is_prepared(serve: Any
         patch.setattr(tokenizer, "apply_chat_template", announce)
         sender = threading.Thread(target=lambda: result.append(post(srv, raw)))
         sender.start()
-        assert started.wait(60)
-        health = _timed(lambda: httpx.get(srv.url + "/health", timeout=60))
-        chat = _timed(lambda: post(srv, small))
-        still_running = sender.is_alive()
-        sender.join(120)
+        try:
+            assert started.wait(60)
+            # a preparation on the event loop would block these until the held one goes on: they would time out
+            health = httpx.get(srv.url + "/health", timeout=30)
+            chat = post(srv, small)
+            still_running = sender.is_alive()
+        finally:
+            release.set()
+            sender.join(120)
+    assert health.status_code == chat.status_code == 200
+    assert still_running  # both answered while the big request was still being prepared
     assert result and result[0].status_code == 200
-    # A blocked event loop would make both wait for the heavy request (about ``in_process`` seconds).
-    assert health < in_process / 4, (health, in_process)
-    assert chat < max(in_process / 2, 3 * idle_small), (chat, in_process, idle_small)
-    assert still_running or health + chat < in_process
 
 
 # -- 9: CLI errors are one line and a non-zero exit ---------------------------------------------------------------
