@@ -11,13 +11,7 @@ import pytest
 
 from glm_agent._thread_stream import ThreadStream
 from glm_agent.models.base import BaseChatModel
-
-
-def wait_for(condition, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.005)
+from tests._helpers import wait_until
 
 
 class Source:
@@ -69,7 +63,7 @@ def test_take_hands_over_everything_ready_in_one_batch() -> None:
 
     async def main() -> list[list[str]]:
         stream = ThreadStream(source)
-        await asyncio.to_thread(wait_for, lambda: source.produced == 4)
+        await asyncio.to_thread(wait_until, lambda: source.produced == 4, 5, 0.005)
         first = await stream.take()
         hold.set()
         return [first, await stream.take(), await stream.take()]
@@ -158,11 +152,11 @@ def test_backpressure_holds_the_worker_until_the_consumer_reads() -> None:
     async def main() -> None:
         stream = ThreadStream(source, max_pending=3)
         # the worker queues 3 items and waits with a 4th in hand (``produced`` counts resumed yields)
-        await asyncio.to_thread(wait_for, lambda: source.produced >= 3)
+        await asyncio.to_thread(wait_until, lambda: source.produced >= 3, 5, 0.005)
         await asyncio.sleep(0.2)  # room for an unbounded worker to run ahead (it must not)
         assert source.produced == 3
         assert await stream.take() == ["0", "1", "2"]
-        await asyncio.to_thread(wait_for, lambda: source.produced >= 6)
+        await asyncio.to_thread(wait_until, lambda: source.produced >= 6, 5, 0.005)
         await asyncio.sleep(0.1)
         assert source.produced == 6
         assert await stream.take() == ["3", "4", "5"]
