@@ -55,13 +55,6 @@ def tokenizer() -> ChatGLM3Tokenizer:
     return ChatGLM3Tokenizer.from_pretrained(path)
 
 
-def weight_bytes_read_per_token(model: GlmForCausalLM) -> int:
-    """Every weight is read once per decoded token, except the embedding table (one row)."""
-    embed = model.model.embed_tokens.weight
-    total = sum(p.numel() * p.element_size() for p in model.parameters())
-    return total - embed.numel() * embed.element_size() + embed.shape[1] * embed.element_size()
-
-
 #: ChatGLM3-6B's real shape (6.24B parameters); GLM_AGENT_BENCH_LAYERS=2 makes a quick smoke run
 CONFIG_6B = {
     **CONFIG,

@@ -120,7 +120,7 @@ def measure_local(dtype_name: str, threads: int | None, queue) -> None:  # runs 
 
     if threads:
         torch.set_num_threads(threads)
-    from _chatglm3_shaped import weight_bytes_read_per_token
+    from _chatglm3_shaped import weight_bytes_read
 
     from glm_agent.models import LocalModel
     from glm_agent.models.base import GenerationParams
@@ -140,7 +140,7 @@ def measure_local(dtype_name: str, threads: int | None, queue) -> None:  # runs 
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     bandwidth = memory_bandwidth()
     per_token = sorted(steps)[len(steps) // 2]  # median step: robust to other processes on a shared machine
-    read = weight_bytes_read_per_token(model)
+    read = weight_bytes_read(model)
     queue.put(
         {
             "dtype": dtype_name,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -17,16 +16,13 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
 
-REPO = Path(__file__).resolve().parents[1]
+from tests._data import REPO, TOKENIZER  # noqa: E402
+from tests._data import needs_shared as needs_tokenizer  # noqa: E402
+
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import _chatglm3_shaped as shaped  # noqa: E402
 import _llama_cpp_peer as peer  # noqa: E402
-
-TOKENIZER = REPO.parent / "shared" / "chatglm3" / "tokenizer.model"
-needs_tokenizer = pytest.mark.skipif(
-    not TOKENIZER.is_file(), reason=f"the ChatGLM3 tokenizer is expected at {TOKENIZER}"
-)
 
 #: ChatGLM3's vocabulary and head layout, one small layer
 SMALL = {**shaped.CONFIG, "num_hidden_layers": 1, "intermediate_size": 1536}  # rows in whole 32-blocks
