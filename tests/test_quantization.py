@@ -42,14 +42,14 @@ from glm_agent.quantization._native import (  # noqa: E402
     untile_int4,
     untile_int8,
 )
-from tests._data import REPO, needs_tiny_checkpoint  # noqa: E402
+from tests._data import REPO  # noqa: E402
 from tests._data import TINY_CHECKPOINT as TINY  # noqa: E402
+from tests._data import needs_tiny_checkpoint as needs_tiny  # noqa: E402
 
 x86 = pytest.mark.skipif(
     platform.machine().lower() not in ("x86_64", "amd64"), reason="ATEN_CPU_CAPABILITY=avx2 is x86"
 )
 needs_kernels = pytest.mark.skipif(not cpu_kernels_available(), reason="this torch lacks the CPU int8/int4 kernels")
-needs_tiny = needs_tiny_checkpoint
 SPECS = [QuantSpec("int8"), QuantSpec("int4", 32), QuantSpec("int4", 128)]
 MESSAGES = [{"role": "user", "content": "What is the weather in Paris and in 北京? Answer briefly."}]
 
@@ -494,8 +494,6 @@ def test_a_checkpoint_quantized_elsewhere_loads_on_a_cpu_with_other_kernels(int4
 
 @needs_tiny
 def test_damaged_or_foreign_quantized_checkpoints_say_what_to_do(int4_checkpoint, tmp_path):
-    import shutil
-
     from safetensors.torch import load_file, save_file
 
     broken = tmp_path / "broken"
