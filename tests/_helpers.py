@@ -1,4 +1,4 @@
-"""Small helpers the tests share: a free local port, and waiting for a condition instead of sleeping."""
+"""Small helpers the tests share: a free local port, waiting for a condition instead of sleeping, processes gone."""
 
 from __future__ import annotations
 
@@ -9,6 +9,24 @@ from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
+
+
+def pid_gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (a zombie has)."""
+    import psutil
+
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_gone(pids: list[int], timeout: float = 15.0) -> list[int]:
+    """The pids still running after waiting up to ``timeout`` s for all of them to end ([] when all did)."""
+    deadline = time.monotonic() + timeout
+    while (left := [p for p in pids if not pid_gone(p)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
 
 
 def free_port() -> int:

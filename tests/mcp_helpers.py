@@ -9,10 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
-
 from glm_agent.mcp import MCPServerHTTP, MCPServerStdio
-from tests._helpers import free_port
+from tests._helpers import free_port, pid_gone
 
 SERVER = Path(__file__).resolve().parent / "mcp_test_server.py"
 
@@ -58,21 +56,7 @@ class HTTPTestServer:
 
 def alive(pid: int) -> bool:
     """True while ``pid`` runs (a zombie has ended)."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def wait_gone(pids: list[int], seconds: float = 15.0) -> list[int]:
-    """The pids still alive after waiting up to ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        left = [p for p in pids if alive(p)]
-        if not left:
-            return []
-        time.sleep(0.1)
-    return [p for p in pids if alive(p)]
+    return not pid_gone(pid)
 
 
 def result_value(observation: str) -> object:

@@ -15,7 +15,7 @@ import pytest
 from glm_agent.errors import InterpreterError
 from glm_agent.interpreter import CodeInterpreter, ErrorOutput, Limits, StreamOutput, detect_isolation
 from glm_agent.interpreter._limits import MiB
-from tests._helpers import wait_until_async
+from tests._helpers import pid_gone, wait_gone, wait_until_async
 
 pytestmark = pytest.mark.kernel
 
@@ -30,13 +30,6 @@ def interp():
     """One session shared by the tests that tolerate each other's state (each defines what it uses)."""
     with CodeInterpreter(timeout=10, interrupt_grace=1.5) as session:
         yield session
-
-
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def test_prints_value_and_stderr_in_order(interp):
@@ -188,7 +181,7 @@ def test_child_process_left_running_is_gone_after_close():
     assert len(sleepers) == 1
     session.close()
     psutil.wait_procs(descendants, timeout=5)
-    assert all(_gone(p.pid) for p in descendants)
+    assert all(pid_gone(p.pid) for p in descendants)
 
 
 def test_limits_are_applied_to_the_kernel():
@@ -340,10 +333,7 @@ def test_unisolated_kernel_death_and_escaped_children_are_handled(tmp_path):
         assert psutil.Process(escaped_pid).cmdline()[:2] == ["sleep", "1001"]
         died = session.run("import ctypes\nctypes.string_at(0)")
         assert died.status == "died" and "SIGSEGV" in died.observation
-        deadline = time.monotonic() + 5
-        while not _gone(escaped_pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert _gone(escaped_pid)
+        assert wait_gone([escaped_pid], 5) == []
         assert session.run("print('back')").observation == "```result\nback\n```"
     finally:
         session.close()

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from glm_agent.errors import InterpreterError
 from glm_agent.interpreter import CodeInterpreter, KernelPool, Limits
 from glm_agent.messages import AssistantMessage, ObservationMessage, SystemMessage, UserMessage
 from tests._data import REPO
-from tests._helpers import wait_until
+from tests._helpers import wait_gone, wait_until
 
 pytestmark = pytest.mark.kernel
 
@@ -39,20 +38,9 @@ def _kernel_processes() -> list[psutil.Process]:
     return found
 
 
-def _wait_gone(pids: list[int], timeout: float = 10) -> list[int]:
-    """Pids still running (zombies count as gone) after waiting up to ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        alive = []
-        for pid in pids:
-            try:
-                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                    alive.append(pid)
-            except psutil.NoSuchProcess:
-                pass
-        if not alive or time.monotonic() > deadline:
-            return alive
-        time.sleep(0.05)
+def _wait_gone(pids: list[int]) -> list[int]:
+    """Pids still running (zombies count as gone) after waiting up to 10 s."""
+    return wait_gone(pids, 10)
 
 
 def _tree(pid: int) -> list[int]:

@@ -14,7 +14,8 @@ import pytest
 pytest.importorskip("mcp", reason="the mcp extra is not installed (pip install glm-agent[mcp])")
 
 from tests._data import REPO
-from tests.mcp_helpers import SERVER, call, wait_gone
+from tests._helpers import wait_gone
+from tests.mcp_helpers import SERVER, call
 
 
 def write_config(tmp_path, pid_file=None):

@@ -16,8 +16,8 @@ from glm_agent.errors import MCPConnectionError, ToolDefinitionError
 from glm_agent.mcp import MCPConnection, MCPServerStdio, connect_mcp
 from glm_agent.mcp._processes import tagged_processes
 from glm_agent.models import ScriptedModel
-from tests._helpers import wait_until
-from tests.mcp_helpers import HTTPTestServer, alive, call, result_value, stdio_spec, wait_gone
+from tests._helpers import wait_gone, wait_until
+from tests.mcp_helpers import HTTPTestServer, alive, call, result_value, stdio_spec
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pytest
 from glm_agent.messages import ObservationMessage, load_jsonl
 from glm_agent.web import ModelSource, WebConfig, create_web_app
 from tests._data import REPO, SHARED
-from tests._helpers import wait_until
+from tests._helpers import pid_gone, wait_until
 from tests.web_support import (
     Router,
     browser,
@@ -266,14 +266,7 @@ def test_closing_a_tab_frees_its_kernel(ui, chromium):
     assert psutil.pid_exists(kernel_pid)
     context.close()
     wait_until(lambda: new not in ui.sessions.ids(), timeout=30, what="the session to close with its tab")
-
-    def gone() -> bool:
-        try:
-            return psutil.Process(kernel_pid).status() == psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return True
-
-    wait_until(gone, timeout=15, what="the kernel to end")
+    wait_until(lambda: pid_gone(kernel_pid), timeout=15, what="the kernel to end")
 
 
 def test_prompt_view_shows_the_chatglm3_turns_with_the_observation(page):

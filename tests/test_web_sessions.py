@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import threading
 
-import psutil
 import pytest
 
 from glm_agent.chatglm3 import CHAT_SYSTEM, TOOLS_SYSTEM, code_system_prompt
@@ -15,7 +14,7 @@ from glm_agent.messages import ObservationMessage
 from glm_agent.models import ScriptedModel
 from glm_agent.web import ModelQueue, ModelSource, SessionLimitError, SessionManager, WebConfig
 from glm_agent.web._server import check_bind, parse_auth
-from tests._helpers import wait_until
+from tests._helpers import pid_gone, wait_until
 from tests.web_support import Router, code_reply, tool_reply, tools
 
 pytestmark = pytest.mark.kernel  # the sessions' kernel pool starts kernels
@@ -32,13 +31,6 @@ def run(session, text, ask=False):
     session.start(text, ask=ask)
     assert session.wait(60), "the run did not end"
     return [m["content"] for m in session.snapshot().messages if isinstance(m["content"], str)]
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 @pytest.fixture
@@ -85,7 +77,7 @@ def test_sessions_have_their_own_kernels_and_clear_gives_a_fresh_one(manager):
     old_pid = a.interpreter.backend.pid
     a.new_conversation()
     assert a.interpreter is None and a.snapshot().messages == []
-    wait_until(lambda: gone(old_pid), what="the old kernel to end")
+    wait_until(lambda: pid_gone(old_pid), what="the old kernel to end")
     assert any("NameError" in text for text in run(a, "show x"))
 
 
@@ -108,7 +100,7 @@ def test_idle_sessions_are_closed_with_their_kernels():
         run(session, "set x")
         pid = session.interpreter.backend.pid
         wait_until(lambda: "idle" not in manager.ids(), timeout=10, what="the idle session to close")
-        wait_until(lambda: gone(pid), what="its kernel to end")
+        wait_until(lambda: pid_gone(pid), what="its kernel to end")
         assert session.closed
         with pytest.raises(GlmAgentError, match="reload the page"):
             session.start("hello")
