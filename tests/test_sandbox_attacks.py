@@ -22,6 +22,7 @@ from glm_agent.errors import InterpreterError
 from glm_agent.interpreter import CodeInterpreter, KernelPool, Limits, detect_isolation
 from glm_agent.interpreter._limits import MiB
 from tests._data import REPO
+from tests._helpers import wait_until
 from tests.gateway_server import GatewayServer
 
 pytestmark = [
@@ -423,9 +424,7 @@ def test_the_sessions_cgroups_and_mounts_go_when_it_closes():
     if cgroups:
         assert (cgroups[0] / "cgroup.procs").read_text().strip()  # the kernel runs in it
     session.close()
-    deadline = time.monotonic() + 5
-    while (any(path.exists() for path in cgroups) or mounted()) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: not (any(path.exists() for path in cgroups) or mounted()), 5, what="cgroups and mounts to go")
     assert not any(path.exists() for path in cgroups) and not mounted() and not Path(root).exists()
     assert not psutil.pid_exists(kernel_pid) or psutil.Process(kernel_pid).status() == psutil.STATUS_ZOMBIE
 
@@ -486,7 +485,4 @@ def test_a_killed_supervisor_leaves_no_cgroup_behind():
             time.sleep(0.05)
         result = session.run("print('back')")
         assert result.restarted and result.stdout == "back\n", result.observation
-        deadline = time.monotonic() + 5
-        while cgroup.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not cgroup.exists()
+        wait_until(lambda: not cgroup.exists(), 5, what="the pids cgroup to go")
