@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -27,6 +28,16 @@ def wait_gone(pids: list[int], timeout: float = 15.0) -> list[int]:
     while (left := [p for p in pids if not pid_gone(p)]) and time.monotonic() < deadline:
         time.sleep(0.05)
     return left
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL if it has not ended within ``timeout`` s; reaped either way."""
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout)
 
 
 def free_port() -> int:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from glm_agent.mcp import MCPServerHTTP, MCPServerStdio
-from tests._helpers import free_port, pid_gone
+from tests._helpers import free_port, pid_gone, stop_process
 
 SERVER = Path(__file__).resolve().parent / "mcp_test_server.py"
 
@@ -46,12 +46,7 @@ class HTTPTestServer:
         return MCPServerHTTP(self.url, **options)  # type: ignore[arg-type]
 
     def close(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
+        stop_process(self.process, 10)
 
 
 def alive(pid: int) -> bool:

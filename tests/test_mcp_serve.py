@@ -19,7 +19,7 @@ from mcp import Client, StdioServerParameters
 
 from glm_agent.mcp import MCPServerHTTP, MCPServerStdio, connect_mcp
 from tests._data import REPO, SHARED, needs_shared
-from tests._helpers import free_port
+from tests._helpers import free_port, stop_process
 
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
@@ -102,15 +102,6 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], seconds: float = 60) 
     raise AssertionError(f"{url} did not answer within {seconds} s")
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(15)
-
-
 def test_glm_agent_mcp_over_http_and_back_into_a_registry(extra_tools):
     port = free_port()
     process = subprocess.Popen(
@@ -134,7 +125,7 @@ def test_glm_agent_mcp_over_http_and_back_into_a_registry(extra_tools):
             assert not boom.ok and "RuntimeError: again" in boom.observation
             assert tools.call("ours__pixel").files[0].read_bytes() == PNG
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 def test_our_server_through_our_client_over_stdio(extra_tools):
@@ -186,4 +177,4 @@ def test_serve_mounts_the_mcp_endpoint_next_to_the_openai_api(tmp_path, extra_to
 
         anyio.run(main)
     finally:
-        _stop(process)
+        stop_process(process)
