@@ -20,6 +20,8 @@ __all__ = [
     "FormatError",
     "UsageError",
     "SessionLimitError",
+    "SessionForbidden",
+    "UploadRefused",
     "StoppedWhileWaiting",
 ]
 
@@ -117,6 +119,14 @@ class UsageError(GlmAgentError):
 
 class SessionLimitError(GlmAgentError):
     """The web UI has every session slot taken; the message says to try again later."""
+
+
+class SessionForbidden(GlmAgentError):
+    """A request of the web UI for a session that another client (browser, or login) opened."""
+
+
+class UploadRefused(GlmAgentError):
+    """An upload that may not reach a web session: not this client's, too big, or not a regular file."""
 
 
 class StoppedWhileWaiting(ModelError):

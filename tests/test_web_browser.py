@@ -212,7 +212,7 @@ def test_uploaded_csv_is_read_by_the_code_and_the_notebook_downloads(page, tmp_p
     assert "#File: /mnt/data/sales.csv" not in chat(page).inner_text()  # the header is for the model
 
     page.locator("#downloads").get_by_text("Downloads").first.click()
-    page.locator('#files td[aria-label="sales.csv"]').wait_for()  # the downloads are ready with the file list
+    page.locator("#files a", has_text="sales.csv").wait_for()  # the downloads are ready with the file list
     with page.expect_download() as download:
         page.locator("#download-notebook").click()
     notebook_path = tmp_path / "session.ipynb"
@@ -232,7 +232,7 @@ def test_uploaded_csv_is_read_by_the_code_and_the_notebook_downloads(page, tmp_p
     assert any(isinstance(m, ObservationMessage) and "total 60" in m.content for m in messages)
     # the files in /mnt/data (the upload and what the code wrote) are downloadable
     with page.expect_download() as download:
-        page.locator('#files tr:has(td[aria-label="total.txt"]) a').click()
+        page.locator("#files a", has_text="total.txt").click()
     written = tmp_path / "total.txt"
     download.value.save_as(written)
     assert written.read_text() == "60"

@@ -9,13 +9,13 @@ import threading
 import pytest
 
 from glm_agent.chatglm3 import CHAT_SYSTEM, TOOLS_SYSTEM, code_system_prompt
+from glm_agent.cli._ui import parse_auth
 from glm_agent.errors import GlmAgentError, StoppedWhileWaiting
 from glm_agent.messages import ObservationMessage
 from glm_agent.models import ScriptedModel
-from glm_agent.web import ModelQueue, ModelSource, SessionLimitError, SessionManager, WebConfig
-from glm_agent.web._server import check_bind, parse_auth
+from glm_agent.web import Login, ModelQueue, ModelSource, SessionLimitError, SessionManager, WebConfig, check_bind
 from tests._helpers import pid_gone, wait_until
-from tests.web_support import Router, code_reply, tool_reply, tools
+from tests.web_support import Router, code_reply, tool_reply, tools, visible
 
 pytestmark = pytest.mark.kernel  # the sessions' kernel pool starts kernels
 
@@ -30,7 +30,7 @@ SCRIPTS = {
 def run(session, text, ask=False):
     session.start(text, ask=ask)
     assert session.wait(60), "the run did not end"
-    return [m["content"] for m in session.snapshot().messages if isinstance(m["content"], str)]
+    return [visible(m["content"]) for m in session.snapshot().messages if isinstance(m["content"], str)]
 
 
 @pytest.fixture
@@ -116,7 +116,7 @@ def test_stop_interrupts_running_code_and_the_conversation_stays_usable(manager)
     wait_until(lambda: any("zz" in str(m["content"]) for m in session.snapshot().messages), what="the code's output")
     session.stop()
     assert session.wait(30)  # stopped: the cell would sleep far longer
-    texts = [m["content"] for m in session.snapshot().messages]
+    texts = [visible(m["content"]) for m in session.snapshot().messages]
     assert "Stopped." in texts and "Slept." not in texts
     assert isinstance(session.agent.messages[-1], ObservationMessage)  # every call answered: well formed
     assert "Stored." in run(session, "set x")
@@ -130,7 +130,7 @@ def test_approval_waits_for_the_user_and_stop_denies(manager):
     assert session.snapshot().running
     session.answer_approval(True)
     assert session.wait(10)
-    assert "It is 21." in [m["content"] for m in session.snapshot().messages]
+    assert "It is 21." in [visible(m["content"]) for m in session.snapshot().messages]
     session.start("weather again", ask=True)
     wait_until(lambda: session.snapshot().approval is not None, what="the approval request")
     session.stop()  # a pending approval is a no
@@ -148,7 +148,7 @@ def test_regenerate_runs_the_last_question_again():
         assert run(session, "question")[-1] == "first answer"
         assert session.regenerate()
         assert session.wait(10)
-        texts = [m["content"] for m in session.snapshot().messages]
+        texts = [visible(m["content"]) for m in session.snapshot().messages]
         assert texts == ["question", "second answer"]
         assert [m.role for m in session.agent.messages] == ["system", "user", "assistant"]
     finally:
@@ -194,7 +194,7 @@ def test_a_shared_model_queues_generations_and_the_waiting_session_is_told():
         model.release.set()
         assert a.wait(10) and b.wait(10)
         assert b.snapshot().status == ""
-        assert [m["content"] for m in b.snapshot().messages][-1] == "done"
+        assert [visible(m["content"]) for m in b.snapshot().messages][-1] == "done"
     finally:
         manager.close_all()
 
@@ -227,7 +227,7 @@ def test_binding_beyond_loopback_needs_a_login():
     check_bind("::1", None)
     with pytest.raises(GlmAgentError, match="--auth USER:PASS"):
         check_bind("0.0.0.0", None)
-    check_bind("0.0.0.0", ("alice", "secret"))
+    check_bind("0.0.0.0", Login({"alice": "secret"}))
     assert parse_auth("alice:se:cret") == ("alice", "se:cret")
     for bad in ("alice", ":x", "alice:"):
         with pytest.raises(GlmAgentError, match="USER:PASS"):

@@ -30,6 +30,14 @@ CHROMIUM_ARGS = [
 ]
 
 
+def visible(html_text: str) -> str:
+    """The text a reader sees in one of the chat's HTML messages (tags dropped, entities decoded, trimmed)."""
+    import html
+    import re
+
+    return html.unescape(re.sub(r"<[^>]+>", "", html_text)).strip()
+
+
 def chromium_path() -> str | None:
     found = os.environ.get("GLM_AGENT_CHROMIUM") or shutil.which("chromium-headless-shell")
     if found:

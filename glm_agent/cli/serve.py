@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from glm_agent.cli._agent import Subparsers, add_quantize_arguments
-from glm_agent.cli.web import add_ui_options
+from glm_agent.cli._ui import add_ui_options, ui_login, web_config
 from glm_agent.errors import GlmAgentError
 
 __all__ = ["add_command"]
@@ -58,9 +58,6 @@ def add_command(subparsers: Subparsers) -> argparse.ArgumentParser:
     add_quantize_arguments(parser)
     parser.add_argument("--ui", action="store_true", help="also serve the browser UI at /ui (needs the 'web' extra)")
     parser.add_argument("--code-interpreter", action="store_true", help="offer the UI's Code Interpreter mode")
-    parser.add_argument(
-        "--auth", metavar="USER:PASS", help="the UI's login (needed with --ui on a non-loopback --host)"
-    )
     add_ui_options(parser, tokenizer=False, mcp=False)
     parser.set_defaults(handler=run_serve)
     return parser
@@ -89,7 +86,7 @@ def run_serve(args: argparse.Namespace) -> int:
     tools: Any = None
     try:
         _check_limits(args)
-        ui_auth = _ui_login(args)  # before the model loads: a refused bind or login fails at once
+        login = _ui_login(args)  # before the model loads: a refused bind or login fails at once
         from glm_agent.chatglm3.tokenizer import ChatGLM3Tokenizer
         from glm_agent.models import load_chat_model
 
@@ -141,7 +138,7 @@ def run_serve(args: argparse.Namespace) -> int:
                 body_timeout=args.body_timeout,
             ),
             ui=ui,
-            ui_auth=ui_auth,
+            ui_login=login,
         )
     except (GlmAgentError, ValueError, OSError) as exc:
         print(f"glm-agent serve: {exc}", file=sys.stderr)
@@ -153,25 +150,25 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def _ui_login(args: argparse.Namespace) -> Any:
-    """``--auth`` for ``--ui`` (checked against ``--host``); the UI's options without ``--ui`` are refused."""
+    """The UI's login for ``--ui`` (``--auth``/``--auth-file``, else the ``--api-key`` as its password),
+    checked against ``--host``; the UI's options without ``--ui`` are refused."""
     if not args.ui:
-        if args.code_interpreter or args.auth:
-            raise GlmAgentError("--code-interpreter and --auth are options of the web UI; add --ui")
+        if args.code_interpreter or args.auth or args.auth_file:
+            raise GlmAgentError("--code-interpreter, --auth and --auth-file are options of the web UI; add --ui")
         return None
     try:
-        from glm_agent.web import check_bind, parse_auth
+        from glm_agent.web import check_bind
     except ImportError as exc:
         raise GlmAgentError(f"--ui needs the 'web' extra ({exc}); pip install 'glm-agent[web]'") from None
-    auth = parse_auth(args.auth)
-    check_bind(args.host, auth)
-    return auth
+    login = ui_login(args, api_key=args.api_key)
+    check_bind(args.host, login)
+    return login
 
 
 def _ui(args: argparse.Namespace, model: Any, tokenizer: Any, tools: Any) -> Any:
     """The web UI's configuration for ``--ui`` (same model, same tools; scripted files replay per session)."""
     if not args.ui:
         return None
-    from glm_agent.cli.web import web_config
     from glm_agent.web import ModelSource
 
     models = ModelSource.from_spec(args.model) if args.model.startswith("scripted:") else ModelSource(model)

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from glm_agent._host_files import WorkspaceFile
 from glm_agent.interpreter._backend import KernelBackend
 from glm_agent.interpreter._isolation import Isolation, detect_isolation
 from glm_agent.interpreter._limits import Limits
@@ -26,6 +27,7 @@ from glm_agent.interpreter._session import CodeInterpreter
 __all__ = [
     "CodeInterpreter",
     "ExecutionResult",
+    "WorkspaceFile",
     "KernelPool",
     "conversation_to_notebook",
     "Limits",

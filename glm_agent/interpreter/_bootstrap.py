@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import io
 import time
+from typing import BinaryIO
 
 from glm_agent.errors import InterpreterError
 from glm_agent.interpreter._backend import KernelBackend
@@ -100,7 +102,32 @@ def __glm_agent_bootstrap():
 
     publisher.publish = publish
 
+    def reap_ended_children():
+        # Children that ended and that nothing waited for (a killed fork bomb) stay zombies, and a
+        # pids cgroup counts zombies: near the session's process limit they are reaped, else the
+        # next cell could not even start a thread.
+        try:
+            with open("/run/glm-agent/pids.max") as fh:
+                limit = fh.read().strip()
+            with open("/run/glm-agent/pids.current") as fh:
+                current = int(fh.read())
+        except (OSError, ValueError):
+            return 0
+        if not limit.isdigit() or current * 2 < int(limit):
+            return 0
+        reaped = 0
+        while True:
+            try:
+                pid, _status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            reaped += 1
+        return reaped
+
     def pre_run_cell(*_args):
+        state["reaped"] = reap_ended_children()
         state["before"] = snapshot()
         state["counters"] = counters()
         state["shown"] = False
@@ -147,7 +174,7 @@ def __glm_agent_bootstrap():
                 value = raw.decode("utf-8", "replace") if mime == "image/svg+xml" else base64.b64encode(raw).decode()
                 display({mime: value}, raw=True, metadata={"glm_agent_file": path})
         now = counters()
-        report = {"files": changed, "more_files": len(after) >= max_entries}
+        report = {"files": changed, "more_files": len(after) >= max_entries, "reaped": state.get("reaped", 0)}
         for key, value in now.items():
             if value > state["counters"].get(key, 0):
                 report[key] = value - state["counters"].get(key, 0)
@@ -186,22 +213,34 @@ def run_silent(backend: KernelBackend, code: str, timeout: float) -> None:
     raise InterpreterError(f"the kernel did not finish its set-up within {timeout:g} s")
 
 
-def write_file(backend: KernelBackend, path: str, data: bytes, timeout: float, chunk_size: int = 1024 * 1024) -> None:
-    """Write ``data`` to ``path`` as the kernel sees it, through the kernel (a remote workspace).
+def write_file(
+    backend: KernelBackend, path: str, data: bytes | BinaryIO, timeout: float, chunk_size: int = 1024 * 1024
+) -> int:
+    """Write ``data`` (bytes, or a binary file read chunk by chunk) to ``path`` as the kernel sees it,
+    through the kernel (a remote workspace); return the number of bytes written.
 
     Sent in base64 chunks (each one message under the gateway's WebSocket message limit),
     written to ``path.part`` and renamed at the end, so a failed upload leaves no half file.
     """
+    reader = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
     part = f"{path}.part"
+    written = 0
     try:
-        for offset in range(0, max(len(data), 1), chunk_size):
-            encoded = base64.b64encode(data[offset : offset + chunk_size]).decode("ascii")
-            mode = "wb" if offset == 0 else "ab"
+        mode = "wb"
+        while True:
+            chunk = reader.read(chunk_size)
+            if not chunk and mode == "ab":
+                break
+            encoded = base64.b64encode(chunk).decode("ascii")
             run_silent(
                 backend,
                 f"with open({part!r}, {mode!r}) as _f:\n    _f.write(__import__('base64').b64decode({encoded!r}))",
                 timeout,
             )
+            written += len(chunk)
+            mode = "ab"
+            if not chunk:
+                break
         run_silent(backend, f"__import__('os').replace({part!r}, {path!r})", timeout)
     except InterpreterError as exc:
         try:
@@ -211,3 +250,4 @@ def write_file(backend: KernelBackend, path: str, data: bytes, timeout: float, c
         except InterpreterError:
             pass
         raise InterpreterError(f"could not write {path} in the kernel: {exc}") from exc
+    return written

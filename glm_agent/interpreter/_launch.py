@@ -131,7 +131,7 @@ _DEVICES = ("null", "zero", "full", "random", "urandom")
 #: cgroup counters shown (read-only) to the kernel at /run/glm-agent/, so it can say what hit a limit
 _CGROUP_COUNTERS = {
     "memory": ("memory.oom_control", "memory.events", "memory.limit_in_bytes", "memory.max"),
-    "pids": ("pids.events", "pids.max"),
+    "pids": ("pids.events", "pids.max", "pids.current"),
 }
 SANDBOX_INFO_DIR = "/run/glm-agent"
 

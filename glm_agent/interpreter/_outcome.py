@@ -12,12 +12,14 @@ __all__ = ["RunOutcome", "CellReport", "read_report"]
 @dataclass(frozen=True)
 class CellReport:
     """What the kernel's end-of-cell hook found (``_bootstrap.BOOTSTRAP``): files written in the
-    workspace (paths as the kernel sees them), and how often a session limit was hit."""
+    workspace (paths as the kernel sees them), how often a session limit was hit, and how many
+    ended child processes it reaped before the cell (they held the process limit)."""
 
     files: list[str] = field(default_factory=list)
     more_files: bool = False
     oom_kills: int = 0
     pids_max: int = 0
+    reaped: int = 0
 
 
 @dataclass
@@ -48,4 +50,4 @@ def read_report(reply_content: dict[str, Any]) -> CellReport:
         number = data.get(key, 0)
         return number if isinstance(number, int) and number > 0 else 0
 
-    return CellReport(files, bool(data.get("more_files")), count("oom_kill"), count("max"))
+    return CellReport(files, bool(data.get("more_files")), count("oom_kill"), count("max"), count("reaped"))

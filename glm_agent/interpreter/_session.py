@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import os
 import re
@@ -16,8 +17,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import EllipsisType
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, BinaryIO, Union
 
+from glm_agent._host_files import WorkspaceFile, list_regular, open_regular
+from glm_agent.chatglm3.prompts import upload_header
 from glm_agent.errors import InterpreterError
 from glm_agent.interpreter._backend import KernelBackend
 from glm_agent.interpreter._bootstrap import BOOTSTRAP, REPORT_EXPRESSION, run_silent, write_file
@@ -373,6 +376,11 @@ class CodeInterpreter:
             )
         if report.pids_max:
             notices.append(self._process_limit_notice())
+        if report.reaped:
+            notices.append(
+                f"[Before this run, {report.reaped} child process(es) that had ended without being waited for "
+                "were cleaned up: they held the session's process limit.]"
+            )
         return notices
 
     def _process_limit_notice(self) -> str:
@@ -488,31 +496,51 @@ class CodeInterpreter:
     def upload(self, source: str | Path | bytes, name: str | None = None) -> str:
         """Put a file into the workspace; return the ``#File: /mnt/data/NAME`` header ChatGLM3 expects.
 
-        ``source`` is a path or the file's bytes (then ``name`` is required). Prefix the user's
-        message with the returned header (it ends with a newline).
+        ``source`` is a path or the file's bytes (then ``name`` is required). A file is streamed
+        (never read whole into memory). Prefix the user's message with the returned header (it
+        ends with a newline).
         """
         self._check_open()
         if isinstance(source, (bytes, bytearray, memoryview)):
             if not name:
                 raise InterpreterError("upload(bytes) needs a name= for the file in /mnt/data")
             data = bytes(source)
+            open_source: Callable[[], BinaryIO] = lambda: io.BytesIO(data)  # noqa: E731
         else:
             path = Path(source)
             if not path.is_file():
                 raise FileNotFoundError(f"cannot upload {path}: no such file")
-            data = None
             name = name or path.name
+            open_source = lambda: open(path, "rb")  # noqa: E731, SIM115
         if not _UPLOAD_NAME.match(name) or name in (".", ".."):
             raise InterpreterError(f"invalid upload name {name!r}: use a plain file name without '/' (e.g. 'data.csv')")
-        if data is None:
-            data = Path(source).read_bytes()  # type: ignore[arg-type]  # (bytes were handled above)
-        if self._backend.workspace is None:  # remote: through the kernel
-            with self._lock:
-                self._check_open()
-                write_file(self._backend, f"{self._backend.kernel_workspace}/{name}", data, self.start_timeout)
-            return f"#File: {MNT_DATA}/{name}\n#Size: {len(data)}\n#File uploaded\n"
-        _replace_in_workspace(self._workspace, name, data)
-        return f"#File: {MNT_DATA}/{name}\n#Size: {len(data)}\n#File uploaded\n"
+        with open_source() as reader:
+            if self._backend.workspace is None:  # remote: through the kernel
+                with self._lock:
+                    self._check_open()
+                    size = write_file(
+                        self._backend, f"{self._backend.kernel_workspace}/{name}", reader, self.start_timeout
+                    )
+            else:
+                size = _replace_in_workspace(self._workspace, name, reader)
+        return upload_header(name, size)
+
+    def files(self) -> list[WorkspaceFile]:
+        """The files directly in the workspace that may leave it: regular, with one link, not hidden.
+
+        Links, folders, FIFOs and hard-linked files the code made are left out. With a gateway the
+        code's files stay on the gateway: this lists the local folder (images only), so nothing.
+        """
+        return list_regular(self._workspace)
+
+    def open_file(self, name: str) -> BinaryIO:
+        """A workspace file opened for reading (``name`` relative to the workspace, e.g. ``outputs/run001-1.png``).
+
+        Only a regular file with a single link, reached without following any link, is opened;
+        anything else (a link the code planted to a host file, a FIFO, a folder) is a
+        ``PermissionError``, a missing file a ``FileNotFoundError``.
+        """
+        return open_regular(self._workspace, name)
 
     def to_notebook(self, path: str | Path, conversation: Sequence[MessageLike] | None = None) -> Path:
         """Save this session (code cells with outputs, plus the conversation's text as markdown) as .ipynb."""
@@ -559,18 +587,23 @@ class CodeInterpreter:
         return f"CodeInterpreter({str(self._workspace)!r}, isolation={self.isolation.mode!r}, {state})"
 
 
-def _replace_in_workspace(workspace: Path, name: str, data: bytes) -> None:
-    """Write ``workspace/name`` as a new file: a symbolic link the code put there is replaced, never followed."""
+def _replace_in_workspace(workspace: Path, name: str, reader: BinaryIO) -> int:
+    """Write ``workspace/name`` as a new file from ``reader`` (streamed); return its size.
+
+    A symbolic link the code put there is replaced, never followed.
+    """
     dir_fd = os.open(workspace, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     part = f".{name}.{uuid.uuid4().hex[:8]}.part"
     try:
         fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=dir_fd)
         try:
             with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
+                shutil.copyfileobj(reader, fh, 1 << 20)
+                size = fh.tell()
             os.replace(part, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except BaseException:
             os.unlink(part, dir_fd=dir_fd)
             raise
     finally:
         os.close(dir_fd)
+    return size

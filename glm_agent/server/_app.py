@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from glm_agent._shutdown import sigterm_exits
 from glm_agent.chatglm3.openai_format import chatglm3_tools
 from glm_agent.chatglm3.parser import ASSISTANT_TOKEN
 from glm_agent.chatglm3.tokenizer import SPECIAL_TOKENS, ChatGLM3Tokenizer
@@ -248,8 +249,8 @@ def create_app(
     ``api_key``: required on every route but ``/health`` (docs and the OpenAPI schema included).
     ``context_length``: refuse prompts that do not fit (default: ``model.context_length`` if any).
     ``max_request_bytes`` / ``body_timeout``: a larger body is a 413, a slower one a 408.
-    ``ui_path``: where the web UI will be mounted; it has its own login (``--auth``) and limits,
-    so the API key and body limits do not apply there.
+    ``ui_path``: where the web UI will be mounted; it has its own door (login, Host and Origin
+    checks, its own limits; :mod:`glm_agent.web`), so the Bearer key does not apply there.
     """
     if max_request_bytes < 1 or body_timeout <= 0:
         raise ValueError("max_request_bytes and body_timeout must be positive")
@@ -300,14 +301,15 @@ def serve(
     log_level: str = "info",
     head_timeout: float = DEFAULT_HEAD_TIMEOUT,
     ui: Any = None,
-    ui_auth: tuple[str, str] | None = None,
+    ui_login: Any = None,
     **app_options: Any,
 ) -> None:
-    """Serve ``model`` until interrupted (``app_options`` go to :func:`create_app`).
+    """Serve ``model`` until interrupted (Ctrl-C or SIGTERM; ``app_options`` go to :func:`create_app`).
 
     ``head_timeout``: seconds a connection may take to send a request's head (slowloris), else a 408.
-    ``ui``: a :class:`glm_agent.web.WebConfig` to serve the browser UI at ``/ui`` as well
-    (``ui_auth``: its login); its sessions and kernels are closed on the way out.
+    ``ui``: a :class:`glm_agent.web.WebConfig` to serve the browser UI at ``/ui`` as well, behind
+    ``ui_login`` (a :class:`glm_agent.web.Login`: users, or the API key as the password); its
+    sessions, kernels and files are closed on the way out.
     """
     import uvicorn
 
@@ -320,10 +322,10 @@ def serve(
     app = create_app(model, tokenizer, **app_options)
     web = None
     if ui is not None:
-        from glm_agent.web import check_bind, mount_web_ui
+        from glm_agent.web import mount_web_ui
 
-        check_bind(host, ui_auth)
-        web = mount_web_ui(app, ui, path="/ui", auth=ui_auth)
+        limit = app_options.get("max_request_bytes", DEFAULT_MAX_REQUEST_BYTES)
+        web = mount_web_ui(app, ui, path="/ui", login=ui_login, host=host, max_request_bytes=limit)
     try:
         config = uvicorn.Config(
             app, host=host, port=port, log_level=log_level, http=head_timeout_protocol(head_timeout)
@@ -333,7 +335,8 @@ def serve(
         if web is not None:
             logger.info("web UI on http://%s:%d/ui", host, port)
         logger.info("serving %s on http://%s:%d/v1", app.state.glm.model_name, host, port)
-        uvicorn.Server(config).run(sockets=[listener])
+        with sigterm_exits():
+            uvicorn.Server(config).run(sockets=[listener])
     finally:
         if web is not None:
             web.close()

@@ -1,4 +1,10 @@
-"""The Gradio Blocks: layout and event handlers. Every handler only forwards to the session."""
+"""The Gradio Blocks: layout and event handlers. Every handler only forwards to the session it owns.
+
+Every text the page shows is HTML made by :mod:`glm_agent.web._html` (Gradio's Markdown is off in
+the chat and nowhere used for text a client or the model wrote). A handler acts only on a session
+its request's owner opened (the client cookie and the login; the door has already refused
+requests naming another client's session).
+"""
 
 from __future__ import annotations
 
@@ -11,9 +17,12 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: n
 
 import gradio as gr
 
-from glm_agent.errors import GlmAgentError, SessionLimitError
+from glm_agent.errors import GlmAgentError
 from glm_agent.models.base import GenerationParams
-from glm_agent.web._sessions import SessionManager, Snapshot, WebSession
+from glm_agent.web import _html
+from glm_agent.web._door import COOKIE
+from glm_agent.web._manager import SessionManager
+from glm_agent.web._sessions import Owner, Snapshot, WebSession
 
 __all__ = ["build_blocks", "THEME", "CSS"]
 
@@ -28,6 +37,7 @@ CSS = """
 #prompt-view .turn-head span { font-weight: 400; opacity: .7; margin-left: .5em; }
 #prompt-view pre { white-space: pre-wrap; margin: 2px 0; font-size: 12px; }
 #status:empty { display: none; }
+#downloads-list ul { margin: 4px 0; padding-left: 1.2em; }
 """
 
 _DEFAULTS = GenerationParams.of()
@@ -42,11 +52,12 @@ def build_blocks(manager: SessionManager) -> gr.Blocks:
 
     demo: gr.Blocks
     with gr.Blocks(title=config.title, analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
-        gr.Markdown(
-            f"### {html.escape(config.title)} · ChatGLM3\nModel: `{model_label}`"
-            + (" (**scripted**: prepared replies, not a live model)" if scripted else "")
+        gr.HTML(
+            f"<h3>{html.escape(config.title)} · ChatGLM3</h3><p>Model: <code>{html.escape(model_label)}</code>"
+            + (" (<strong>scripted</strong>: prepared replies, not a live model)" if scripted else "")
+            + "</p>"
         )
-        status = gr.Markdown("", elem_id="status")
+        status = gr.HTML("", elem_id="status")
         with gr.Row():
             mode = gr.Radio(modes, value=modes[-1], label="Mode", elem_id="mode", scale=3)
             ask = gr.Checkbox(label="Ask before running", value=False, elem_id="ask", scale=1)
@@ -55,10 +66,12 @@ def build_blocks(manager: SessionManager) -> gr.Blocks:
             height="68vh",
             min_height=420,
             layout="panel",
-            buttons=["copy"],
+            buttons=[],  # Gradio's copy button would copy the messages' HTML
             feedback_options=None,
             label="Conversation",
             show_label=False,
+            render_markdown=False,  # the messages are inert HTML made on the server (web/_html.py)
+            latex_delimiters=[],
         )
         with gr.Row(visible=False, elem_id="approval") as approval:
             approve_btn = gr.Button("Approve", variant="primary", elem_id="approve")
@@ -73,14 +86,9 @@ def build_blocks(manager: SessionManager) -> gr.Blocks:
             upload = gr.UploadButton("Upload files", file_count="multiple", elem_id="upload", size="sm")
             regenerate = gr.Button("Regenerate", elem_id="regenerate", size="sm")
             clear = gr.Button("Clear", elem_id="clear", size="sm")
-        pending = gr.Markdown("", elem_id="pending-files")
+        pending = gr.HTML("", elem_id="pending-files")
         with gr.Accordion("Downloads", open=False, elem_id="downloads"):
-            with gr.Row():
-                notebook = gr.DownloadButton("Notebook (.ipynb)", value=None, elem_id="download-notebook", size="sm")
-                transcript = gr.DownloadButton(
-                    "Transcript (.jsonl)", value=None, elem_id="download-transcript", size="sm"
-                )
-            files = gr.File(label="Files in /mnt/data", file_count="multiple", interactive=False, elem_id="files")
+            downloads = gr.HTML(_NO_DOWNLOADS, elem_id="downloads-list")
         with gr.Accordion("Advanced", open=False, elem_id="advanced"):
             system = gr.Textbox(label="System prompt (ChatGLM3's official one for the mode)", lines=4, elem_id="system")
             with gr.Row():
@@ -95,10 +103,17 @@ def build_blocks(manager: SessionManager) -> gr.Blocks:
         # of the component and its config, JSON schema included: milliseconds per update. Downloads
         # and the prompt view change once, after the run (on_after_run), so they are not among them.
         run_outputs = [chatbot, status, approval, send, stop, box, pending]
-        view_outputs = [*run_outputs, notebook, transcript, files, prompt_html]
+        view_outputs = [*run_outputs, downloads, prompt_html]
 
-        def session_of(request: gr.Request) -> WebSession:
-            return manager.open(str(request.session_hash))
+        def session_of(request: gr.Request, *, browser: bool = False) -> WebSession:
+            if not request.session_hash:
+                raise GlmAgentError("this request names no session")
+            return manager.open(str(request.session_hash), owner_of(request), browser=browser)
+
+        def owned(request: gr.Request) -> WebSession | None:
+            if not request.session_hash:
+                return None
+            return manager.get(str(request.session_hash), owner_of(request))
 
         def render(session: WebSession, snap: Snapshot, *, final: bool) -> dict[Any, Any]:
             out: dict[Any, Any] = {
@@ -114,17 +129,14 @@ def build_blocks(manager: SessionManager) -> gr.Blocks:
 
         def after_run(session: WebSession) -> dict[Any, Any]:
             """What changes once a run is over: downloads, /mnt/data files, the prompt view."""
-            exports = session.exports()
             return {
-                notebook: exports["notebook"],
-                transcript: exports["transcript"],
-                files: [str(p) for p in session.workspace_files()] or None,
+                downloads: render_downloads(session),
                 prompt_html: render_prompt(session),
                 pending: pending_text(session),
             }
 
         def on_after_run(request: gr.Request) -> dict[Any, Any]:
-            session = manager.get(str(request.session_hash))
+            session = owned(request)
             return {} if session is None or session.closed else after_run(session)
 
         def stream_run(session: WebSession) -> Iterator[dict[Any, Any]]:
@@ -136,14 +148,14 @@ def build_blocks(manager: SessionManager) -> gr.Blocks:
             yield render(session, last or session.snapshot(), final=False)  # exports follow in on_after_run
 
         def failed(exc: Exception) -> dict[Any, Any]:
-            return {status: f"**Error:** {exc}"}
+            return {status: error_html(exc)}
 
         def on_load(request: gr.Request) -> dict[Any, Any]:
             try:
-                session = session_of(request)
-            except SessionLimitError as exc:
+                session = session_of(request, browser=True)
+            except GlmAgentError as exc:
                 return {
-                    status: f"**Error:** {exc}",
+                    status: error_html(exc),
                     box: gr.update(interactive=False),
                     send: gr.update(interactive=False),
                     upload: gr.update(interactive=False),
@@ -154,7 +166,8 @@ def build_blocks(manager: SessionManager) -> gr.Blocks:
             return out
 
         def on_unload(request: gr.Request) -> None:
-            manager.close(str(request.session_hash))
+            if request.session_hash:
+                manager.close(str(request.session_hash), owner_of(request))
 
         def on_send(
             text: str, mode_: str, ask_: bool, system_: str, temp: float, top_p_: float, max_new: float,
@@ -162,7 +175,7 @@ def build_blocks(manager: SessionManager) -> gr.Blocks:
         ) -> Iterator[dict[Any, Any]]:  # fmt: skip
             try:
                 session = session_of(request)
-                if not text.strip() and not session.uploads:
+                if not isinstance(text, str) or (not text.strip() and not session.uploads):
                     return
                 session.configure(mode=mode_, system=system_ or None, generation=generation(temp, top_p_, max_new))
                 session.start(text, ask=bool(ask_))
@@ -208,27 +221,32 @@ def build_blocks(manager: SessionManager) -> gr.Blocks:
         def on_upload(paths: list[str] | None, request: gr.Request) -> dict[Any, Any]:
             try:
                 session = session_of(request)
-                for path in paths or []:
-                    session.add_upload(path)
-            except (GlmAgentError, OSError) as exc:
+            except GlmAgentError as exc:
                 return failed(exc)
-            return {pending: pending_text(session)}
+            refused = []
+            for path in paths if isinstance(paths, list) else []:
+                try:
+                    session.add_upload(str(path))
+                except (GlmAgentError, OSError) as exc:
+                    refused.append(str(exc))
+            problem = error_html(GlmAgentError("; ".join(refused))) if refused else ""
+            return {pending: pending_text(session), status: problem}
 
         def on_stop(request: gr.Request) -> None:
-            session = manager.get(str(request.session_hash))
+            session = owned(request)
             if session is not None:
                 session.stop()
 
         def on_answer(approved: bool) -> Any:
             def answer(request: gr.Request) -> None:
-                session = manager.get(str(request.session_hash))
+                session = owned(request)
                 if session is not None:
                     session.answer_approval(approved)
 
             return answer
 
         run_inputs = [box, mode, ask, system, temperature, top_p, max_new_tokens]
-        after_outputs = [notebook, transcript, files, prompt_html, pending]
+        after_outputs = [downloads, prompt_html, pending]
         sent = gr.on(
             [box.submit, send.click], on_send, run_inputs, run_outputs, api_name="send", concurrency_limit=None
         )
@@ -255,11 +273,56 @@ def generation(temperature: float, top_p: float, max_new_tokens: float) -> dict[
     return {k: v for k, v in chosen.items() if v != getattr(_DEFAULTS, k)}
 
 
+_NO_DOWNLOADS = "<p>Nothing to download yet.</p>"
+
+
+def owner_of(request: Any) -> Owner:
+    """Who sent a request: its client cookie (set by the door) and its login."""
+    cookies = getattr(request, "cookies", None)  # a dict-like object of Gradio's
+    client = cookies.get(COOKIE) if hasattr(cookies, "get") else None
+    if not isinstance(client, str) or not client:
+        raise GlmAgentError("this request carries no client cookie; reload the page")
+    user = getattr(request, "username", None)
+    return Owner(client, user if isinstance(user, str) else None)
+
+
+def error_html(exc: Exception) -> str:
+    return f"<p><strong>Error:</strong> {_html.text(str(exc))}</p>"
+
+
 def pending_text(session: WebSession) -> str:
     if not session.uploads:
         return ""
-    names = ", ".join(f"`{p.name}`" for p in session.uploads)
-    return f"Sent with your next message into /mnt/data: {names}"
+    names = ", ".join(f"<code>{html.escape(p.name)}</code>" for p in session.uploads)
+    return f"<p>Sent with your next message into /mnt/data: {names}</p>"
+
+
+def _link(url: str | None, label: str, element_id: str = "") -> str:
+    if url is None:
+        return html.escape(label)
+    ident = f' id="{element_id}"' if element_id else ""
+    return f'<a{ident} href="{html.escape(url, quote=True)}" download>{html.escape(label)}</a>'
+
+
+def render_downloads(session: WebSession) -> str:
+    """Links to the session as a notebook and a transcript, and to the files in /mnt/data (served by our route)."""
+    exports = session.exports()
+    parts = []
+    if exports["notebook"] and exports["transcript"]:
+        notebook = _link(session.file_url("session", exports["notebook"]), "Notebook (.ipynb)", "download-notebook")
+        transcript = _link(
+            session.file_url("session", exports["transcript"]), "Transcript (.jsonl)", "download-transcript"
+        )
+        parts.append(f"<p>{notebook} · {transcript}</p>")
+    files = session.workspace_files()
+    if files:
+        items = "".join(
+            f"<li>{_link(session.file_url('workspace', f.name), f.name)} <small>({f.size:,} bytes)</small></li>"
+            for f in files[:200]
+        )
+        more = f"<p>… and {len(files) - 200} more</p>" if len(files) > 200 else ""
+        parts.append(f'<p>Files in /mnt/data</p><ul id="files">{items}</ul>{more}')
+    return "".join(parts) or _NO_DOWNLOADS
 
 
 def render_prompt(session: WebSession) -> str:

@@ -11,6 +11,8 @@ from glm_agent.web._queue import ModelQueue, QueuedModel, StopFn, WaitFn
 
 __all__ = ["ModelSource", "WebConfig"]
 
+_MiB = 1024 * 1024
+
 
 class ModelSource:
     """Where sessions get their model.
@@ -62,6 +64,14 @@ class WebConfig:
     ``code_interpreter``: offer the Code Interpreter mode (a kernel per session, from a pool of
     ``pool_size`` pre-started local kernels, or on ``gateway``). ``tokenizer`` and
     ``context_length`` feed the prompt view's token counts (the model's own when it has them).
+
+    Limits: ``max_sessions`` in all, ``max_sessions_per_client`` for one browser or login (default
+    half of ``max_sessions``); sessions a page opened end after ``idle_timeout`` seconds idle,
+    sessions of API calls alone after ``api_idle_timeout``. ``max_upload_bytes`` per uploaded file,
+    ``max_session_bytes`` for everything a session keeps outside its kernel (uploads waiting,
+    images, exports). ``max_live_chars`` of a cell's output are shown while it runs.
+    ``allowed_hosts``: names besides the bound address that a request's ``Host`` may carry (a
+    reverse proxy's or DNS name).
     """
 
     models: ModelSource
@@ -78,16 +88,32 @@ class WebConfig:
     max_steps: int = 10
     language: Literal["zh", "en"] = "zh"
     title: str = "glm-agent"
+    max_sessions_per_client: int | None = None
+    api_idle_timeout: float = 120.0
+    max_upload_bytes: int = 100 * _MiB
+    max_session_bytes: int = 512 * _MiB
+    max_live_chars: int = 200_000
+    allowed_hosts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_sessions < 1:
             raise ValueError("max_sessions must be at least 1")
-        if self.idle_timeout <= 0:
-            raise ValueError("idle_timeout must be a positive number of seconds")
+        if self.max_sessions_per_client is not None and self.max_sessions_per_client < 1:
+            raise ValueError("max_sessions_per_client must be at least 1")
+        if self.idle_timeout <= 0 or self.api_idle_timeout <= 0:
+            raise ValueError("idle_timeout and api_idle_timeout must be positive numbers of seconds")
+        if self.max_upload_bytes < 1 or self.max_session_bytes < self.max_upload_bytes:
+            raise ValueError("max_upload_bytes must be positive and max_session_bytes at least as large")
+        if self.max_live_chars < 1000:
+            raise ValueError("max_live_chars must be at least 1000")
         if self.tokenizer is None:
             self.tokenizer = self.models.tokenizer
         if self.context_length is None:
             self.context_length = self.models.context_length
+
+    def per_client_sessions(self) -> int:
+        """Sessions one client may hold at once."""
+        return self.max_sessions_per_client or max(1, self.max_sessions // 2)
 
     def modes(self) -> list[str]:
         """The modes a conversation can be in: Chat always, Tools with tools, Code Interpreter with a kernel."""

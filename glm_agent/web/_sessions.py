@@ -1,29 +1,54 @@
-"""Browser sessions: each has its own Agent and kernel; closed on tab close, idle timeout or shutdown."""
+"""A browser session: its own Agent, kernel and files, and the client that owns it."""
 
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
+import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Literal
 
 from glm_agent import events as ev
 from glm_agent.agent import Agent, build_system_message
 from glm_agent.chatglm3.turns import PromptView, prompt_view
-from glm_agent.errors import GlmAgentError, SessionLimitError, StoppedWhileWaiting
+from glm_agent.errors import GlmAgentError, SessionForbidden, StoppedWhileWaiting, UploadRefused
+from glm_agent.interpreter import WorkspaceFile
 from glm_agent.messages import Call, SystemMessage, UserMessage
 from glm_agent.web._config import WebConfig
+from glm_agent.web._files import SessionFiles
 from glm_agent.web._render import ChatView
 
-__all__ = ["SessionManager", "WebSession", "Snapshot"]
+__all__ = ["WebSession", "Snapshot", "Owner", "SessionForbidden", "FileArea"]
 
 log = logging.getLogger(__name__)
 
-MODES = ("Chat", "Tools", "Code Interpreter")
+FileArea = Literal["workspace", "session"]
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who opened a session: the browser's client cookie and the login's user name (if the UI has a login).
+
+    ``Owner.in_process()`` is the caller of the library itself (no browser).
+    """
+
+    client: str
+    user: str | None = None
+
+    @classmethod
+    def in_process(cls) -> Owner:
+        return _IN_PROCESS
+
+    @property
+    def key(self) -> str:
+        """What per-client limits count by: the login when there is one, else the browser."""
+        return f"user:{self.user}" if self.user is not None else f"client:{self.client}"
+
+
+_IN_PROCESS = Owner("")
 
 
 class Snapshot:
@@ -70,11 +95,32 @@ class _ApprovalGate:
 class WebSession:
     """One browser tab: a conversation (its own :class:`Agent`), its kernel, its files, its run thread."""
 
-    def __init__(self, session_id: str, config: WebConfig, pool: Any = None) -> None:
+    def __init__(
+        self,
+        session_id: str,
+        config: WebConfig,
+        pool: Any = None,
+        *,
+        owner: Owner | None = None,
+        browser: bool = False,
+        file_url: Callable[[str, str, str], str] | None = None,
+        take_upload: Callable[[str], bool] | None = None,
+        upload_root: str = "",
+    ) -> None:
+        """``owner``: who opened it (default: this process). ``browser``: opened by a page load (API
+        sessions idle out sooner). ``file_url(token, area, name)``: the URL of one of its files.
+        ``take_upload(path)``: whether its owner uploaded ``path`` (the door's ledger), which must lie
+        in ``upload_root`` (Gradio's upload folder)."""
         self.id = session_id
         self.config = config
         self.pool = pool
-        self.view = ChatView(image_url=self._export_image)
+        self.owner = owner or Owner.in_process()
+        self.browser = browser
+        self.token = secrets.token_urlsafe(18)  # names its files in URLs (with the owner's cookie)
+        self._file_url = file_url
+        self._take_upload = take_upload or (lambda _path: False)
+        self._upload_root = upload_root
+        self.view = ChatView(image_url=self._export_image, max_live_chars=config.max_live_chars)
         self.changed = threading.Condition()
         self.version = 0
         self.stop_requested = threading.Event()
@@ -87,10 +133,9 @@ class WebSession:
         self.system: str | None = None
         self.generation: dict[str, Any] = {}
         self.ask = False
-        self.uploads: list[Path] = []
+        self.files = SessionFiles("s", max_bytes=config.max_session_bytes, max_file_bytes=config.max_upload_bytes)
         self.interpreter: Any = None
         self.agent: Agent | None = None
-        self.export_dir = Path(tempfile.mkdtemp(prefix=f"glm-agent-web-{session_id[:8]}-"))
         self._gate = _ApprovalGate(self)
         self._thread: threading.Thread | None = None
         self._lock = threading.RLock()
@@ -132,7 +177,7 @@ class WebSession:
                 self.interpreter.close()
                 self.interpreter = None
             self.agent = None
-            self.uploads.clear()
+            self.files.clear_uploads()
             with self.changed:
                 self.view.clear()
                 self.bump()
@@ -170,52 +215,74 @@ class WebSession:
         return self.interpreter
 
     # -- files -----------------------------------------------------------------------------------
-    def add_upload(self, path: str | Path) -> str:
-        """Queue a file for the next message (it goes into /mnt/data then); returns its name."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"cannot upload {path}: no such file")
-        with self._lock:
-            self.uploads.append(path)
-        return path.name
+    @property
+    def uploads(self) -> list[Path]:
+        """Files waiting to go into /mnt/data with the next message."""
+        return list(self.files.uploads)
 
-    def exports(self) -> dict[str, Path | None]:
-        """The session as a notebook and a JSON Lines transcript (written now), for download."""
+    def add_upload(self, path: str | Path) -> str:
+        """Queue a file Gradio received for the next message (it goes into /mnt/data then); returns its name.
+
+        Only a file this session's owner uploaded (inside Gradio's upload folder, a regular file,
+        not a link) is taken, within the per-file and per-session limits; anything else is an
+        :class:`~glm_agent.web._files.UploadRefused` and nothing is copied.
+        """
+        path = str(path)
+        if not self._take_upload(path):
+            raise UploadRefused(f"{Path(path).name}: not a file this page uploaded")
+        return self.files.take_upload(path, self._upload_root).name
+
+    def exports(self) -> dict[str, str | None]:
+        """The session as a notebook and a JSON Lines transcript (written now): their names for :meth:`open_download`."""
         with self._lock:
             agent = self.agent
             if agent is None or len(agent.messages) <= 1:
                 return {"notebook": None, "transcript": None}
-            return {
-                "notebook": agent.save_notebook(self.export_dir / "conversation.ipynb"),
-                "transcript": agent.save(self.export_dir / "conversation.jsonl"),
-            }
+            names: dict[str, str | None] = {"notebook": "conversation.ipynb", "transcript": "conversation.jsonl"}
+            agent.save_notebook(self.files.export_path("conversation.ipynb"))
+            agent.save(self.files.export_path("conversation.jsonl"))
+            if not self.files.fits():
+                for name in ("conversation.ipynb", "conversation.jsonl"):
+                    self.files.export_path(name).unlink(missing_ok=True)
+                log.warning("session %s: the exports do not fit the session's file budget", self.token[:6])
+                return {"notebook": None, "transcript": None}
+            return names
 
-    def workspace_files(self) -> list[Path]:
-        """Copies of the files in the kernel's /mnt/data (what the code wrote, and uploads), for download."""
+    def workspace_files(self) -> list[WorkspaceFile]:
+        """The files in the kernel's /mnt/data that may be downloaded (regular, one link, not hidden)."""
         interpreter = self.interpreter
         if interpreter is None or self.config.gateway:
             return []
-        workspace = Path(interpreter.workspace)
-        target = self.export_dir / "files"
-        shutil.rmtree(target, ignore_errors=True)
-        out: list[Path] = []
-        for path in sorted(workspace.iterdir()) if workspace.is_dir() else []:
-            if path.is_file() and not path.name.startswith("."):
-                target.mkdir(exist_ok=True)
-                out.append(Path(shutil.copy2(path, target / path.name)))
-        return out
+        return list(interpreter.files())
 
-    def _export_image(self, path: Path) -> str:
+    def open_download(self, area: FileArea, name: str) -> BinaryIO:
+        """One of the session's files, opened without following links: ``workspace`` (the kernel's
+        /mnt/data, top level) or ``session`` (exports and images)."""
+        if "/" in name or name.startswith("."):
+            raise PermissionError(f"{name!r} is not a file of this session")
+        if area == "workspace":
+            interpreter = self.interpreter
+            if interpreter is None or self.config.gateway:
+                raise FileNotFoundError(f"{name}: no such file in /mnt/data")
+            return interpreter.open_file(name)  # type: ignore[no-any-return]
+        if area == "session":
+            return self.files.open_export(name)
+        raise PermissionError(f"{area!r} is not a file area")
+
+    def file_url(self, area: FileArea, name: str) -> str | None:
+        """The URL the page fetches one of its files at (None without a server)."""
+        return self._file_url(self.token, area, name) if self._file_url is not None else None
+
+    def _export_image(self, path: Path) -> str | None:
         """Images leave the kernel's workspace (which goes with the kernel) for the session's folder."""
-        self._images += 1
-        target = self.export_dir / "images" / f"{self._images:03d}-{path.name}"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            shutil.copyfile(path, target)
-        except OSError as exc:
-            log.warning("could not copy image %s: %s", path, exc)
-            return str(path)
-        return str(target)
+        interpreter = self.interpreter
+        if interpreter is None:
+            return None
+        name = self.files.copy_image(interpreter, path)
+        if name is None:
+            log.warning("session %s: image %s not shown (a link, too big, or gone)", self.token[:6], path.name)
+            return None
+        return self.file_url("session", name)
 
     def prompt(self) -> PromptView:
         """The conversation's ChatGLM3 turns with token counts (when a tokenizer is known)."""
@@ -240,7 +307,7 @@ class WebSession:
                 self.running = False
                 raise
             agent.approve = self._gate if ask else None
-            files, self.uploads = list(self.uploads), []
+            files = self.files.take_pending()
             self._launch(agent, text, files, [f.name for f in files])
 
     def regenerate(self, *, ask: bool = False) -> bool:
@@ -259,7 +326,7 @@ class WebSession:
             agent.approve = self._gate if ask else None
             with self.changed:
                 self.view.drop_last_turn()
-            self._launch(agent, content, [], [], shown=_strip_upload_headers(content))
+            self._launch(agent, content, [], [], shown=strip_upload_headers(content))
             return True
 
     def _busy(self) -> None:
@@ -302,6 +369,7 @@ class WebSession:
             close = getattr(stream, "close", None)
             if close is not None:
                 close()  # cancels cleanly: pending calls get an observation
+            self.files.drop(files)  # in the kernel's workspace now (or the run failed)
             with self.changed:
                 if self.stop_requested.is_set() and not finished:
                     self.view.notice("Stopped.")
@@ -399,120 +467,18 @@ class WebSession:
                 self.interpreter.close()
                 self.interpreter = None
             self.agent = None
-        shutil.rmtree(self.export_dir, ignore_errors=True)
+        self.files.remove()
+
+    def check_owner(self, owner: Owner) -> None:
+        """Raise :class:`SessionForbidden` unless ``owner`` opened this session."""
+        mine = self.owner
+        if owner != mine and not (secrets.compare_digest(owner.client, mine.client) and owner.user == mine.user):
+            raise SessionForbidden("this session belongs to another client; reload the page for a session of your own")
 
 
-def _warm_notebooks() -> None:
-    """Import nbformat and build its validator now (seconds, once), not when the first run ends."""
-    try:
-        import nbformat
-
-        nbformat.validate(nbformat.v4.new_notebook())  # type: ignore[no-untyped-call]
-    except Exception:  # only a warm-up
-        log.debug("warming up nbformat failed", exc_info=True)
-
-
-def _strip_upload_headers(content: str) -> str:
+def strip_upload_headers(content: str) -> str:
+    """A user message without the ChatGLM3 upload headers the UI put before it."""
     lines = content.split("\n")
     while len(lines) >= 3 and lines[0].startswith("#File: ") and lines[2] == "#File uploaded":
         lines = lines[3:]
     return "\n".join(lines)
-
-
-class SessionManager:
-    """Opens, finds and closes sessions: at most ``max_sessions``, idle ones closed after ``idle_timeout``."""
-
-    def __init__(self, config: WebConfig) -> None:
-        self.config = config
-        self.pool: Any = None
-        if config.code_interpreter and not config.gateway:
-            from glm_agent.interpreter import KernelPool
-
-            self.pool = KernelPool(config.pool_size)
-        self._sessions: dict[str, WebSession] = {}
-        self._expired: set[str] = set()  # closed for idleness: their tabs are told to reload
-        self._lock = threading.Lock()
-        self._closing = threading.Event()
-        self._reaper = threading.Thread(target=self._reap_loop, name="glm-agent-web-reaper", daemon=True)
-        self._reaper.start()
-        threading.Thread(target=_warm_notebooks, name="glm-agent-web-warm", daemon=True).start()
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._sessions)
-
-    def open(self, session_id: str) -> WebSession:
-        """The session for ``session_id`` (created if new); :class:`SessionLimitError` past ``max_sessions``."""
-        with self._lock:
-            if self._closing.is_set():
-                raise GlmAgentError("the server is stopping")
-            session = self._sessions.get(session_id)
-            if session is not None and not session.closed:
-                return session
-            if session_id in self._expired:
-                raise GlmAgentError(
-                    f"this session ended after {self.config.idle_timeout / 60:g} idle minutes and its kernel was "
-                    "freed; reload the page to start a new one"
-                )
-            if len(self._sessions) >= self.config.max_sessions:
-                raise SessionLimitError(
-                    f"All {self.config.max_sessions} sessions are in use. Try again in a few minutes "
-                    "(sessions end when their tab closes or after "
-                    f"{self.config.idle_timeout / 60:g} idle minutes)."
-                )
-            session = WebSession(session_id, self.config, self.pool)
-            self._sessions[session_id] = session
-            log.info("session %s opened (%d open)", session_id[:8], len(self._sessions))
-            return session
-
-    def ids(self) -> list[str]:
-        """The open sessions' ids."""
-        with self._lock:
-            return list(self._sessions)
-
-    def get(self, session_id: str) -> WebSession | None:
-        with self._lock:
-            return self._sessions.get(session_id)
-
-    def close(self, session_id: str) -> None:
-        with self._lock:
-            session = self._sessions.pop(session_id, None)
-        if session is not None:
-            session.close()
-            log.info("session %s closed", session_id[:8])
-
-    def reap(self) -> list[str]:
-        """Close sessions idle for longer than ``idle_timeout`` (not while they run); their ids."""
-        now = time.monotonic()
-        with self._lock:  # removed and marked expired in one step: its tab is never given a fresh session
-            idle = {
-                sid: s
-                for sid, s in self._sessions.items()
-                if not s.running and now - s.last_active > self.config.idle_timeout
-            }
-            for sid in idle:
-                del self._sessions[sid]
-                self._expired.add(sid)
-        for sid, session in idle.items():
-            session.close()
-            log.info("session %s closed after %g idle seconds", sid[:8], self.config.idle_timeout)
-        return list(idle)
-
-    def _reap_loop(self) -> None:
-        interval = min(30.0, max(0.5, self.config.idle_timeout / 4))
-        while not self._closing.wait(interval):
-            try:
-                self.reap()
-            except Exception:
-                log.exception("closing idle sessions failed")
-
-    def close_all(self) -> None:
-        """Close every session and the kernel pool (server shutdown)."""
-        self._closing.set()
-        with self._lock:
-            ids = list(self._sessions)
-        for sid in ids:
-            self.close(sid)
-        if self.pool is not None:
-            self.pool.close()
-        self._reaper.join(timeout=5)
