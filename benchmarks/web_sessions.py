@@ -112,7 +112,7 @@ from fastapi import FastAPI
 from web_sessions import PacedScriptedModel
 from glm_agent.web import ModelSource, WebConfig, mount_web_ui
 config = WebConfig(ModelSource(factory=lambda: PacedScriptedModel({chunk_s!r})), code_interpreter=True,
-                   pool_size={n}, max_sessions={n} + 2)
+                   pool_size={n}, max_sessions={n} + 2, max_sessions_per_client={n} + 2)
 app = FastAPI()
 ui = None
 
@@ -120,7 +120,7 @@ ui = None
 def pool_ready() -> int:
     return int(ui.sessions.pool.ready)
 
-ui = mount_web_ui(app, config, path="")
+ui = mount_web_ui(app, config, path="/ui")  # the UI's door covers /ui; /bench stays the benchmark's
 try:
     uvicorn.run(app, host="127.0.0.1", port={port}, log_level="warning")
 finally:
@@ -155,7 +155,7 @@ class SseSession:
         self.url, self.fn_index = url, fn_index
         self.session_hash = uuid.uuid4().hex
         self.http = httpx.Client(base_url=url, timeout=httpx.Timeout(120.0))
-        self.http.get("/gradio_api/info").raise_for_status()  # connection open, as for a loaded page
+        self.http.get("/config").raise_for_status()  # the page's client cookie, and the connection open
 
     def send(self, start: float) -> tuple[float | None, Any]:
         """Run one ``/send``; (seconds from ``start`` to the first streamed reply text, final chatbot)."""
@@ -241,16 +241,17 @@ def through_web(n: int, chunk_s: float, client: str) -> tuple[list[float], list[
     port = free_port()
     code = _SERVER.format(repo=str(REPO), bench=str(REPO / "benchmarks"), chunk_s=chunk_s, n=n, port=port)
     server = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)})
-    url = f"http://127.0.0.1:{port}"
+    base = f"http://127.0.0.1:{port}"
+    url = f"{base}/ui"
     descendants: list[psutil.Process] = []
     try:
-        wait_for_pool(server, url, n)
+        wait_for_pool(server, base, n)
         config = httpx.get(f"{url}/config", timeout=10).json()
         fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "send")
         web_episodes(url, fn_index, 1, client)  # warm-up: the server's first request imports things
-        wait_for_pool(server, url, n)  # the warm-up session keeps its kernel; the pool refills
+        wait_for_pool(server, base, n)  # the warm-up session keeps its kernel; the pool refills
         single = web_episodes(url, fn_index, 1, client)
-        wait_for_pool(server, url, n)
+        wait_for_pool(server, base, n)
         results = web_episodes(url, fn_index, n, client)
         descendants = psutil.Process(server.pid).children(recursive=True)
     finally:

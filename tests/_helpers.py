@@ -47,6 +47,24 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_http(url: str, process: subprocess.Popen[Any], timeout: float = 90.0) -> None:
+    """Wait until ``url`` answers (any HTTP status) while ``process`` lives; fail with its output if it ends first."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            err = process.stderr.read().decode(errors="replace") if process.stderr else ""
+            raise AssertionError(f"the server exited with {process.returncode} before answering: {err[-3000:]}")
+        try:
+            httpx.get(url, timeout=2)
+            return
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{url} did not answer within {timeout:g} s") from None
+            time.sleep(0.1)
+
+
 def wait_until(predicate: Callable[[], T], timeout: float = 30, interval: float = 0.05, what: str = "") -> T:
     """Poll ``predicate`` until it returns something truthy, and return that; fail the test after ``timeout`` s."""
     deadline = time.monotonic() + timeout

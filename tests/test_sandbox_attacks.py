@@ -260,6 +260,35 @@ except OSError as exc:
 
 
 @pytest.mark.slow
+def test_after_a_killed_fork_bomb_the_next_cell_works_and_says_what_was_cleaned(session):
+    bomb = """
+import os, signal, time
+children = []
+try:
+    while True:
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(600)
+            os._exit(0)
+        children.append(pid)
+except OSError as exc:
+    print('stopped at', len(children), exc.strerror)
+"""
+    filled = session.run(bomb)
+    assert "Resource temporarily unavailable" in filled.stdout, filled.observation
+    killed = session.run(
+        "for pid in children:\n    os.kill(pid, signal.SIGKILL)\ntime.sleep(1)\nprint('killed', len(children))"
+    )
+    assert "killed" in killed.stdout, killed.observation  # killed, never waited for: zombies hold the limit
+    after = session.run(
+        "import threading\nt = threading.Thread(target=print, args=('a thread ran',))\nt.start(); t.join()"
+    )
+    assert "a thread ran" in after.stdout, after.observation
+    assert "child process(es) that had ended without being waited for were cleaned up" in after.observation
+    still_works(session)
+
+
+@pytest.mark.slow
 def test_ten_processes_over_the_total_memory_limit_are_killed(session):
     code = """
 import os, time

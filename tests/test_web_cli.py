@@ -90,7 +90,7 @@ def test_serve_ui_mounts_the_ui_beside_the_api(tmp_path):
         "--port", str(port), "--api-key", "sk-test",
     )  # fmt: skip
     try:
-        ui = _wait_http(proc, f"http://127.0.0.1:{port}/ui/")  # the UI has its own login (--auth), not the key
+        ui = _wait_http(proc, f"http://127.0.0.1:{port}/ui/")  # the page: its login form asks for the key
         assert "gradio" in ui.text.lower()
         assert httpx.get(f"http://127.0.0.1:{port}/v1/models").status_code == 401
         models = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": "Bearer sk-test"})
@@ -110,3 +110,27 @@ def test_a_public_host_without_a_login_is_refused(capsys, tmp_path):
     assert "not found" in capsys.readouterr().err
     assert main(["web", "--model", f"scripted:{script}", "--gateway", "http://127.0.0.1:1"]) == 2
     assert "add --code-interpreter" in capsys.readouterr().err
+
+
+def test_users_come_from_repeated_auth_and_an_auth_file(tmp_path, capsys):
+    import argparse
+
+    from glm_agent.cli._ui import parse_size, ui_login
+
+    users = tmp_path / "users.txt"
+    users.write_text("# the team\nalice:wonder:land\n\nbob:builder\n", encoding="utf-8")
+    login = ui_login(argparse.Namespace(auth=["carol:c-pass"], auth_file=str(users)))
+    assert login("alice", "wonder:land") and login("bob", "builder") and login("carol", "c-pass")
+    assert not login("alice", "builder") and not login("mallory", "") and not login("", "x")
+    keyed = ui_login(argparse.Namespace(auth=None, auth_file=None), api_key="sk-1")
+    assert keyed("anyone", "sk-1") and not keyed("anyone", "sk-2")
+    assert ui_login(argparse.Namespace(auth=None, auth_file=None)) is None
+    users.write_text("alice\n", encoding="utf-8")
+    script = tmp_path / "demo.json"
+    script.write_text("[]")
+    assert main(["web", "--model", f"scripted:{script}", "--auth-file", str(users)]) == 2
+    assert "line 1: write USER:PASS" in capsys.readouterr().err
+    assert parse_size("100MiB") == 100 * 2**20 and parse_size("2GB") == 2 * 10**9 and parse_size("512") == 512
+    for bad in ("lots", "-1MB", "0"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_size(bad)

@@ -126,3 +126,95 @@ def browser() -> Iterator[Any]:
             yield chromium
         finally:
             chromium.close()
+
+
+class GradioPage:
+    """Gradio's queue protocol over raw HTTP, as the browser page speaks it (a hostile client can speak it too).
+
+    ``cookie``: load the page first, so the door gives this client its cookie (a fresh client each
+    time). ``headers`` go on every request (e.g. a foreign ``Origin``). ``bytes_read`` counts what
+    the event streams delivered.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        cookie: bool = True,
+        headers: dict[str, str] | None = None,
+        login: tuple[str, str] | None = None,
+    ) -> None:
+        import secrets
+
+        import httpx
+
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(base_url=self.url, timeout=120, headers=headers or {})
+        if login is not None:
+            reply = self.http.post("/login", data={"username": login[0], "password": login[1]})
+            assert reply.status_code == 200, reply.text
+        if cookie:
+            self.http.get("/")
+        config = self.http.get("/config")
+        assert config.status_code == 200, config.text
+        self.config = config.json()
+        self.fns = {d["api_name"]: d["id"] for d in self.config["dependencies"] if d.get("api_name")}
+        self.load_fn = next(d["id"] for d in self.config["dependencies"] if any(t[1] == "load" for t in d["targets"]))
+        self.session_hash = secrets.token_hex(6)
+        self.bytes_read = 0
+
+    def close(self) -> None:
+        self.http.close()
+
+    def join(self, fn: int | str, data: list[Any], session_hash: str | None = None) -> Any:
+        fn_index = self.fns[fn] if isinstance(fn, str) else fn
+        body = {
+            "data": data,
+            "fn_index": fn_index,
+            "session_hash": session_hash or self.session_hash,
+            "event_data": None,
+            "trigger_id": None,
+        }
+        return self.http.post("/gradio_api/queue/join", json=body)
+
+    def call(self, fn: int | str, data: list[Any], session_hash: str | None = None) -> list[Any]:
+        """Join and read the session's stream until this event completes; its last output data."""
+        import json as _json
+
+        joined = self.join(fn, data, session_hash)
+        assert joined.status_code == 200, joined.text
+        event_id = joined.json()["event_id"]
+        last: list[Any] = []
+        params = {"session_hash": session_hash or self.session_hash}
+        with self.http.stream("GET", "/gradio_api/queue/data", params=params) as stream:
+            assert stream.status_code == 200, stream.read()
+            for line in stream.iter_lines():
+                self.bytes_read += len(line) + 1
+                if not line.startswith("data:"):
+                    continue
+                message = _json.loads(line[5:])
+                if message.get("event_id") != event_id:
+                    continue
+                output = message.get("output") or {}
+                if "data" in output:
+                    last = output["data"]
+                if message.get("msg") == "process_completed":
+                    if not message.get("success", True):
+                        raise AssertionError(f"the event failed: {output}")
+                    return last
+        raise AssertionError("the event stream ended before the event completed")
+
+    def load(self) -> list[Any]:
+        return self.call(self.load_fn, [])
+
+    def send(self, text: str, mode: str = "Chat", ask: bool = False) -> list[Any]:
+        return self.call("send", [text, mode, ask, "", 0.8, 0.8, 1024])
+
+    def upload(self, name: str, content: bytes) -> list[str]:
+        reply = self.http.post("/gradio_api/upload", files=[("files", (name, content))])
+        assert reply.status_code == 200, reply.text
+        return list(reply.json())
+
+    def attach(self, paths: list[str]) -> list[Any]:
+        files = [{"path": p, "orig_name": Path(p).name, "meta": {"_type": "gradio.FileData"}} for p in paths]
+        return self.call("upload", [files])

@@ -26,7 +26,17 @@ def add_command(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("sources", nargs="+", metavar="FILE_OR_DIR", help="a .py file, a folder or a module path")
     parser.add_argument("--transport", choices=("stdio", "http"), default="stdio", help="default: stdio")
-    parser.add_argument("--host", default="127.0.0.1", help="HTTP address (default 127.0.0.1: this machine only)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="HTTP address (default 127.0.0.1: this machine only; others need --api-key)"
+    )
+    parser.add_argument("--api-key", metavar="KEY", help="HTTP: require 'Authorization: Bearer KEY' on every request")
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="HTTP: another name the server answers to (a reverse proxy's or DNS name; repeatable)",
+    )
     parser.add_argument("--port", type=int, default=8001, help="HTTP port (default 8001)")
     parser.add_argument("--path", default="/mcp", help="HTTP endpoint path (default /mcp)")
     parser.add_argument("--name", default="glm-agent", help="the server name shown to clients")
@@ -38,6 +48,17 @@ def add_command(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_mcp_command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from glm_agent._net import is_loopback
+    from glm_agent._shutdown import sigterm_exits
+
+    if args.transport == "http" and not is_loopback(args.host) and not args.api_key:
+        print(
+            f"glm-agent mcp: error: refusing to serve MCP on {args.host} without --api-key: anyone who reaches it "
+            "could call every tool. Pass --api-key KEY (clients send 'Authorization: Bearer KEY'), or bind to "
+            "127.0.0.1 and use an SSH tunnel",
+            file=sys.stderr,
+        )
+        return 2
     try:
         from glm_agent.mcp import mcp_http_app, serve_mcp_stdio
         from glm_agent.tools import load_tools
@@ -50,16 +71,24 @@ def run_mcp_command(args: argparse.Namespace) -> int:
         print(f"glm-agent mcp: error: {exc}", file=sys.stderr)
         return 2
     try:
-        if args.transport == "stdio":
-            import anyio
+        with sigterm_exits():  # SIGTERM (systemd, docker stop) cleans up as Ctrl-C does
+            if args.transport == "stdio":
+                import anyio
 
-            anyio.run(lambda: serve_mcp_stdio(registry, name=args.name))
-        else:
-            import uvicorn
+                anyio.run(lambda: serve_mcp_stdio(registry, name=args.name))
+            else:
+                import uvicorn
 
-            app = mcp_http_app(registry, path=args.path, host=args.host, name=args.name)
-            print(f"serving {len(registry)} tools on http://{args.host}:{args.port}{args.path}", file=sys.stderr)
-            uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+                app = mcp_http_app(
+                    registry,
+                    path=args.path,
+                    host=args.host,
+                    name=args.name,
+                    api_key=args.api_key,
+                    allowed_hosts=args.allowed_host,
+                )
+                print(f"serving {len(registry)} tools on http://{args.host}:{args.port}{args.path}", file=sys.stderr)
+                uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     except KeyboardInterrupt:
         return 130
     finally:

@@ -7,6 +7,7 @@ import logging
 import sys
 from typing import Any
 
+from glm_agent._net import is_loopback
 from glm_agent.cli._agent import Subparsers, add_quantize_arguments
 from glm_agent.cli._ui import add_ui_options, ui_login, web_config
 from glm_agent.errors import GlmAgentError
@@ -86,6 +87,13 @@ def run_serve(args: argparse.Namespace) -> int:
     tools: Any = None
     try:
         _check_limits(args)
+        if args.mcp_path and not args.mcp_path.startswith("/"):
+            raise GlmAgentError(f"--mcp-path must start with '/', e.g. /mcp (got {args.mcp_path!r})")
+        if args.mcp_path and not args.api_key and not is_loopback(args.host):
+            raise GlmAgentError(
+                f"refusing to serve --mcp-path on {args.host} without --api-key: anyone who reaches it could call "
+                "every tool. Pass --api-key KEY, or bind to 127.0.0.1"
+            )
         login = _ui_login(args)  # before the model loads: a refused bind or login fails at once
         from glm_agent.chatglm3.tokenizer import ChatGLM3Tokenizer
         from glm_agent.models import load_chat_model
@@ -103,8 +111,7 @@ def run_serve(args: argparse.Namespace) -> int:
             from glm_agent.tools import load_tools
 
             tools = load_tools(args.tools)
-        if args.mcp_path and not args.mcp_path.startswith("/"):
-            raise GlmAgentError(f"--mcp-path must start with '/', e.g. /mcp (got {args.mcp_path!r})")
+
         if args.mcp:
             from glm_agent.mcp import connect_mcp
 
@@ -132,6 +139,7 @@ def run_serve(args: argparse.Namespace) -> int:
             max_queue=args.max_queue,
             context_length=args.context_length,
             mcp_path=args.mcp_path,
+            allowed_hosts=tuple(args.allowed_host),
             **_given(
                 max_request_bytes=args.max_request_bytes,
                 head_timeout=args.header_timeout,

@@ -237,6 +237,7 @@ def create_app(
     default_max_tokens: int = DEFAULT_MAX_TOKENS,
     mcp_path: str | None = None,
     mcp_host: str = "127.0.0.1",
+    allowed_hosts: tuple[str, ...] = (),
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
     ui_path: str | None = None,
@@ -245,7 +246,8 @@ def create_app(
 
     ``tools``: a ToolRegistry or OpenAI tool schemas offered when a request sends none.
     ``mcp_path``: also serve the ``tools`` registry as an MCP server (streamable HTTP) there;
-    ``mcp_host`` is the address served on (loopback turns on the SDK's DNS-rebinding protection).
+    ``mcp_host`` is the address served on: ``/mcp`` answers only ``Host`` headers naming it (or
+    ``allowed_hosts``) and refuses other origins.
     ``api_key``: required on every route but ``/health`` (docs and the OpenAPI schema included).
     ``context_length``: refuse prompts that do not fit (default: ``model.context_length`` if any).
     ``max_request_bytes`` / ``body_timeout``: a larger body is a 413, a slower one a 408.
@@ -271,7 +273,7 @@ def create_app(
         from glm_agent.tools import ToolRegistry
 
         registry = tools if isinstance(tools, ToolRegistry) else ToolRegistry()
-        mount_mcp(app, registry, path=mcp_path, host=mcp_host)
+        mount_mcp(app, registry, path=mcp_path, host=mcp_host, allowed_hosts=allowed_hosts)
     app.add_middleware(
         RequestGuard,
         api_key=api_key,

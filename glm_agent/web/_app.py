@@ -218,15 +218,18 @@ def build_blocks(manager: SessionManager) -> gr.Blocks:
             out[system] = session.official_system()
             return out
 
-        def on_upload(paths: list[str] | None, request: gr.Request) -> dict[Any, Any]:
+        def on_upload(payload: Any, request: gr.Request) -> dict[Any, Any]:
+            # The raw event data (preprocess=False): Gradio's own preprocessing would leave an empty
+            # temporary file behind for every path a client names.
             try:
                 session = session_of(request)
             except GlmAgentError as exc:
                 return failed(exc)
-            refused = []
-            for path in paths if isinstance(paths, list) else []:
+            paths = upload_paths(payload)
+            refused = [] if len(paths) <= MAX_FILES_PER_UPLOAD else [f"at most {MAX_FILES_PER_UPLOAD} files at once"]
+            for path in paths[:MAX_FILES_PER_UPLOAD]:
                 try:
-                    session.add_upload(str(path))
+                    session.add_upload(path)
                 except (GlmAgentError, OSError) as exc:
                     refused.append(str(exc))
             problem = error_html(GlmAgentError("; ".join(refused))) if refused else ""
@@ -255,7 +258,9 @@ def build_blocks(manager: SessionManager) -> gr.Blocks:
         regenerated.then(on_after_run, None, after_outputs, api_visibility="private", concurrency_limit=None)
         clear.click(on_clear, None, view_outputs, api_name="clear", concurrency_limit=None)
         mode.input(on_mode, [mode], [*view_outputs, system], api_name="mode", concurrency_limit=None)
-        upload.upload(on_upload, [upload], [pending, status], api_name="upload", concurrency_limit=None)
+        upload.upload(
+            on_upload, [upload], [pending, status], api_name="upload", concurrency_limit=None, preprocess=False
+        )
         stop.click(on_stop, None, None, api_name="stop", concurrency_limit=None)
         approve_btn.click(on_answer(True), None, None, api_name="approve", concurrency_limit=None)
         deny_btn.click(on_answer(False), None, None, api_name="deny", concurrency_limit=None)
@@ -274,12 +279,19 @@ def generation(temperature: float, top_p: float, max_new_tokens: float) -> dict[
 
 
 _NO_DOWNLOADS = "<p>Nothing to download yet.</p>"
+MAX_FILES_PER_UPLOAD = 32
+
+
+def upload_paths(payload: Any) -> list[str]:
+    """The paths an upload event names (Gradio's FileData dicts, one or a list); anything else names none."""
+    items = payload if isinstance(payload, list) else [payload]
+    return [item["path"] for item in items if isinstance(item, dict) and isinstance(item.get("path"), str)]
 
 
 def owner_of(request: Any) -> Owner:
     """Who sent a request: its client cookie (set by the door) and its login."""
-    cookies = getattr(request, "cookies", None)  # a dict-like object of Gradio's
-    client = cookies.get(COOKIE) if hasattr(cookies, "get") else None
+    cookies: Any = getattr(request, "cookies", None)  # a dict-like object of Gradio's
+    client = cookies.get(COOKIE) if cookies is not None and hasattr(cookies, "get") else None
     if not isinstance(client, str) or not client:
         raise GlmAgentError("this request carries no client cookie; reload the page")
     user = getattr(request, "username", None)

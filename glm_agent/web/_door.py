@@ -443,11 +443,11 @@ def _session_in_path_or_query(sub: str, scope: dict[str, Any]) -> str | None:
     match = _HEARTBEAT.fullmatch(sub)
     if match:
         return str(match.group(1))
-    query = scope.get("query_string", b"").decode("latin-1")
+    query = bytes(scope.get("query_string", b"")).decode("latin-1")
     if "session_hash" in query:
         values = parse_qs(query).get("session_hash")
         if values:
-            return values[0]
+            return str(values[0])
     return None
 
 

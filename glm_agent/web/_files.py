@@ -94,6 +94,8 @@ class SessionFiles:
             self.uploads.append(folder / name)
         try:
             os.unlink(candidate)  # Gradio's copy is not needed any more
+            if os.path.dirname(candidate) != root:
+                os.rmdir(os.path.dirname(candidate))  # its folder per upload, when empty
         except OSError:
             pass
         return folder / name
