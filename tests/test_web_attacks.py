@@ -25,8 +25,8 @@ import psutil
 import pytest
 
 from glm_agent.tools import ToolRegistry, tool
-from glm_agent.web import Login, ModelSource, WebConfig, create_web_app
-from glm_agent.web._door import CONTENT_SECURITY_POLICY, COOKIE, folder_bytes
+from glm_agent.web import Login, ModelSource, Owner, SessionForbidden, WebConfig, create_web_app
+from glm_agent.web._door import CONTENT_SECURITY_POLICY, COOKIE, Door, folder_bytes
 from tests._data import REPO, TOKENIZER, needs_shared
 from tests._helpers import free_port, wait_gone, wait_http, wait_until
 from tests.web_support import GradioPage, Router, browser, code_reply, get_weather, needs_browser, tool_reply, visible
@@ -469,8 +469,16 @@ def test_every_user_owns_their_sessions(login_ui):
         assert bob.join("stop", [], session_hash=alice.session_hash).status_code == 403  # another browser
         # bob's login in alice's browser (her cookie): the session still answers only to alice
         bob.http.cookies.set(COOKIE, alice.http.cookies[COOKIE])
-        out = bob.call("send", ["hello", "Chat", False, "", 0.8, 0.8, 1024], session_hash=alice.session_hash)
-        assert "belongs to another client" in visible(str(out[1]))
+        assert bob.join("stop", [], session_hash=alice.session_hash).status_code == 403
+        assert bob.http.get(f"/gradio_api/heartbeat/{alice.session_hash}").status_code == 403
+        with pytest.raises(SessionForbidden):  # and behind the door, the session checks its owner itself
+            login_ui.sessions.open(alice.session_hash, Owner(alice.http.cookies[COOKIE], "bob"))
+        # without a login nothing that acts reaches Gradio (its heartbeat and cancel ask for none)
+        anonymous = httpx.Client(base_url=login_ui.url, cookies={COOKIE: alice.http.cookies[COOKIE]})
+        assert anonymous.get(f"/gradio_api/heartbeat/{alice.session_hash}").status_code == 401
+        cancel = {"session_hash": alice.session_hash, "fn_index": 0, "event_id": "x"}
+        assert anonymous.post("/gradio_api/cancel", json=cancel).status_code == 401
+        anonymous.close()
         assert "Hello" in texts(alice.send("hello"))
     finally:
         alice.close()
@@ -593,3 +601,16 @@ def test_serve_ui_with_an_api_key_asks_for_it_and_sigterm_cleans_up(tmp_path, sh
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_a_flood_of_session_hashes_cannot_push_out_another_clients_binding():
+    door = Door(prefix="", hosts=frozenset({"127.0.0.1"}), bindings_per_client=4, max_bindings=12)
+    assert door.bind("victim-session", "victim") is True
+    for i in range(50):  # the attacker's own oldest bindings go; nobody else's
+        assert door.bind(f"attacker-{i}", "attacker") is True
+    assert door.bind("victim-session", "attacker") is False
+    assert door.bind("victim-session", "victim") is True
+    for i in range(20):
+        door.bind(f"crowd-{i}", f"client-{i}")
+    assert door.bind("one-too-many", "latecomer") is None  # full: refused, not evicting
+    assert door.owner_of("victim-session") == "victim"

@@ -80,6 +80,12 @@ _ROUTES: list[tuple[frozenset[str], re.Pattern[str]]] = [
     (frozenset({"POST"}), re.compile(r"/gradio_api/(queue/join|upload|cancel|reset/?)")),
     (frozenset({"GET"}), re.compile(r"/glm-agent/files/[A-Za-z0-9_-]+/(workspace|session)/[^/]+")),
 ]
+# routes anyone may reach (the page and the login form; Gradio checks /config and /info itself); with a
+# login, every other route needs it here (Gradio's own heartbeat, cancel and upload progress do not ask)
+_OPEN = re.compile(
+    r"/?|/config/?|/(assets|static|svelte)/[^?#]+|/favicon\.ico|/theme\.css|/robots\.txt|/manifest\.json|/logout"
+    r"|/login/?|/gradio_api/(info/?|login_check/?|user/?|token/?|app_id/?|theme\.css|startup-events)"
+)
 _HEARTBEAT = re.compile(r"/gradio_api/heartbeat/([^/]+)")
 _JSON_SESSION_ROUTES = ("/gradio_api/queue/join", "/gradio_api/cancel")
 _UPLOAD = "/gradio_api/upload"
@@ -190,6 +196,9 @@ class Door:
     ``prefix``: where the UI is mounted (``""`` or ``"/ui"``). ``hosts``: the names a ``Host``
     header may carry. ``pending_events(session_hash)``: the queue events of a session not yet
     delivered (read from Gradio's queue). ``upload_folder``: Gradio's upload folder.
+    ``login_user(headers)``: the logged-in user of a request (None: not logged in), when the UI
+    has a login; then every route but the page and the login form needs one, and a session is
+    bound to the client *and* its user.
     """
 
     prefix: str
@@ -202,12 +211,16 @@ class Door:
     events_per_client: int = 32
     max_events: int = 256
     pending_events: Callable[[str], int] = lambda _session: 0
+    login_user: Callable[[list[tuple[bytes, bytes]]], str | None] | None = None
+    bindings_per_client: int = 64
+    max_bindings: int = 100_000
     logins: LoginThrottle = field(default_factory=LoginThrottle)
     uploads: UploadLedger = field(default_factory=UploadLedger)
 
     def __post_init__(self) -> None:
         self.prefix = self.prefix.rstrip("/")
-        self._owners: OrderedDict[str, str] = OrderedDict()  # session_hash -> client cookie
+        self._owners: dict[str, str] = {}  # session_hash -> owner (client cookie, and user)
+        self._per_owner: dict[str, OrderedDict[str, None]] = {}  # owner -> its session hashes, oldest first
         self._lock = threading.Lock()
 
     def covers(self, path: str) -> bool:
@@ -217,25 +230,30 @@ class Door:
         with self._lock:
             return self._owners.get(session_hash)
 
-    def bind(self, session_hash: str, client: str) -> bool:
-        """Bind ``session_hash`` to ``client`` on first sight; False if another client holds it."""
-        with self._lock:
-            owner = self._owners.get(session_hash)
-            if owner is None:
-                self._owners[session_hash] = client
-                while len(self._owners) > 100_000:
-                    self._owners.popitem(last=False)
-                return True
-            self._owners.move_to_end(session_hash)
-            return secrets.compare_digest(owner, client)
+    def bind(self, session_hash: str, owner: str) -> bool | None:
+        """Bind ``session_hash`` to ``owner`` on first sight: True if it is (now) the owner's, False if
+        another owner holds it, None if it may not be bound (the server holds ``max_bindings``).
 
-    def forget(self, session_hash: str) -> None:
+        A binding is never taken from its owner by others: an owner past ``bindings_per_client``
+        forgets its own oldest binding, and a full server refuses new ones.
+        """
         with self._lock:
-            self._owners.pop(session_hash, None)
+            held = self._owners.get(session_hash)
+            if held is not None:
+                return secrets.compare_digest(held, owner)
+            if len(self._owners) >= self.max_bindings:
+                return None
+            mine = self._per_owner.setdefault(owner, OrderedDict())
+            if len(mine) >= self.bindings_per_client:
+                oldest, _ = mine.popitem(last=False)
+                del self._owners[oldest]
+            mine[session_hash] = None
+            self._owners[session_hash] = owner
+            return True
 
-    def client_events(self, client: str) -> int:
+    def client_events(self, owner: str) -> int:
         with self._lock:
-            sessions = [s for s, c in self._owners.items() if c == client]
+            sessions = list(self._per_owner.get(owner, ()))
         return sum(self.pending_events(s) for s in sessions)
 
     def all_events(self) -> int:
@@ -317,6 +335,9 @@ class UIGuard:
         sub = scope["path"][len(door.prefix) :] or "/"
         if not any(method in methods and pattern.fullmatch(sub) for methods, pattern in _ROUTES):
             raise _Refused(404, "not found")
+        user = door.login_user(headers) if door.login_user is not None else None
+        if door.login_user is not None and user is None and not _OPEN.fullmatch(sub):
+            raise _Refused(401, "log in first")
         if method == "POST" and _LOGIN.fullmatch(sub):
             wait = door.logins.retry_after(_address(scope))
             if wait > 0:
@@ -343,13 +364,17 @@ class UIGuard:
         if session is not None:
             if client is None:
                 raise _Refused(403, "this request names a session but carries no client cookie: load the page first")
-            if not door.bind(session, client):
+            owner = client if user is None else f"{client}\0{user}"
+            bound = door.bind(session, owner)
+            if bound is None:
+                raise _Refused(503, "the server holds too many sessions; try again later", [(b"retry-after", b"30")])
+            if not bound:
                 log.warning("refused a request for a session of another client (from %s)", _address(scope))
                 raise _Refused(403, "this session belongs to another client")
             if sub == _JOIN:
                 if door.pending_events(session) >= door.events_per_session:
                     raise _Refused(429, "too many events of this session are waiting; wait for them")
-                if door.client_events(client) >= door.events_per_client:
+                if door.client_events(owner) >= door.events_per_client:
                     raise _Refused(429, "too many events of this client are waiting; wait for them")
                 if door.all_events() >= door.max_events:
                     raise _Refused(429, "the server is busy; try again shortly", [(b"retry-after", b"5")])

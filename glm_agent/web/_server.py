@@ -96,6 +96,31 @@ def _pending_events(blocks: Any) -> Any:
     return pending
 
 
+def _gradio_login(app: Any, prefix: str) -> Any:
+    """The user a request is logged in as with Gradio's login (its token cookie), for the door."""
+    from starlette.routing import Mount
+
+    mounted = [r.app for r in app.routes if isinstance(r, Mount) and r.path == prefix]
+    if not mounted or not hasattr(mounted[-1], "tokens"):
+        raise GlmAgentError("the web UI's login could not be found on the app it was mounted on")
+    gradio_app: Any = mounted[-1]
+    names = (f"access-token-{gradio_app.cookie_id}", f"access-token-unsecure-{gradio_app.cookie_id}")
+
+    def login_user(headers: list[tuple[bytes, bytes]]) -> str | None:
+        for name, value in headers:
+            if name != b"cookie":
+                continue
+            for part in value.decode("latin-1").split(";"):
+                key, _, token = part.strip().partition("=")
+                if key in names and token:
+                    user = gradio_app.tokens.get(token)
+                    if isinstance(user, str):
+                        return user
+        return None
+
+    return login_user
+
+
 def _file_chunks(handle: BinaryIO) -> Iterator[bytes]:
     with handle:
         while chunk := handle.read(256 * 1024):
@@ -198,6 +223,8 @@ def mount_web_ui(
             css=CSS,
             show_error=True,
         )
+        if login is not None:
+            door.login_user = _gradio_login(app, prefix)
         app.add_middleware(UIGuard, door=door)
     except BaseException:
         sessions.close_all()
