@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
+from glm_agent._version import __version__
 from glm_agent.errors import (
     CheckpointError,
     ContextLengthError,
@@ -29,15 +29,6 @@ if TYPE_CHECKING:
     from glm_agent.interpreter import CodeInterpreter, ExecutionResult
     from glm_agent.tools import Tool, ToolRegistry, ToolResult, tool
 
-
-def _installed_version() -> str:
-    try:
-        return metadata.version("glm-agent")
-    except metadata.PackageNotFoundError:  # a source tree on sys.path that was never installed
-        return "0+unknown"
-
-
-__version__ = _installed_version()
 
 # Public names that live in heavier modules are imported on first use.
 _LAZY = {

@@ -211,7 +211,7 @@ class Agent:
 
     def save_notebook(self, path: str | Path) -> Path:
         """Export the session (conversation + executed code with outputs) as a Jupyter notebook."""
-        from glm_agent.interpreter._notebook import conversation_to_notebook
+        from glm_agent.interpreter import conversation_to_notebook
 
         return conversation_to_notebook(self.messages, path, interpreter=self._interpreter)
 

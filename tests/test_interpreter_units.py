@@ -10,8 +10,8 @@ import pytest
 
 from glm_agent.interpreter import Limits
 from glm_agent.interpreter._capture import OutputCollector
+from glm_agent.interpreter._launcher import describe_exit, read_oom_kills
 from glm_agent.interpreter._limits import GiB, MiB
-from glm_agent.interpreter._local import describe_exit, read_oom_kills
 from glm_agent.interpreter._notebook import build_notebook
 from glm_agent.interpreter._results import (
     DisplayOutput,
@@ -162,7 +162,7 @@ def test_the_sandbox_shows_the_kernels_python_and_not_the_checkout_around_it(tmp
     import site
     import sys
 
-    from glm_agent.interpreter._local import python_paths
+    from glm_agent.interpreter._launcher import python_paths
 
     venv = tmp_path / "checkout" / ".venv"
     packages = venv / "lib" / "python3" / "site-packages"

@@ -292,7 +292,7 @@ def test_stop_strings_hold_back_a_possible_start():
 
 
 def test_cpu_allocator_tuning_is_applied_once_and_can_be_turned_off():
-    code = "from glm_agent.models._cpu_tuning import keep_freed_memory as k; print(k(), k())"
+    code = "from glm_agent._cpu.memory import keep_freed_memory as k; print(k(), k())"
     on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     env = {**os.environ, "GLM_AGENT_MALLOC_TUNING": "0"}
     off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
@@ -303,7 +303,7 @@ def test_cpu_allocator_tuning_is_applied_once_and_can_be_turned_off():
 
 _FRAGMENTED_HEAP = """
 import ctypes
-from glm_agent.models._cpu_tuning import keep_freed_memory, return_freed_memory
+from glm_agent._cpu.memory import keep_freed_memory, return_freed_memory
 def rss():
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS")) // 1024
 keep_freed_memory()  # glibc keeps up to 512 MiB of freed heap from now on
@@ -328,7 +328,7 @@ def test_freed_memory_between_live_blocks_goes_back_to_the_kernel_on_request():
 
 _HUGE_WEIGHT = """
 import torch
-from glm_agent.quantization._native import _empty_weight
+from glm_agent._cpu.native import _empty_weight
 weight = _empty_weight((64 << 20,), torch.uint8)  # as the kernels' tiled weights are made
 weight.fill_(1)
 print(next(int(line.split()[1]) for line in open("/proc/self/smaps_rollup") if line.startswith("AnonHugePages")))
@@ -390,9 +390,9 @@ def test_relayout_false_keeps_the_model_savable(tmp_path, tokenizer, golden):
 def test_bfloat16_weights_decode_as_transformers_does(tokenizer, native, monkeypatch, request):
     """In bfloat16 on CPU the lean engine decodes on glm-agent's kernel (weights untouched) or packs the
     weights for oneDNN; tokens and the model's own forward are unchanged either way."""
+    from glm_agent._cpu import native as _native
     from glm_agent.models._native_linear import NativeBf16Linear
     from glm_agent.models._packed_linear import PackedLinear, packing_available
-    from glm_agent.quantization import _native
 
     monkeypatch.setenv("GLM_AGENT_NATIVE_KERNELS", native)
     _native.native_kernels.cache_clear()

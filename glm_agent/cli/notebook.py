@@ -30,7 +30,7 @@ def add_command(subparsers: Subparsers) -> argparse.ArgumentParser:
 @cli_errors("notebook")
 def notebook_command(args: argparse.Namespace) -> int:
     # the interpreter package exports it lazily (nbformat imports slowly); the same function, typed
-    from glm_agent.interpreter._notebook import conversation_to_notebook
+    from glm_agent.interpreter import conversation_to_notebook
     from glm_agent.messages import load_jsonl
 
     session = Path(args.session)

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from glm_agent._host_files import WorkspaceFile
 from glm_agent.interpreter._backend import KernelBackend
 from glm_agent.interpreter._isolation import Isolation, detect_isolation
@@ -23,6 +25,10 @@ from glm_agent.interpreter._results import (
     StreamOutput,
 )
 from glm_agent.interpreter._session import CodeInterpreter
+
+if TYPE_CHECKING:
+    from glm_agent.interpreter._gateway import KernelGateway
+    from glm_agent.interpreter._notebook import conversation_to_notebook
 
 __all__ = [
     "CodeInterpreter",

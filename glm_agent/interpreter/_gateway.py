@@ -33,9 +33,10 @@ from websockets.sync.client import ClientConnection, connect
 
 from glm_agent.errors import InterpreterError
 from glm_agent.interpreter._backend import Channel, KernelMessage
-from glm_agent.interpreter._gateway_kernel import KERNEL_ENV_ENV, SESSION_ENV
 from glm_agent.interpreter._gateway_protocol import (
+    KERNEL_ENV_ENV,
     PROBE,
+    SESSION_ENV,
     TOKEN_ENV,
     UNKNOWN_LIMITS,
     GatewayRefused,

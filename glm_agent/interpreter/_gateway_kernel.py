@@ -3,7 +3,7 @@
 A Jupyter Kernel Gateway starts ``python -m glm_agent.interpreter._gateway_kernel
 --connection-file {connection_file} ...`` for every kernel. This wrapper runs the kernel
 exactly like :class:`~glm_agent.interpreter.LocalKernel` does (same launcher/supervisor,
-rlimits, namespaces, scratch directories; :func:`~glm_agent.interpreter._local.launch_spec`)
+rlimits, namespaces, scratch directories; :func:`~glm_agent.interpreter._launcher.launch_spec`)
 and stands in for the host process towards the supervisor: it holds the lifeline (if the
 gateway kills this wrapper, the supervisor kills the kernel), forwards the gateway's
 SIGINT (interrupt) and maps SIGTERM to a kill; it gets SIGTERM when the gateway process
@@ -45,22 +45,22 @@ import subprocess
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from glm_agent.interpreter._environment import check_env
-from glm_agent.interpreter._isolation import detect_isolation, launcher_argv
-from glm_agent.interpreter._launch import PR_SET_PDEATHSIG, _prctl
+from glm_agent.interpreter._gateway_protocol import KERNEL_ENV_ENV, LAST_EXIT_ENV, SESSION_ENV
+from glm_agent.interpreter._isolation import detect_isolation
+from glm_agent.interpreter._launcher import describe_exit, die_with_parent, launch_spec, launcher_argv, read_oom_kills
 from glm_agent.interpreter._limits import Limits
-from glm_agent.interpreter._local import describe_exit, launch_spec, read_oom_kills
 from glm_agent.interpreter._workspace import SessionDirs
 
-__all__ = ["main", "SESSION_ENV", "KERNEL_ENV_ENV", "LAST_EXIT_ENV"]
+if TYPE_CHECKING:
+    from glm_agent.interpreter._launch import LaunchSpec
+
+__all__ = ["main"]
 
 log = logging.getLogger(__name__)
 
-SESSION_ENV = "KERNEL_GLM_AGENT_SESSION"
-KERNEL_ENV_ENV = "KERNEL_GLM_AGENT_ENV"
-LAST_EXIT_ENV = "GLM_AGENT_LAST_EXIT"
 _SESSION_NAME = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 _PORTS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 _PRIVATE_IN_SANDBOX = ("/tmp", "/dev/shm")
@@ -100,8 +100,8 @@ def _hidden_in_sandbox(path: Path) -> bool:
     return any(real == root or real.startswith(root + "/") for root in _PRIVATE_IN_SANDBOX)
 
 
-def _prepare(args: argparse.Namespace) -> tuple[dict[str, Any], SessionDirs, Path, list[Path], Path]:
-    """Directories, connection file and launcher spec; returns (spec, dirs, runtime_dir, links, exit_file)."""
+def _prepare(args: argparse.Namespace) -> tuple[LaunchSpec, Limits, SessionDirs, Path, list[Path], Path]:
+    """Directories, connection file and launcher spec; returns (spec, limits, dirs, runtime_dir, links, exit_file)."""
     connection_file = Path(args.connection_file).resolve()
     info = json.loads(connection_file.read_text())
     kernel_id = connection_file.stem.removeprefix("kernel-")
@@ -151,8 +151,7 @@ def _prepare(args: argparse.Namespace) -> tuple[dict[str, Any], SessionDirs, Pat
         limits=limits, isolate=isolate, extra_env=extra_env, tmp_dir=dirs.tmp if isolate else None,
         workspace_quota=dirs.workspace_on_quota, remove_if_orphaned=[runtime_dir],
     )  # fmt: skip
-    spec["limits_object"] = limits
-    return spec, dirs, runtime_dir, links, exit_file
+    return spec, limits, dirs, runtime_dir, links, exit_file
 
 
 def _client_env() -> dict[str, str]:
@@ -166,9 +165,8 @@ def _client_env() -> dict[str, str]:
         raise LaunchError(f"{KERNEL_ENV_ENV} is not a JSON object of variable names to strings: {exc}") from exc
 
 
-def _run(spec: dict[str, Any]) -> int:
-    """Start the supervisor, relay signals, wait; the supervisor's exit status."""
-    limits = spec.pop("limits_object")
+def _run(spec: LaunchSpec, limits: Limits) -> tuple[int, str]:
+    """Start the supervisor, relay signals, wait; the supervisor's exit status and the kernel's end in words."""
     read_fd, write_fd = os.pipe()
     spec["lifeline_fd"] = read_fd
     try:
@@ -196,28 +194,27 @@ def _run(spec: dict[str, Any]) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     status = proc.wait()
     oom_killed = status == -signal.SIGKILL and read_oom_kills(Path(spec["runtime_dir"])) > 0
-    spec["exit_description"] = describe_exit(status, limits, oom_killed=oom_killed)
     try:
         os.close(write_fd)
     except OSError:
         pass
-    return status
+    return status, describe_exit(status, limits, oom_killed=oom_killed)
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="glm-agent gateway kernel: %(message)s")
     gateway = os.getppid()
-    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)  # the gateway died (even SIGKILL): stop the kernel too
+    die_with_parent(signal.SIGTERM)  # the gateway died (even SIGKILL): stop the kernel too
     if os.getppid() != gateway:
         return 1
     args = _parse(argv)
     try:
-        spec, dirs, runtime_dir, links, exit_file = _prepare(args)
+        spec, limits, dirs, runtime_dir, links, exit_file = _prepare(args)
     except (LaunchError, OSError, ValueError, KeyError) as exc:
         log.error("cannot start the kernel: %s", exc)
         return 126
     try:
-        status = _run(spec)
+        status, ending = _run(spec, limits)
     finally:
         for link in links:
             link.unlink(missing_ok=True)
@@ -229,8 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         if empty:  # only when empty: files stay for the session's next kernel
             dirs.remove()
     if status != 0:
-        exit_file.write_text(spec["exit_description"])
-        log.info("kernel %s ended: %s", runtime_dir.name, spec["exit_description"])
+        exit_file.write_text(ending)
+        log.info("kernel %s ended: %s", runtime_dir.name, ending)
     return 128 - status if status < 0 else status
 
 

@@ -16,16 +16,31 @@ import httpx
 
 from glm_agent.errors import GatewayRefused, InterpreterError
 from glm_agent.interpreter._backend import KernelMessage
-from glm_agent.interpreter._gateway_kernel import LAST_EXIT_ENV
 from glm_agent.interpreter._isolation import Isolation
 from glm_agent.interpreter._limits import Limits
 
 __all__ = [
-    "GatewayREST", "GatewayRefused", "TOKEN_ENV", "PROBE", "read_probe",
-    "execute_content", "encode_message", "synthetic_message", "UNKNOWN_LIMITS",
-]  # fmt: skip
+    "GatewayREST",
+    "GatewayRefused",
+    "TOKEN_ENV",
+    "SESSION_ENV",
+    "KERNEL_ENV_ENV",
+    "LAST_EXIT_ENV",
+    "PROBE",
+    "read_probe",
+    "execute_content",
+    "encode_message",
+    "synthetic_message",
+    "UNKNOWN_LIMITS",
+]
 
 TOKEN_ENV = "GLM_AGENT_GATEWAY_TOKEN"
+#: names the session's directories on the gateway, so that they survive kernel restarts (sent by the client)
+SESSION_ENV = "KERNEL_GLM_AGENT_SESSION"
+#: the variables the client adds to the kernel's environment, as JSON (``CodeInterpreter(env=...)``)
+KERNEL_ENV_ENV = "KERNEL_GLM_AGENT_ENV"
+#: how the previous kernel of the same id ended, set by the gateway's kernel command for its replacement
+LAST_EXIT_ENV = "GLM_AGENT_LAST_EXIT"
 
 
 class GatewayREST:

@@ -20,7 +20,6 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,20 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from glm_agent.errors import InterpreterError
+from glm_agent.interpreter._cgroups import cgroup_parents
+from glm_agent.interpreter._launcher import launch_spec, launcher_argv, runtime_root
+from glm_agent.interpreter._limits import Limits, MiB
+from glm_agent.interpreter._workspace import SessionDirs
 
-__all__ = [
-    "Isolation",
-    "check_readonly_paths",
-    "detect_isolation",
-    "resolve_isolation",
-    "launcher_argv",
-    "runtime_root",
-    "NO_ISOLATION",
-]
+__all__ = ["Isolation", "check_readonly_paths", "detect_isolation", "resolve_isolation", "NO_ISOLATION"]
 
 log = logging.getLogger(__name__)
-
-LAUNCHER = Path(__file__).with_name("_launch.py")
 
 
 @dataclass(frozen=True)
@@ -126,18 +119,6 @@ _cache: Isolation | None = None
 _cache_lock = threading.Lock()
 
 
-def runtime_root() -> Path:
-    """Where kernels keep their sockets, connection files and scratch space (private to this user)."""
-    root = Path(tempfile.gettempdir()) / f"glm-agent-{os.getuid()}"
-    root.mkdir(mode=0o700, exist_ok=True)
-    return root
-
-
-def launcher_argv(spec: dict[str, Any]) -> list[str]:
-    """The command that starts the launcher/supervisor with this spec (stdlib only, no site)."""
-    return [sys.executable, "-I", "-S", str(LAUNCHER), json.dumps(spec)]
-
-
 def detect_isolation() -> Isolation:
     """Probe once per process whether namespaces work here; cached."""
     global _cache
@@ -152,11 +133,6 @@ def detect_isolation() -> Isolation:
 
 
 def _probe() -> Isolation:
-    from glm_agent.interpreter._cgroups import cgroup_parents
-    from glm_agent.interpreter._limits import Limits, MiB
-    from glm_agent.interpreter._local import launch_spec
-    from glm_agent.interpreter._workspace import SessionDirs
-
     if not sys.platform.startswith("linux"):
         return Isolation("none", f"needs Linux namespaces; this is {sys.platform}")
     if not os.path.isdir("/usr"):
@@ -174,10 +150,8 @@ def _probe() -> Isolation:
             workspace=dirs.workspace, runtime_dir=runtime_dir, connection_file=runtime_dir / "connection.json",
             limits=limits, isolate=True, tmp_dir=dirs.tmp, workspace_quota=dirs.workspace_on_quota,
         )  # fmt: skip
-        spec.update(
-            probe=True, argv=[sys.executable], lifeline_fd=read_fd, probe_port=server.getsockname()[1],
-            probe_hidden=["/etc/shadow", str(runtime_root())],
-        )  # fmt: skip
+        spec["probe"], spec["argv"], spec["lifeline_fd"] = True, [sys.executable], read_fd
+        spec["probe_port"], spec["probe_hidden"] = server.getsockname()[1], ["/etc/shadow", str(runtime_root())]
         try:
             proc = subprocess.run(
                 launcher_argv(spec), pass_fds=(read_fd,), capture_output=True, text=True, timeout=30, check=False

@@ -36,7 +36,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Any
+from typing import Any, TypedDict
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
@@ -66,6 +66,35 @@ _RLIMITS = {
     "open_files": resource.RLIMIT_NOFILE,
     "file_size_bytes": resource.RLIMIT_FSIZE,
 }
+
+
+class LaunchSpec(TypedDict, total=False):
+    """The launcher's contract: the JSON the host passes as the one argument (built by
+    ``_launcher.launch_spec``; the host side of the contract lives in ``_launcher.py``)."""
+
+    isolate: bool  # namespaces and the allowlisted root, or a plain supervised process
+    workspace: str  # the host folder that is /mnt/data
+    runtime_dir: str  # the kernel's sockets, connection file, scratch space and log
+    runtime_dir_inside: str  # where an isolated kernel sees runtime_dir
+    tmp_dir: str | None  # the host folder that becomes the sandbox's /tmp and /dev/shm (the session's tmpfs)
+    workspace_bytes: int | None
+    workspace_quota: bool  # the workspace lives on the size-limited tmpfs too
+    cwd: str
+    env: dict[str, str]  # the kernel's whole environment
+    argv: list[str]  # the kernel command (ipykernel)
+    limits: dict[str, int | None]  # rlimits: Limits.rlimits()
+    cgroups: dict[str, Any]  # the session's cgroups to create (CgroupPlan.spec()), or {}
+    remove_if_orphaned: list[str]  # removed by the supervisor if the host dies first
+    unmount_if_orphaned: list[str]
+    readonly_paths: list[str]  # host folders the isolated kernel may read
+    seccomp: bool
+    lifeline_fd: int  # the pipe whose end of file means the host is gone (added by the starter)
+    probe: bool  # the isolation probe: run the checks instead of the kernel
+    probe_port: int
+    probe_hidden: list[str]
+    runtime_dir_fd: int  # set by the launcher itself
+    cgroup_files: dict[str, str]  # set by the launcher itself: cgroup counters shown to the kernel
+
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _SECCOMP = None  # the _seccomp module, loaded before the sandbox hides this directory
@@ -166,7 +195,7 @@ def _cover(paths: list[str]) -> list[str]:
     return kept
 
 
-def build_root(spec: dict[str, Any]) -> dict[str, Any]:
+def build_root(spec: LaunchSpec) -> dict[str, Any]:
     """Build the kernel's root filesystem (in a fresh, private mount namespace) and pivot into it.
 
     An allowlist: a tmpfs with the system directories (``/usr`` and its symlinks), chosen
@@ -201,8 +230,9 @@ def build_root(spec: dict[str, Any]) -> dict[str, Any]:
         os.symlink(target, inside("/dev/" + name))
     os.makedirs(inside("/proc"))
     tmp = inside("/tmp")
-    if spec.get("tmp_dir"):
-        _bind(spec["tmp_dir"], tmp, readonly=False, recursive=False, extra=MS_NODEV)
+    tmp_dir = spec.get("tmp_dir")
+    if tmp_dir:
+        _bind(tmp_dir, tmp, readonly=False, recursive=False, extra=MS_NODEV)
     else:
         size = spec.get("workspace_bytes")
         os.makedirs(tmp)
@@ -246,7 +276,7 @@ def mount_proc() -> None:
 class SessionCgroups:
     """The kernel's cgroups (children of the host process's own): created, joined by the kernel, removed."""
 
-    def __init__(self, spec: dict[str, Any]) -> None:
+    def __init__(self, spec: dict[str, Any]) -> None:  # LaunchSpec['cgroups']
         self.dirs: dict[str, str] = dict(spec.get("dirs", {}))
         self.created: list[tuple[int, str]] = []  # (parent dir fd, name): removable after pivot_root
         self.procs_fds: list[int] = []
@@ -374,7 +404,7 @@ def apply_limits(limits: dict[str, int | None]) -> None:
 
 
 def _kernel_child(
-    spec: dict[str, Any], supervisor_pid: int, cgroups: SessionCgroups | None, report: dict[str, Any]
+    spec: LaunchSpec, supervisor_pid: int, cgroups: SessionCgroups | None, report: dict[str, Any]
 ) -> None:
     """In the forked child: become the kernel. Never returns."""
     try:
@@ -396,8 +426,6 @@ def _kernel_child(
         os.chdir(spec["cwd"])
         env = dict(spec["env"])
         env["GLM_AGENT_SANDBOX"] = json.dumps(report, separators=(",", ":"))
-        for sub in spec.get("make_dirs", []):
-            os.makedirs(sub, exist_ok=True)
         if spec.get("probe"):
             os._exit(_probe_checks(spec, report))
         os.execve(spec["argv"][0], spec["argv"], env)
@@ -407,7 +435,7 @@ def _kernel_child(
         os._exit(127)
 
 
-def _probe_checks(spec: dict[str, Any], report: dict[str, Any]) -> int:
+def _probe_checks(spec: LaunchSpec, report: dict[str, Any]) -> int:
     """Isolation probe: verify the sandbox from inside; 0 = all good. Prints the report as JSON."""
     problems = []
     try:
@@ -486,7 +514,7 @@ def _kill_descendants(kernel_pid: int) -> None:
 
 
 def _supervise(
-    kernel_pid: int, spec: dict[str, Any], orphans: tuple[list[tuple[int, str]], list[str], int | None],
+    kernel_pid: int, spec: LaunchSpec, orphans: tuple[list[tuple[int, str]], list[str], int | None],
     cgroups: SessionCgroups | None,
 ) -> None:  # fmt: skip
     """Wait for the kernel or the host's end; clean up; exit as the kernel did. Never returns.
@@ -561,7 +589,7 @@ def _supervise(
 
 
 def main(argv: list[str]) -> None:
-    spec = json.loads(argv[1])
+    spec: LaunchSpec = json.loads(argv[1])
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core files in anyone's workspace
     orphan_dirs = []  # opened before any mount, so that they can be removed from any view
     for path in spec.get("remove_if_orphaned", []):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -22,153 +21,13 @@ from jupyter_client.connect import write_connection_file
 
 from glm_agent.errors import InterpreterError
 from glm_agent.interpreter._backend import Channel, KernelMessage
-from glm_agent.interpreter._cgroups import plan_session_cgroups
-from glm_agent.interpreter._environment import kernel_environment
-from glm_agent.interpreter._isolation import launcher_argv, runtime_root
-from glm_agent.interpreter._limits import GiB, Limits
+from glm_agent.interpreter._launcher import describe_exit, launch_spec, launcher_argv, read_oom_kills, runtime_root
+from glm_agent.interpreter._limits import Limits
 from glm_agent.interpreter._workspace import SessionDirs
 
-__all__ = ["LocalKernel", "describe_exit", "launch_spec", "python_paths", "KERNEL_RUNTIME_DIR"]
+__all__ = ["LocalKernel"]
 
 log = logging.getLogger(__name__)
-
-#: where an isolated kernel sees its runtime directory (sockets, connection file, caches)
-KERNEL_RUNTIME_DIR = "/run/kernel"
-
-_SIGNAL_MEANING = {
-    signal.SIGSEGV: "segmentation fault",
-    signal.SIGBUS: "bus error",
-    signal.SIGABRT: "aborted",
-    signal.SIGFPE: "floating-point exception",
-    signal.SIGILL: "illegal instruction",
-    signal.SIGKILL: "killed: out of memory, the CPU time limit, or killed from outside",
-    signal.SIGXCPU: "its CPU time limit was reached",
-    signal.SIGXFSZ: "its file size limit was reached",
-    signal.SIGTERM: "terminated",
-}
-
-
-def read_oom_kills(runtime_dir: Path) -> int:
-    """Processes the session's memory limit killed in a kernel's life (its supervisor writes them at the end)."""
-    try:  # the kernel can write in its runtime dir: never follow a link it put there
-        fd = os.open(runtime_dir / "oom_kills", os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return 0
-    with os.fdopen(fd) as fh:
-        text = fh.read(32)
-    return int(text) if text.isdigit() else 0
-
-
-def describe_exit(returncode: int | None, limits: Limits | None = None, *, oom_killed: bool = False) -> str:
-    """A kernel's end in words, from the supervisor's exit status (``oom_killed``: the session's memory limit struck)."""
-    if returncode is None:
-        return "still running"
-    if returncode == -signal.SIGKILL and oom_killed and limits is not None and limits.total_memory_bytes:
-        return (
-            f"killed by SIGKILL: the session's memory limit of {limits.total_memory_bytes / GiB:g} GiB "
-            "(Limits.total_memory_bytes) was reached"
-        )
-    if returncode < 0:
-        sig = -returncode
-        try:
-            member = signal.Signals(sig)
-            name, meaning = member.name, _SIGNAL_MEANING.get(member, "")
-        except ValueError:
-            name, meaning = f"signal {sig}", ""
-        if sig == signal.SIGXCPU and limits is not None and limits.cpu_seconds:
-            meaning = f"its CPU time limit of {limits.cpu_seconds} s was reached"
-        return f"killed by {name}" + (f" ({meaning})" if meaning else "")
-    if returncode == 126:
-        return "the sandbox could not be set up"
-    if returncode == 127:
-        return "the kernel could not be started"
-    return f"exited with code {returncode}"
-
-
-def python_paths() -> list[str]:
-    """What the kernel's Python needs to run: its prefixes, its executable's directory, its site-packages."""
-    paths = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix}
-    paths.add(os.path.dirname(os.path.realpath(sys.executable)))
-    paths.add(os.path.dirname(os.path.abspath(sys.executable)))
-    try:
-        import site
-
-        paths.update(site.getsitepackages())
-    except (ImportError, AttributeError):
-        pass
-    return sorted(p for p in paths if p and os.path.isdir(p))
-
-
-def launch_spec(
-    *,
-    workspace: Path,
-    runtime_dir: Path,
-    connection_file: Path,
-    limits: Limits,
-    isolate: bool,
-    extra_env: dict[str, str] | None = None,
-    readonly_paths: Sequence[str | Path] = (),
-    tmp_dir: Path | None = None,
-    workspace_quota: bool = False,
-    remove_if_orphaned: list[Path] | list[str] | None = None,
-    unmount_if_orphaned: list[str] | None = None,
-    cgroups: bool = True,
-) -> dict[str, Any]:
-    """The launcher's spec (``_launch.py``) for an ipykernel with this connection file.
-
-    Creates the kernel's scratch directories under ``runtime_dir``. The caller adds
-    ``lifeline_fd``. Shared by :class:`LocalKernel` and the Kernel Gateway's kernel spec
-    (``_gateway_kernel.py``), so that both run kernels the same way. ``tmp_dir``: the host
-    directory that becomes the sandbox's ``/tmp`` (the session's tmpfs); ``workspace_quota``:
-    the workspace lives on that size-limited filesystem too.
-    """
-    scratch = runtime_dir / "scratch"
-    for sub in ("tmp", "ipython", "matplotlib", "cache"):
-        (scratch / sub).mkdir(parents=True, exist_ok=True)
-    kernel_runtime, kernel_connection = str(runtime_dir), str(connection_file)
-    if isolate:  # the kernel sees its runtime directory at /run/kernel (same sockets, through a bind mount)
-        kernel_runtime = KERNEL_RUNTIME_DIR
-        info = json.loads(connection_file.read_text())
-        if info.get("transport") == "ipc":
-            info["ip"] = info["ip"].replace(str(runtime_dir), kernel_runtime, 1)
-        inside = runtime_dir / "connection-sandbox.json"
-        inside.touch(mode=0o600)
-        inside.write_text(json.dumps(info))
-        kernel_connection = f"{kernel_runtime}/{inside.name}"
-    env = kernel_environment(
-        home="/mnt/data" if isolate else str(workspace),
-        tmpdir="/tmp" if isolate else str(scratch / "tmp"),
-        scratch=f"{kernel_runtime}/scratch",
-        extra=extra_env,
-    )
-    plan = None
-    if isolate and cgroups:
-        plan = plan_session_cgroups(limits.max_processes, limits.total_memory_bytes, f"glm-agent-{runtime_dir.name}")
-    return {
-        "isolate": isolate,
-        "workspace": str(workspace),
-        "runtime_dir": str(runtime_dir),
-        "runtime_dir_inside": KERNEL_RUNTIME_DIR,
-        "tmp_dir": str(tmp_dir) if tmp_dir is not None else None,
-        "workspace_bytes": limits.workspace_bytes,
-        "workspace_quota": workspace_quota,
-        "cwd": "/mnt/data" if isolate else str(workspace),
-        "env": env,
-        "argv": [
-            sys.executable,
-            "-m",
-            "ipykernel_launcher",
-            "-f",
-            kernel_connection,
-            "--HistoryManager.enabled=False",
-        ],
-        "limits": limits.rlimits(),
-        "cgroups": plan.spec() if plan is not None and plan.dirs else {},
-        "remove_if_orphaned": [str(path) for path in remove_if_orphaned or []],
-        "unmount_if_orphaned": list(unmount_if_orphaned or []),
-        "readonly_paths": [*python_paths(), *map(str, readonly_paths)] if isolate else [],
-        "seccomp": True,
-    }
 
 
 class _KernelProcess:

@@ -13,7 +13,8 @@ from pathlib import Path
 from glm_agent.errors import InterpreterError
 from glm_agent.interpreter._bootstrap import BOOTSTRAP, run_silent
 from glm_agent.interpreter._environment import check_env
-from glm_agent.interpreter._isolation import Isolation, check_readonly_paths, resolve_isolation, runtime_root
+from glm_agent.interpreter._isolation import Isolation, check_readonly_paths, resolve_isolation
+from glm_agent.interpreter._launcher import runtime_root
 from glm_agent.interpreter._limits import Limits
 from glm_agent.interpreter._local import LocalKernel
 from glm_agent.interpreter._workspace import SessionDirs

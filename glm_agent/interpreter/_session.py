@@ -26,7 +26,8 @@ from glm_agent.interpreter._backend import KernelBackend
 from glm_agent.interpreter._bootstrap import BOOTSTRAP, REPORT_EXPRESSION, run_silent, write_file
 from glm_agent.interpreter._capture import OutputCollector
 from glm_agent.interpreter._environment import check_env
-from glm_agent.interpreter._isolation import Isolation, check_readonly_paths, resolve_isolation, runtime_root
+from glm_agent.interpreter._isolation import Isolation, check_readonly_paths, resolve_isolation
+from glm_agent.interpreter._launcher import runtime_root
 from glm_agent.interpreter._limits import GiB, Limits, MiB
 from glm_agent.interpreter._local import LocalKernel
 from glm_agent.interpreter._outcome import CellReport, RunOutcome, read_report

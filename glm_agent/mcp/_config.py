@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from glm_agent.errors import MCPConfigError, ToolDefinitionError
-from glm_agent.tools._toolset import check_prefix
+from glm_agent.tools import check_prefix
 
 __all__ = ["MCPServerStdio", "MCPServerHTTP", "MCPServerSpec", "load_mcp_config", "check_server_name"]
 

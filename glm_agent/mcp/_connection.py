@@ -27,14 +27,13 @@ from mcp.client.stdio import get_default_environment, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from glm_agent import __version__
+from glm_agent._version import __version__
 from glm_agent.errors import MCPConnectionError
 from glm_agent.mcp._config import MCPServerHTTP, MCPServerSpec, MCPServerStdio, check_server_name
 from glm_agent.mcp._loop import arun_on_loop, run_on_loop
 from glm_agent.mcp._processes import TAG_VARIABLE, end_tagged_processes, new_tag
 from glm_agent.mcp._results import result_to_output
-from glm_agent.tools import SchemaTool, Tool, ToolOutput, ToolTimeout
-from glm_agent.tools._toolset import prefixed_name
+from glm_agent.tools import SchemaTool, Tool, ToolOutput, ToolTimeout, prefixed_name
 
 __all__ = ["MCPConnection", "MCPTool", "close_all_connections"]
 

@@ -9,8 +9,7 @@ from typing import Any
 
 import mcp_types as types
 
-from glm_agent.tools import Attachment, ToolOutput
-from glm_agent.tools._output import OutputPart
+from glm_agent.tools import Attachment, OutputPart, ToolOutput
 
 __all__ = ["result_to_output"]
 

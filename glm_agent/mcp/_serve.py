@@ -27,8 +27,8 @@ from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
 from mcp.server.transport_security import TransportSecuritySettings
 
-from glm_agent import __version__
 from glm_agent._net import host_names
+from glm_agent._version import __version__
 from glm_agent.tools import ToolRegistry, ToolResult
 
 __all__ = ["mcp_server_for", "serve_mcp_stdio", "mcp_http_app", "mount_mcp", "transport_security"]

@@ -24,11 +24,11 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
+from glm_agent._cpu.memory import keep_freed_memory
+from glm_agent._cpu.native import native_kernels
 from glm_agent.errors import ModelError
-from glm_agent.models._cpu_tuning import keep_freed_memory
 from glm_agent.models._native_linear import NativeBf16Linear
 from glm_agent.models._packed_linear import RowSlice, pack_fused_qkv, pack_linear, packing_available
-from glm_agent.quantization._native import native_kernels
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def make_runner(model: Any, engine: str = "auto", *, relayout: bool = True, pref
     if engine not in ("auto", "lean", "transformers"):
         raise ValueError(f"unknown engine {engine!r}; use 'auto', 'lean' or 'transformers'")
     if any(p.device.type == "cpu" for p in model.parameters()):
-        keep_freed_memory()  # page faults on every forward pass otherwise (see _cpu_tuning)
+        keep_freed_memory()  # page faults on every forward pass otherwise (see glm_agent._cpu.memory)
     if engine != "transformers":
         reason = LeanGlmRunner.unsupported_reason(model)
         if reason is None:

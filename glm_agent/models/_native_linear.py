@@ -1,4 +1,4 @@
-"""bfloat16 linear layers on glm-agent's own CPU kernel for decoding (``quantization/_native``).
+"""bfloat16 linear layers on glm-agent's own CPU kernel for decoding (``glm_agent._cpu``).
 
 oneDNN's packed bfloat16 product (``_packed_linear``) reads 24-27 GB/s at ChatGLM3-6B's decode
 shapes on 2 AVX-512 cores; ``glm_bf16_matmul`` (``vdpbf16ps`` over four row-major rows at a
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from glm_agent.quantization._native import NativeKernels
+from glm_agent._cpu.native import NativeKernels
 
 __all__ = ["DENSE_MIN_ROWS", "NativeBf16Linear"]
 

@@ -1,7 +1,7 @@
 """``QuantizedLinear``: a drop-in for ``nn.Linear`` over int8/int4 weights, on the fastest CPU kernels that are safe.
 
 On CPU the portable weight is packed at load for this CPU's kernel: glm-agent's own AVX-512 BF16
-kernels where they can be built (``_native``; at ChatGLM3-6B decode 1.6-1.8x torch's for int8,
+kernels where they can be built (``glm_agent._cpu``; at ChatGLM3-6B decode 1.6-1.8x torch's for int8,
 1.4-1.6x for int4), else torch's ``_weight_int8pack_mm`` (int8, one scale per row) or
 ``_convert_weight_to_int4pack_for_cpu`` + ``_weight_int4pack_mm_for_cpu`` (int4 groups).
 torch's kernels are guarded: in torch 2.13 the int8 kernel returns NaN, garbage or crashes when
@@ -24,7 +24,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from glm_agent.quantization import _native
+from glm_agent._cpu import native as _native
+from glm_agent._cpu.memory import return_freed_memory
 from glm_agent.quantization._schemes import PortableWeight, dequantize, pack_nibbles, unpack_nibbles
 
 logger = logging.getLogger(__name__)
@@ -94,8 +95,6 @@ class QuantizedLinear(torch.nn.Module):
         self._padded_out = weight.out_features
         self._dense_min_rows = DEQUANTIZE_MIN_ROWS
         if kernels and device.type == "cpu" and cpu_kernels_available():
-            from glm_agent.models._cpu_tuning import return_freed_memory
-
             if not fast_cpu_kernels():
                 _warn_once(
                     "slow",
@@ -104,7 +103,7 @@ class QuantizedLinear(torch.nn.Module):
                     torch.backends.cpu.get_cpu_capability(),
                 )
             self._pack_for_cpu(weight)
-            return_freed_memory()  # the packing's temporaries, freed between live weights (see _cpu_tuning)
+            return_freed_memory()  # the packing's temporaries, freed between live weights (see glm_agent._cpu.memory)
         else:
             self.register_buffer("qweight", weight.qweight.to(device))
             self.register_buffer("scales", weight.scales.to(device))

@@ -1,18 +1,21 @@
-"""Run an ASGI app on uvicorn in a background thread: for tests, benchmarks and notebooks."""
+"""The API server's app on uvicorn in a background thread, with its slowloris deadline (tests, benchmarks, notebooks)."""
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Any, Literal
+
+from glm_agent._background_server import BackgroundServer as _Base
+from glm_agent.server._protocol import head_timeout_protocol
 
 __all__ = ["BackgroundServer"]
 
 
-class BackgroundServer:
-    """Runs an app on uvicorn in a thread (port 0 picks a free one): for tests, benchmarks and notebooks.
+class BackgroundServer(_Base):
+    """:class:`glm_agent._background_server.BackgroundServer` with the server's head deadline.
 
     ``with BackgroundServer(app) as srv: srv.url`` → ``http://127.0.0.1:PORT``; leaving stops it.
+    ``head_timeout``: seconds a connection may take to send a request's head, else a 408
+    (``None``: uvicorn's own protocol, no deadline).
     """
 
     def __init__(
@@ -26,38 +29,5 @@ class BackgroundServer:
         lifespan: Literal["auto", "on", "off"] = "off",
         name: str = "glm-agent-server",
     ) -> None:
-        """``head_timeout=None`` keeps uvicorn's own HTTP protocol; ``lifespan="on"`` runs the app's startup."""
-        import uvicorn
-
-        from glm_agent.server._protocol import head_timeout_protocol
-
-        http: dict[str, Any] = {} if head_timeout is None else {"http": head_timeout_protocol(head_timeout)}
-        self.config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan=lifespan, **http)
-        self.server = uvicorn.Server(self.config)
-        self.thread = threading.Thread(target=self.server.run, name=name, daemon=True)
-        self.host = host
-        self.port = port
-
-    def start(self, timeout: float = 20.0) -> BackgroundServer:
-        self.thread.start()
-        deadline = time.monotonic() + timeout
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not start on {self.host}:{self.port}")
-            time.sleep(0.01)
-        self.port = self.server.servers[0].sockets[0].getsockname()[1]
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout)
-
-    def __enter__(self) -> BackgroundServer:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
+        http = None if head_timeout is None else head_timeout_protocol(head_timeout)
+        super().__init__(app, host, port, log_level, http=http, lifespan=lifespan, name=name)

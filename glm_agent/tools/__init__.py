@@ -19,13 +19,13 @@ result.observation                           # the text the model reads
 from __future__ import annotations
 
 from glm_agent.tools._loading import load_module_tools
-from glm_agent.tools._output import Attachment, ToolOutput
+from glm_agent.tools._output import Attachment, OutputPart, ToolOutput
 from glm_agent.tools._registry import ToolRegistry, load_tools
 from glm_agent.tools._result import ToolResult
 from glm_agent.tools._runner import ToolTimeout
 from glm_agent.tools._schema_tool import SchemaTool
 from glm_agent.tools._tool import ArgumentProblem, Tool, ToolArgumentsError, tool
-from glm_agent.tools._toolset import Toolset
+from glm_agent.tools._toolset import PREFIX_SEPARATOR, Toolset, check_prefix, prefixed_name
 
 __all__ = [
     "tool",
@@ -39,6 +39,10 @@ __all__ = [
     "SchemaTool",
     "ToolOutput",
     "Attachment",
+    "OutputPart",
     "Toolset",
     "ToolTimeout",
+    "prefixed_name",
+    "check_prefix",
+    "PREFIX_SEPARATOR",
 ]

@@ -18,10 +18,10 @@ from urllib.parse import quote
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from glm_agent._background_server import BackgroundServer
 from glm_agent._net import LOOPBACK_NAMES, host_names
 from glm_agent._shutdown import sigterm_exits
 from glm_agent.errors import GlmAgentError
-from glm_agent.server._thread import BackgroundServer
 from glm_agent.web._config import WebConfig
 from glm_agent.web._door import Door, UIGuard, client_cookie
 from glm_agent.web._login import Login, check_bind
@@ -60,7 +60,7 @@ class WebUI:
         """Serve in a background thread (tests, benchmarks, notebooks); returns the URL. ``close()`` stops it."""
         self.bind(host)
         # lifespan on: Gradio starts its queue in the app's startup
-        self._server = BackgroundServer(self.app, host, port, head_timeout=None, lifespan="on", name="glm-agent-web")
+        self._server = BackgroundServer(self.app, host, port, lifespan="on", name="glm-agent-web")
         try:
             self._server.start(timeout)
         except RuntimeError:

@@ -1,4 +1,4 @@
-"""glm-agent's own CPU decode kernels (``_cpu_kernels.c``): built at first use, loaded with ctypes.
+"""glm-agent's own CPU kernels (``kernels.c``): built at first use, loaded with ctypes.
 
 torch's CPU int4 kernel dequantizes in float32 and reads about 20-22 GB/s at ChatGLM3-6B's
 shapes on 2 AVX-512 cores, and its int8 kernel about 18-22: decoding is bound by arithmetic, not
@@ -12,8 +12,8 @@ product 24-27), and the ``*_dequantize`` loops feed prefill's dense products.
 The kernels are compiled with the system C compiler (``$CC``, else ``cc``/``gcc``) into
 ``$XDG_CACHE_HOME/glm-agent/kernels`` (once per source and compiler) and used only where the
 CPU has AVX-512 BF16 and torch dispatches to AVX-512. Without a compiler, or with
-``GLM_AGENT_NATIVE_KERNELS=0``, quantized layers use torch's kernels: slower, same results up
-to summation order.
+``GLM_AGENT_NATIVE_KERNELS=0``, quantized and bfloat16 layers use torch's kernels (and oneDNN's
+packed bfloat16 product): slower, same results up to summation order.
 """
 
 from __future__ import annotations
@@ -33,11 +33,13 @@ from pathlib import Path
 
 import torch
 
+from glm_agent._cpu.memory import advise_huge_pages
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["NativeKernels", "native_kernels", "tile_int4", "tile_int8", "untile_groups", "untile_int4", "untile_int8"]
 
-SOURCE = Path(__file__).with_name("_cpu_kernels.c")
+SOURCE = Path(__file__).with_name("kernels.c")
 FLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fopenmp", "-fPIC", "-shared")
 ROWS = 4  # rows per tile (ROWS in the C file)
 CHUNK = 64  # inputs per step of the stream
@@ -218,8 +220,6 @@ def tile_int4(
 
 def _empty_weight(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """An uninitialised tensor for a weight, on huge pages where the kernel grants them (see ``advise_huge_pages``)."""
-    from glm_agent.models._cpu_tuning import advise_huge_pages
-
     weight = torch.empty(shape, dtype=dtype)
     advise_huge_pages(weight.data_ptr(), weight.numel() * weight.element_size())
     return weight
@@ -254,13 +254,13 @@ def native_kernels() -> NativeKernels | None:
         try:
             path = _build()
             library = ctypes.CDLL(str(path))
-            if not library.glm_int4_supported():
+            if not library.glm_cpu_supported():
                 reason = "this CPU lacks AVX-512 BF16"
             else:
                 return NativeKernels(library, path)
         except (OSError, subprocess.SubprocessError, _BuildError) as error:
             reason = str(error)
-    logger.info("quantized layers use torch's kernels (glm-agent's faster ones are off: %s)", reason)
+    logger.info("glm-agent's CPU kernels are off (%s): quantized and bfloat16 layers use torch's", reason)
     return None
 
 

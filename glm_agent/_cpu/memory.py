@@ -1,4 +1,4 @@
-"""glibc allocator settings for CPU inference.
+"""The operating system's side of CPU inference: glibc's allocator settings and transparent huge pages.
 
 By default glibc serves blocks over 128 KiB with fresh ``mmap``s and returns freed heap tops
 to the kernel, so every forward pass page-faults its activations (logits, attention scratch)

@@ -1,9 +1,9 @@
 /* int4 and int8 weights times bfloat16 activations on AVX-512 BF16 CPUs: glm-agent's decode kernels.
  *
- * Built at first use by glm_agent/quantization/_native.py (cc -O3 -fopenmp; OpenMP is the
+ * Built at first use by glm_agent/_cpu/native.py (cc -O3 -fopenmp; OpenMP is the
  * libgomp torch already loaded, so the kernel shares torch's thread pool).
  *
- * int4 weight layout ("tiled int4"), made by _native.tile_int4 from the portable layout:
+ * int4 weight layout ("tiled int4"), made by native.tile_int4 from the portable layout:
  *   q       uint8 [N/4][K/64][4][32]  the 4 rows of a tile, 64 inputs at a time: byte j holds
  *                                     input 64c + j in its low nibble and 64c + 32 + j in its high one
  *   scales  bfloat16 [N/4][G][4]      G = K / group
@@ -13,7 +13,7 @@
  * The inner sums are exact products of small integers and bfloat16 values accumulated in
  * float32 (vdpbf16ps), so the result is the dequantized product up to summation order.
  *
- * int8 weight layout ("tiled int8"), made by _native.tile_int8:
+ * int8 weight layout ("tiled int8"), made by native.tile_int8:
  *   q       int8 [N/4][K/64][4][64]   the 4 rows of a tile, 64 inputs at a time
  *   scales  bfloat16 [N]              y[n] = scale[n] * sum_k q[n,k] x[k], summed in float32
  */
@@ -25,7 +25,7 @@
 #define ROWS 4  /* rows per tile */
 #define PREFETCH 2048  /* bytes ahead of the stream */
 
-int glm_int4_supported(void) {
+int glm_cpu_supported(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512bf16");
