@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from glm_agent import _steps
 from glm_agent import events as ev
-from glm_agent.chatglm3.prompts import CHAT_SYSTEM, TOOLS_SYSTEM, code_system_prompt, upload_header
+from glm_agent.chatglm3.prompts import build_system_message, upload_header
 from glm_agent.messages import (
     INTERPRETER,
     Call,
@@ -46,34 +46,13 @@ from glm_agent.tools import Tool, ToolRegistry
 if TYPE_CHECKING:
     from glm_agent.interpreter import CodeInterpreter, ExecutionResult
 
-__all__ = ["Agent", "RunResult", "CallRecord", "build_system_message"]
+__all__ = ["Agent", "RunResult", "CallRecord"]
 
 logger = logging.getLogger(__name__)
 
 #: ``approve(call)`` returns ``True`` to run the call; in ``arun``/``astream`` it may be async.
 #: Anything but ``True`` (``False``, a non-bool, an exception, a coroutine in a sync run) refuses.
 Approve = Callable[[Call], Any]
-
-
-def build_system_message(
-    system: str | None, tools: list[dict[str, Any]] | None, code: bool, language: str = "zh"
-) -> SystemMessage:
-    """ChatGLM3's official system prompt for the mode, or the user's own text (never dropped).
-
-    Tools mode: the tuned tools sentence with the schemas attached. Code mode: the PROMPT.md
-    interpreter prompt (``zh`` or ``en``). Both: the interpreter prompt, then the tools sentence.
-    Chat mode: the official chat prompt.
-    """
-    if system is None:
-        if code and tools:
-            system = code_system_prompt(language) + "\n" + TOOLS_SYSTEM
-        elif code:
-            system = code_system_prompt(language)
-        elif tools:
-            system = TOOLS_SYSTEM
-        else:
-            system = CHAT_SYSTEM
-    return SystemMessage(content=system, tools=tools or None)
 
 
 Stopped = Literal["answer", "max_steps", "model_error", "cancelled"]

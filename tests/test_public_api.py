@@ -33,7 +33,9 @@ def test_version_comes_from_the_installed_metadata(monkeypatch):
         raise metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(metadata, "version", not_installed)
-    assert glm_agent._installed_version() == "0+unknown"
+    from glm_agent import _version
+
+    assert _version._installed_version() == "0+unknown"
 
 
 def test_every_error_class_of_ours_is_defined_in_errors_py():
@@ -67,6 +69,23 @@ def test_the_interpreter_name_is_written_once():
     assert files == ["glm_agent/messages.py", "glm_agent/messages.py"], places
 
 
+def test_the_workspace_path_and_the_upload_header_are_written_once():
+    """/mnt/data and the upload header's lines are defined in chatglm3/prompts.py (the launcher script,
+    which imports no package, keeps its own copy of the path)."""
+    places: dict[str, list[str]] = {"/mnt/data": [], "#File uploaded": [], "#File: ": []}
+    for name, tree in _trees():
+        docstrings = {
+            id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                for text in places:
+                    if node.value == text or (text.startswith("#") and text in node.value):
+                        places[text].append(name)
+    assert places["/mnt/data"] == ["glm_agent/chatglm3/prompts.py", "glm_agent/interpreter/_launch.py"], places
+    assert places["#File uploaded"] == places["#File: "] == ["glm_agent/chatglm3/prompts.py"] * 2, places
+
+
 def _module_name(arg: ast.expr) -> bool:
     """``__name__``, or a child of it: ``f"{__name__}.{server}"``."""
     if isinstance(arg, ast.Name):
@@ -93,6 +112,21 @@ def test_every_logger_is_named_after_its_module():
         and not (len(node.args) == 1 and _module_name(node.args[0]))
     ]
     assert bad == []
+
+
+def test_one_logger_variable_name_and_no_format_exceptions():
+    """Every module logs through ``logger``; the formatter's layout holds everywhere (no ``# fmt: skip``)."""
+    named_log = [
+        name
+        for name, tree in _trees()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "log" for t in node.targets)
+    ]
+    assert named_log == []
+    skips = [
+        p.relative_to(PACKAGE.parent).as_posix() for p in SOURCES if "# fmt: skip" in p.read_text(encoding="utf-8")
+    ]
+    assert skips == []
 
 
 def test_stream_events_and_agent_events_have_distinct_names():

@@ -134,9 +134,16 @@ class NativeKernels:
         """Rows of tiles ``[first_tile, first_tile + tiles)`` as bfloat16 ``[4 * tiles, K]`` (for dense prefill)."""
         k, out = self._dequantized_rows(q, first_tile, tiles)
         self._int4_dequantize(
-            q.data_ptr(), scales.data_ptr(), zeros.data_ptr(), out.data_ptr(), first_tile, tiles, k, group,
+            q.data_ptr(),
+            scales.data_ptr(),
+            zeros.data_ptr(),
+            out.data_ptr(),
+            first_tile,
+            tiles,
+            k,
+            group,
             torch.get_num_threads(),
-        )  # fmt: skip
+        )
         return out
 
     def int8_dequantize(self, q: torch.Tensor, scales: torch.Tensor, first_tile: int, tiles: int) -> torch.Tensor:

@@ -21,8 +21,11 @@ from glm_agent.chatglm3.prompts import (
     CHAT_SYSTEM,
     CODE_SYSTEM_EN,
     CODE_SYSTEM_ZH,
+    MNT_DATA,
     TOOLS_SYSTEM,
+    build_system_message,
     code_system_prompt,
+    strip_upload_headers,
     upload_header,
 )
 from glm_agent.chatglm3.tokenizer import SPECIAL_TOKENS, ChatGLM3Tokenizer, format_system_content
@@ -50,7 +53,10 @@ __all__ = [
     "CODE_SYSTEM_ZH",
     "CODE_SYSTEM_EN",
     "code_system_prompt",
+    "build_system_message",
     "upload_header",
+    "strip_upload_headers",
+    "MNT_DATA",
     "prompt_view",
     "PromptView",
     "PromptTurn",

@@ -1,8 +1,25 @@
-"""ChatGLM3's official default system prompts and the file-upload header (exact text)."""
+"""ChatGLM3's official default system prompts and the file-upload header (exact text), and their inverses."""
 
 from __future__ import annotations
 
-__all__ = ["CHAT_SYSTEM", "TOOLS_SYSTEM", "CODE_SYSTEM_ZH", "CODE_SYSTEM_EN", "code_system_prompt", "upload_header"]
+from typing import Any
+
+from glm_agent.messages import SystemMessage
+
+__all__ = [
+    "CHAT_SYSTEM",
+    "TOOLS_SYSTEM",
+    "CODE_SYSTEM_ZH",
+    "CODE_SYSTEM_EN",
+    "MNT_DATA",
+    "code_system_prompt",
+    "build_system_message",
+    "upload_header",
+    "strip_upload_headers",
+]
+
+#: where uploaded files are, as the model is told (the official prompts and upload header say so)
+MNT_DATA = "/mnt/data"
 
 CHAT_SYSTEM = (
     "You are ChatGLM3, a large language model trained by Zhipu.AI. "
@@ -32,4 +49,38 @@ def code_system_prompt(language: str = "zh") -> str:
 
 def upload_header(name: str, size: int) -> str:
     """The header ChatGLM3 expects before a user message that announces an uploaded file."""
-    return f"#File: /mnt/data/{name}\n#Size: {size}\n#File uploaded\n"
+    return f"#File: {MNT_DATA}/{name}\n#Size: {size}\n#File uploaded\n"
+
+
+def strip_upload_headers(content: str) -> str:
+    """A user message without the upload headers (:func:`upload_header`) before it: what the user typed."""
+    lines = content.split("\n")
+    while (
+        len(lines) >= 3
+        and lines[0].startswith(f"#File: {MNT_DATA}/")
+        and lines[1].startswith("#Size: ")
+        and lines[2] == "#File uploaded"
+    ):
+        lines = lines[3:]
+    return "\n".join(lines)
+
+
+def build_system_message(
+    system: str | None, tools: list[dict[str, Any]] | None, code: bool, language: str = "zh"
+) -> SystemMessage:
+    """ChatGLM3's official system prompt for the mode, or the user's own text (never dropped).
+
+    Tools mode: the tuned tools sentence with the schemas attached. Code mode: the PROMPT.md
+    interpreter prompt (``zh`` or ``en``). Both: the interpreter prompt, then the tools sentence.
+    Chat mode: the official chat prompt.
+    """
+    if system is None:
+        if code and tools:
+            system = code_system_prompt(language) + "\n" + TOOLS_SYSTEM
+        elif code:
+            system = code_system_prompt(language)
+        elif tools:
+            system = TOOLS_SYSTEM
+        else:
+            system = CHAT_SYSTEM
+    return SystemMessage(content=system, tools=tools or None)

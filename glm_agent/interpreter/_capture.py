@@ -21,7 +21,7 @@ from glm_agent.interpreter._results import (
 
 __all__ = ["OutputCollector", "write_no_follow"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 _IMAGE_SUFFIX = {"image/png": ".png", "image/jpeg": ".jpg", "image/svg+xml": ".svg"}
 
@@ -158,14 +158,14 @@ class OutputCollector:
                 else:
                     payload = base64.b64decode(value if isinstance(value, str) else "".join(value))
             except (binascii.Error, ValueError, TypeError) as exc:
-                log.warning("could not decode a %s output: %s", mime, exc)
+                logger.warning("could not decode a %s output: %s", mime, exc)
                 return None
             self._image_count += 1
             path = self._images_dir / f"{self._image_prefix}-{self._image_count}{suffix}"
             try:
                 write_no_follow(path, payload)
             except OSError as exc:
-                log.warning("could not save an image output to %s: %s", path, exc)
+                logger.warning("could not save an image output to %s: %s", path, exc)
                 return None
             return path
         return None

@@ -17,9 +17,16 @@ __all__ = ["kernel_environment", "check_env", "PASSED_FROM_HOST"]
 
 #: host variables passed on when set (names, or patterns ending in ``*``)
 PASSED_FROM_HOST = (
-    "LANG", "LANGUAGE", "LC_*", "TZ",
-    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
-)  # fmt: skip
+    "LANG",
+    "LANGUAGE",
+    "LC_*",
+    "TZ",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 

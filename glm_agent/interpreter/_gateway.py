@@ -31,6 +31,7 @@ from typing import Any
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
+from glm_agent.chatglm3.prompts import MNT_DATA
 from glm_agent.errors import InterpreterError
 from glm_agent.interpreter._backend import Channel, KernelMessage
 from glm_agent.interpreter._gateway_protocol import (
@@ -51,7 +52,7 @@ from glm_agent.interpreter._isolation import Isolation
 
 __all__ = ["KernelGateway", "TOKEN_ENV"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # websockets >= 17 asks for legacy=True to return the connection itself (as older versions do)
 _CONNECT_OPTIONS: dict[str, Any] = {"legacy": True} if "legacy" in inspect.signature(connect).parameters else {}
@@ -93,7 +94,7 @@ class KernelGateway:
         self._gateway_restarting = False  # the gateway is restarting a kernel that died
         self._notices: list[str] = []
         self._inflight: dict[str, Any] | None = None  # the execute request a run waits for
-        self._kernel_workspace = "/mnt/data"
+        self._kernel_workspace = MNT_DATA
         self._last_exit = ""
         self.kernel_env: dict[str, str] = {}  # CodeInterpreter(env=...): sent to the kernel command
         self.isolation = Isolation("none", "not started")
@@ -148,7 +149,7 @@ class KernelGateway:
         self._finalizer = weakref.finalize(
             self, delete_kernel_quietly, self.url, dict(self._rest.headers), self.kernel_id
         )
-        log.debug("gateway kernel %s started on %s", self.kernel_id, self.url)
+        logger.debug("gateway kernel %s started on %s", self.kernel_id, self.url)
         try:
             self._connect()
             self._wait_ready(timeout)
@@ -167,15 +168,21 @@ class KernelGateway:
             try:
                 self._rest.request("DELETE", f"/api/kernels/{kernel_id}")
             except InterpreterError as exc:
-                log.warning("could not delete gateway kernel %s: %s", kernel_id, exc)
+                logger.warning("could not delete gateway kernel %s: %s", kernel_id, exc)
 
     def _connect(self) -> None:
         uri = f"{self._rest.ws_base}/api/kernels/{self.kernel_id}/channels?session_id={self._session}"
         try:
             self._ws = connect(
-                uri, additional_headers=self._rest.headers, max_size=_MAX_MESSAGE, open_timeout=10,
-                close_timeout=1, compression=None, proxy=None, **_CONNECT_OPTIONS,
-            )  # fmt: skip
+                uri,
+                additional_headers=self._rest.headers,
+                max_size=_MAX_MESSAGE,
+                open_timeout=10,
+                close_timeout=1,
+                compression=None,
+                proxy=None,
+                **_CONNECT_OPTIONS,
+            )
         except InvalidStatus as exc:
             status = exc.response.status_code
             if status in (401, 403):
@@ -207,7 +214,7 @@ class KernelGateway:
                 )
             if now - asked_at > 2:
                 if replied and not heard:
-                    log.warning(
+                    logger.warning(
                         "gateway kernel %s: iopub is silent after a restart; reconnecting its WebSocket", self.kernel_id
                     )
                     self._close_ws()
@@ -252,7 +259,7 @@ class KernelGateway:
                 self._wait_ready(timeout)  # the gateway restarted it already
                 return
             except InterpreterError as exc:
-                log.warning("waiting for the gateway's own restart failed (%s); restarting through REST", exc)
+                logger.warning("waiting for the gateway's own restart failed (%s); restarting through REST", exc)
         if self.kernel_id is not None and self.kernel_model() is not None:
             try:
                 self._rest.request("POST", f"/api/kernels/{self.kernel_id}/restart")
@@ -261,10 +268,10 @@ class KernelGateway:
                 self._wait_ready(timeout)
                 return
             except GatewayRefused as exc:  # e.g. deleted meanwhile: a new kernel will do
-                log.warning("the gateway could not restart kernel %s (%s); starting a new one", self.kernel_id, exc)
+                logger.warning("the gateway could not restart kernel %s (%s); starting a new one", self.kernel_id, exc)
                 self._rest.request("DELETE", f"/api/kernels/{self.kernel_id}")
         elif self.kernel_id is not None:
-            log.info("gateway kernel %s is gone; starting a new one", self.kernel_id)
+            logger.info("gateway kernel %s is gone; starting a new one", self.kernel_id)
         self._close_ws()
         self.kernel_id = None
         self._dead = None
@@ -305,7 +312,7 @@ class KernelGateway:
                 if item and item[0] == "shell" and item[1]["parent_header"].get("msg_id") == msg_id:
                     return
         except (InterpreterError, ConnectionClosed, OSError) as exc:
-            log.debug("could not empty the remote workspace: %s", exc)
+            logger.debug("could not empty the remote workspace: %s", exc)
 
     def _close_ws(self) -> None:
         ws, self._ws = self._ws, None
@@ -427,7 +434,7 @@ class KernelGateway:
         except InterpreterError as exc:
             self._mark_dead(str(exc))
             return False
-        log.warning("the WebSocket to gateway kernel %s dropped; reconnected", self.kernel_id)
+        logger.warning("the WebSocket to gateway kernel %s dropped; reconnected", self.kernel_id)
         if self._inflight is not None:
             self._inflight["reconnected"] = True
             self._inflight["last"] = time.monotonic()
@@ -469,7 +476,7 @@ class KernelGateway:
     def _mark_dead(self, reason: str) -> None:
         if self._dead is None:
             self._dead = reason
-            log.warning("gateway kernel %s is not usable: %s", self.kernel_id, reason)
+            logger.warning("gateway kernel %s is not usable: %s", self.kernel_id, reason)
 
     # -- control ----------------------------------------------------------------------------
     def interrupt(self) -> None:
@@ -478,7 +485,7 @@ class KernelGateway:
         try:
             self._rest.request("POST", f"/api/kernels/{self.kernel_id}/interrupt")
         except InterpreterError as exc:
-            log.warning("could not interrupt gateway kernel %s: %s", self.kernel_id, exc)
+            logger.warning("could not interrupt gateway kernel %s: %s", self.kernel_id, exc)
 
     def is_alive(self) -> bool:
         """Messages that arrived (a ``restarting``/``dead`` status), then the gateway's record of the kernel.

@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 _SESSION_NAME = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 _PORTS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
@@ -74,15 +74,19 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m glm_agent.interpreter._gateway_kernel")
     parser.add_argument("--connection-file", required=True, help="the gateway's {connection_file}")
     parser.add_argument(
-        "--isolate", choices=("auto", "required", "off"), default="auto",
+        "--isolate",
+        choices=("auto", "required", "off"),
+        default="auto",
         help="namespaces where available (auto), or refuse to start without them (required), or never",
-    )  # fmt: skip
+    )
     defaults = Limits()
     for name in [f.name for f in fields(Limits)]:
         parser.add_argument(
-            "--" + name.replace("_", "-"), type=lambda v: None if v == "none" else int(v),
-            default=getattr(defaults, name), help=f"Limits.{name} ('none' for no limit)",
-        )  # fmt: skip
+            "--" + name.replace("_", "-"),
+            type=lambda v: None if v == "none" else int(v),
+            default=getattr(defaults, name),
+            help=f"Limits.{name} ('none' for no limit)",
+        )
     return parser.parse_args(argv)
 
 
@@ -122,9 +126,11 @@ def _prepare(args: argparse.Namespace) -> tuple[LaunchSpec, Limits, SessionDirs,
     session = os.environ.get(SESSION_ENV, "")
     (base / "sessions").mkdir(parents=True, exist_ok=True)
     dirs = SessionDirs.create(
-        base / "sessions", size=limits.workspace_bytes, mount=isolate,
+        base / "sessions",
+        size=limits.workspace_bytes,
+        mount=isolate,
         name=session if _SESSION_NAME.match(session) else kernel_id,
-    )  # fmt: skip
+    )
     runtime_dir = dirs.new_runtime_dir(kernel_id)
     links: list[Path] = []
     if info.get("transport") == "ipc":
@@ -147,10 +153,16 @@ def _prepare(args: argparse.Namespace) -> tuple[LaunchSpec, Limits, SessionDirs,
     except OSError:
         pass
     spec = launch_spec(
-        workspace=dirs.workspace, runtime_dir=runtime_dir, connection_file=kernel_connection,
-        limits=limits, isolate=isolate, extra_env=extra_env, tmp_dir=dirs.tmp if isolate else None,
-        workspace_quota=dirs.workspace_on_quota, remove_if_orphaned=[runtime_dir],
-    )  # fmt: skip
+        workspace=dirs.workspace,
+        runtime_dir=runtime_dir,
+        connection_file=kernel_connection,
+        limits=limits,
+        isolate=isolate,
+        extra_env=extra_env,
+        tmp_dir=dirs.tmp if isolate else None,
+        workspace_quota=dirs.workspace_on_quota,
+        remove_if_orphaned=[runtime_dir],
+    )
     return spec, limits, dirs, runtime_dir, links, exit_file
 
 
@@ -211,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec, limits, dirs, runtime_dir, links, exit_file = _prepare(args)
     except (LaunchError, OSError, ValueError, KeyError) as exc:
-        log.error("cannot start the kernel: %s", exc)
+        logger.error("cannot start the kernel: %s", exc)
         return 126
     try:
         status, ending = _run(spec, limits)
@@ -227,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             dirs.remove()
     if status != 0:
         exit_file.write_text(ending)
-        log.info("kernel %s ended: %s", runtime_dir.name, ending)
+        logger.info("kernel %s ended: %s", runtime_dir.name, ending)
     return 128 - status if status < 0 else status
 
 

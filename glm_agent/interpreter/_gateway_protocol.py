@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from glm_agent.chatglm3.prompts import MNT_DATA
 from glm_agent.errors import GatewayRefused, InterpreterError
 from glm_agent.interpreter._backend import KernelMessage
 from glm_agent.interpreter._isolation import Isolation
@@ -110,9 +111,13 @@ def encode_message(channel: str, msg_type: str, content: dict[str, Any], session
     """A Jupyter message for the WebSocket: (msg_id, JSON text)."""
     msg_id = uuid.uuid4().hex
     header = {
-        "msg_id": msg_id, "msg_type": msg_type, "session": session, "username": "glm-agent",
-        "version": "5.3", "date": datetime.now(timezone.utc).isoformat(),
-    }  # fmt: skip
+        "msg_id": msg_id,
+        "msg_type": msg_type,
+        "session": session,
+        "username": "glm-agent",
+        "version": "5.3",
+        "date": datetime.now(timezone.utc).isoformat(),
+    }
     message = {
         "header": header,
         "parent_header": {},
@@ -126,18 +131,25 @@ def encode_message(channel: str, msg_type: str, content: dict[str, Any], session
 
 def execute_content(code: str, *, silent: bool, user_expressions: dict[str, str] | None = None) -> dict[str, Any]:
     return {
-        "code": code, "silent": silent, "store_history": not silent, "user_expressions": user_expressions or {},
-        "allow_stdin": False, "stop_on_error": False,
-    }  # fmt: skip
+        "code": code,
+        "silent": silent,
+        "store_history": not silent,
+        "user_expressions": user_expressions or {},
+        "allow_stdin": False,
+        "stop_on_error": False,
+    }
 
 
 def synthetic_message(msg_type: str, parent: dict[str, Any], content: dict[str, Any]) -> KernelMessage:
     """A message the transport makes up to end a run whose real one was lost (marked in metadata)."""
     header = {"msg_id": uuid.uuid4().hex, "msg_type": msg_type, "date": datetime.now(timezone.utc).isoformat()}
     return {
-        "header": header, "parent_header": parent, "msg_type": msg_type, "content": content,
+        "header": header,
+        "parent_header": parent,
+        "msg_type": msg_type,
+        "content": content,
         "metadata": {"glm_agent_synthetic": True},
-    }  # fmt: skip
+    }
 
 
 # user_expressions of the first (silent) request to a new kernel: where it runs, its limits, and
@@ -164,13 +176,13 @@ def read_probe(reply_content: dict[str, Any], url: str) -> tuple[str, str, Isola
             values[name] = ast.literal_eval(value["data"]["text/plain"])  # reprs of str/int/list
         except (KeyError, TypeError, ValueError, SyntaxError):
             pass
-    workspace = str(values.get("cwd") or "/mnt/data")
+    workspace = str(values.get("cwd") or MNT_DATA)
     try:
         report = json.loads(values.get("sandbox") or "{}")
     except ValueError:
         report = {}
     report = report if isinstance(report, dict) else {}
-    if report.get("isolated") and values.get("pid") == 1 and workspace == "/mnt/data":
+    if report.get("isolated") and values.get("pid") == 1 and workspace == MNT_DATA:
         isolation = Isolation.from_report(report, workspace_quota=report.get("workspace_bytes") is not None)
     else:
         isolation = Isolation("none", f"the kernel spec on the Kernel Gateway at {url} runs kernels unisolated")
@@ -189,6 +201,11 @@ def read_probe(reply_content: dict[str, Any], url: str) -> tuple[str, str, Isola
 
 #: what the client says before it knows the gateway kernel's limits
 UNKNOWN_LIMITS = Limits(
-    memory_bytes=None, cpu_seconds=None, open_files=None, file_size_bytes=None,
-    max_processes=None, total_memory_bytes=None, workspace_bytes=None,
-)  # fmt: skip
+    memory_bytes=None,
+    cpu_seconds=None,
+    open_files=None,
+    file_size_bytes=None,
+    max_processes=None,
+    total_memory_bytes=None,
+    workspace_bytes=None,
+)

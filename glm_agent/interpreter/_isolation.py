@@ -34,7 +34,7 @@ from glm_agent.interpreter._workspace import SessionDirs
 
 __all__ = ["Isolation", "check_readonly_paths", "detect_isolation", "resolve_isolation", "NO_ISOLATION"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -60,9 +60,13 @@ class Isolation:
     def from_report(cls, report: dict[str, Any], *, workspace_quota: bool, notes: tuple[str, ...] = ()) -> Isolation:
         """Namespaces isolation with what the sandbox launcher's JSON report says held."""
         return cls(
-            "namespaces", seccomp=bool(report.get("seccomp")), max_processes="max_processes" in report,
-            total_memory="total_memory_bytes" in report, workspace_quota=workspace_quota, notes=notes,
-        )  # fmt: skip
+            "namespaces",
+            seccomp=bool(report.get("seccomp")),
+            max_processes="max_processes" in report,
+            total_memory="total_memory_bytes" in report,
+            workspace_quota=workspace_quota,
+            notes=notes,
+        )
 
     @property
     def enabled(self) -> bool:
@@ -126,9 +130,9 @@ def detect_isolation() -> Isolation:
         if _cache is None:
             _cache = _probe()
             if _cache.enabled:
-                log.info("kernel isolation available: %s", _cache)
+                logger.info("kernel isolation available: %s", _cache)
             else:
-                log.warning("kernel isolation is not available, kernels run unisolated: %s", _cache.reason)
+                logger.warning("kernel isolation is not available, kernels run unisolated: %s", _cache.reason)
         return _cache
 
 
@@ -147,9 +151,14 @@ def _probe() -> Isolation:
         server.listen(1)
         (runtime_dir / "connection.json").write_text(json.dumps({"transport": "ipc", "ip": f"{runtime_dir}/kernel"}))
         spec = launch_spec(
-            workspace=dirs.workspace, runtime_dir=runtime_dir, connection_file=runtime_dir / "connection.json",
-            limits=limits, isolate=True, tmp_dir=dirs.tmp, workspace_quota=dirs.workspace_on_quota,
-        )  # fmt: skip
+            workspace=dirs.workspace,
+            runtime_dir=runtime_dir,
+            connection_file=runtime_dir / "connection.json",
+            limits=limits,
+            isolate=True,
+            tmp_dir=dirs.tmp,
+            workspace_quota=dirs.workspace_on_quota,
+        )
         spec["probe"], spec["argv"], spec["lifeline_fd"] = True, [sys.executable], read_fd
         spec["probe_port"], spec["probe_hidden"] = server.getsockname()[1], ["/etc/shadow", str(runtime_root())]
         try:
@@ -174,8 +183,8 @@ def _probe() -> Isolation:
             notes.append("workspace_bytes: cannot mount a size-limited tmpfs; writes are bounded per file only")
         if not report.get("seccomp"):
             notes.append("seccomp: no filter (supported on x86-64 Linux only)")
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("isolation probe: report %s, cgroup parents %s", report, cgroup_parents())
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("isolation probe: report %s, cgroup parents %s", report, cgroup_parents())
         return Isolation.from_report(report, workspace_quota=dirs.quota, notes=tuple(notes))
     finally:
         server.close()

@@ -38,6 +38,7 @@ import sys
 import time
 from typing import Any, TypedDict
 
+MNT_DATA = "/mnt/data"  # the workspace inside the sandbox (this script imports no package: its own copy)
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
 CLONE_NEWPID = 0x20000000
@@ -144,10 +145,31 @@ def _under(path: str, root: str) -> bool:
 #: /etc entries libraries read (TLS, fonts, time zone, dynamic linker, name service, mime types);
 #: passwd, group, hosts and hostname are written fresh instead of bound
 ETC_ALLOWED = (
-    "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "nsswitch.conf", "host.conf", "gai.conf", "protocols", "services",
-    "localtime", "timezone", "ssl", "pki", "ca-certificates", "ca-certificates.conf", "crypto-policies", "fonts",
-    "mime.types", "magic", "magic.mime", "os-release", "alternatives", "locale.alias", "locale.conf", "matplotlibrc",
-)  # fmt: skip
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "nsswitch.conf",
+    "host.conf",
+    "gai.conf",
+    "protocols",
+    "services",
+    "localtime",
+    "timezone",
+    "ssl",
+    "pki",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "crypto-policies",
+    "fonts",
+    "mime.types",
+    "magic",
+    "magic.mime",
+    "os-release",
+    "alternatives",
+    "locale.alias",
+    "locale.conf",
+    "matplotlibrc",
+)
 _ETC_WRITTEN = {
     "passwd": "root:x:0:0:sandbox:/mnt/data:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
     "group": "root:x:0:\nnogroup:x:65534:\n",
@@ -225,8 +247,12 @@ def build_root(spec: LaunchSpec) -> dict[str, Any]:
     for name in _DEVICES:
         if os.path.exists("/dev/" + name):
             _bind("/dev/" + name, inside("/dev/" + name), readonly=True, recursive=False)
-    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
-                         ("stderr", "/proc/self/fd/2")):  # fmt: skip
+    for name, target in (
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ):
         os.symlink(target, inside("/dev/" + name))
     os.makedirs(inside("/proc"))
     tmp = inside("/tmp")
@@ -243,12 +269,12 @@ def build_root(spec: LaunchSpec) -> dict[str, Any]:
     for path in python_and_extra:
         if not any(_under(path, s) and not os.path.islink(s) for s in system):
             _bind(path, inside(path), readonly=True, extra=MS_NODEV)
-    _bind(spec["workspace"], inside("/mnt/data"), readonly=False, recursive=False, extra=MS_NODEV)
+    _bind(spec["workspace"], inside(MNT_DATA), readonly=False, recursive=False, extra=MS_NODEV)
     _bind(spec["runtime_dir"], inside(spec["runtime_dir_inside"]), readonly=False, recursive=False, extra=MS_NODEV)
     for path, name in spec.get("cgroup_files", {}).items():
         _bind(path, inside(f"{SANDBOX_INFO_DIR}/{name}"), readonly=True, recursive=False)
     # submounts that came along with recursive binds (say /usr/local on its own) are read-only too
-    writable = [inside(p) for p in ("/tmp", "/dev/shm", "/mnt/data", spec["runtime_dir_inside"])]
+    writable = [inside(p) for p in ("/tmp", "/dev/shm", MNT_DATA, spec["runtime_dir_inside"])]
     for point, flags in _mount_points():
         if _under(point, new_root) and point != new_root and not any(_under(point, w) for w in writable):
             if not _under(point, inside("/dev")):
@@ -514,9 +540,11 @@ def _kill_descendants(kernel_pid: int) -> None:
 
 
 def _supervise(
-    kernel_pid: int, spec: LaunchSpec, orphans: tuple[list[tuple[int, str]], list[str], int | None],
+    kernel_pid: int,
+    spec: LaunchSpec,
+    orphans: tuple[list[tuple[int, str]], list[str], int | None],
     cgroups: SessionCgroups | None,
-) -> None:  # fmt: skip
+) -> None:
     """Wait for the kernel or the host's end; clean up; exit as the kernel did. Never returns.
 
     The host writes ``q`` to the lifeline before closing it on purpose (close, restart);
@@ -563,8 +591,12 @@ def _supervise(
         kills = cgroups.oom_kills()
         if kills and not host_gone and spec.get("runtime_dir_fd") is not None:
             try:
-                fd = os.open("oom_kills", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600,
-                             dir_fd=spec["runtime_dir_fd"])  # fmt: skip
+                fd = os.open(
+                    "oom_kills",
+                    os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+                    0o600,
+                    dir_fd=spec["runtime_dir_fd"],
+                )
                 os.write(fd, str(kills).encode())
                 os.close(fd)
             except OSError:

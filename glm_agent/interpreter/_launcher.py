@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from glm_agent.chatglm3.prompts import MNT_DATA
 from glm_agent.interpreter._cgroups import plan_session_cgroups
 from glm_agent.interpreter._environment import kernel_environment
 from glm_agent.interpreter._limits import GiB, Limits
@@ -164,7 +165,7 @@ def launch_spec(
         inside.write_text(json.dumps(info))
         kernel_connection = f"{kernel_runtime}/{inside.name}"
     env = kernel_environment(
-        home="/mnt/data" if isolate else str(workspace),
+        home=MNT_DATA if isolate else str(workspace),
         tmpdir="/tmp" if isolate else str(scratch / "tmp"),
         scratch=f"{kernel_runtime}/scratch",
         extra=extra_env,
@@ -180,7 +181,7 @@ def launch_spec(
         "tmp_dir": str(tmp_dir) if tmp_dir is not None else None,
         "workspace_bytes": limits.workspace_bytes,
         "workspace_quota": workspace_quota,
-        "cwd": "/mnt/data" if isolate else str(workspace),
+        "cwd": MNT_DATA if isolate else str(workspace),
         "env": env,
         "argv": [
             sys.executable,

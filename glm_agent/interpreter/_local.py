@@ -19,6 +19,7 @@ import zmq
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.connect import write_connection_file
 
+from glm_agent.chatglm3.prompts import MNT_DATA
 from glm_agent.errors import InterpreterError
 from glm_agent.interpreter._backend import Channel, KernelMessage
 from glm_agent.interpreter._launcher import describe_exit, launch_spec, launcher_argv, read_oom_kills, runtime_root
@@ -27,7 +28,7 @@ from glm_agent.interpreter._workspace import SessionDirs
 
 __all__ = ["LocalKernel"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 class _KernelProcess:
@@ -88,7 +89,7 @@ class _KernelProcess:
                 try:
                     self.proc.wait(5)
                 except subprocess.TimeoutExpired:
-                    log.warning("kernel supervisor %d did not exit; killing it", self.proc.pid)
+                    logger.warning("kernel supervisor %d did not exit; killing it", self.proc.pid)
                     self.proc.kill()
                     self.proc.wait(5)
             finally:
@@ -152,7 +153,7 @@ class LocalKernel:
 
     @property
     def kernel_workspace(self) -> str:
-        return "/mnt/data" if self.isolate else str(self._workspace)
+        return MNT_DATA if self.isolate else str(self._workspace)
 
     @property
     def runtime_dir(self) -> Path | None:
@@ -182,33 +183,50 @@ class LocalKernel:
         runtime_dir = self.dirs.new_runtime_dir()
         connection_file = runtime_dir / "connection.json"
         write_connection_file(
-            str(connection_file), ip=str(runtime_dir / "kernel"), transport="ipc",
-            shell_port=1, iopub_port=2, stdin_port=3, control_port=4, hb_port=5,
-        )  # fmt: skip
+            str(connection_file),
+            ip=str(runtime_dir / "kernel"),
+            transport="ipc",
+            shell_port=1,
+            iopub_port=2,
+            stdin_port=3,
+            control_port=4,
+            hb_port=5,
+        )
         remove, unmount = self.dirs.orphan_paths(self.temporary_workspace)
         spec = launch_spec(
-            workspace=self._workspace, runtime_dir=runtime_dir, connection_file=connection_file,
-            limits=self.limits, isolate=self.isolate, extra_env=self._extra_env,
-            readonly_paths=self._readonly_paths, tmp_dir=self.dirs.tmp if self.isolate else None,
-            workspace_quota=self.dirs.workspace_on_quota, remove_if_orphaned=[str(runtime_dir), *remove],
+            workspace=self._workspace,
+            runtime_dir=runtime_dir,
+            connection_file=connection_file,
+            limits=self.limits,
+            isolate=self.isolate,
+            extra_env=self._extra_env,
+            readonly_paths=self._readonly_paths,
+            tmp_dir=self.dirs.tmp if self.isolate else None,
+            workspace_quota=self.dirs.workspace_on_quota,
+            remove_if_orphaned=[str(runtime_dir), *remove],
             unmount_if_orphaned=unmount,
-        )  # fmt: skip
+        )
         read_fd, write_fd = os.pipe()
         spec["lifeline_fd"] = read_fd
         log_path = runtime_dir / "kernel.log"
         try:
             with open(log_path, "wb") as log_file:
                 proc = subprocess.Popen(
-                    launcher_argv(spec), stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                    pass_fds=(read_fd,), start_new_session=True, cwd=str(runtime_dir),
-                )  # fmt: skip
+                    launcher_argv(spec),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=(read_fd,),
+                    start_new_session=True,
+                    cwd=str(runtime_dir),
+                )
         except OSError as exc:
             os.close(write_fd)
             shutil.rmtree(runtime_dir, ignore_errors=True)
             raise InterpreterError(f"could not launch a kernel with {sys.executable}: {exc}") from exc
         finally:
             os.close(read_fd)
-        log.debug("kernel supervisor %d started in %s (isolated=%s)", proc.pid, runtime_dir, self.isolate)
+        logger.debug("kernel supervisor %d started in %s (isolated=%s)", proc.pid, runtime_dir, self.isolate)
         process = _KernelProcess(proc, write_fd, runtime_dir, log_path)
         process.cgroup_dirs = list(spec["cgroups"].get("dirs", {}).values()) if spec["cgroups"] else []
         client = BlockingKernelClient(connection_file=str(connection_file), context=zmq.Context.instance())
@@ -276,9 +294,13 @@ class LocalKernel:
     def execute(self, code: str, *, silent: bool = False, user_expressions: dict[str, str] | None = None) -> str:
         try:
             msg_id: str = self._client().execute(
-                code, silent=silent, store_history=not silent, allow_stdin=False, stop_on_error=False,
+                code,
+                silent=silent,
+                store_history=not silent,
+                allow_stdin=False,
+                stop_on_error=False,
                 user_expressions=user_expressions or {},
-            )  # fmt: skip
+            )
             return msg_id
         except (zmq.ZMQError, AssertionError) as exc:
             raise InterpreterError(f"the connection to the kernel failed: {type(exc).__name__}: {exc}") from exc

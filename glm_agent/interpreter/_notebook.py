@@ -45,9 +45,13 @@ def _outputs(result: ExecutionResult) -> list[Any]:
         elif isinstance(output, DisplayOutput):
             if output.kind == "execute_result":
                 out.append(
-                    v4.new_output("execute_result", data=output.data, metadata=output.metadata,
-                                  execution_count=output.execution_count)
-                )  # fmt: skip
+                    v4.new_output(
+                        "execute_result",
+                        data=output.data,
+                        metadata=output.metadata,
+                        execution_count=output.execution_count,
+                    )
+                )
             else:
                 out.append(v4.new_output("display_data", data=output.data, metadata=output.metadata))
         elif isinstance(output, ErrorOutput):

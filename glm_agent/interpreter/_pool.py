@@ -21,7 +21,7 @@ from glm_agent.interpreter._workspace import SessionDirs
 
 __all__ = ["KernelPool"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 class _PoolState:
@@ -79,8 +79,9 @@ class KernelPool:
         self._thread = threading.Thread(
             target=_fill,
             args=(self._state, size, self.limits, self.isolation.enabled, start_timeout, self.env, self.readonly_paths),
-            name="glm-agent-kernel-pool", daemon=True,
-        )  # fmt: skip
+            name="glm-agent-kernel-pool",
+            daemon=True,
+        )
         self._thread.start()
 
     @property
@@ -118,7 +119,7 @@ class KernelPool:
                 state.cond.notify_all()
             if kernel.is_alive():
                 return kernel
-            log.warning("a pooled kernel had died (%s); discarding it", kernel.death_reason())
+            logger.warning("a pooled kernel had died (%s); discarding it", kernel.death_reason())
             kernel.shutdown()
             kernel.dirs.remove()
 
@@ -138,9 +139,14 @@ class KernelPool:
 
 
 def _fill(
-    state: _PoolState, size: int, limits: Limits, isolate: bool, start_timeout: float,
-    env: dict[str, str], readonly_paths: tuple[str, ...],
-) -> None:  # fmt: skip
+    state: _PoolState,
+    size: int,
+    limits: Limits,
+    isolate: bool,
+    start_timeout: float,
+    env: dict[str, str],
+    readonly_paths: tuple[str, ...],
+) -> None:
     """The filler thread: keep ``size`` kernels ready, one start at a time."""
     failures = 0
     while True:
@@ -162,7 +168,7 @@ def _fill(
             dirs.remove()
             failures += 1
             state.last_error = str(exc)
-            log.error("kernel pool: a kernel failed to start (%s)", exc)
+            logger.error("kernel pool: a kernel failed to start (%s)", exc)
             with state.cond:
                 state.starting -= 1
                 state.cond.wait(min(30.0, 0.5 * 2**failures))  # back off; close() wakes us

@@ -20,7 +20,7 @@ from types import EllipsisType
 from typing import TYPE_CHECKING, Any, BinaryIO, Union
 
 from glm_agent._host_files import WorkspaceFile, list_regular, open_regular
-from glm_agent.chatglm3.prompts import upload_header
+from glm_agent.chatglm3.prompts import MNT_DATA, upload_header
 from glm_agent.errors import InterpreterError
 from glm_agent.interpreter._backend import KernelBackend
 from glm_agent.interpreter._bootstrap import BOOTSTRAP, REPORT_EXPRESSION, run_silent, write_file
@@ -47,11 +47,10 @@ if TYPE_CHECKING:
     from glm_agent.interpreter._pool import KernelPool
     from glm_agent.messages import MessageLike
 
-__all__ = ["CodeInterpreter", "MNT_DATA", "OutputListener", "live_output"]
+__all__ = ["CodeInterpreter", "OutputListener", "live_output"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
-MNT_DATA = "/mnt/data"
 _MNT_DATA_IN_CODE = re.compile(r"(?<![\w/.])/mnt/data(?![\w.-])")
 _UPLOAD_NAME = re.compile(r"^[^/\\\x00]+$")
 
@@ -159,10 +158,12 @@ class CodeInterpreter:
             dirs = backend.dirs
         else:
             dirs = SessionDirs.create(
-                runtime_root(), size=self.limits.workspace_bytes, mount=isolation.enabled,
+                runtime_root(),
+                size=self.limits.workspace_bytes,
+                mount=isolation.enabled,
                 workspace=Path(workspace).resolve() if workspace is not None else None,
                 keep_workspace=bool(keep_workspace),
-            )  # fmt: skip
+            )
         self._dirs: SessionDirs | None = dirs
         self._workspace = dirs.workspace
         remove = (workspace is None) if keep_workspace is None else not keep_workspace
@@ -175,9 +176,13 @@ class CodeInterpreter:
                 backend.temporary_workspace = remove  # for the supervisor, should this process die
             else:
                 backend = LocalKernel(
-                    limits=self.limits, isolate=isolation.enabled, dirs=dirs, env=self.env,
-                    readonly_paths=self.readonly_paths, temporary_workspace=remove,
-                )  # fmt: skip
+                    limits=self.limits,
+                    isolate=isolation.enabled,
+                    dirs=dirs,
+                    env=self.env,
+                    readonly_paths=self.readonly_paths,
+                    temporary_workspace=remove,
+                )
                 backend.start(start_timeout)
                 run_silent(backend, BOOTSTRAP, start_timeout)
         except BaseException:
@@ -197,16 +202,25 @@ class CodeInterpreter:
         return replace(isolation, workspace_quota=False, notes=(*isolation.notes, note))
 
     def _init_remote(
-        self, gateway: str | KernelGateway, token: str | None, workspace: str | Path | None, limits: Limits | None,
-        isolate: bool | None, pool: KernelPool | None, keep_workspace: bool | None,
-    ) -> None:  # fmt: skip
+        self,
+        gateway: str | KernelGateway,
+        token: str | None,
+        workspace: str | Path | None,
+        limits: Limits | None,
+        isolate: bool | None,
+        pool: KernelPool | None,
+        keep_workspace: bool | None,
+    ) -> None:
         """A kernel on a Kernel Gateway; images are saved in a local temporary directory."""
         from glm_agent.interpreter._gateway import KernelGateway
 
         given = {
-            "workspace": workspace, "limits": limits, "isolate": isolate, "pool": pool,
+            "workspace": workspace,
+            "limits": limits,
+            "isolate": isolate,
+            "pool": pool,
             "readonly_paths": self.readonly_paths or None,
-        }  # fmt: skip
+        }
         if any(value is not None for value in given.values()):
             names = ", ".join(name for name, value in given.items() if value is not None)
             raise ValueError(
@@ -398,7 +412,7 @@ class CodeInterpreter:
         try:
             self.on_output(live)
         except Exception:
-            log.warning("the on_output listener failed", exc_info=True)
+            logger.warning("the on_output listener failed", exc_info=True)
 
     def _transport_notices(self) -> list[str]:
         """What a remote transport had to do during the run (reconnects, a lost reply)."""
@@ -413,15 +427,21 @@ class CodeInterpreter:
             self._backend.restart(self.start_timeout)
             run_silent(self._backend, BOOTSTRAP, self.start_timeout)
         except InterpreterError as exc:
-            log.error("kernel restart failed: %s", exc)
+            logger.error("kernel restart failed: %s", exc)
             notices.append(f"[The kernel could not be restarted ({exc}); the next run will try again.]")
             return False
         return True
 
     def _build_result(
-        self, code: str, collector: OutputCollector, outcome: RunOutcome, notices: list[str],
-        restarted: bool, state_lost: bool, started: float,
-    ) -> ExecutionResult:  # fmt: skip
+        self,
+        code: str,
+        collector: OutputCollector,
+        outcome: RunOutcome,
+        notices: list[str],
+        restarted: bool,
+        state_lost: bool,
+        started: float,
+    ) -> ExecutionResult:
         outputs = collector.finish()
         timed_out = outcome.timed_out
         body_parts = []

@@ -24,7 +24,7 @@ from pathlib import Path
 
 __all__ = ["SessionDirs", "unmount"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 _MS_NOSUID = 2
 _MS_NODEV = 4
@@ -39,7 +39,7 @@ def _mount_tmpfs(target: Path, size: int) -> bool:
     flags = ctypes.c_ulong(_MS_NOSUID | _MS_NODEV)
     data = f"size={size},mode=0700".encode()
     if mount(b"tmpfs", str(target).encode(), b"tmpfs", flags, data) != 0:
-        log.info("no size-limited tmpfs for %s: %s", target, os.strerror(ctypes.get_errno()))
+        logger.info("no size-limited tmpfs for %s: %s", target, os.strerror(ctypes.get_errno()))
         return False
     return True
 

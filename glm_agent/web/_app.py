@@ -170,9 +170,15 @@ def build_blocks(manager: SessionManager) -> gr.Blocks:
                 manager.close(str(request.session_hash), owner_of(request))
 
         def on_send(
-            text: str, mode_: str, ask_: bool, system_: str, temp: float, top_p_: float, max_new: float,
+            text: str,
+            mode_: str,
+            ask_: bool,
+            system_: str,
+            temp: float,
+            top_p_: float,
+            max_new: float,
             request: gr.Request,
-        ) -> Iterator[dict[Any, Any]]:  # fmt: skip
+        ) -> Iterator[dict[Any, Any]]:
             try:
                 session = session_of(request)
                 if not isinstance(text, str) or (not text.strip() and not session.uploads):

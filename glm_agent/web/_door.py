@@ -43,7 +43,7 @@ from glm_agent._net import host_allowed, same_origin
 
 __all__ = ["COOKIE", "Door", "UIGuard", "LoginThrottle", "UploadLedger", "CONTENT_SECURITY_POLICY"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 COOKIE = "glm_agent_client"
 _COOKIE_VALUE = re.compile(r"^[A-Za-z0-9_-]{43}$")
@@ -369,7 +369,7 @@ class UIGuard:
             if bound is None:
                 raise _Refused(503, "the server holds too many sessions; try again later", [(b"retry-after", b"30")])
             if not bound:
-                log.warning("refused a request for a session of another client (from %s)", _address(scope))
+                logger.warning("refused a request for a session of another client (from %s)", _address(scope))
                 raise _Refused(403, "this session belongs to another client")
             if sub == _JOIN:
                 if door.pending_events(session) >= door.events_per_session:

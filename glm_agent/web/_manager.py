@@ -20,7 +20,7 @@ from glm_agent.web._sessions import Owner, WebSession
 
 __all__ = ["SessionManager"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def _warm_notebooks() -> None:
@@ -30,7 +30,7 @@ def _warm_notebooks() -> None:
 
         nbformat.validate(nbformat.v4.new_notebook())  # type: ignore[no-untyped-call]
     except Exception:  # only a warm-up
-        log.debug("warming up nbformat failed", exc_info=True)
+        logger.debug("warming up nbformat failed", exc_info=True)
 
 
 class SessionManager:
@@ -107,7 +107,7 @@ class SessionManager:
             session = self._new_session(session_id, owner, browser)
             self._sessions[session_id] = session
             self._by_token[session.token] = session
-            log.info("session %s opened (%d open)", session.token[:6], len(self._sessions))
+            logger.info("session %s opened (%d open)", session.token[:6], len(self._sessions))
             return session
 
     def _new_session(self, session_id: str, owner: Owner, browser: bool) -> WebSession:
@@ -160,7 +160,7 @@ class SessionManager:
             del self._sessions[session_id]
             self._by_token.pop(session.token, None)
         session.close()
-        log.info("session %s closed", session.token[:6])
+        logger.info("session %s closed", session.token[:6])
 
     def reap(self) -> list[str]:
         """Close sessions idle past their timeout (not while they run); their ids."""
@@ -175,7 +175,7 @@ class SessionManager:
                 self._expired.add(sid)
         for session in idle.values():
             session.close()
-            log.info("session %s closed after %g idle seconds", session.token[:6], self._timeout(session))
+            logger.info("session %s closed after %g idle seconds", session.token[:6], self._timeout(session))
         return list(idle)
 
     def _timeout(self, session: WebSession) -> float:
@@ -190,7 +190,7 @@ class SessionManager:
             try:
                 self.reap()
             except Exception:
-                log.exception("closing idle sessions failed")
+                logger.exception("closing idle sessions failed")
 
     def close_all(self) -> None:
         """Close every session and the kernel pool (server shutdown)."""

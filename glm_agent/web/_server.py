@@ -30,7 +30,7 @@ from glm_agent.web._sessions import FileArea
 
 __all__ = ["WebUI", "create_web_app", "mount_web_ui", "serve_web", "FILES_ROUTE"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 #: where a session's files are served, under the UI's path: .../glm-agent/files/TOKEN/AREA/NAME
 FILES_ROUTE = "/glm-agent/files"
@@ -143,7 +143,7 @@ def _download_route(sessions: SessionManager) -> Any:
         except FileNotFoundError:
             return JSONResponse({"error": f"{name}: no such file"}, status_code=404)
         except (PermissionError, OSError) as exc:
-            log.warning("refused a download of %r: %s", name, exc)
+            logger.warning("refused a download of %r: %s", name, exc)
             return JSONResponse({"error": f"{name} cannot be downloaded: not a regular file"}, status_code=403)
         size = os.fstat(handle.fileno()).st_size
         suffix = os.path.splitext(name)[1].lower()
@@ -253,7 +253,7 @@ def serve_web(
 
     check_bind(host, login)
     ui = create_web_app(config, login=login, host=host)
-    log.info("glm-agent web UI on http://%s:%d", host, port)
+    logger.info("glm-agent web UI on http://%s:%d", host, port)
     try:
         with sigterm_exits():
             uvicorn.run(ui.app, host=host, port=port, log_level=log_level, access_log=False)

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from glm_agent import events as ev
-from glm_agent.agent import Agent, build_system_message
+from glm_agent.agent import Agent
+from glm_agent.chatglm3.prompts import build_system_message, strip_upload_headers
 from glm_agent.chatglm3.turns import PromptView, prompt_view
 from glm_agent.errors import GlmAgentError, SessionForbidden, StoppedWhileWaiting, UploadRefused
 from glm_agent.interpreter import WorkspaceFile
@@ -23,7 +24,7 @@ from glm_agent.web._render import ChatView
 
 __all__ = ["WebSession", "Snapshot", "Owner", "SessionForbidden", "FileArea"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 FileArea = Literal["workspace", "session"]
 
@@ -244,7 +245,7 @@ class WebSession:
             if not self.files.fits():
                 for name in ("conversation.ipynb", "conversation.jsonl"):
                     self.files.export_path(name).unlink(missing_ok=True)
-                log.warning("session %s: the exports do not fit the session's file budget", self.token[:6])
+                logger.warning("session %s: the exports do not fit the session's file budget", self.token[:6])
                 return {"notebook": None, "transcript": None}
             return names
 
@@ -280,7 +281,7 @@ class WebSession:
             return None
         name = self.files.copy_image(interpreter, path)
         if name is None:
-            log.warning("session %s: image %s not shown (a link, too big, or gone)", self.token[:6], path.name)
+            logger.warning("session %s: image %s not shown (a link, too big, or gone)", self.token[:6], path.name)
             return None
         return self.file_url("session", name)
 
@@ -361,7 +362,7 @@ class WebSession:
                 if self.stop_requested.is_set():
                     agent.cancel()  # e.g. after a call denied by Stop: the run ends once the denial is recorded
         except Exception as exc:  # the UI shows it; the session stays usable
-            log.exception("session %s: the run failed", self.id)
+            logger.exception("session %s: the run failed", self.id)
             with self.changed:
                 self.view.notice(f"Error: {type(exc).__name__}: {exc}")
                 finished = True
@@ -474,11 +475,3 @@ class WebSession:
         mine = self.owner
         if owner != mine and not (secrets.compare_digest(owner.client, mine.client) and owner.user == mine.user):
             raise SessionForbidden("this session belongs to another client; reload the page for a session of your own")
-
-
-def strip_upload_headers(content: str) -> str:
-    """A user message without the ChatGLM3 upload headers the UI put before it."""
-    lines = content.split("\n")
-    while len(lines) >= 3 and lines[0].startswith("#File: ") and lines[2] == "#File uploaded":
-        lines = lines[3:]
-    return "\n".join(lines)
