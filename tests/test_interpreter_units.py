@@ -13,15 +13,9 @@ from glm_agent.interpreter._capture import OutputCollector
 from glm_agent.interpreter._launcher import describe_exit, read_oom_kills
 from glm_agent.interpreter._limits import GiB, MiB
 from glm_agent.interpreter._notebook import build_notebook
-from glm_agent.interpreter._results import (
-    DisplayOutput,
-    ExecutionResult,
-    OmittedOutput,
-    StreamOutput,
-    format_observation,
-    strip_ansi,
-    truncate_middle,
-)
+from glm_agent.interpreter._observation import format_observation, report_notices, truncate_middle
+from glm_agent.interpreter._outcome import CellReport
+from glm_agent.interpreter._results import DisplayOutput, ExecutionResult, OmittedOutput, StreamOutput, strip_ansi
 from glm_agent.messages import AssistantMessage, UserMessage
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 16).decode()
@@ -214,3 +208,10 @@ def test_limits_session_fields_are_validated():
         Limits(max_processes=2)
     with pytest.raises(TypeError, match="workspace_bytes"):
         Limits(workspace_bytes=1.5)  # type: ignore[arg-type]
+
+
+def test_a_listing_cut_short_is_said():
+    notices = report_notices(CellReport(["/mnt/data/a.txt"], more_files=True), Limits(), "/mnt/data")
+    assert notices[0] == "[Files written in /mnt/data: a.txt]"
+    assert "more than 5,000 files and folders" in notices[1]
+    assert report_notices(CellReport(), Limits(), "/mnt/data") == []

@@ -7,9 +7,9 @@ behind a Jupyter Kernel Gateway (WebSocket channels, REST interrupt/restart) sha
 code path above it. A backend only moves Jupyter messages and manages the process.
 
 A remote backend (:class:`~glm_agent.interpreter._gateway.KernelGateway`) has no ``workspace``
-on this machine (None: the session then uploads through the kernel and keeps images locally)
-and may offer ``drain_notices() -> list[str]``: what the transport had to do during a run
-(a reconnect, a lost reply), which the session adds to the run's observation.
+on this machine (None: the session then uploads through the kernel and keeps images locally);
+its ``drain_notices()`` says what the transport had to do during a run (a reconnect, a lost
+reply), which the session adds to the run's observation (a local kernel has none to say).
 
 Messages are Jupyter messaging-protocol dicts (``header``, ``parent_header``,
 ``msg_type``, ``content``, ...) as ``jupyter_client.Session.deserialize`` returns them.
@@ -74,3 +74,6 @@ class KernelBackend(Protocol):
 
     def shutdown(self) -> None:
         """Stop the kernel and every process it started; idempotent and safe to call at exit."""
+
+    def drain_notices(self) -> list[str]:
+        """What the transport had to do since the last call (reconnects, lost replies), in words; then forgets them."""

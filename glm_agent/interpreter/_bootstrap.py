@@ -9,8 +9,9 @@ from typing import BinaryIO
 
 from glm_agent.errors import InterpreterError
 from glm_agent.interpreter._backend import KernelBackend
+from glm_agent.interpreter._observation import LISTED_ENTRIES
 
-__all__ = ["BOOTSTRAP", "REPORT_EXPRESSION", "run_silent", "write_file"]
+__all__ = ["BOOTSTRAP", "REPORT_EXPRESSION", "run_silent", "start_kernel", "write_file"]
 
 # Threads started by a cell keep that cell as their output's parent, so that what they print
 # after the cell ended is not attributed to whichever cell runs then (ipykernel's default).
@@ -57,7 +58,7 @@ def __glm_agent_bootstrap():
     workspace = os.getcwd()
     images = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif", ".svg": "image/svg+xml"}
     state = {"before": {}, "counters": {}, "shown": False, "report": {}}
-    max_entries = 5000
+    max_entries = __LISTED_ENTRIES__
 
     def snapshot():
         found, stack = {}, [workspace]
@@ -188,10 +189,28 @@ def __glm_agent_bootstrap():
 
 __glm_agent_bootstrap()
 del __glm_agent_bootstrap
-"""
+""".replace("__LISTED_ENTRIES__", str(LISTED_ENTRIES))
 
 #: the user expression that returns a cell's report (files, limits hit) in its execute_reply
 REPORT_EXPRESSION = {"glm_agent": "_glm_agent_report()"}
+
+
+def start_kernel(backend: KernelBackend, timeout: float, *, restart: bool = False) -> None:
+    """Start (or restart) ``backend``'s kernel and run the session set-up (:data:`BOOTSTRAP`) in it.
+
+    A kernel that starts but fails its set-up is shut down again (not on a restart: the session
+    that owns it decides), so a failed start leaves nothing running.
+    """
+    if restart:
+        backend.restart(timeout)
+        run_silent(backend, BOOTSTRAP, timeout)
+        return
+    backend.start(timeout)
+    try:
+        run_silent(backend, BOOTSTRAP, timeout)
+    except BaseException:
+        backend.shutdown()
+        raise
 
 
 def run_silent(backend: KernelBackend, code: str, timeout: float) -> None:

@@ -109,8 +109,10 @@ class LocalKernel:
 
     ``dirs`` holds the workspace, the sandbox's ``/tmp`` and the kernels' runtime directories
     (see :class:`~glm_agent.interpreter._workspace.SessionDirs`); without it the kernel makes its
-    own around ``workspace`` and removes them at shutdown. ``env``: extra environment variables
-    (on top of the allowlist); ``readonly_paths``: host folders the isolated kernel may read.
+    own around ``workspace``. ``owns_dirs`` (default: when it made them): :meth:`shutdown`
+    removes them too (never a workspace of the caller's outside them); whoever takes the kernel
+    over may take them over by setting it False. ``env``: extra environment variables (on top of
+    the allowlist); ``readonly_paths``: host folders the isolated kernel may read.
     """
 
     def __init__(
@@ -123,10 +125,11 @@ class LocalKernel:
         env: dict[str, str] | None = None,
         readonly_paths: Sequence[str | Path] = (),
         temporary_workspace: bool = False,
+        owns_dirs: bool | None = None,
     ) -> None:
         """``temporary_workspace``: if this process dies without closing the kernel, the
         supervisor removes the workspace along with the runtime directory."""
-        self._own_dirs = dirs is None
+        self.owns_dirs = dirs is None if owns_dirs is None else owns_dirs
         if dirs is None:
             if workspace is None:
                 raise ValueError("LocalKernel needs a workspace or dirs")
@@ -282,7 +285,7 @@ class LocalKernel:
             self._finalizer = None
         if process is not None:
             process.kill(graceful)
-        if remove_dirs and self._own_dirs:
+        if remove_dirs and self.owns_dirs:
             self.dirs.remove(remove_workspace=False)
 
     # -- running ----------------------------------------------------------------------------
@@ -326,6 +329,9 @@ class LocalKernel:
 
     def is_alive(self) -> bool:
         return self._process is not None and self._process.proc.poll() is None
+
+    def drain_notices(self) -> list[str]:
+        return []  # nothing between the session and a local kernel can get lost
 
     def death_reason(self) -> str:
         if self._process is None:

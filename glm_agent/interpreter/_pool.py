@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from glm_agent.errors import InterpreterError
-from glm_agent.interpreter._bootstrap import BOOTSTRAP, run_silent
+from glm_agent.interpreter._bootstrap import start_kernel
 from glm_agent.interpreter._environment import check_env
 from glm_agent.interpreter._isolation import Isolation, check_readonly_paths, resolve_isolation
 from glm_agent.interpreter._launcher import runtime_root
@@ -42,7 +42,6 @@ class _PoolState:
             self.cond.notify_all()
         for kernel in kernels:
             kernel.shutdown()
-            kernel.dirs.remove()
 
 
 class KernelPool:
@@ -118,10 +117,10 @@ class KernelPool:
                 kernel = state.ready.popleft()
                 state.cond.notify_all()
             if kernel.is_alive():
+                kernel.owns_dirs = False  # the session that takes it owns its directories from now on
                 return kernel
             logger.warning("a pooled kernel had died (%s); discarding it", kernel.death_reason())
             kernel.shutdown()
-            kernel.dirs.remove()
 
     def close(self) -> None:
         """Stop the pre-started kernels and the filler thread. Sessions already taken are not affected."""
@@ -158,14 +157,18 @@ def _fill(
             state.starting += 1
         dirs = SessionDirs.create(runtime_root(), size=limits.workspace_bytes, mount=isolate)
         kernel = LocalKernel(
-            limits=limits, isolate=isolate, dirs=dirs, env=env, readonly_paths=readonly_paths, temporary_workspace=True
+            limits=limits,
+            isolate=isolate,
+            dirs=dirs,
+            env=env,
+            readonly_paths=readonly_paths,
+            temporary_workspace=True,
+            owns_dirs=True,
         )
         try:
-            kernel.start(start_timeout)
-            run_silent(kernel, BOOTSTRAP, start_timeout)
+            start_kernel(kernel, start_timeout)
         except Exception as exc:
             kernel.shutdown()
-            dirs.remove()
             failures += 1
             state.last_error = str(exc)
             logger.error("kernel pool: a kernel failed to start (%s)", exc)
@@ -178,7 +181,6 @@ def _fill(
             state.starting -= 1
             if state.closed:
                 kernel.shutdown()
-                dirs.remove()
                 return
             state.ready.append(kernel)
             state.cond.notify_all()

@@ -1,4 +1,4 @@
-"""What one run produced (typed outputs, in order) and the ChatGLM3 observation text made from it."""
+"""What one run produced: typed outputs, in order, and the run's result (its text is made in ``_observation.py``)."""
 
 from __future__ import annotations
 
@@ -15,15 +15,11 @@ __all__ = [
     "Output",
     "ExecutionResult",
     "strip_ansi",
-    "truncate_middle",
-    "format_observation",
-    "output_text",
     "IMAGE_MIMES",
 ]
 
 IMAGE_MIMES = ("image/png", "image/jpeg", "image/svg+xml")
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
-_OVERWRITTEN = re.compile(r"[^\n]*\r(?!\n)")  # text a carriage return overwrote (progress bars)
 
 
 def strip_ansi(text: str) -> str:
@@ -91,43 +87,6 @@ class OmittedOutput:
 
 
 Output = Union[StreamOutput, DisplayOutput, ErrorOutput, OmittedOutput]
-
-
-def output_text(output: Output) -> str:
-    """How one output reads in an observation: text as is, ``[Image]`` for an image."""
-    if isinstance(output, StreamOutput):
-        return output.text
-    if isinstance(output, DisplayOutput):
-        if output.image is not None or any(m in output.data for m in IMAGE_MIMES):
-            return "[Image]\n"
-        if "text/plain" in output.data:
-            return str(output.data["text/plain"]) + "\n"
-        mimes = ", ".join(sorted(output.data)) or "empty"
-        return f"[{mimes} output]\n"
-    if isinstance(output, ErrorOutput):
-        return output.text + "\n"
-    return output.text
-
-
-def truncate_middle(text: str, max_chars: int) -> str:
-    """Keep the head and the tail of ``text`` within ``max_chars``, saying how much was cut."""
-    if len(text) <= max_chars:
-        return text
-    marker = "\n... [{:,} characters omitted] ...\n"
-    keep = max(0, max_chars - len(marker.format(len(text))))
-    head = keep // 2
-    tail = keep - head
-    omitted = len(text) - head - tail
-    return text[:head] + marker.format(omitted) + (text[-tail:] if tail else "")
-
-
-def format_observation(body: str, notices: list[str], max_chars: int) -> str:
-    """The ChatGLM3 observation: the output in a ```` ```result ```` fence, then any notices."""
-    body = _OVERWRITTEN.sub("", body).strip("\n")
-    observation = f"```result\n{truncate_middle(body, max_chars)}\n```"
-    if notices:
-        observation += "\n" + "\n".join(notices)
-    return observation
 
 
 @dataclass

@@ -23,23 +23,25 @@ from glm_agent._host_files import WorkspaceFile, list_regular, open_regular
 from glm_agent.chatglm3.prompts import MNT_DATA, upload_header
 from glm_agent.errors import InterpreterError
 from glm_agent.interpreter._backend import KernelBackend
-from glm_agent.interpreter._bootstrap import BOOTSTRAP, REPORT_EXPRESSION, run_silent, write_file
+from glm_agent.interpreter._bootstrap import REPORT_EXPRESSION, start_kernel, write_file
 from glm_agent.interpreter._capture import OutputCollector
 from glm_agent.interpreter._environment import check_env
 from glm_agent.interpreter._isolation import Isolation, check_readonly_paths, resolve_isolation
 from glm_agent.interpreter._launcher import runtime_root
-from glm_agent.interpreter._limits import GiB, Limits, MiB
+from glm_agent.interpreter._limits import Limits
 from glm_agent.interpreter._local import LocalKernel
-from glm_agent.interpreter._outcome import CellReport, RunOutcome, read_report
-from glm_agent.interpreter._results import (
-    DisplayOutput,
-    ErrorOutput,
-    ExecutionResult,
-    StreamOutput,
+from glm_agent.interpreter._observation import (
+    error_hints,
     format_observation,
+    kernel_died,
+    kernel_stopped,
     output_text,
-    strip_ansi,
+    report_notices,
+    restart_failed,
+    timed_out,
 )
+from glm_agent.interpreter._outcome import RunOutcome, read_report
+from glm_agent.interpreter._results import DisplayOutput, ErrorOutput, ExecutionResult, StreamOutput, strip_ansi
 from glm_agent.interpreter._workspace import SessionDirs
 
 if TYPE_CHECKING:
@@ -183,8 +185,7 @@ class CodeInterpreter:
                     readonly_paths=self.readonly_paths,
                     temporary_workspace=remove,
                 )
-                backend.start(start_timeout)
-                run_silent(backend, BOOTSTRAP, start_timeout)
+                start_kernel(backend, start_timeout)
         except BaseException:
             if backend is not None:
                 backend.shutdown()
@@ -235,8 +236,7 @@ class CodeInterpreter:
         self._workspace_finalizer = weakref.finalize(self, shutil.rmtree, self._workspace, True)
         self._dirs = None
         try:
-            backend.start(self.start_timeout)
-            run_silent(backend, BOOTSTRAP, self.start_timeout)
+            start_kernel(backend, self.start_timeout)
         except BaseException:
             backend.shutdown()
             self._workspace_finalizer()
@@ -274,10 +274,7 @@ class CodeInterpreter:
             if not self._backend.is_alive():
                 reason = self._backend.death_reason()
                 restarted = state_lost = True
-                notices.append(
-                    f"[The kernel had stopped since the last run ({reason}) and was restarted: "
-                    "variables, imports and files opened in earlier runs are gone.]"
-                )
+                notices.append(kernel_stopped(reason))
                 alive = self._restart_or_note(notices)
             else:
                 alive = True
@@ -321,10 +318,7 @@ class CodeInterpreter:
                     backend.interrupt()
                     interrupt_deadline = now + self.interrupt_grace
                 elif interrupt_deadline is not None and now >= interrupt_deadline:
-                    notices.append(
-                        f"[Timed out after {limit:g} s. The code did not stop when interrupted, so the kernel was "
-                        "restarted: all variables, imports and state were lost. Re-run the set-up code you need.]"
-                    )
+                    notices.append(timed_out(limit or 0, restarted=True))
                     outcome.restarted = True
                     self._restart_or_note(notices)
                     return outcome
@@ -335,10 +329,7 @@ class CodeInterpreter:
                 item = backend.recv(wait)
                 if item is None:
                     if not backend.is_alive():
-                        notices.append(
-                            f"[The kernel died while running this code ({backend.death_reason()}) and was restarted: "
-                            "all variables, imports and state were lost.]"
-                        )
+                        notices.append(kernel_died(backend.death_reason()))
                         outcome.status = "died"
                         outcome.restarted = True
                         self._restart_or_note(notices)
@@ -369,40 +360,9 @@ class CodeInterpreter:
                 raise InterpreterError("the interpreter was closed while the code was running") from exc
             raise
         if outcome.timed_out:
-            notices.append(
-                f"[Timed out after {limit:g} s: the run was interrupted. The kernel's state (variables, imports) is kept.]"
-            )
-        notices.extend(self._report_notices(outcome.report))
+            notices.append(timed_out(limit or 0, restarted=False))
+        notices.extend(report_notices(outcome.report, self.limits, backend.kernel_workspace))
         return outcome
-
-    def _report_notices(self, report: CellReport) -> list[str]:
-        """What the kernel's end-of-cell report adds to the observation: files written, limits reached."""
-        notices = []
-        if report.files:
-            names = [path.removeprefix(self._backend.kernel_workspace + "/") for path in report.files[:20]]
-            more = f" and {len(report.files) - 20} more" if len(report.files) > 20 else ""
-            notices.append(f"[Files written in {MNT_DATA}: {', '.join(names)}{more}]")
-        if report.oom_kills:
-            limit = self.limits.total_memory_bytes
-            size = f" of {limit / GiB:g} GiB" if limit else ""
-            notices.append(
-                f"[The session's memory limit{size} (all its processes together) was reached: "
-                f"{report.oom_kills} process(es) were killed. Use less memory, e.g. process the data in chunks.]"
-            )
-        if report.pids_max:
-            notices.append(self._process_limit_notice())
-        if report.reaped:
-            notices.append(
-                f"[Before this run, {report.reaped} child process(es) that had ended without being waited for "
-                "were cleaned up: they held the session's process limit.]"
-            )
-        return notices
-
-    def _process_limit_notice(self) -> str:
-        return (
-            f"[The session's limit of {self.limits.max_processes} processes and threads was reached "
-            "(Limits.max_processes): starting more failed. Let processes and threads end before starting new ones.]"
-        )
 
     def _emit_live(self, msg: dict[str, Any]) -> None:
         """Hand one output to ``on_output`` while the cell runs (a failing listener never breaks the run)."""
@@ -416,19 +376,17 @@ class CodeInterpreter:
 
     def _transport_notices(self) -> list[str]:
         """What a remote transport had to do during the run (reconnects, a lost reply)."""
-        drain = getattr(self._backend, "drain_notices", None)
-        return drain() if drain is not None else []
+        return self._backend.drain_notices()
 
     def _restart_or_note(self, notices: list[str]) -> bool:
         """Restart the kernel; on failure add a notice and return False."""
         if self._closed:
             raise InterpreterError("the interpreter was closed while the code was running")
         try:
-            self._backend.restart(self.start_timeout)
-            run_silent(self._backend, BOOTSTRAP, self.start_timeout)
+            start_kernel(self._backend, self.start_timeout, restart=True)
         except InterpreterError as exc:
             logger.error("kernel restart failed: %s", exc)
-            notices.append(f"[The kernel could not be restarted ({exc}); the next run will try again.]")
+            notices.append(restart_failed(exc))
             return False
         return True
 
@@ -450,7 +408,7 @@ class CodeInterpreter:
                 continue  # the notice says it better
             body_parts.append(output_text(output))
             if isinstance(output, ErrorOutput):
-                notices.extend(hint for hint in self._error_hints(output) if hint not in notices)
+                notices.extend(hint for hint in error_hints(output, self.limits, self.isolation) if hint not in notices)
         body = self._path_for_model("".join(body_parts))
         status = outcome.status
         if timed_out:
@@ -472,22 +430,6 @@ class CodeInterpreter:
             duration_s=time.monotonic() - started,
             dropped_chars=collector.dropped_chars,
         )
-
-    def _error_hints(self, error: ErrorOutput) -> list[str]:
-        if error.ename == "StdinNotImplementedError":
-            return ["[input() is not available: nobody can type an answer here. Put the value in the code instead.]"]
-        if error.ename == "MemoryError" and self.limits.memory_bytes:
-            return [f"[The kernel's memory limit is {self.limits.memory_bytes / GiB:g} GiB per process.]"]
-        starting = any(word in error.text for word in ("fork", "Popen", "spawn", "Process", "Pool"))
-        out_of_processes = (error.ename == "BlockingIOError" and starting) or "can't start new thread" in error.evalue
-        if out_of_processes and self.isolation.max_processes and self.limits.max_processes:
-            return [self._process_limit_notice()]
-        if "No space left on device" in error.evalue and self.limits.workspace_bytes and self.isolation.enabled:
-            return [
-                f"[{MNT_DATA} and /tmp hold at most {self.limits.workspace_bytes / MiB:g} MiB together "
-                "(Limits.workspace_bytes): delete files you no longer need.]"
-            ]
-        return []
 
     # -- /mnt/data ------------------------------------------------------------------------------
     def _code_for_kernel(self, code: str) -> str:
@@ -511,8 +453,7 @@ class CodeInterpreter:
         """Start a fresh kernel in the same workspace (variables are lost, files stay)."""
         with self._lock:
             self._check_open()
-            self._backend.restart(self.start_timeout)
-            run_silent(self._backend, BOOTSTRAP, self.start_timeout)
+            start_kernel(self._backend, self.start_timeout, restart=True)
 
     def upload(self, source: str | Path | bytes, name: str | None = None) -> str:
         """Put a file into the workspace; return the ``#File: /mnt/data/NAME`` header ChatGLM3 expects.
