@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar, Literal, Union
 
 from glm_agent.messages import CodeCall, ToolCall
 
@@ -24,6 +24,7 @@ __all__ = [
     "ParseFailed",
     "FinalAnswer",
     "RunError",
+    "RunErrorKind",
     "Event",
 ]
 
@@ -144,12 +145,16 @@ class FinalAnswer(AgentEvent):
     text: str
 
 
+#: why a run stopped without an answer (``RunResult.stopped`` says the same, with ``"answer"`` for an answer)
+RunErrorKind = Literal["max_steps", "model", "cancelled"]
+
+
 @dataclass(frozen=True)
 class RunError(AgentEvent):
     """The run stopped without an answer: ``kind`` is ``max_steps``, ``model`` or ``cancelled``."""
 
     type: ClassVar[str] = "error"
-    kind: str
+    kind: RunErrorKind
     message: str
     exception: BaseException | None = field(default=None, repr=False, compare=False)
 

@@ -26,6 +26,7 @@ import time
 import uuid
 import weakref
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -61,6 +62,17 @@ _LOST_REPLY_AFTER = 1.5  # seconds of silence after a reconnect before asking th
 _GONE = "the gateway no longer has this kernel: it was culled after being idle, shut down, or the gateway was restarted"
 
 
+@dataclass
+class _Inflight:
+    """The execute request a run waits for: whether its reply and its idle status came, when it was last heard of."""
+
+    msg_id: str
+    replied: bool = False
+    idle: bool = False
+    last: float = field(default_factory=time.monotonic)
+    reconnected: bool = False  # the WebSocket dropped during it (its reply may be lost)
+
+
 class KernelGateway:
     """A kernel on a Jupyter Kernel Gateway at ``url`` (implements :class:`KernelBackend`).
 
@@ -93,7 +105,7 @@ class KernelGateway:
         self._dead: str | None = None  # why the kernel is not usable, when it is not
         self._gateway_restarting = False  # the gateway is restarting a kernel that died
         self._notices: list[str] = []
-        self._inflight: dict[str, Any] | None = None  # the execute request a run waits for
+        self._inflight: _Inflight | None = None  # the execute request a run waits for
         self._kernel_workspace = MNT_DATA
         self._last_exit = ""
         self.kernel_env: dict[str, str] = {}  # CodeInterpreter(env=...): sent to the kernel command
@@ -345,13 +357,7 @@ class KernelGateway:
         except (InterpreterError, ConnectionClosed, OSError) as exc:
             self._mark_dead(str(exc))  # the run then reports a dead kernel, and the session restarts it
             return uuid.uuid4().hex
-        self._inflight = {
-            "msg_id": msg_id,
-            "replied": False,
-            "idle": False,
-            "last": time.monotonic(),
-            "reconnected": False,
-        }
+        self._inflight = _Inflight(msg_id)
         return msg_id
 
     def recv(self, timeout: float) -> tuple[Channel, KernelMessage] | None:
@@ -411,13 +417,13 @@ class KernelGateway:
                 self._gateway_restarting = False
                 self._mark_dead("it ended, and the gateway could not restart it")
         inflight = self._inflight
-        if inflight is not None and parent.get("msg_id") == inflight["msg_id"]:
-            inflight["last"] = time.monotonic()
+        if inflight is not None and parent.get("msg_id") == inflight.msg_id:
+            inflight.last = time.monotonic()
             if channel == "shell" and msg.get("msg_type") == "execute_reply":
-                inflight["replied"] = True
+                inflight.replied = True
             elif msg.get("msg_type") == "status" and msg["content"].get("execution_state") == "idle":
-                inflight["idle"] = True
-            if inflight["replied"] and inflight["idle"]:
+                inflight.idle = True
+            if inflight.replied and inflight.idle:
                 self._inflight = None
         return channel, msg
 
@@ -436,8 +442,8 @@ class KernelGateway:
             return False
         logger.warning("the WebSocket to gateway kernel %s dropped; reconnected", self.kernel_id)
         if self._inflight is not None:
-            self._inflight["reconnected"] = True
-            self._inflight["last"] = time.monotonic()
+            self._inflight.reconnected = True
+            self._inflight.last = time.monotonic()
             self._notices.append(
                 "[The connection to the Kernel Gateway dropped during this run and was re-established; "
                 "output the kernel sent while it was down may be missing.]"
@@ -447,11 +453,11 @@ class KernelGateway:
     def _check_lost_reply(self) -> None:
         """After a reconnect, a run whose reply never comes while the kernel is idle again has lost it."""
         inflight = self._inflight
-        if inflight is None or not inflight["reconnected"] or self._dead is not None:
+        if inflight is None or not inflight.reconnected or self._dead is not None:
             return
-        if time.monotonic() - inflight["last"] < _LOST_REPLY_AFTER:
+        if time.monotonic() - inflight.last < _LOST_REPLY_AFTER:
             return
-        inflight["last"] = time.monotonic()
+        inflight.last = time.monotonic()
         try:
             model = self.kernel_model()
         except InterpreterError as exc:
@@ -465,10 +471,10 @@ class KernelGateway:
             "its remaining output and its result are missing. The kernel is idle again, so the code has finished; "
             "check its effects before running it again.]"
         )
-        parent = {"msg_id": inflight["msg_id"]}
-        if not inflight["idle"]:
+        parent = {"msg_id": inflight.msg_id}
+        if not inflight.idle:
             self._pending.append(("iopub", synthetic_message("status", parent, {"execution_state": "idle"})))
-        if not inflight["replied"]:
+        if not inflight.replied:
             self._pending.append(
                 ("shell", synthetic_message("execute_reply", parent, {"status": "aborted", "execution_count": None}))
             )

@@ -9,7 +9,7 @@ import socket
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,7 +20,7 @@ from glm_agent._shutdown import sigterm_exits
 from glm_agent.chatglm3.openai_format import chatglm3_tools
 from glm_agent.chatglm3.parser import ASSISTANT_TOKEN
 from glm_agent.chatglm3.tokenizer import SPECIAL_TOKENS, ChatGLM3Tokenizer
-from glm_agent.models.base import BaseChatModel
+from glm_agent.models.base import BaseChatModel, ChatModel
 from glm_agent.server._errors import APIError, param_path
 from glm_agent.server._guard import RequestGuard
 from glm_agent.server._prepare import PromptBudget, prepare_chat, prepare_completion
@@ -28,6 +28,9 @@ from glm_agent.server._protocol import head_timeout_protocol
 from glm_agent.server._respond import ChatReply, CompletionReply, respond
 from glm_agent.server._schemas import ChatRequest, CompletionRequest, request_body_openapi
 from glm_agent.server._stream import RequestGate, StopScanner
+
+if TYPE_CHECKING:
+    from glm_agent.web import Login, WebConfig
 
 __all__ = ["create_app", "serve", "APIError"]
 
@@ -47,7 +50,7 @@ class ServerState:
 
     def __init__(
         self,
-        model: Any,
+        model: ChatModel,
         tokenizer: ChatGLM3Tokenizer,
         *,
         tools: Any,
@@ -162,8 +165,9 @@ async def chat_completions(request: Request) -> Response:
 
 async def completions(request: Request) -> Response:
     state = _state(request)
-    model, tokenizer = state.model, state.tokenizer
-    if getattr(type(model), "stream_ids", BaseChatModel.stream_ids) is BaseChatModel.stream_ids:
+    tokenizer = state.tokenizer
+    stream_ids = getattr(state.model, "stream_ids", None)  # not part of ChatModel: raw prompts are optional
+    if stream_ids is None or getattr(type(state.model), "stream_ids", None) is BaseChatModel.stream_ids:
         raise APIError(
             400,
             f"the backend {state.model_name!r} cannot continue raw prompts; use /v1/chat/completions",
@@ -191,7 +195,7 @@ async def completions(request: Request) -> Response:
     return await respond(
         request,
         state.gate,
-        lambda: model.stream_ids(prompt_ids, **params),
+        lambda: stream_ids(prompt_ids, **params),
         reply,
         stream=body.stream,
         include_usage=body.include_usage(),
@@ -225,7 +229,7 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 
 def create_app(
-    model: Any,
+    model: ChatModel,
     tokenizer: ChatGLM3Tokenizer,
     *,
     tools: Any = None,
@@ -295,15 +299,15 @@ def create_app(
 
 
 def serve(
-    model: Any,
+    model: ChatModel,
     tokenizer: ChatGLM3Tokenizer,
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
     log_level: str = "info",
     head_timeout: float = DEFAULT_HEAD_TIMEOUT,
-    ui: Any = None,
-    ui_login: Any = None,
+    ui: WebConfig | None = None,
+    ui_login: Login | None = None,
     **app_options: Any,
 ) -> None:
     """Serve ``model`` until interrupted (Ctrl-C or SIGTERM; ``app_options`` go to :func:`create_app`).

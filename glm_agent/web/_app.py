@@ -48,7 +48,7 @@ def build_blocks(manager: SessionManager) -> gr.Blocks:
     config = manager.config
     modes = config.modes()
     model_label = config.models.label
-    scripted = "scripted" in model_label.lower()
+    scripted = config.models.scripted
 
     demo: gr.Blocks
     with gr.Blocks(title=config.title, analytics_enabled=False, delete_cache=(1800, 3600)) as demo:

@@ -6,10 +6,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from glm_agent.models import ScriptedModel
+from glm_agent.models.base import ChatModel
 from glm_agent.tools import ToolRegistry
 from glm_agent.web._queue import ModelQueue, QueuedModel, StopFn, WaitFn
 
-__all__ = ["ModelSource", "WebConfig"]
+__all__ = ["ModelSource", "WebConfig", "Mode", "CHAT", "TOOLS", "CODE"]
+
+#: the modes of a conversation, as ChatGLM3's composite demo names them
+Mode = Literal["Chat", "Tools", "Code Interpreter"]
+CHAT: Mode = "Chat"
+TOOLS: Mode = "Tools"
+CODE: Mode = "Code Interpreter"
 
 _MiB = 1024 * 1024
 
@@ -23,7 +31,11 @@ class ModelSource:
     """
 
     def __init__(
-        self, model: Any = None, *, factory: Callable[[], Any] | None = None, label: str | None = None
+        self,
+        model: ChatModel | None = None,
+        *,
+        factory: Callable[[], ChatModel] | None = None,
+        label: str | None = None,
     ) -> None:
         if (model is None) == (factory is None):
             raise ValueError("pass either a shared model or a factory of per-session models")
@@ -32,6 +44,8 @@ class ModelSource:
         self.queue = ModelQueue()
         sample = model if model is not None else factory() if factory is not None else None
         self.label = label or str(getattr(sample, "name", type(sample).__name__))
+        #: prepared replies, not a live model (the UI says so)
+        self.scripted = isinstance(sample, ScriptedModel)
         self.tokenizer = getattr(sample, "tokenizer", None)
         self.context_length: int | None = getattr(sample, "context_length", None)
 
@@ -50,10 +64,11 @@ class ModelSource:
     def shared(self) -> bool:
         return self.model is not None
 
-    def for_session(self, on_wait: WaitFn, should_stop: StopFn) -> Any:
+    def for_session(self, on_wait: WaitFn, should_stop: StopFn) -> ChatModel:
         """The model one conversation talks to."""
         if self.factory is not None:
             return self.factory()
+        assert self.model is not None  # one of the two, checked in __init__
         return QueuedModel(self.model, self.queue, on_wait, should_stop)
 
 
@@ -115,11 +130,11 @@ class WebConfig:
         """Sessions one client may hold at once."""
         return self.max_sessions_per_client or max(1, self.max_sessions // 2)
 
-    def modes(self) -> list[str]:
+    def modes(self) -> list[Mode]:
         """The modes a conversation can be in: Chat always, Tools with tools, Code Interpreter with a kernel."""
-        modes = ["Chat"]
+        modes: list[Mode] = [CHAT]
         if len(self.tools):
-            modes.append("Tools")
+            modes.append(TOOLS)
         if self.code_interpreter:
-            modes.append("Code Interpreter")
+            modes.append(CODE)
         return modes

@@ -11,9 +11,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from glm_agent.errors import GlmAgentError, SessionLimitError
+from glm_agent.interpreter import KernelPool
 from glm_agent.web._config import WebConfig
 from glm_agent.web._door import Door
 from glm_agent.web._sessions import Owner, WebSession
@@ -50,10 +50,8 @@ class SessionManager:
         self.config = config
         self.door = door
         self.file_url = file_url
-        self.pool: Any = None
+        self.pool: KernelPool | None = None
         if config.code_interpreter and not config.gateway:
-            from glm_agent.interpreter import KernelPool
-
             self.pool = KernelPool(config.pool_size)
         self._sessions: dict[str, WebSession] = {}
         self._by_token: dict[str, WebSession] = {}

@@ -9,6 +9,7 @@ from typing import Any
 
 from glm_agent.errors import StoppedWhileWaiting
 from glm_agent.messages import MessageLike
+from glm_agent.models.base import BaseChatModel, ChatModel
 
 __all__ = ["ModelQueue", "QueuedModel"]
 
@@ -55,14 +56,15 @@ class ModelQueue:
                 self._cond.notify_all()
 
 
-class QueuedModel:
+class QueuedModel(BaseChatModel):
     """A session's view of the shared model: ``stream`` waits in the :class:`ModelQueue` first.
 
     Other attributes (``name``, ``tokenizer``, ``context_length``) are the shared model's.
     """
 
-    def __init__(self, model: Any, queue: ModelQueue, on_wait: WaitFn, should_stop: StopFn) -> None:
+    def __init__(self, model: ChatModel, queue: ModelQueue, on_wait: WaitFn, should_stop: StopFn) -> None:
         self.model = model
+        self.name = model.name
         self.queue = queue
         self.on_wait = on_wait
         self.should_stop = should_stop

@@ -16,9 +16,9 @@ from glm_agent.agent import Agent
 from glm_agent.chatglm3.prompts import build_system_message, strip_upload_headers
 from glm_agent.chatglm3.turns import PromptView, prompt_view
 from glm_agent.errors import GlmAgentError, SessionForbidden, StoppedWhileWaiting, UploadRefused
-from glm_agent.interpreter import WorkspaceFile
+from glm_agent.interpreter import CodeInterpreter, KernelPool, WorkspaceFile
 from glm_agent.messages import Call, SystemMessage, UserMessage
-from glm_agent.web._config import WebConfig
+from glm_agent.web._config import CHAT, CODE, Mode, WebConfig
 from glm_agent.web._files import SessionFiles
 from glm_agent.web._render import ChatView
 
@@ -100,7 +100,7 @@ class WebSession:
         self,
         session_id: str,
         config: WebConfig,
-        pool: Any = None,
+        pool: KernelPool | None = None,
         *,
         owner: Owner | None = None,
         browser: bool = False,
@@ -130,12 +130,12 @@ class WebSession:
         self.status = ""
         self.pending_approval: Call | None = None
         self.last_active = time.monotonic()
-        self.mode = config.modes()[-1]
+        self.mode: Mode = config.modes()[-1]
         self.system: str | None = None
         self.generation: dict[str, Any] = {}
         self.ask = False
         self.files = SessionFiles("s", max_bytes=config.max_session_bytes, max_file_bytes=config.max_upload_bytes)
-        self.interpreter: Any = None
+        self.interpreter: CodeInterpreter | None = None
         self.agent: Agent | None = None
         self._gate = _ApprovalGate(self)
         self._thread: threading.Thread | None = None
@@ -143,25 +143,24 @@ class WebSession:
         self._images = 0
 
     # -- conversation ----------------------------------------------------------------------------
-    def official_system(self, mode: str | None = None) -> str:
+    def official_system(self, mode: Mode | None = None) -> str:
         """ChatGLM3's official system prompt for ``mode`` (the text; tools are attached separately)."""
         return self._system_message(mode or self.mode, None).content
 
-    def _system_message(self, mode: str, system: str | None) -> SystemMessage:
-        tools = self.config.tools.chatglm3_schemas() if mode != "Chat" and len(self.config.tools) else None
-        return build_system_message(system, tools, mode == "Code Interpreter", self.config.language)
+    def _system_message(self, mode: Mode, system: str | None) -> SystemMessage:
+        tools = self.config.tools.chatglm3_schemas() if mode != CHAT and len(self.config.tools) else None
+        return build_system_message(system, tools, mode == CODE, self.config.language)
 
     def configure(
         self, *, mode: str | None = None, system: str | None = None, generation: dict[str, Any] | None = None
     ) -> None:
         """Settings for the conversation; a new mode or system prompt starts a new conversation."""
         with self._lock:
-            if mode is not None and mode not in self.config.modes():
-                raise ValueError(f"unknown mode {mode!r}; choose one of {self.config.modes()}")
-            if system is not None and system.strip() == self.official_system(mode).strip():
+            chosen = self._mode(mode) if mode is not None else self.mode
+            if system is not None and system.strip() == self.official_system(chosen).strip():
                 system = None
-            restart = (mode is not None and mode != self.mode) or system != self.system
-            self.mode = mode or self.mode
+            restart = chosen != self.mode or system != self.system
+            self.mode = chosen
             self.system = system
             if generation is not None:
                 self.generation = generation
@@ -169,6 +168,13 @@ class WebSession:
                     self.agent.generation = self.agent.generation.of(generation)
             if restart and self.agent is not None:
                 self.new_conversation(fresh_kernel=False)
+
+    def _mode(self, name: str) -> Mode:
+        """A mode a client named, if this UI offers it."""
+        for mode in self.config.modes():
+            if name == mode:
+                return mode
+        raise ValueError(f"unknown mode {name!r}; choose one of {self.config.modes()}")
 
     def new_conversation(self, *, fresh_kernel: bool = True) -> None:
         """Clear: a new conversation (and a fresh kernel, unless asked otherwise)."""
@@ -188,11 +194,11 @@ class WebSession:
             return self.agent
         config = self.config
         model = config.models.for_session(self._on_wait, self.stop_requested.is_set)
-        code = self.mode == "Code Interpreter"
+        code = self.mode == CODE
         interpreter = self._ensure_interpreter() if code else None
         self.agent = Agent(
             model,
-            tools=config.tools if self.mode != "Chat" else None,
+            tools=config.tools if self.mode != CHAT else None,
             code_interpreter=interpreter,
             system=self.system,
             max_steps=config.max_steps,
@@ -201,10 +207,8 @@ class WebSession:
         )
         return self.agent
 
-    def _ensure_interpreter(self) -> Any:
+    def _ensure_interpreter(self) -> CodeInterpreter:
         if self.interpreter is None:
-            from glm_agent.interpreter import CodeInterpreter
-
             config = self.config
             if config.gateway:
                 self.interpreter = CodeInterpreter(
@@ -265,7 +269,7 @@ class WebSession:
             interpreter = self.interpreter
             if interpreter is None or self.config.gateway:
                 raise FileNotFoundError(f"{name}: no such file in /mnt/data")
-            return interpreter.open_file(name)  # type: ignore[no-any-return]
+            return interpreter.open_file(name)
         if area == "session":
             return self.files.open_export(name)
         raise PermissionError(f"{area!r} is not a file area")
