@@ -316,10 +316,6 @@ class ReplyStreamParser:
         self._calls = 0
         self.reply: Reply | None = None
 
-    @property
-    def text_so_far(self) -> str:
-        return self._done + self._seg
-
     def feed(self, delta: str) -> list[StreamEvent]:
         if self.reply is not None:
             raise RuntimeError("the parser is closed")

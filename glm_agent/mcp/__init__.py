@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from glm_agent.mcp._config import MCPServerHTTP, MCPServerSpec, MCPServerStdio, load_mcp_config
 from glm_agent.mcp._connect import connect_mcp
-from glm_agent.mcp._connection import MCPConnection, MCPTool, close_all_connections
+from glm_agent.mcp._connection import MCPConnection, close_all_connections
 from glm_agent.mcp._results import result_to_output
 from glm_agent.mcp._serve import mcp_http_app, mcp_server_for, mount_mcp, result_to_mcp, serve_mcp_stdio
+from glm_agent.mcp._tool import MCPTool
 
 __all__ = [
     "connect_mcp",

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import collections
 import logging
-import os
 import sys
 import threading
 import weakref
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from typing import Any, Literal, TypeVar
 
@@ -33,9 +31,11 @@ from glm_agent.mcp._config import MCPServerHTTP, MCPServerSpec, MCPServerStdio, 
 from glm_agent.mcp._loop import arun_on_loop, run_on_loop
 from glm_agent.mcp._processes import TAG_VARIABLE, end_tagged_processes, new_tag
 from glm_agent.mcp._results import result_to_output
-from glm_agent.tools import SchemaTool, Tool, ToolOutput, ToolTimeout, prefixed_name
+from glm_agent.mcp._stderr import StderrTail
+from glm_agent.mcp._tool import MCPTool
+from glm_agent.tools import Tool, ToolOutput, ToolTimeout
 
-__all__ = ["MCPConnection", "MCPTool", "close_all_connections"]
+__all__ = ["MCPConnection", "close_all_connections"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(leaf).__name__}: {text}" if text else type(leaf).__name__
 
 
-async def _limited(awaitable: Coroutine[Any, Any, T], limit: float) -> T:
+async def _limited(awaitable: Awaitable[T], limit: float) -> T:
     """Await with a time limit (``TimeoutError`` past it), without an extra task where asyncio allows."""
     if sys.version_info >= (3, 11):
         async with asyncio.timeout(limit):
@@ -71,63 +71,6 @@ async def _limited(awaitable: Coroutine[Any, Any, T], limit: float) -> T:
         return await asyncio.wait_for(awaitable, limit)
     except asyncio.TimeoutError:  # pragma: no cover
         raise TimeoutError(limit) from None
-
-
-class _StderrTail:
-    """Reads a server's stderr on a thread: every line logged, the last ones kept for error messages."""
-
-    def __init__(self, name: str) -> None:
-        read_fd, write_fd = os.pipe()
-        self.writer = os.fdopen(write_fd, "w")
-        self.lines: collections.deque[str] = collections.deque(maxlen=20)
-        self._log = logging.getLogger(f"{__name__}.{name}")
-        self._reader = os.fdopen(read_fd, "r", errors="replace")
-        threading.Thread(target=self._read, name=f"glm-agent-mcp-stderr-{name}", daemon=True).start()
-
-    def _read(self) -> None:
-        with self._reader:
-            for line in self._reader:
-                line = line.rstrip("\n")
-                self.lines.append(line)
-                self._log.info("%s", line)
-
-    def close_writer(self) -> None:
-        """Our copy of the write end; the server (and its children) hold theirs until they exit."""
-        try:
-            self.writer.close()
-        except OSError:
-            pass
-
-    def tail(self) -> str:
-        text = "\n".join(self.lines).strip()
-        return f"\nThe server's last output (stderr):\n{text[-1500:]}" if text else ""
-
-
-class MCPTool(SchemaTool):
-    """A tool of an MCP server: the server's schema, arguments checked before the call, run on its connection."""
-
-    def __init__(self, connection: MCPConnection, remote: types.Tool) -> None:
-        self.connection = connection
-        self.remote_name = remote.name
-        description = remote.description or remote.title or ""
-        super().__init__(
-            prefixed_name(None, remote.name),
-            remote.input_schema,
-            self._call_directly,
-            description=description,
-            timeout=connection.spec.call_timeout,
-        )
-        self.source_name = remote.name
-
-    def _call_directly(self, **arguments: Any) -> Any:
-        """``tool(**arguments)``: the call without the registry (no argument check); a ``ToolOutput``."""
-        return self.invoke(arguments, self.timeout)
-
-    def invoke(self, kwargs: dict[str, Any], timeout: float | None) -> Any:
-        return self.connection.call(self.remote_name, kwargs, timeout)
-
-    async def ainvoke(self, kwargs: dict[str, Any], timeout: float | None) -> Any:
-        return await self.connection.acall(self.remote_name, kwargs, timeout)
 
 
 class MCPConnection:
@@ -148,7 +91,7 @@ class MCPConnection:
         self._client: Client | None = None
         self._stop: asyncio.Event | None = None
         self._owner: asyncio.Task[None] | None = None
-        self._stderr: _StderrTail | None = None
+        self._stderr: StderrTail | None = None
         self._changed = False
         self._listed = False
         self._start_lock = threading.RLock()  # start, restart and close, one at a time
@@ -193,11 +136,6 @@ class MCPConnection:
             _open.add(self)
             return self
 
-    async def astart(self) -> MCPConnection:
-        """``start`` for async code."""
-        await asyncio.to_thread(self.start)
-        return self
-
     def _start_failed(self, why: str) -> str:
         tail = self._stderr.tail() if self._stderr else ""
         return f"MCP server {self.name!r} could not be started: {why}{tail}"
@@ -214,8 +152,8 @@ class MCPConnection:
         self._stop = asyncio.Event()
         self._owner = loop.create_task(self._own(ready), name=f"glm-agent-mcp-{self.name}")
         try:
-            await asyncio.wait_for(asyncio.shield(ready), self.spec.connect_timeout)
-        except asyncio.TimeoutError:
+            await _limited(asyncio.shield(ready), self.spec.connect_timeout)
+        except TimeoutError:
             self._owner.cancel()
             await asyncio.wait({self._owner}, timeout=_CLOSE_GRACE)
             self._set_state("failed", f"no MCP handshake within {self.spec.connect_timeout:g} s")
@@ -246,7 +184,7 @@ class MCPConnection:
             )
             stack.push_async_callback(http.aclose)
             return streamable_http_client(spec.url, http_client=http)
-        self._stderr = _StderrTail(self.name)
+        self._stderr = StderrTail(self.name)
         params = StdioServerParameters(
             command=spec.command,
             args=list(spec.args),
@@ -433,8 +371,8 @@ class MCPConnection:
             return tools
 
         try:
-            return await asyncio.wait_for(pages(), self.spec.connect_timeout)
-        except asyncio.TimeoutError:
+            return await _limited(pages(), self.spec.connect_timeout)
+        except TimeoutError:
             raise MCPConnectionError(
                 f"MCP server {self.name!r} did not list its tools within {self.spec.connect_timeout:g} s"
             ) from None

@@ -1,8 +1,8 @@
 """bfloat16 linear layers on glm-agent's own CPU kernel for decoding (``glm_agent._cpu``).
 
-oneDNN's packed bfloat16 product (``_packed_linear``) reads 24-27 GB/s at ChatGLM3-6B's decode
-shapes on 2 AVX-512 cores; ``glm_bf16_matmul`` (``vdpbf16ps`` over four row-major rows at a
-time) reads 30-35. The weight stays a plain row-major tensor, so prompts of
+``glm_bf16_matmul`` (``vdpbf16ps`` over four row-major rows at a time) streams the weight faster
+than oneDNN's packed product (``_packed_linear``) at decode shapes; the measured figures are in
+``glm_agent/_cpu/native.py``. The weight stays a plain row-major tensor, so prompts of
 ``DENSE_MIN_ROWS`` rows or more use ``F.linear`` (oneDNN's GEMM) on the same memory.
 """
 

@@ -1,8 +1,7 @@
 """``QuantizedLinear``: a drop-in for ``nn.Linear`` over int8/int4 weights, on the fastest CPU kernels that are safe.
 
 On CPU the portable weight is packed at load for this CPU's kernel: glm-agent's own AVX-512 BF16
-kernels where they can be built (``glm_agent._cpu``; at ChatGLM3-6B decode 1.6-1.8x torch's for int8,
-1.4-1.6x for int4), else torch's ``_weight_int8pack_mm`` (int8, one scale per row) or
+kernels where they can be built (``glm_agent._cpu``, whose module says how much faster), else torch's ``_weight_int8pack_mm`` (int8, one scale per row) or
 ``_convert_weight_to_int4pack_for_cpu`` + ``_weight_int4pack_mm_for_cpu`` (int4 groups).
 torch's kernels are guarded: in torch 2.13 the int8 kernel returns NaN, garbage or crashes when
 the input dimension is not a multiple of 16 (measured on AVX-512), so such weights get zero
