@@ -47,22 +47,41 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_http(url: str, process: subprocess.Popen[Any], timeout: float = 90.0) -> None:
-    """Wait until ``url`` answers (any HTTP status) while ``process`` lives; fail with its output if it ends first."""
+def wait_http(
+    url: str,
+    process: subprocess.Popen[Any],
+    timeout: float = 90.0,
+    *,
+    status: int | None = None,
+    headers: dict[str, str] | None = None,
+    output: Callable[[], str] | None = None,
+) -> Any:
+    """Wait until ``url`` answers (with ``status``, else any) while ``process`` lives, and return the response;
+    fail with the process's output (``output()``, else its stderr) if it ends first or the time runs out."""
     import httpx
+
+    def said() -> str:
+        if output is not None:
+            return output()
+        stream = process.stderr
+        if stream is None:
+            return ""
+        text = stream.read()
+        return (text.decode(errors="replace") if isinstance(text, bytes) else str(text))[-3000:]
 
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
-            err = process.stderr.read().decode(errors="replace") if process.stderr else ""
-            raise AssertionError(f"the server exited with {process.returncode} before answering: {err[-3000:]}")
+            raise AssertionError(f"{url}: the server exited with {process.returncode} before answering:\n{said()}")
         try:
-            httpx.get(url, timeout=2)
-            return
+            response = httpx.get(url, headers=headers, timeout=2)
+            if status is None or response.status_code == status:
+                return response
         except httpx.HTTPError:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{url} did not answer within {timeout:g} s") from None
-            time.sleep(0.1)
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{url} did not answer within {timeout:g} s")
+        time.sleep(0.1)
 
 
 def wait_until(predicate: Callable[[], T], timeout: float = 30, interval: float = 0.05, what: str = "") -> T:

@@ -14,14 +14,13 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import psutil
 
 from tests._data import REPO
-from tests._helpers import free_port
+from tests._helpers import free_port, wait_http
 
 CONFIG = REPO / "sandbox" / "kernelgateway_config.py"
 
@@ -60,17 +59,7 @@ class GatewayServer:
         return {"Authorization": f"token {self.token}"}
 
     def _wait_up(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the gateway exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/api", headers=self.headers, timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"the gateway did not answer within {timeout} s:\n{self.log()}")
+        wait_http(f"{self.url}/api", self.proc, timeout, status=200, headers=self.headers, output=self.log)
 
     def log(self) -> str:
         try:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from glm_agent.mcp import MCPServerHTTP, MCPServerStdio
-from tests._helpers import free_port, pid_gone, stop_process
+from tests._helpers import free_port, pid_gone, stop_process, wait_http
 
 SERVER = Path(__file__).resolve().parent / "mcp_test_server.py"
 
@@ -30,17 +28,11 @@ class HTTPTestServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError("the HTTP test server exited at start")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        self.close()
-        raise RuntimeError("the HTTP test server did not start listening within 60 s")
+        try:
+            wait_http(self.url, self.process, 60)
+        except BaseException:
+            self.close()
+            raise
 
     def spec(self, **options: float) -> MCPServerHTTP:
         return MCPServerHTTP(self.url, **options)  # type: ignore[arg-type]

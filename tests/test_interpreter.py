@@ -6,7 +6,6 @@ import asyncio
 import resource
 import socket
 import threading
-import time
 from pathlib import Path
 
 import psutil
@@ -15,7 +14,7 @@ import pytest
 from glm_agent.errors import InterpreterError
 from glm_agent.interpreter import CodeInterpreter, ErrorOutput, Limits, StreamOutput, detect_isolation
 from glm_agent.interpreter._limits import MiB
-from tests._helpers import pid_gone, wait_gone, wait_until_async
+from tests._helpers import pid_gone, wait_gone, wait_until, wait_until_async
 
 pytestmark = pytest.mark.kernel
 
@@ -116,10 +115,8 @@ def test_kernel_killed_between_runs_is_restarted(interp):
     kernel = psutil.Process(interp.backend.pid).children()[0]
     kernel.kill()
     psutil.wait_procs([kernel], timeout=5)
-    for _ in range(500):  # the supervisor ends with its kernel (not reaped here: the session reads its status)
-        if not interp.backend.is_alive():
-            break
-        time.sleep(0.01)
+    # the supervisor ends with its kernel (not reaped here: the session reads its status)
+    wait_until(lambda: not interp.backend.is_alive(), what="the session to see its kernel gone")
     result = interp.run("print('fresh')")
     assert result.restarted and result.state_lost and result.status == "ok"
     assert result.observation.startswith(

@@ -79,10 +79,7 @@ def interp(request, make_session):
 
 
 def _wait_dead(session: CodeInterpreter, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while session.backend.is_alive():
-        assert time.monotonic() < deadline, "the session never noticed that its kernel died"
-        time.sleep(0.05)
+    wait_until(lambda: not session.backend.is_alive(), timeout, what="the session to notice that its kernel died")
 
 
 def _in_workspace(gateway: GatewayServer, session: CodeInterpreter, name: str) -> Path:
@@ -300,18 +297,26 @@ def test_reply_lost_with_the_connection_ends_the_run_with_a_notice(make_session,
     try:
         session = make_session("gateway", gateway=proxy.url)
         session.run("x = 1")
+        started, go = _in_workspace(gateway, session, "started"), _in_workspace(gateway, session, "go")
+        kernel = session.backend.kernel_id
+
+        def kernel_idle() -> bool:  # the gateway's own record, from the kernel's status messages
+            return any(k["id"] == kernel and k["execution_state"] == "idle" for k in gateway.kernels())
 
         def lose_the_end() -> None:
             proxy.blackhole = True  # the end of the run goes nowhere ...
-            time.sleep(1.5)
+            go.touch()
+            wait_until(kernel_idle, 60, what="the kernel to end the run (its reply dropped)")
             proxy.blackhole = False
-            proxy.cut()  # ... and then the connection breaks
+            proxy.cut()  # ... and then the connection breaks, after the kernel sent its reply and went idle
 
-        threading.Timer(0.5, lose_the_end).start()
-        started = time.monotonic()
-        result = session.run("import time\nprint('start', flush=True)\ntime.sleep(1)\nx = 2\nprint('end')", timeout=30)
-        assert time.monotonic() - started < 15  # not the 30 s timeout
-        assert result.stdout == "start\n" and not result.timed_out
+        _once(started, lose_the_end)
+        code = (
+            "import os, time\nprint('start', flush=True)\nopen('started', 'w').close()\n"
+            "while not os.path.exists('go'):\n    time.sleep(0.01)\nx = 2\nprint('end')"
+        )
+        result = session.run(code, timeout=120)
+        assert result.stdout == "start\n" and not result.timed_out  # ended by the lost reply, not the timeout
         assert "the end of the run was lost with it" in result.observation
         assert session.run("print(x)").observation == "```result\n2\n```"  # the code did finish
     finally:
@@ -326,10 +331,7 @@ def test_culled_kernel_and_killed_gateway():
     try:
         session = CodeInterpreter(gateway=server.url, token=server.token, timeout=20)
         session.run("state = 1")
-        deadline = time.monotonic() + 20
-        while server.kernels():
-            assert time.monotonic() < deadline, "the gateway did not cull the idle kernel"
-            time.sleep(0.2)
+        wait_until(lambda: not server.kernels(), 20, what="the gateway to cull the idle kernel")
         result = session.run("print('after culling')")
         assert result.restarted and result.state_lost and result.stdout == "after culling\n"
         assert "the gateway no longer has this kernel: it was culled after being idle" in result.observation

@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
 
 import httpx
 import pytest
@@ -19,7 +18,7 @@ from mcp import Client, StdioServerParameters
 
 from glm_agent.mcp import MCPServerHTTP, MCPServerStdio, connect_mcp
 from tests._data import REPO, SHARED, needs_shared
-from tests._helpers import free_port, stop_process
+from tests._helpers import free_port, stop_process, wait_http
 
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
@@ -89,19 +88,6 @@ def test_glm_agent_mcp_serves_our_tools_over_stdio_to_the_sdk_client(extra_tools
     anyio.run(main)
 
 
-def _wait_http(url: str, process: subprocess.Popen[bytes], seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the server exited with {process.returncode}: {process.stderr.read().decode()}")  # type: ignore[union-attr]
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise AssertionError(f"{url} did not answer within {seconds} s")
-
-
 def test_glm_agent_mcp_over_http_and_back_into_a_registry(extra_tools):
     port = free_port()
     process = subprocess.Popen(
@@ -111,7 +97,7 @@ def test_glm_agent_mcp_over_http_and_back_into_a_registry(extra_tools):
     )
     try:
         url = f"http://127.0.0.1:{port}/mcp"
-        _wait_http(f"http://127.0.0.1:{port}/", process)
+        wait_http(f"http://127.0.0.1:{port}/", process)
 
         async def main() -> None:
             async with Client(url, mode="legacy") as client:
@@ -165,7 +151,7 @@ def test_serve_mounts_the_mcp_endpoint_next_to_the_openai_api(tmp_path, extra_to
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        _wait_http(f"{base}/health", process)
+        wait_http(f"{base}/health", process)
         assert httpx.get(f"{base}/v1/models").status_code == 200
 
         async def main() -> None:

@@ -15,6 +15,7 @@ from glm_agent.messages import AssistantMessage, ObservationMessage, SystemMessa
 from glm_agent.models import ScriptedModel
 from glm_agent.server import BackgroundServer, create_app
 from tests._data import needs_shared
+from tests._helpers import wait_until
 
 pytestmark = needs_shared
 
@@ -346,10 +347,7 @@ def test_queue_full_health_while_generating_and_release(serve):
         )
     )
     worker.start()
-    deadline = time.monotonic() + 10
-    while httpx.get(srv.url + "/health").json()["active"] != 1:
-        assert time.monotonic() < deadline, "the first request never started"
-        time.sleep(0.01)
+    wait_until(lambda: httpx.get(srv.url + "/health").json()["active"] == 1, what="the first request to start")
     health = httpx.get(srv.url + "/health", timeout=2)  # answers while the backend generates
     assert health.json() == {"status": "ok", "model": "scripted", "active": 1, "waiting": 0}
     with pytest.raises(openai.RateLimitError) as full:
@@ -380,10 +378,7 @@ def test_client_disconnect_stops_generation(serve, stream):
                 h.post(srv.url + "/v1/chat/completions", json=body, timeout=0.3)
     assert model.closed.wait(5), "the backend generator was not closed after the client left"
     assert model.chunks_sent < 200
-    deadline = time.monotonic() + 5
-    while httpx.get(srv.url + "/health").json()["active"]:
-        assert time.monotonic() < deadline, "the generation slot was not given back"
-        time.sleep(0.02)
+    wait_until(lambda: not httpx.get(srv.url + "/health").json()["active"], what="the generation slot to be given back")
 
 
 def test_completions_need_a_backend_that_continues_token_ids(serve):

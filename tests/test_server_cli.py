@@ -6,16 +6,14 @@ import json
 import os
 import subprocess
 import sys
-import time
 
-import httpx
 import openai
 import pytest
 
 from glm_agent.errors import ModelError
 from glm_agent.models import OpenAIModel, ScriptedModel, load_chat_model
 from tests._data import REPO, SHARED, needs_shared
-from tests._helpers import free_port
+from tests._helpers import free_port, wait_http
 
 CALL = "calculate\n ```python\ntool_call(expression='6 * 7')\n```"
 
@@ -53,16 +51,7 @@ def test_serve_command_serves_scripted_replies_with_file_tools(tmp_path):
         "warning",
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, proc.stderr.read()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "glm-agent serve did not come up"
-            time.sleep(0.1)
+        wait_http(f"http://127.0.0.1:{port}/health", proc, status=200)
         c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0)
         assert [m.id for m in c.models.list()] == ["scripted:replies.json"]
         r = c.chat.completions.create(model="scripted:replies.json", messages=[{"role": "user", "content": "6*7?"}])

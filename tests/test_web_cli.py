@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import httpx
 import psutil
@@ -15,7 +14,7 @@ import pytest
 
 from glm_agent.cli import main
 from tests._data import REPO, SHARED, needs_shared
-from tests._helpers import free_port
+from tests._helpers import free_port, wait_http
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -30,21 +29,6 @@ def _start(*args: str) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
     )
-
-
-def _wait_http(proc: subprocess.Popen, url: str, timeout: float = 60) -> httpx.Response:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"the process ended early:\n{proc.stdout.read()}")
-        try:
-            response = httpx.get(url, timeout=5)
-            if response.status_code == 200:
-                return response
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} did not answer in {timeout} s")
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -69,9 +53,9 @@ def test_web_serves_the_ui_with_a_scripted_model_and_a_kernel_pool(tmp_path):
     port = free_port()
     proc = _start("web", "--model", f"scripted:{script}", "--code-interpreter", "--port", str(port), "--pool-size", "1")
     try:
-        page = _wait_http(proc, f"http://127.0.0.1:{port}/")
+        page = wait_http(f"http://127.0.0.1:{port}/", proc, status=200, output=proc.stdout.read)
         assert "<gradio-app" in page.text or "gradio" in page.text.lower()
-        config = _wait_http(proc, f"http://127.0.0.1:{port}/config").json()
+        config = wait_http(f"http://127.0.0.1:{port}/config", proc, status=200, output=proc.stdout.read).json()
         labels = json.dumps(config)
         assert "Code Interpreter" in labels and "scripted" in labels
         assert "fonts.googleapis" not in page.text + labels
@@ -90,7 +74,9 @@ def test_serve_ui_mounts_the_ui_beside_the_api(tmp_path):
         "--port", str(port), "--api-key", "sk-test",
     )  # fmt: skip
     try:
-        ui = _wait_http(proc, f"http://127.0.0.1:{port}/ui/")  # the page: its login form asks for the key
+        ui = wait_http(
+            f"http://127.0.0.1:{port}/ui/", proc, status=200, output=proc.stdout.read
+        )  # the page: its login form asks for the key
         assert "gradio" in ui.text.lower()
         assert httpx.get(f"http://127.0.0.1:{port}/v1/models").status_code == 401
         models = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": "Bearer sk-test"})
