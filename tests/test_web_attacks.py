@@ -17,6 +17,8 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -535,6 +537,18 @@ def _start(command: list[str], root: Path) -> subprocess.Popen[bytes]:
     )
 
 
+@contextmanager
+def _served(command: list[str], root: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``glm-agent COMMAND`` with its temporary folders under ``root``; killed if the test leaves it running."""
+    process = _start(command, root)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def _sigterm_and_check(process: subprocess.Popen[bytes], root: Path) -> None:
     children = [p.pid for p in psutil.Process(process.pid).children(recursive=True)]
     assert children, "the server started no kernel"
@@ -551,11 +565,8 @@ def test_sigterm_ends_glm_agent_web_like_ctrl_c(tmp_path, short_tmp):
     script = tmp_path / "script.json"
     script.write_text(json.dumps([code_reply("print('kernel up')"), "ran"]))
     port = free_port()
-    process = _start(
-        ["web", "--model", f"scripted:{script}", "--code-interpreter", "--port", str(port), "--pool-size", "1"],
-        short_tmp,
-    )
-    try:
+    command = ["web", "--model", f"scripted:{script}", "--code-interpreter", "--port", str(port), "--pool-size", "1"]
+    with _served(command, short_tmp) as process:
         wait_http(f"http://127.0.0.1:{port}/config", process)
         page = GradioPage(f"http://127.0.0.1:{port}")
         page.load()
@@ -565,10 +576,6 @@ def test_sigterm_ends_glm_agent_web_like_ctrl_c(tmp_path, short_tmp):
         assert _temp_dirs(short_tmp / "tmp")
         page.close()
         _sigterm_and_check(process, short_tmp)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 @needs_shared
@@ -578,13 +585,12 @@ def test_serve_ui_with_an_api_key_asks_for_it_and_sigterm_cleans_up(tmp_path, sh
     script.write_text(json.dumps([code_reply("print('kernel up')"), "ran", "more", "more"]))
     port = free_port()
     key = "sk-test-key"
-    process = _start(
-        ["serve", "--model", f"scripted:{script}", "--tokenizer", str(TOKENIZER), "--port", str(port),
-         "--api-key", key, "--ui", "--code-interpreter", "--pool-size", "1"],
-        short_tmp,
-    )  # fmt: skip
+    command = [
+        "serve", "--model", f"scripted:{script}", "--tokenizer", str(TOKENIZER), "--port", str(port),
+        "--api-key", key, "--ui", "--code-interpreter", "--pool-size", "1",
+    ]  # fmt: skip
     base = f"http://127.0.0.1:{port}"
-    try:
+    with _served(command, short_tmp) as process:
         wait_http(f"{base}/health", process)
         assert httpx.get(f"{base}/v1/models").status_code == 401
         assert httpx.get(f"{base}/ui/config").status_code == 401  # the UI runs code: not without the key
@@ -597,10 +603,6 @@ def test_serve_ui_with_an_api_key_asks_for_it_and_sigterm_cleans_up(tmp_path, sh
         assert "ran" in texts(page.send("go", mode="Code Interpreter"))
         page.close()
         _sigterm_and_check(process, short_tmp)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def test_a_flood_of_session_hashes_cannot_push_out_another_clients_binding():

@@ -9,7 +9,15 @@ from typing import Any
 
 from glm_agent.errors import GlmAgentError, UsageError
 
-__all__ = ["add_ui_options", "web_config", "parse_auth", "read_auth_file", "ui_login", "parse_size"]
+__all__ = [
+    "add_ui_options",
+    "add_allowed_host_option",
+    "web_config",
+    "parse_auth",
+    "read_auth_file",
+    "ui_login",
+    "parse_size",
+]
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
 _UNITS = {
@@ -86,6 +94,17 @@ def ui_login(args: argparse.Namespace, *, api_key: str | None = None) -> Any:
     return Login(users, api_key=api_key) if users else Login(api_key=api_key)
 
 
+def add_allowed_host_option(parser: argparse._ActionsContainer) -> None:
+    """``--allowed-host NAME`` (repeatable): a name besides the bound address that a request's ``Host`` may carry."""
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another name the server answers to (a reverse proxy's or DNS name; repeatable)",
+    )
+
+
 def add_ui_options(parser: argparse.ArgumentParser, *, tokenizer: bool = True, mcp: bool = True) -> None:
     """The UI's own options (shared with ``glm-agent serve --ui``, which has its own ``--tokenizer``)."""
     ui = parser.add_argument_group("web UI")
@@ -98,13 +117,7 @@ def add_ui_options(parser: argparse.ArgumentParser, *, tokenizer: bool = True, m
         help="a user of the UI's login (repeatable; needed off loopback)",
     )
     ui.add_argument("--auth-file", metavar="FILE", help="users of the UI's login, one USER:PASS per line")
-    ui.add_argument(
-        "--allowed-host",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="another name the server answers to (a reverse proxy's or DNS name; repeatable)",
-    )
+    add_allowed_host_option(ui)
     ui.add_argument("--gateway", metavar="URL", help="run kernels on a Jupyter Kernel Gateway (with --token)")
     ui.add_argument("--token", metavar="T", help="the gateway's token")
     if tokenizer:

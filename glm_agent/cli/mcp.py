@@ -11,6 +11,7 @@ import logging
 import sys
 from typing import Any
 
+from glm_agent.cli._ui import add_allowed_host_option
 from glm_agent.errors import GlmAgentError
 
 __all__ = ["add_command"]
@@ -30,13 +31,7 @@ def add_command(subparsers: Any) -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="HTTP address (default 127.0.0.1: this machine only; others need --api-key)"
     )
     parser.add_argument("--api-key", metavar="KEY", help="HTTP: require 'Authorization: Bearer KEY' on every request")
-    parser.add_argument(
-        "--allowed-host",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="HTTP: another name the server answers to (a reverse proxy's or DNS name; repeatable)",
-    )
+    add_allowed_host_option(parser)
     parser.add_argument("--port", type=int, default=8001, help="HTTP port (default 8001)")
     parser.add_argument("--path", default="/mcp", help="HTTP endpoint path (default /mcp)")
     parser.add_argument("--name", default="glm-agent", help="the server name shown to clients")
