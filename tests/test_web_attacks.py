@@ -27,7 +27,7 @@ import psutil
 import pytest
 
 from glm_agent.tools import ToolRegistry, tool
-from glm_agent.web import Login, ModelSource, Owner, SessionForbidden, WebConfig, create_web_app
+from glm_agent.web import Login, ModelSource, Owner, SessionForbidden, UploadRefused, WebConfig, create_web_app
 from glm_agent.web._door import CONTENT_SECURITY_POLICY, COOKIE, Door, folder_bytes
 from tests._data import REPO, TOKENIZER, needs_shared
 from tests._helpers import free_port, wait_gone, wait_http, wait_until
@@ -140,10 +140,12 @@ def ui(canary, tmp_path_factory):
         max_live_chars=100_000,
         code_timeout=90,
     )
-    web = create_web_app(config)
-    web.start()
-    yield web
-    web.close()
+    with pytest.MonkeyPatch.context() as patch:  # Gradio's upload folder and cache: this module's own
+        patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
+        web = create_web_app(config)
+        web.start()
+        yield web
+        web.close()
 
 
 @pytest.fixture
@@ -180,11 +182,14 @@ def test_an_upload_event_naming_a_host_file_copies_nothing(ui, pages, tmp_path):
     page.load()
     before = sorted(Path(ui.door.upload_folder).rglob("*"))
     for path in ("/etc/passwd", str(secret), "../../etc/passwd", ui.door.upload_folder + "/../../etc/passwd"):
-        out = page.attach([path])
-        assert "not a file this page uploaded" in visible(str(out)), out
-    many = page.attach(["/etc/passwd"] * 500)  # nothing is made per path named (Gradio would leave a file each)
-    assert "at most 32 files at once" in visible(str(many))
-    assert sorted(Path(ui.door.upload_folder).rglob("*")) == before
+        assert page.join("upload", [[{"path": path, "meta": {"_type": "gradio.FileData"}}]]).status_code == 403
+        with pytest.raises(UploadRefused, match="not a file this page uploaded"):  # and behind the door
+            session_of(ui, page).add_upload(path)
+    for hostile in (["/etc/passwd"] * 500, [{"nested": {"path": "/etc/passwd"}}], [{"path": "http://127.0.0.1:9/x"}]):
+        files = [p if isinstance(p, dict) else {"path": p, "meta": {"_type": "gradio.FileData"}} for p in hostile]
+        body = {"data": [files], "fn_index": page.fns["upload"], "session_hash": page.session_hash}
+        assert page.http.post("/gradio_api/queue/join", json=body).status_code == 403  # before Gradio copies it
+    assert sorted(Path(ui.door.upload_folder).rglob("*")) == before  # no copy in Gradio's cache either
     session = session_of(ui, page)
     assert session.uploads == [] and session.files.used() == 0
     # the legitimate upload still works, and its contents are what was uploaded
@@ -200,8 +205,9 @@ def test_an_upload_of_another_client_is_not_taken(ui, pages):
     victim.load()
     thief.load()
     [path] = victim.upload("victim.txt", b"private")
-    out = thief.attach([path])
-    assert "not a file this page uploaded" in visible(str(out))
+    assert thief.join("upload", [[{"path": path, "meta": {"_type": "gradio.FileData"}}]]).status_code == 403
+    with pytest.raises(UploadRefused):
+        session_of(ui, thief).add_upload(path)
     assert session_of(ui, thief).uploads == []
     victim.attach([path])  # still the victim's to send
     assert [p.read_bytes() for p in session_of(ui, victim).uploads] == [b"private"]

@@ -156,6 +156,11 @@ class UploadLedger:
             except OSError:
                 pass
 
+    def uploaded_by(self, path: str, client: str) -> bool:
+        """Whether ``client`` uploaded ``path`` (and no session has taken it yet)."""
+        with self._lock:
+            return self._owners.get(os.path.normpath(path)) == client
+
     def pending_bytes(self, client: str) -> int:
         """Bytes of files ``client`` uploaded that no session has taken yet (and still exist)."""
         with self._lock:
@@ -378,6 +383,12 @@ class UIGuard:
                     raise _Refused(429, "too many events of this client are waiting; wait for them")
                 if door.all_events() >= door.max_events:
                     raise _Refused(429, "the server is busy; try again shortly", [(b"retry-after", b"5")])
+                for path in _named_files(_json_data(body)):
+                    if not door.uploads.uploaded_by(path, client):
+                        logger.warning(
+                            "refused an event naming a file this client did not upload (from %s)", _address(scope)
+                        )
+                        raise _Refused(403, "an event may name only files this page uploaded")
         return body
 
     async def _forward(
@@ -474,6 +485,29 @@ def _session_in_path_or_query(sub: str, scope: dict[str, Any]) -> str | None:
         if values:
             return str(values[0])
     return None
+
+
+def _json_data(body: bytes | None) -> Any:
+    try:
+        data = json.loads(body or b"null")
+    except ValueError:
+        return None
+    return data.get("data") if isinstance(data, dict) else None
+
+
+def _named_files(value: Any, depth: int = 0) -> list[str]:
+    """Every ``path`` an object in an event's data names: Gradio copies each file into its cache before any
+    handler runs, wherever it points (a host file, a URL it would fetch). Past a depth of 8, refused whole."""
+    if depth > 8:
+        return ["<nested too deep>"]
+    if isinstance(value, dict):
+        found = [str(value["path"])] if "path" in value else []  # (a FileData's url is not read on input)
+        for item in value.values():
+            found += _named_files(item, depth + 1)
+        return found
+    if isinstance(value, list):
+        return [path for item in value for path in _named_files(item, depth + 1)]
+    return []
 
 
 def _session_in_json(body: bytes) -> str | None:
