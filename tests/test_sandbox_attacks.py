@@ -511,4 +511,4 @@ def test_a_killed_supervisor_leaves_no_cgroup_behind():
         wait_until(lambda: not session.backend.is_alive(), what="the session to see its kernel killed")
         result = session.run("print('back')")
         assert result.restarted and result.stdout == "back\n", result.observation
-        wait_until(lambda: not cgroup.exists(), 5, what="the pids cgroup to go")
+        wait_until(lambda: not cgroup.exists(), what="the pids cgroup to go")

@@ -97,11 +97,30 @@ class _KernelProcess:
                     os.close(self.lifeline)
                     self.lifeline = None
                 shutil.rmtree(self.runtime_dir, ignore_errors=True)
-                for path in self.cgroup_dirs:
-                    try:
-                        os.rmdir(path)
-                    except OSError:
-                        pass  # gone already (the usual case), or still busy
+                busy = [path for path in self.cgroup_dirs if not _remove_cgroup(path)]
+                if busy:  # a killed supervisor's kernel is not reaped yet: its cgroup empties a little later
+                    threading.Thread(target=_remove_cgroups_later, args=(busy,), daemon=True).start()
+
+
+def _remove_cgroup(path: str) -> bool:
+    """rmdir a cgroup; True when it is gone (the usual case: the supervisor removed it), False while busy."""
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _remove_cgroups_later(paths: list[str], within: float = 60.0) -> None:
+    """Keep trying until the cgroups empty (their last process reaped by whoever inherited it), then remove them."""
+    deadline = time.monotonic() + within
+    while paths and time.monotonic() < deadline:
+        time.sleep(0.05)
+        paths = [path for path in paths if not _remove_cgroup(path)]
+    for path in paths:
+        logger.warning("the cgroup %s could not be removed: a process in it is still alive", path)
 
 
 class LocalKernel:
