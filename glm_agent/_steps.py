@@ -10,6 +10,11 @@ run -> observe) over a conversation it extends in place. It yields two kinds of 
   verdict), :class:`RunTool` (a ``ToolResult``), :class:`RunCode` (an ``ExecutionResult``, or
   None when it was not started because the run is being cancelled).
 
+A call is checked before anyone is asked about it (``policy.check``: an unknown tool or bad
+arguments go straight back to the model), then asked about when the policy says so (a tool
+marked ``needs_approval``, or every call when the approver asks for all), and refused when it
+must be asked and there is nobody to ask.
+
 ``Agent.stream`` and ``Agent.astream`` are the sync and async drivers: the way httpx writes an
 auth flow once for ``Client`` and ``AsyncClient``. Closing the generator mid-run (a closed
 stream, Ctrl-C, a cancelled task) leaves the conversation well formed: streamed text is kept
@@ -38,6 +43,7 @@ __all__ = [
     "RunTool",
     "RunCode",
     "Action",
+    "CallPolicy",
     "NotAnswered",
     "steps",
     "CANCELLED",
@@ -83,6 +89,23 @@ class Approve:
 
 
 @dataclass(frozen=True)
+class CallPolicy:
+    """What the step core needs to know about calls before running them (no I/O).
+
+    ``check(call)``: the failed ``ToolResult`` of a tool call that cannot run (unknown tool,
+    bad arguments), or None. ``must_ask(call)``: whether the call needs a yes first.
+    ``has_approver``: whether anyone can say it.
+    """
+
+    check: Callable[[ToolCall], ToolResult | None]
+    must_ask: Callable[[Call], bool]
+    has_approver: bool
+
+
+NO_APPROVER = "it needs approval and this agent has no approver (Agent(approve=...))"
+
+
+@dataclass(frozen=True)
 class RunTool:
     call: ToolCall
 
@@ -102,7 +125,7 @@ def steps(
     max_steps: int,
     params: dict[str, Any],
     code_enabled: bool,
-    approve: bool,
+    policy: CallPolicy,
     cancelled: Callable[[], bool],
 ) -> Step:
     """The loop over ``messages`` (ending in the user's turn), until an answer, an error or ``max_steps``."""
@@ -122,7 +145,7 @@ def steps(
                 yield turn.final
                 return
             for outcome in turn.calls:
-                yield from _call(turn, outcome, approve, cancelled)
+                yield from _call(turn, outcome, policy, cancelled)
                 if cancelled():
                     yield turn.cancelled()
                     return
@@ -132,14 +155,23 @@ def steps(
         raise
 
 
-def _call(turn: _Turn, outcome: CallFinished, approve: bool, cancelled: Callable[[], bool]) -> Step:
+def _call(turn: _Turn, outcome: CallFinished, policy: CallPolicy, cancelled: Callable[[], bool]) -> Step:
     early = turn.screen(outcome)
     if early is not None:
         yield early
         return
     call = outcome.call
     assert call is not None  # screen() handled parse errors
-    if approve:
+    if isinstance(call, ToolCall):
+        failed = policy.check(call)
+        if failed is not None:  # nobody is asked to approve a call that cannot run
+            yield ev.ToolCalled(turn.step, call)
+            yield turn.tool_done(call, failed)
+            return
+    if policy.must_ask(call):
+        if not policy.has_approver:
+            yield turn.refused(call, _Refusal(NO_APPROVER))
+            return
         refusal = refusal_of((yield Approve(call)))
         if cancelled():
             return  # not run; the cancel answers it

@@ -35,13 +35,14 @@ from glm_agent.messages import (
     Message,
     MessageLike,
     SystemMessage,
+    ToolCall,
     UserMessage,
     load_jsonl,
     save_jsonl,
     to_messages,
 )
 from glm_agent.models.base import ChatModel, GenerationParams
-from glm_agent.tools import Tool, ToolRegistry
+from glm_agent.tools import Tool, ToolRegistry, ToolResult
 
 if TYPE_CHECKING:
     from glm_agent.interpreter import CodeInterpreter, ExecutionResult
@@ -97,7 +98,10 @@ class Agent:
 
     ``code_interpreter=True`` starts a local :class:`~glm_agent.CodeInterpreter` on the first
     code call (and closes it with the agent); pass an instance to share or configure one.
-    ``approve(call) -> bool`` confirms each call before it runs (human in the loop).
+    ``approve(call) -> bool`` confirms calls before they run (human in the loop): every call
+    (``ask="all"``, the default), or only calls of tools marked ``@tool(needs_approval=True)``
+    (``ask="marked"``). A marked tool's calls are refused when there is no approver. Calls are
+    checked first: an unknown tool or bad arguments go back to the model without asking anyone.
     ``mcp`` (a ``{"mcpServers": ...}`` file or mapping) connects MCP servers whose tools join
     ``tools`` as ``server__tool``; the agent ends those servers when it is closed. At the start
     of a run, a toolset whose tools changed (MCP ``tools/list_changed``) updates the system prompt.
@@ -112,6 +116,7 @@ class Agent:
         *,
         max_steps: int = 10,
         approve: Approve | None = None,
+        ask: Literal["all", "marked"] = "all",
         language: Literal["zh", "en"] = "zh",
         generation: GenerationParams | dict[str, Any] | None = None,
         history: Sequence[MessageLike] | None = None,
@@ -144,6 +149,9 @@ class Agent:
         self.language = language
         self.max_steps = max_steps
         self.approve = approve
+        if ask not in ("all", "marked"):
+            raise ValueError(f"ask must be 'all' (every call goes to approve) or 'marked', not {ask!r}")
+        self.ask = ask
         self.generation = GenerationParams.of(generation)
         self.messages: list[Message] = []
         self._cancel = threading.Event()
@@ -269,9 +277,25 @@ class Agent:
             max_steps=self.max_steps,
             params=self.generation.model_dump(exclude_unset=True),  # a backend's own defaults stay in force
             code_enabled=self.code_enabled,
-            approve=self.approve is not None,
+            policy=self._call_policy(),
             cancelled=self._cancel.is_set,
         )
+
+    def _call_policy(self) -> _steps.CallPolicy:
+        """Which calls are checked, asked about, refused: see the class docstring."""
+        has_approver = self.approve is not None
+        ask_all = has_approver and self.ask == "all"
+
+        def must_ask(call: Call) -> bool:
+            if ask_all:
+                return True
+            tool = self.tools.get(call.name) if isinstance(call, ToolCall) else None
+            return tool is not None and tool.needs_approval
+
+        def check(call: ToolCall) -> ToolResult | None:
+            return self.tools.check(call.name, call.arguments)
+
+        return _steps.CallPolicy(check=check, must_ask=must_ask, has_approver=has_approver)
 
     def stream(self, query: str, *, files: Sequence[str | Path] = ()) -> Iterator[ev.Event]:
         """Run, yielding events as they happen. Closing the iterator cancels the run cleanly."""

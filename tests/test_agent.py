@@ -391,3 +391,52 @@ def test_cancel_during_approval_runs_nothing():
     assert result.stopped == "cancelled" and not gate.started.is_set() and result.calls == []
     observations = [m.content for m in agent.messages if isinstance(m, ObservationMessage)]
     assert observations == ["Cancelled by the user before it finished."] * 2
+
+
+# -- approval: after validation, per tool -------------------------------------------------------------
+@tool(needs_approval=True)
+def wire_money(amount: int) -> str:
+    """Sends money.
+
+    Args:
+        amount: how much
+    """
+    return f"sent {amount}"
+
+
+def test_calls_that_cannot_run_go_back_to_the_model_without_asking_anyone():
+    asked = []
+    replies = [call("no_such_tool", "x=1"), call("get_weather", "town='Paris'"), "\n Done."]
+    agent = Agent(ScriptedModel(replies), tools=[get_weather], approve=lambda c: asked.append(c) or True)
+    result = agent.run("go")
+    assert asked == []  # neither the unknown tool nor the bad arguments reached the approver
+    failed = [e for e in result.events if isinstance(e, ev.ToolReturned)]
+    assert [e.error for e in failed] == ["unknown_tool", "invalid_arguments"]
+    assert "town" in failed[1].observation and result.answer == "Done."
+
+
+def test_a_marked_tool_needs_a_yes_and_unmarked_tools_run_without_asking():
+    replies = [call("wire_money", "amount=5"), call("get_weather", "city='Paris'"), "\n Done."]
+    nobody = Agent(ScriptedModel(replies), tools=[get_weather, wire_money]).run("go")
+    refused = next(e for e in nobody.events if isinstance(e, ev.CallRefused))
+    assert refused.call.name == "wire_money" and "no approver" in refused.reason
+    assert any(isinstance(e, ev.ToolReturned) and e.ok for e in nobody.events)  # get_weather ran
+    asked: list[str] = []
+    marked_only = Agent(
+        ScriptedModel(replies),
+        tools=[get_weather, wire_money],
+        approve=lambda c: asked.append(c.name) or True,
+        ask="marked",
+    ).run("go")
+    assert asked == ["wire_money"]
+    assert [e.observation for e in marked_only.events if isinstance(e, ev.ToolReturned)] == [
+        "sent 5",
+        marked_only.calls[1].observation,
+    ]
+    everything: list[str] = []
+    Agent(
+        ScriptedModel(replies), tools=[get_weather, wire_money], approve=lambda c: everything.append(c.name) or True
+    ).run("go")
+    assert everything == ["wire_money", "get_weather"]  # ask="all" (the default) asks about every call
+    with pytest.raises(ValueError, match="ask must be"):
+        Agent(ScriptedModel(replies), ask="some")

@@ -106,13 +106,28 @@ def test_run_takes_the_model_from_the_environment_and_shows_calls(tmp_path):
 def test_run_without_yes_and_without_a_terminal_refuses_calls(tmp_path):
     model = script(tmp_path, [calc("1 + 1"), "\n I was not allowed to calculate."])
     proc = glm_agent("run", "1+1?", "--model", model, "--tools", CALCULATOR, "--json")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 3, proc.stderr  # answered, but without the calls it wanted: not a success
+    assert "1 call(s) were refused" in proc.stderr and "--yes-for" in proc.stderr
     out = events(proc.stdout)
     refused = next(e for e in out if e["type"] == "call_refused")
     assert "did not allow" in refused["observation"]
     assert not any(e["type"] == "tool_result" for e in out)
     human = glm_agent("run", "1+1?", "--model", model, "--tools", CALCULATOR)
     assert "refused: calculate" in human.stdout and "--yes" in human.stdout
+
+
+def test_yes_for_a_tool_runs_its_calls_and_no_others(tmp_path):
+    model = script(
+        tmp_path, [calc("1 + 1"), "\n Two.", "wait\n ```python\ntool_call(seconds=0)\n```", "\n Not waited."]
+    )
+    slow = tmp_path / "slow_tools.py"
+    slow.write_text(SLOW_TOOL)
+    tools = ["--tools", CALCULATOR, "--tools", str(slow)]
+    proc = glm_agent("run", "1+1?", "and wait", "--model", model, *tools, "--yes-for", "calculate", "--json")
+    out = events(proc.stdout)
+    assert [e["call"]["name"] for e in out if e["type"] == "tool_result"] == ["calculate"]
+    assert [e["call"]["name"] for e in out if e["type"] == "call_refused"] == ["wait"]
+    assert proc.returncode == 3, proc.stderr
 
 
 def test_run_asks_several_questions_in_one_conversation_and_saves_it(tmp_path):
@@ -306,6 +321,29 @@ def test_chat_at_a_terminal_ctrl_c_stops_the_agent_and_ctrl_d_leaves(tmp_path):
         child.expect(on_screen("Still here."))
         child.expect(on_screen("you> "))
         child.sendeof()  # Ctrl-D at the prompt leaves
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
+
+
+def test_a_bare_enter_at_the_terminal_refuses_the_call(tmp_path):
+    model = script(tmp_path, [calc("2 + 2"), "\n Not computed."])
+    env = {k: v for k, v in os.environ.items() if k != "GLM_AGENT_MODEL"}
+    env.update(NO_COLOR="1", TERM="xterm", COLUMNS="100")
+    child = pexpect.spawn(
+        COMMAND[0], [*COMMAND[1:], "chat", "--model", model, "--tools", CALCULATOR], env=env, cwd=str(REPO),
+        encoding="utf-8", timeout=None,
+    )  # fmt: skip
+    try:
+        child.expect(on_screen("you> "))
+        child.sendline("2+2?")
+        child.expect(on_screen("run it? [y/n] (n)"))  # the default is shown, and it is no
+        child.sendline("")
+        child.expect(on_screen("refused: calculate"))
+        child.expect(on_screen("Not computed."))
+        child.expect(on_screen("you> "))
+        child.sendeof()
         child.expect(pexpect.EOF)
     finally:
         child.close(force=True)

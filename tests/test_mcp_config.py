@@ -35,7 +35,12 @@ def test_stdio_and_http_servers_with_variables(tmp_path):
                     "connectTimeout": 7,
                     "excludeTools": ["git_reset"],
                 },
-                "search": {"url": "https://example.test/mcp", "headers": {"Authorization": "Bearer ${TOKEN}"}},
+                "search": {
+                    "url": "https://example.test/mcp",
+                    "headers": {"Authorization": "Bearer ${TOKEN}"},
+                    "callTimeout": 9,
+                    "needsApproval": ["send_mail"],
+                },
                 "old": {"command": "x", "disabled": True},
                 "extra": {"command": "y", "autoApprove": ["a"]},
             }
@@ -47,9 +52,13 @@ def test_stdio_and_http_servers_with_variables(tmp_path):
     assert isinstance(git, MCPServerStdio)
     assert git.args == ("mcp-server-git", "--repository", "/src/repo")
     assert git.env == {"TOKEN": "s3cret", "LEVEL": "info"} and git.cwd == "/tmp"
-    assert (git.call_timeout, git.connect_timeout, git.exclude) == (5.0, 7.0, frozenset({"git_reset"}))
+    assert (git.call_timeout, git.connect_timeout, git.exclude_tools) == (5.0, 7.0, frozenset({"git_reset"}))
     search = servers["search"]
     assert isinstance(search, MCPServerHTTP) and search.headers == {"Authorization": "Bearer s3cret"}
+    assert search.call_timeout == 9.0  # callTimeout in the file is call_timeout in Python
+    assert search.approval_needed("send_mail") and not search.approval_needed("lookup")
+    assert not git.approval_needed("git_log")
+    assert MCPServerStdio(command="x", needs_approval=True).approval_needed("anything")
 
 
 @pytest.mark.parametrize(

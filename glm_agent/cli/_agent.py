@@ -93,6 +93,13 @@ def add_agent_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-steps", type=int, default=10, metavar="N", help="model turns per question (default: 10)")
     parser.add_argument("-y", "--yes", action="store_true", help="run every tool call and code without asking")
+    parser.add_argument(
+        "--yes-for",
+        action="append",
+        default=[],
+        metavar="TOOL",
+        help="run this tool's calls without asking (repeatable); others are asked, or refused without a terminal",
+    )
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--temperature", type=float, metavar="T", help="0 means greedy (default: 0.8)")
     sampling.add_argument("--top-p", type=float, metavar="P")

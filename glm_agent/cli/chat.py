@@ -55,7 +55,7 @@ def chat_command(args: argparse.Namespace) -> int:
 
     console = Console()
     renderer = EventRenderer(console)
-    approve, _ = choose_approver(args.yes, renderer, console, interactive=True)
+    approve, _ = choose_approver(args.yes, renderer, console, yes_for=args.yes_for, interactive=True)
     history = load_jsonl(args.resume) if args.resume else None  # a bad file fails before the model loads
     model = load_model(model_spec(args), args, console)
     if args.code_interpreter and not args.workspace:

@@ -2,7 +2,8 @@
 
 Exit status: 0 when every question got an answer, 1 when a run stopped without one
 (``max_steps``, a model failure), 2 for errors before running (bad options, no weights,
-a broken tool file), 130 when interrupted. ``--json`` prints each event's ``to_dict()``
+a broken tool file), 3 when every question was answered but calls were refused for want of a
+terminal to ask (pass ``--yes`` or ``--yes-for TOOL``), 130 when interrupted. ``--json`` prints each event's ``to_dict()``
 as one JSON line on stdout (labels and questions go to stderr).
 """
 
@@ -57,7 +58,7 @@ def run_command(args: argparse.Namespace) -> int:
     err = Console(stderr=True)
     out = err if args.json else Console()
     renderer = EventRenderer(out)
-    approve, hint = choose_approver(args.yes, renderer, err if args.json else out)
+    approve, hint = choose_approver(args.yes, renderer, err if args.json else out, yes_for=args.yes_for)
     renderer.refusal_hint = hint
     model = load_model(model_spec(args), args, err)
     if args.code_interpreter and not args.workspace:
@@ -74,6 +75,13 @@ def run_command(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             err.print("[interrupted]", style="yellow", markup=False)
             return 130
+    if approve.unasked and status == 0:
+        err.print(
+            f"{approve.unasked} call(s) were refused: {hint}; the answer above was made without them",
+            style="yellow",
+            markup=False,
+        )
+        return 3
     return status
 
 

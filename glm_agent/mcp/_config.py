@@ -33,9 +33,11 @@ _KNOWN_KEYS = {
     "transport",
     "disabled",
     "timeout",
+    "callTimeout",
     "connectTimeout",
     "includeTools",
     "excludeTools",
+    "needsApproval",
 }
 
 
@@ -52,13 +54,22 @@ class _Common:
     #: seconds one tool call may take (a late answer becomes a timeout observation)
     call_timeout: float = DEFAULT_CALL_TIMEOUT
     #: only these tools (the server's names); None: all
-    include: frozenset[str] | None = None
+    include_tools: frozenset[str] | None = None
     #: never these tools
-    exclude: frozenset[str] = frozenset()
+    exclude_tools: frozenset[str] = frozenset()
+    #: tools whose calls an agent runs only when its approver says yes: True for all, or their names
+    needs_approval: bool | frozenset[str] = False
 
     def __post_init__(self) -> None:
         _positive(self.connect_timeout, "connect_timeout")
         _positive(self.call_timeout, "call_timeout")
+        if not isinstance(self.needs_approval, bool):
+            object.__setattr__(self, "needs_approval", frozenset(self.needs_approval))
+
+    def approval_needed(self, tool: str) -> bool:
+        """Whether calls of the server's tool ``tool`` need a yes first."""
+        marked = self.needs_approval
+        return marked if isinstance(marked, bool) else tool in marked
 
 
 @dataclass(frozen=True)
@@ -160,12 +171,19 @@ def _server(name: str, raw: Any, environ: Mapping[str, str]) -> MCPServerSpec | 
     if kind in ("sse",):
         raise MCPConfigError(f"{where}: the SSE transport is not supported; use the server's streamable HTTP url")
     common: dict[str, Any] = {
-        "include": _names(raw.get("includeTools"), f"{where}: includeTools"),
-        "exclude": _names(raw.get("excludeTools"), f"{where}: excludeTools") or frozenset(),
+        "include_tools": _names(raw.get("includeTools"), f"{where}: includeTools"),
+        "exclude_tools": _names(raw.get("excludeTools"), f"{where}: excludeTools") or frozenset(),
     }
+    approval = raw.get("needsApproval", False)
+    common["needs_approval"] = (
+        approval if isinstance(approval, bool) else _names(approval, f"{where}: needsApproval (true or tool names)")
+    )
     try:
-        if "timeout" in raw:
-            common["call_timeout"] = _positive(raw["timeout"], f"{where}: timeout")
+        if (
+            "callTimeout" in raw or "timeout" in raw
+        ):  # callTimeout, as call_timeout in Python; timeout: the common alias
+            key = "callTimeout" if "callTimeout" in raw else "timeout"
+            common["call_timeout"] = _positive(raw[key], f"{where}: {key}")
         if "connectTimeout" in raw:
             common["connect_timeout"] = _positive(raw["connectTimeout"], f"{where}: connectTimeout")
         if "url" in raw and "command" in raw:
@@ -199,8 +217,10 @@ def load_mcp_config(
 
     ``source`` is a JSON file or the parsed object. ``${VAR}`` and ``${VAR:-default}`` in any
     string are replaced from the environment (an unset variable without a default is an error).
-    Extra keys per server: ``timeout`` (seconds per call), ``connectTimeout``, ``includeTools``,
-    ``excludeTools``, ``disabled``. Returns the enabled servers by name.
+    Extra keys per server, each the camelCase of its Python keyword (``MCPServerStdio(call_timeout=...)``):
+    ``callTimeout`` (seconds per call; ``timeout`` is accepted too), ``connectTimeout``, ``includeTools``,
+    ``excludeTools``, ``needsApproval`` (``true``, or a list of the server's tool names: their calls
+    run only when the agent's approver says yes), ``disabled``. Returns the enabled servers by name.
     """
     environ = os.environ if environ is None else environ
     if isinstance(source, Mapping):

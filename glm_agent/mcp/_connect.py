@@ -83,7 +83,9 @@ def connect_mcp(
     try:
         for connection in connections:
             spec = connection.spec
-            target.add_toolset(connection, prefix=connection.name, include=spec.include, exclude=spec.exclude)
+            target.add_toolset(
+                connection, prefix=connection.name, include=spec.include_tools, exclude=spec.exclude_tools
+            )
             added.append(connection)
     except BaseException:
         for connection in connections:

@@ -26,6 +26,7 @@ class MCPTool(SchemaTool):
             self._call_directly,
             description=description,
             timeout=connection.spec.call_timeout,
+            needs_approval=connection.spec.approval_needed(remote.name),
         )
         self.source_name: str = remote.name  # the server's own name for it (the registry may prefix it)
 

@@ -294,6 +294,12 @@ class ToolRegistry:
             return self._failed(tool.name, args, "exception", obs.exception_text(tool.name, exc), start, exc)
         return self._finish(tool, args, value, start)
 
+    def check(self, name: str, arguments: Mapping[str, Any] | None = None) -> ToolResult | None:
+        """The failed result a call would get without running anything (an unknown tool, bad arguments),
+        or None when it may run: what an agent checks before anyone is asked to approve the call."""
+        prepared = self._prepare(name, arguments, time.perf_counter())
+        return prepared if isinstance(prepared, ToolResult) else None
+
     def _limit(self, tool: Tool, timeout: float | None) -> float | None:
         if timeout is not None:
             return timeout

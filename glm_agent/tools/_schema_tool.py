@@ -53,6 +53,7 @@ class SchemaTool(Tool):
         function: called as ``function(**arguments)``; may be ``async``.
         description: what the tool does, for the model.
         timeout: seconds a call may run (None: the registry's default).
+        needs_approval: an agent runs a call only when its approver says yes.
     """
 
     def __init__(
@@ -63,8 +64,10 @@ class SchemaTool(Tool):
         *,
         description: str = "",
         timeout: float | None = None,
+        needs_approval: bool = False,
     ) -> None:
         check_function_and_timeout(function, timeout)
+        self.needs_approval = bool(needs_approval)
         if not isinstance(parameters, Mapping):
             raise ToolDefinitionError(f"tool {name!r}: parameters must be a JSON Schema object, not {parameters!r}")
         self.name = check_tool_name(name, f"tool {name!r}")

@@ -62,11 +62,14 @@ class Tool:
 
     Calling the ``Tool`` object calls the function unchanged; ``validate_arguments``
     turns a model's arguments into keyword arguments for it. Run calls through a
-    ``ToolRegistry`` to get timeouts and observation text.
+    ``ToolRegistry`` to get timeouts and observation text. ``needs_approval``: an agent runs
+    a call of this tool only when its approver says yes (with no approver, never).
     """
 
     #: the tool's name where it comes from (a remote server's own name), when the model sees another
     source_name: str | None = None
+    #: a call runs only when the agent's approver says yes (no approver: the call is refused)
+    needs_approval: bool = False
 
     def __init__(
         self,
@@ -75,8 +78,10 @@ class Tool:
         name: str | None = None,
         description: str | None = None,
         timeout: float | None = None,
+        needs_approval: bool = False,
     ) -> None:
         check_function_and_timeout(function, timeout)
+        self.needs_approval = bool(needs_approval)
         where = getattr(function, "__qualname__", None) or repr(function)
         self.name: str = check_tool_name(name if name is not None else getattr(function, "__name__", ""), where)
         spec = describe_function(function)
@@ -103,9 +108,10 @@ class Tool:
         name: str | None = None,
         description: str | None = None,
         timeout: float | None = None,
+        needs_approval: bool = False,
     ) -> Tool:
         """Make a tool from a plain function (the same as ``@tool``)."""
-        return cls(function, name=name, description=description, timeout=timeout)
+        return cls(function, name=name, description=description, timeout=timeout, needs_approval=needs_approval)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.function(*args, **kwargs)
@@ -118,9 +124,18 @@ class Tool:
     def parameter_names(self) -> list[str]:
         return list(self.parameters["properties"])
 
-    def replace(self, *, name: str | None = None, description: str | None = None, timeout: float | None = None) -> Tool:
-        """A copy with another name, description or time limit (the function and schema stay the same)."""
+    def replace(
+        self,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        timeout: float | None = None,
+        needs_approval: bool | None = None,
+    ) -> Tool:
+        """A copy with another name, description, time limit or approval mark (the function and schema stay)."""
         new = copy.copy(self)
+        if needs_approval is not None:
+            new.needs_approval = bool(needs_approval)
         if name is not None:
             new.name = check_tool_name(name, repr(self))
         if description is not None:
@@ -209,7 +224,11 @@ def tool(function: Callable[..., Any], /) -> Tool: ...
 
 @overload
 def tool(
-    *, name: str | None = None, description: str | None = None, timeout: float | None = None
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    timeout: float | None = None,
+    needs_approval: bool = False,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
@@ -220,17 +239,19 @@ def tool(
     name: str | None = None,
     description: str | None = None,
     timeout: float | None = None,
+    needs_approval: bool = False,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
-    """Make a function a tool: ``@tool`` or ``@tool(name=..., description=..., timeout=...)``.
+    """Make a function a tool: ``@tool`` or ``@tool(name=..., description=..., timeout=..., needs_approval=...)``.
 
     The schema comes from the type hints and the docstring. A parameter
     without a type hint is a ``ToolDefinitionError`` (annotate it ``Any`` to
-    accept anything).
+    accept anything). ``needs_approval=True`` marks a tool whose calls an agent runs only when
+    its approver says yes (``Agent(approve=...)``; without an approver they are refused).
     """
     if function is not None:
-        return Tool(function, name=name, description=description, timeout=timeout)
+        return Tool(function, name=name, description=description, timeout=timeout, needs_approval=needs_approval)
 
     def decorate(fn: Callable[..., Any]) -> Tool:
-        return Tool(fn, name=name, description=description, timeout=timeout)
+        return Tool(fn, name=name, description=description, timeout=timeout, needs_approval=needs_approval)
 
     return decorate

@@ -311,7 +311,7 @@ class WebSession:
             except BaseException:
                 self.running = False
                 raise
-            agent.approve = self._gate if ask else None
+            self._set_approval(agent, ask)
             files = self.files.take_pending()
             self._launch(agent, text, files, [f.name for f in files])
 
@@ -328,11 +328,16 @@ class WebSession:
             content = agent.messages[last].content
             del agent.messages[last:]
             self._busy()
-            agent.approve = self._gate if ask else None
+            self._set_approval(agent, ask)
             with self.changed:
                 self.view.drop_last_turn()
             self._launch(agent, content, [], [], shown=strip_upload_headers(content))
             return True
+
+    def _set_approval(self, agent: Agent, ask: bool) -> None:
+        """Approve/Deny in the page: for every call with "Ask before running", else for marked tools only."""
+        agent.approve = self._gate
+        agent.ask = "all" if ask else "marked"
 
     def _busy(self) -> None:
         self.running = True
