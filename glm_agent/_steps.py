@@ -213,6 +213,7 @@ class _Turn:
 
     def __init__(self, messages: list[Message], code_enabled: bool, max_steps: int) -> None:
         self.messages = messages
+        self.start = len(messages) - 1  # this run's user message
         self.code_enabled = code_enabled
         self.max_steps = max_steps
         self.step = 0
@@ -285,9 +286,15 @@ class _Turn:
         return ev.CodeFinished(self.step, call, result.ok, result.observation, list(result.images), result)
 
     def model_failed(self, exc: BaseException) -> ev.RunError:
+        """The model raised. A turn it had not answered at all is rolled back (the user's message taken
+        out again), so that the next run does not fail the same way; any text it streamed is kept."""
         logger.warning("the model failed: %s", exc)
         self._keep_streamed_text()
-        return ev.RunError(self.step, "model", f"{type(exc).__name__}: {exc}", exc)
+        message = f"{type(exc).__name__}: {exc}"
+        if self.step == 1 and len(self.messages) == self.start + 1:
+            del self.messages[self.start :]
+            message += " (the question was taken out of the conversation again: the next run starts where this one did)"
+        return ev.RunError(self.step, "model_error", message, exc)
 
     def out_of_steps(self) -> ev.RunError:
         n = self.max_steps

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from glm_agent import _steps
 from glm_agent import events as ev
 from glm_agent.chatglm3.prompts import build_system_message, upload_header
+from glm_agent.errors import GlmAgentError, ModelError
 from glm_agent.messages import (
     INTERPRETER,
     Call,
@@ -56,12 +57,8 @@ logger = logging.getLogger(__name__)
 Approve = Callable[[Call], Any]
 
 
+#: why a run ended: an answer, or :data:`~glm_agent.events.RunErrorKind`'s names
 Stopped = Literal["answer", "max_steps", "model_error", "cancelled"]
-_STOPPED: dict[str, Stopped] = {
-    "max_steps": "max_steps",
-    "model": "model_error",
-    "cancelled": "cancelled",
-}
 
 
 @dataclass
@@ -102,6 +99,8 @@ class Agent:
     (``ask="all"``, the default), or only calls of tools marked ``@tool(needs_approval=True)``
     (``ask="marked"``). A marked tool's calls are refused when there is no approver. Calls are
     checked first: an unknown tool or bad arguments go back to the model without asking anyone.
+    ``fit_history=True``: before each run, drop the oldest whole turns while the prompt would not
+    fit the model's context (:meth:`drop_oldest_turns`; never the system prompt or the question).
     ``mcp`` (a ``{"mcpServers": ...}`` file or mapping) connects MCP servers whose tools join
     ``tools`` as ``server__tool``; the agent ends those servers when it is closed. At the start
     of a run, a toolset whose tools changed (MCP ``tools/list_changed``) updates the system prompt.
@@ -121,6 +120,7 @@ class Agent:
         generation: GenerationParams | dict[str, Any] | None = None,
         history: Sequence[MessageLike] | None = None,
         mcp: str | Path | Mapping[str, Any] | None = None,
+        fit_history: bool = False,
     ) -> None:
         if max_steps < 1:
             raise ValueError("max_steps must be at least 1")
@@ -152,6 +152,7 @@ class Agent:
         if ask not in ("all", "marked"):
             raise ValueError(f"ask must be 'all' (every call goes to approve) or 'marked', not {ask!r}")
         self.ask = ask
+        self.fit_history = fit_history
         self.generation = GenerationParams.of(generation)
         self.messages: list[Message] = []
         self._cancel = threading.Event()
@@ -171,6 +172,42 @@ class Agent:
         if self._owns_interpreter and self._interpreter is not None:
             self._interpreter.close()
             self._interpreter = None
+
+    def drop_oldest_turns(self, max_tokens: int) -> int:
+        """Drop whole turns, oldest first, until the next prompt takes at most ``max_tokens``; how many went.
+
+        A turn is a user message with everything after it up to the next one. The system prompt
+        and the last turn (the question being answered, its pending calls) are never dropped; if
+        they alone do not fit, as much as can go is gone and the model will say it does not fit.
+        Counting needs the model's tokenizer (``model.tokenizer``: local weights, or an
+        ``OpenAIModel`` given one).
+        """
+        tokenizer = getattr(self.model, "tokenizer", None)
+        if tokenizer is None or not hasattr(tokenizer, "apply_chat_template"):
+            raise GlmAgentError(
+                f"{getattr(self.model, 'name', 'this model')} has no tokenizer to count the prompt with; "
+                "give the backend one (OpenAIModel(..., tokenizer=ChatGLM3Tokenizer.from_pretrained(path)))"
+            )
+        dropped = 0
+        while len(tokenizer.apply_chat_template(self.messages, add_generation_prompt=True)) > max_tokens:
+            users = [i for i, m in enumerate(self.messages) if isinstance(m, UserMessage)]
+            if len(users) < 2:
+                break  # only the current turn is left
+            del self.messages[users[0] : users[1]]
+            dropped += 1
+        if dropped:
+            logger.info("dropped the %d oldest turn(s) to fit the prompt into %d tokens", dropped, max_tokens)
+        return dropped
+
+    def _fit(self) -> None:
+        """``fit_history=True``: before a run, keep the prompt within the model's context (minus the reply)."""
+        context = getattr(self.model, "context_length", None)
+        if not isinstance(context, int):
+            return
+        defaults = getattr(self.model, "defaults", None)
+        reply = self.generation.max_new_tokens if "max_new_tokens" in self.generation.model_fields_set else None
+        reply = reply or getattr(defaults, "max_new_tokens", None) or self.generation.max_new_tokens
+        self.drop_oldest_turns(context - reply)
 
     def load_messages(self, messages: Sequence[MessageLike]) -> None:
         self.messages = to_messages(messages)
@@ -237,15 +274,34 @@ class Agent:
         return self._kernel().upload(file)
 
     def run(self, query: str, *, files: Sequence[str | Path] = ()) -> RunResult:
-        """Run until the model answers (or ``max_steps``); the conversation is kept for the next run."""
+        """Run until the model answers (or ``max_steps``, or a cancel); the conversation is kept for the next run.
+
+        Raises when the model fails: a ``GlmAgentError`` of the backend as it is (e.g.
+        ``ContextLengthError``), anything else as ``ModelError``; ``error.result`` is the partial
+        :class:`RunResult`. A question the model did not answer at all is taken out of the
+        conversation again, so the next run works. (``stream`` yields a ``RunError`` event instead.)
+        """
         start = len(self.messages)
         events = list(self.stream(query, files=files))
-        return self._result(start, events)
+        return self._finish(start, events)
 
     async def arun(self, query: str, *, files: Sequence[str | Path] = ()) -> RunResult:
+        """Async ``run``: the same result, the same errors."""
         start = len(self.messages)
         events = [e async for e in self.astream(query, files=files)]
-        return self._result(start, events)
+        return self._finish(start, events)
+
+    def _finish(self, start: int, events: list[ev.Event]) -> RunResult:
+        result = self._result(start, events)
+        failure = next((e for e in events if isinstance(e, ev.RunError) and e.kind == "model_error"), None)
+        if failure is None:
+            return result
+        exc = failure.exception
+        error = exc if isinstance(exc, GlmAgentError) else ModelError(f"the model failed: {failure.message}")
+        error.result = result
+        if error is exc:
+            raise error
+        raise error from exc
 
     def cancel(self) -> None:
         """Stop the run in progress at its next safe point; safe from another thread or task.
@@ -272,6 +328,8 @@ class Agent:
         self._cancel.clear()
         self._refresh_tools()
         self.messages.append(self._user_message(query, files))
+        if self.fit_history:
+            self._fit()
         return _steps.steps(
             self.messages,
             max_steps=self.max_steps,
@@ -433,7 +491,7 @@ class Agent:
             elif isinstance(e, ev.FinalAnswer):
                 answer = e.text
             elif isinstance(e, ev.RunError):
-                stopped = _STOPPED.get(e.kind, "model_error")
+                stopped = e.kind
                 error = e.message
         steps = max((e.step for e in events), default=0)
         return RunResult(answer, stopped, steps, self.messages[start:], records, list(events), error)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "GlmAgentError",
@@ -27,7 +28,13 @@ __all__ = [
 
 
 class GlmAgentError(Exception):
-    """Base class of every error glm-agent raises on purpose."""
+    """Base class of every error glm-agent raises on purpose.
+
+    ``result``: when ``Agent.run``/``arun`` raises it (the model failed), the run's partial
+    ``RunResult`` (its events, calls and messages so far); otherwise None.
+    """
+
+    result: Any = None
 
 
 class ToolCallParseError(GlmAgentError, ValueError):

@@ -146,12 +146,13 @@ class FinalAnswer(AgentEvent):
 
 
 #: why a run stopped without an answer (``RunResult.stopped`` says the same, with ``"answer"`` for an answer)
-RunErrorKind = Literal["max_steps", "model", "cancelled"]
+RunErrorKind = Literal["max_steps", "model_error", "cancelled"]
 
 
 @dataclass(frozen=True)
 class RunError(AgentEvent):
-    """The run stopped without an answer: ``kind`` is ``max_steps``, ``model`` or ``cancelled``."""
+    """The run stopped without an answer: ``kind`` is ``max_steps``, ``model_error`` or ``cancelled``
+    (the same names as ``RunResult.stopped``)."""
 
     type: ClassVar[str] = "error"
     kind: RunErrorKind

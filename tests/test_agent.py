@@ -14,6 +14,7 @@ import pytest
 from glm_agent import Agent, tool
 from glm_agent import events as ev
 from glm_agent.chatglm3.prompts import CHAT_SYSTEM, CODE_SYSTEM_EN, CODE_SYSTEM_ZH, TOOLS_SYSTEM
+from glm_agent.errors import ContextLengthError, GlmAgentError, ModelError
 from glm_agent.messages import AssistantMessage, ObservationMessage, ToolCall, UserMessage, load_jsonl
 from glm_agent.models import ScriptedModel
 
@@ -147,11 +148,36 @@ def test_approval_hook_can_refuse():
     assert [c.ok for c in result.calls] == [False, True]
 
 
-def test_model_failure_is_an_error_event_and_history_stays_consistent():
+def test_a_model_failure_raises_from_run_with_the_partial_result_and_is_an_event_in_stream():
     agent = Agent(ScriptedModel([WEATHER]), tools=[get_weather])
-    result = agent.run("x")
+    with pytest.raises(ModelError, match="ran out of replies") as failed:
+        agent.run("x")
+    result = failed.value.result
     assert result.stopped == "model_error" and "ran out of replies" in result.error
-    assert isinstance(agent.messages[-1], ObservationMessage)
+    assert [c.name for c in result.calls] == ["get_weather"]  # the partial run: the call it made
+    assert isinstance(agent.messages[-1], ObservationMessage)  # answered after the tool: kept, well formed
+    events = list(Agent(ScriptedModel([]), tools=[get_weather]).stream("x"))
+    assert events[-1].type == "error" and events[-1].kind == "model_error"
+
+
+class TooLong(ScriptedModel):
+    """A model whose context holds 10 words (a stand-in for ContextLengthError from a real backend)."""
+
+    def stream(self, messages, **params):
+        words = sum(len(str(m.content if hasattr(m, "content") else m["content"]).split()) for m in messages)
+        if words > 10:
+            raise ContextLengthError(f"the prompt has {words} words, the context holds 10")
+        return super().stream(messages, **params)
+
+
+def test_a_turn_the_model_never_answered_is_rolled_back_so_the_next_run_works():
+    agent = Agent(TooLong(["\n fine"]), system="s")
+    before = list(agent.messages)
+    with pytest.raises(ContextLengthError) as failed:  # the backend's own error, as it is
+        agent.run("this question is far too long for the tiny context of this model")
+    assert "taken out of the conversation" in failed.value.result.error
+    assert agent.messages == before  # not poisoned
+    assert agent.run("short").answer == "fine"
 
 
 def test_conversation_persists_reset_save_load(tmp_path):
@@ -440,3 +466,38 @@ def test_a_marked_tool_needs_a_yes_and_unmarked_tools_run_without_asking():
     assert everything == ["wire_money", "get_weather"]  # ask="all" (the default) asks about every call
     with pytest.raises(ValueError, match="ask must be"):
         Agent(ScriptedModel(replies), ask="some")
+
+
+class Counting(ScriptedModel):
+    """A scripted model with a real tokenizer and a small context: it fails as a real backend would."""
+
+    def __init__(self, replies, tokenizer, context_length):
+        super().__init__(replies)
+        self.tokenizer = tokenizer
+        self.context_length = context_length
+
+    def stream(self, messages, **params):
+        used = len(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+        if used + params.get("max_new_tokens", 16) > self.context_length:
+            raise ContextLengthError(f"{used} prompt tokens do not fit {self.context_length}")
+        return super().stream(messages, **params)
+
+
+def test_history_is_fitted_into_the_context_only_when_asked(tokenizer):
+    question = "please tell me a long story about " + "the sea " * 20
+    replies = ["\n one"] * 6
+    plain = Agent(Counting(replies, tokenizer, 200), system="Be brief.", generation={"max_new_tokens": 16})
+    plain.run(question)
+    with pytest.raises(ContextLengthError):
+        for _ in range(3):
+            plain.run(question)
+    fitted = Agent(
+        Counting(replies, tokenizer, 200), system="Be brief.", generation={"max_new_tokens": 16}, fit_history=True
+    )
+    for _ in range(4):
+        assert fitted.run(question).answer == "one"
+    assert fitted.messages[0].content == "Be brief."  # the system prompt stays
+    assert sum(isinstance(m, UserMessage) for m in fitted.messages) < 4  # old turns went
+    no_tokenizer = Agent(ScriptedModel(["\n x"]))
+    with pytest.raises(GlmAgentError, match="no tokenizer"):
+        no_tokenizer.drop_oldest_turns(100)
