@@ -19,6 +19,7 @@ from typing import Any
 
 from glm_agent import GlmAgentError
 from glm_agent.models import ScriptedModel, load_chat_model
+from glm_agent.render import print_event
 
 EXAMPLES = Path(__file__).resolve().parent
 SCRIPTED = EXAMPLES / "scripted"
@@ -60,23 +61,8 @@ def import_file(path: Path) -> ModuleType:
 
 
 def show(event: Any) -> None:
-    """Print one agent event: the answer streams, calls and results get a line each."""
-    if event.type == "text":
-        print(event.text, end="", flush=True)
-    elif event.type == "tool_call":
-        print(f"\n-> {event.call.name}({event.call.arguments})")
-    elif event.type == "tool_result":
-        print(f"<- {'ok' if event.ok else 'error'}: {event.observation}")
-    elif event.type == "code_started":
-        print(f"\n-> running code:\n{event.call.code}")
-    elif event.type == "code_result":
-        print(f"<- {'output' if event.ok else 'error'}:\n{event.observation}")
-    elif event.type in ("call_refused", "parse_error"):
-        print(f"\n!! {event.observation}")
-    elif event.type == "final_answer":
-        print()
-    elif event.type == "error":
-        print(f"\n!! stopped: {event.message}")
+    """Print one agent event as plain text (``glm_agent.render.print_event``): the answer streams, the rest get lines."""
+    print_event(event)
 
 
 def run_example(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser) -> None:

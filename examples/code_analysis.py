@@ -36,7 +36,7 @@ def main(args: argparse.Namespace) -> int:
         answer, images = None, []
         for event in agent.stream(args.question):
             show(event)
-            if event.type == "code_result":
+            if event.type == "code_finished":
                 images += event.images
             elif event.type == "final_answer":
                 answer = event.text

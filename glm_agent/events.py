@@ -1,7 +1,23 @@
 """Typed events an agent run streams: text, calls, results, the final answer, errors.
 
-Every event has ``type`` (a short name) and ``to_dict()`` (a JSON-ready dict, used by
-``glm-agent run --json``).
+Every event has ``step`` (the model turn it belongs to), ``type`` (its class name in snake_case:
+``ToolCalled`` is ``"tool_called"``) and ``to_dict()`` (a JSON-ready dict, used by
+``glm-agent run --json``). ``glm_agent.render`` shows them as plain text or on a rich console.
+
+=================  ================  ==================================================================
+class              ``type``          when
+=================  ================  ==================================================================
+``TextDelta``      ``text_delta``    a piece of the answer text, as it is generated (``text``)
+``CallStarted``    ``call_started``  the model began a call (``name``: the tool, or ``interpreter``)
+``ToolCalled``     ``tool_called``   a tool call is about to run (``call``: name and arguments)
+``ToolReturned``   ``tool_returned`` it ran (``ok``, ``observation``, ``error``, ``files``, ``result``)
+``CodeStarted``    ``code_started``  code is about to run in the interpreter (``call.code``)
+``CodeFinished``   ``code_finished`` it ran (``ok``, ``observation``, ``images``, ``result``)
+``CallRefused``    ``call_refused``  a call was not approved (``observation``, ``reason``)
+``ParseFailed``    ``parse_failed``  a call could not be parsed (``name``, ``observation``)
+``FinalAnswer``    ``final_answer``  the run's answer (``text``)
+``RunError``       ``run_error``     the run stopped without one (``kind``, ``message``, ``exception``)
+=================  ================  ==================================================================
 """
 
 from __future__ import annotations
@@ -61,7 +77,7 @@ def _jsonable(value: Any) -> Any:
 class TextDelta(AgentEvent):
     """More of the answer (or of a thought before a call)."""
 
-    type: ClassVar[str] = "text"
+    type: ClassVar[str] = "text_delta"
     text: str
 
 
@@ -77,7 +93,7 @@ class CallStarted(AgentEvent):
 class ToolCalled(AgentEvent):
     """A tool call was parsed and is about to run."""
 
-    type: ClassVar[str] = "tool_call"
+    type: ClassVar[str] = "tool_called"
     call: ToolCall
 
 
@@ -85,7 +101,7 @@ class ToolCalled(AgentEvent):
 class ToolReturned(AgentEvent):
     """A tool call finished (``ok`` false for unknown tools, bad arguments, exceptions, timeouts)."""
 
-    type: ClassVar[str] = "tool_result"
+    type: ClassVar[str] = "tool_returned"
     call: ToolCall
     ok: bool
     observation: str
@@ -106,7 +122,7 @@ class CodeStarted(AgentEvent):
 class CodeFinished(AgentEvent):
     """Code finished: its observation, whether it failed, and the images it made."""
 
-    type: ClassVar[str] = "code_result"
+    type: ClassVar[str] = "code_finished"
     call: CodeCall
     ok: bool
     observation: str
@@ -132,7 +148,7 @@ class CallRefused(AgentEvent):
 class ParseFailed(AgentEvent):
     """A call segment could not be parsed; the observation tells the model how to fix it."""
 
-    type: ClassVar[str] = "parse_error"
+    type: ClassVar[str] = "parse_failed"
     name: str
     observation: str
 
@@ -154,7 +170,7 @@ class RunError(AgentEvent):
     """The run stopped without an answer: ``kind`` is ``max_steps``, ``model_error`` or ``cancelled``
     (the same names as ``RunResult.stopped``)."""
 
-    type: ClassVar[str] = "error"
+    type: ClassVar[str] = "run_error"
     kind: RunErrorKind
     message: str
     exception: BaseException | None = field(default=None, repr=False, compare=False)

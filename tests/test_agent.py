@@ -55,7 +55,12 @@ def test_tool_episode_events_history_and_result():
     agent = Agent(model, tools=[get_weather])
     events = list(agent.stream("Weather in Paris?"))
     kinds = [e.type for e in events]
-    assert kinds.index("text") < kinds.index("call_started") < kinds.index("tool_call") < kinds.index("tool_result")
+    assert (
+        kinds.index("text_delta")
+        < kinds.index("call_started")
+        < kinds.index("tool_called")
+        < kinds.index("tool_returned")
+    )
     assert kinds[-1] == "final_answer" and events[-1].text == "It is 21 degrees in Paris."
     assert "".join(e.text for e in events if isinstance(e, ev.TextDelta) and e.step == 1) == "Let me check."
     result = next(e for e in events if isinstance(e, ev.ToolReturned))
@@ -95,13 +100,13 @@ def test_history_reencodes_as_a_continuation_of_each_prompt(tokenizer):
 @pytest.mark.parametrize(
     "reply, kind, words",
     [
-        (call("get_weather", "city=Paris"), "parse_error", "the name `Paris`"),
-        (call("get_wether", "city='Paris'"), "tool_result", "no tool named 'get_wether'"),
-        (call("get_weather", "town='Paris'"), "tool_result", "town"),
-        (call("get_weather", "city='Paris', unit='kelvin'"), "tool_result", "unit"),
-        (call("explode", "reason='test'"), "tool_result", "boom: test"),
-        (call("slow", "seconds=5"), "tool_result", "0.3"),
-        ("interpreter\n ```python\nprint(1)\n```", "code_result", "code execution is not enabled"),
+        (call("get_weather", "city=Paris"), "parse_failed", "the name `Paris`"),
+        (call("get_wether", "city='Paris'"), "tool_returned", "no tool named 'get_wether'"),
+        (call("get_weather", "town='Paris'"), "tool_returned", "town"),
+        (call("get_weather", "city='Paris', unit='kelvin'"), "tool_returned", "unit"),
+        (call("explode", "reason='test'"), "tool_returned", "boom: test"),
+        (call("slow", "seconds=5"), "tool_returned", "0.3"),
+        ("interpreter\n ```python\nprint(1)\n```", "code_finished", "code execution is not enabled"),
     ],
 )
 def test_each_failure_becomes_an_observation_and_the_run_recovers(reply, kind, words):
@@ -120,7 +125,7 @@ def test_max_steps_ends_cleanly():
     agent = Agent(ScriptedModel([WEATHER] * 5), tools=[get_weather], max_steps=3)
     result = agent.run("loop forever")
     assert result.stopped == "max_steps" and result.answer is None and result.steps == 3
-    assert "3 steps" in result.error and result.events[-1].type == "error"
+    assert "3 steps" in result.error and result.events[-1].type == "run_error"
     assert isinstance(agent.messages[-1], ObservationMessage)  # the conversation is well formed
 
 
@@ -157,7 +162,7 @@ def test_a_model_failure_raises_from_run_with_the_partial_result_and_is_an_event
     assert [c.name for c in result.calls] == ["get_weather"]  # the partial run: the call it made
     assert isinstance(agent.messages[-1], ObservationMessage)  # answered after the tool: kept, well formed
     events = list(Agent(ScriptedModel([]), tools=[get_weather]).stream("x"))
-    assert events[-1].type == "error" and events[-1].kind == "model_error"
+    assert events[-1].type == "run_error" and events[-1].kind == "model_error"
 
 
 class TooLong(ScriptedModel):
@@ -245,7 +250,7 @@ def test_async_twins():
         return kinds, agent, again
 
     kinds, agent, again = asyncio.run(go())
-    assert kinds[-1] == "final_answer" and "tool_result" in kinds
+    assert kinds[-1] == "final_answer" and "tool_returned" in kinds
     assert again.answer == "hi"
     assert agent.messages[-1] == AssistantMessage(content="21 degrees")
 
@@ -358,7 +363,7 @@ TWO_WAITS = call("wait", "city='Paris'") + "<|assistant|>" + call("wait", "city=
 
 def _assert_cancelled_after_the_first_call(agent, result):
     assert result.stopped == "cancelled" and result.answer is None and "cancelled" in result.error
-    assert result.events[-1].type == "error" and result.events[-1].kind == "cancelled"
+    assert result.events[-1].type == "run_error" and result.events[-1].kind == "cancelled"
     assert [(c.name, c.ok, c.observation) for c in result.calls] == [("wait", True, "done Paris")]
     assert [m.content for m in agent.messages[-2:]] == ["done Paris", "Cancelled by the user before it finished."]
     assert agent.run("again").answer == "next"  # the flag is per run; the conversation goes on
@@ -402,7 +407,7 @@ def test_cancel_while_the_model_streams_stops_generation_and_keeps_the_text(run_
         return [e async for e in agent.astream("talk") if on(e) or True]
 
     events = asyncio.run(collect()) if run_async else [e for e in agent.stream("talk") if on(e) or True]
-    assert events[-1].type == "error" and events[-1].kind == "cancelled"
+    assert events[-1].type == "run_error" and events[-1].kind == "cancelled"
     assert sum(isinstance(e, ev.TextDelta) for e in events) == 1  # no delta after the cancel
     kept = agent.messages[-1]
     assert kept.role == "assistant" and ("word " * 50).startswith(kept.content)
@@ -501,3 +506,25 @@ def test_history_is_fitted_into_the_context_only_when_asked(tokenizer):
     no_tokenizer = Agent(ScriptedModel(["\n x"]))
     with pytest.raises(GlmAgentError, match="no tokenizer"):
         no_tokenizer.drop_oldest_turns(100)
+
+
+def test_every_event_type_is_its_class_name_and_every_event_prints_without_bytes():
+    import re
+
+    from glm_agent.render import format_event
+
+    for cls in ev.Event.__args__:  # type: ignore[attr-defined]
+        assert cls.type == re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()
+    png = b"\x89PNG" + b"x" * 50_000
+
+    @tool
+    def picture() -> bytes:
+        """A picture."""
+        return png
+
+    result = Agent(ScriptedModel([call("picture"), "\n Here."]), tools=[picture]).run("draw")
+    returned = next(e for e in result.events if isinstance(e, ev.ToolReturned))
+    for shown in (repr(returned), repr(returned.result), repr(result), format_event(returned)):
+        assert "xxxxxxxx" not in shown and len(shown) < 5000
+    assert str(returned.files[0]) in format_event(returned)
+    assert "".join(format_event(e) for e in result.events if isinstance(e, ev.TextDelta)) == "Here."

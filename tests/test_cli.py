@@ -85,11 +85,11 @@ def test_run_json_prints_the_event_stream(tmp_path):
     out = events(proc.stdout)
     kinds = [e["type"] for e in out]
     assert kinds[-1] == "final_answer" and out[-1]["text"] == "It is 1027."
-    assert kinds.index("call_started") < kinds.index("tool_call") < kinds.index("tool_result")
-    result = next(e for e in out if e["type"] == "tool_result")
+    assert kinds.index("call_started") < kinds.index("tool_called") < kinds.index("tool_returned")
+    result = next(e for e in out if e["type"] == "tool_returned")
     assert result["ok"] is True and result["observation"] == "1027"
     assert result["call"] == {"name": "calculate", "arguments": {"expression": "2**10 + 3"}}
-    assert "".join(e["text"] for e in out if e["type"] == "text" and e["step"] == 1) == "Let me compute."
+    assert "".join(e["text"] for e in out if e["type"] == "text_delta" and e["step"] == 1) == "Let me compute."
     assert "[scripted model]" in proc.stderr  # labelled, and kept off the JSON stream
 
 
@@ -111,7 +111,7 @@ def test_run_without_yes_and_without_a_terminal_refuses_calls(tmp_path):
     out = events(proc.stdout)
     refused = next(e for e in out if e["type"] == "call_refused")
     assert "did not allow" in refused["observation"]
-    assert not any(e["type"] == "tool_result" for e in out)
+    assert not any(e["type"] == "tool_returned" for e in out)
     human = glm_agent("run", "1+1?", "--model", model, "--tools", CALCULATOR)
     assert "refused: calculate" in human.stdout and "--yes" in human.stdout
 
@@ -125,7 +125,7 @@ def test_yes_for_a_tool_runs_its_calls_and_no_others(tmp_path):
     tools = ["--tools", CALCULATOR, "--tools", str(slow)]
     proc = glm_agent("run", "1+1?", "and wait", "--model", model, *tools, "--yes-for", "calculate", "--json")
     out = events(proc.stdout)
-    assert [e["call"]["name"] for e in out if e["type"] == "tool_result"] == ["calculate"]
+    assert [e["call"]["name"] for e in out if e["type"] == "tool_returned"] == ["calculate"]
     assert [e["call"]["name"] for e in out if e["type"] == "call_refused"] == ["wait"]
     assert proc.returncode == 3, proc.stderr
 
@@ -159,7 +159,7 @@ def test_run_without_an_answer_exits_1(tmp_path):
     )
     assert proc.returncode == 1
     assert events(proc.stdout)[-1] == {
-        "type": "error",
+        "type": "run_error",
         "step": 2,
         "kind": "max_steps",
         "message": "stopped after 2 steps without a final answer",
@@ -360,7 +360,7 @@ def test_run_with_real_weights_streams_generated_text():
     assert proc.returncode == 0, proc.stderr
     out = events(proc.stdout)
     assert out[-1]["type"] == "final_answer" and out[-1]["step"] == 1
-    streamed = "".join(e["text"] for e in out if e["type"] == "text")
+    streamed = "".join(e["text"] for e in out if e["type"] == "text_delta")
     assert streamed.strip() == out[-1]["text"] and streamed  # random tiny weights: some text, not a scripted reply
     assert "[scripted model]" not in proc.stderr
 
@@ -390,7 +390,7 @@ def test_run_with_the_code_interpreter_then_notebook_from_the_saved_session(tmp_
         str(workspace),
     )
     assert proc.returncode == 0, proc.stderr
-    result = next(e for e in events(proc.stdout) if e["type"] == "code_result")
+    result = next(e for e in events(proc.stdout) if e["type"] == "code_finished")
     assert result["ok"] and "14" in result["observation"] and len(result["images"]) == 1
     image = Path(result["images"][0])
     assert image.parent.parent == workspace and image.read_bytes().startswith(b"\x89PNG")  # kept after exit
@@ -539,7 +539,10 @@ def test_run_at_a_terminal_asks_before_each_call(tmp_path):
         child.close(force=True)
     assert child.exitstatus == 0
     lines = [json.loads(line) for line in seen.getvalue().splitlines() if line.startswith('{"type"')]
-    assert [e["type"] for e in lines if e["type"] in ("tool_result", "call_refused")] == ["tool_result", "call_refused"]
+    assert [e["type"] for e in lines if e["type"] in ("tool_returned", "call_refused")] == [
+        "tool_returned",
+        "call_refused",
+    ]
     assert lines[-1] == {"type": "final_answer", "step": 2, "text": "4 and 6."}
 
 

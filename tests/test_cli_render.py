@@ -10,8 +10,8 @@ import pytest
 from rich.console import Console
 
 from glm_agent import events as ev
-from glm_agent.cli._render import EventRenderer
 from glm_agent.messages import CodeCall, ToolCall
+from glm_agent.render import EventRenderer
 
 WEATHER = ToolCall(name="get_weather", arguments={"city": "北京"})
 CODE = CodeCall(code="print(1 + 1)")

@@ -50,7 +50,7 @@ def test_tools_agent_weather_and_arithmetic():
     assert "[offline] get_weather reads examples/scripted/open_meteo_sample.json" in out
     # the real tool code parsed the sample response, the real calculator did the conversion
     assert '"weather": "overcast", "temperature": "24.3 °C"' in out
-    assert "<- ok: 75.7" in out
+    assert "<- calculate (ok): 75.7" in out
     assert out.rstrip().endswith("75.7 °F (it feels like 25.1 °C), with 58 % humidity and a light wind of 9.4 km/h.")
 
 
@@ -66,7 +66,7 @@ def test_official_demo_tools_run_unchanged():
         "description": "The random seed used by the generator",
     }
     # the official body checks isinstance(range, tuple): the call passed it, so the list became a tuple
-    assert "<- ok: 82" in out and out.rstrip().endswith("is 82.")
+    assert "<- random_number_generator (ok): 82" in out and out.rstrip().endswith("is 82.")
 
 
 @pytest.mark.slow

@@ -42,6 +42,7 @@ RANKS = {
     "mcp": 5,
     "_steps": 5,  # the agent's step core, below the drivers in agent.py
     "agent": 6,
+    "render": 6,  # showing events (the CLI's and examples' printer)
     "jupyter": 8,
     "web": 8,
     "server": 9,

@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable
 from rich.console import Console
 from rich.prompt import Confirm
 
-from glm_agent.cli._render import EventRenderer
 from glm_agent.messages import Call, ToolCall
+from glm_agent.render import EventRenderer
 
 __all__ = ["CliApprover", "choose_approver", "REFUSED_HINT"]
 

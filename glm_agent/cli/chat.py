@@ -50,8 +50,9 @@ def chat_command(args: argparse.Namespace) -> int:
 
     from glm_agent.cli._agent import load_model, model_spec, open_agent
     from glm_agent.cli._approve import choose_approver
-    from glm_agent.cli._render import TEMPORARY_IMAGES, EventRenderer
+    from glm_agent.cli._render import TEMPORARY_IMAGES
     from glm_agent.messages import load_jsonl
+    from glm_agent.render import EventRenderer
 
     console = Console()
     renderer = EventRenderer(console)

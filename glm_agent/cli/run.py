@@ -50,7 +50,8 @@ def run_command(args: argparse.Namespace) -> int:
 
     from glm_agent.cli._agent import load_model, model_spec, open_agent
     from glm_agent.cli._approve import choose_approver
-    from glm_agent.cli._render import TEMPORARY_IMAGES, EventRenderer
+    from glm_agent.cli._render import TEMPORARY_IMAGES
+    from glm_agent.render import EventRenderer
 
     for file in args.files:
         if not Path(file).is_file():

@@ -45,10 +45,15 @@ class DisplayOutput:
     """
 
     kind: Literal["display_data", "execute_result"]
-    data: dict[str, Any]
-    metadata: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(repr=False)  # base64 images would fill a screen: the repr names the mime types
+    metadata: dict[str, Any] = field(default_factory=dict, repr=False)
     execution_count: int | None = None
     image: Path | None = None
+
+    def __repr__(self) -> str:
+        mimes = ", ".join(sorted(self.data)) or "empty"
+        image = f", image={str(self.image)!r}" if self.image is not None else ""
+        return f"DisplayOutput({self.kind}: {mimes}{image})"
 
 
 @dataclass

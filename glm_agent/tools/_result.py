@@ -26,7 +26,7 @@ class ToolResult:
     arguments: dict[str, Any]
     ok: bool
     observation: str
-    value: Any = None
+    value: Any = field(default=None, repr=False)  # bytes or an image would fill a screen
     error: ErrorKind | None = None
     files: list[Path] = field(default_factory=list)
     elapsed_s: float = 0.0
