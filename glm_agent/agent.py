@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from glm_agent import _steps
 from glm_agent import events as ev
-from glm_agent.chatglm3.prompts import build_system_message, upload_header
+from glm_agent.chatglm3.prompts import MNT_DATA, build_system_message, upload_header
 from glm_agent.errors import GlmAgentError, ModelError
 from glm_agent.messages import (
     INTERPRETER,
@@ -73,9 +73,19 @@ class CallRecord:
     result: Any = field(default=None, repr=False)
 
 
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".svg"}
+
+
 @dataclass
 class RunResult:
-    """What one ``run`` produced. ``answer`` is None unless ``stopped == "answer"``."""
+    """What one ``run`` produced. ``answer`` is None unless ``stopped == "answer"``.
+
+    ``files``: every file the run produced, as a path on this machine: what tools returned
+    (saved bytes, images, charts) and what the code wrote in its workspace (``/mnt/data/x.csv`` is
+    ``interpreter.workspace / "x.csv"``; a gateway's files stay on the gateway and are not listed).
+    ``images``: the images among them, and the images the code displayed, in order. Temporary
+    files live as long as the agent (``Agent.close`` removes them).
+    """
 
     answer: str | None
     stopped: Stopped
@@ -84,10 +94,17 @@ class RunResult:
     calls: list[CallRecord]
     events: list[ev.AgentEvent]
     error: str | None = None
+    files: list[Path] = field(default_factory=list)
 
     @property
     def images(self) -> list[Path]:
-        return [p for e in self.events if isinstance(e, ev.CodeFinished) for p in e.images]
+        found: list[Path] = []
+        for e in self.events:
+            if isinstance(e, ev.CodeFinished):
+                found += e.images
+            elif isinstance(e, ev.ToolReturned):
+                found += [p for p in e.files if p.suffix.lower() in _IMAGE_SUFFIXES]
+        return found
 
 
 class Agent:
@@ -126,6 +143,7 @@ class Agent:
             raise ValueError("max_steps must be at least 1")
         self.model = model
         self.tools = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools or ())
+        self._owns_tools = not isinstance(tools, ToolRegistry)  # then its temporary files go with the agent
         self._own_toolsets: list[Any] = []
         if mcp is not None:
             from glm_agent.mcp import connect_mcp
@@ -240,13 +258,16 @@ class Agent:
         return conversation_to_notebook(self.messages, path, interpreter=self._interpreter)
 
     def close(self) -> None:
-        """Close what the agent started: its code interpreter and the MCP servers of ``mcp=``."""
+        """Close what the agent started: its code interpreter, the MCP servers of ``mcp=``, and the
+        registry it made for ``tools=[...]`` (with the temporary folder of what tools returned)."""
         if self._owns_interpreter and self._interpreter is not None:
             self._interpreter.close()
             self._interpreter = None
         toolsets, self._own_toolsets = self._own_toolsets, []
         for toolset in toolsets:
             self.tools.remove_toolset(toolset)
+        if self._owns_tools:
+            self.tools.close()
 
     def _refresh_tools(self) -> None:
         """A toolset whose tools changed since the last run: re-list it and update the system prompt."""
@@ -261,6 +282,16 @@ class Agent:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    async def aclose(self) -> None:
+        """``close`` for async code (the kernel and MCP servers are ended off the event loop)."""
+        await asyncio.to_thread(self.close)
+
+    async def __aenter__(self) -> Agent:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     # -- running -------------------------------------------------------------------------------
     def _user_message(self, query: str, files: Sequence[str | Path] = ()) -> UserMessage:
@@ -494,7 +525,22 @@ class Agent:
                 stopped = e.kind
                 error = e.message
         steps = max((e.step for e in events), default=0)
-        return RunResult(answer, stopped, steps, self.messages[start:], records, list(events), error)
+        files = self._files_of(events)
+        return RunResult(answer, stopped, steps, self.messages[start:], records, list(events), error, files)
+
+    def _files_of(self, events: Sequence[ev.AgentEvent]) -> list[Path]:
+        """The host paths of what tools returned and what the code wrote (see ``RunResult.files``)."""
+        files: list[Path] = []
+        workspace = self._interpreter.backend.workspace if self._interpreter is not None else None
+        for e in events:
+            if isinstance(e, ev.ToolReturned):
+                files += e.files
+            elif isinstance(e, ev.CodeFinished) and workspace is not None and e.result is not None:
+                for path in e.result.files:
+                    relative = path.removeprefix(MNT_DATA + "/")
+                    if relative != path:
+                        files.append(Path(workspace) / relative)
+        return list(dict.fromkeys(files))
 
 
 def _ask(approve: Approve | None, call: Call) -> Any:

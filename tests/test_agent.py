@@ -9,6 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
+import nbformat
 import pytest
 
 from glm_agent import Agent, tool
@@ -528,3 +529,41 @@ def test_every_event_type_is_its_class_name_and_every_event_prints_without_bytes
         assert "xxxxxxxx" not in shown and len(shown) < 5000
     assert str(returned.files[0]) in format_event(returned)
     assert "".join(format_event(e) for e in result.events if isinstance(e, ev.TextDelta)) == "Here."
+
+
+def test_every_file_a_run_produced_is_a_host_path_and_goes_with_the_agent(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    @tool
+    def chart() -> object:
+        """Draws a chart."""
+        figure, axes = plt.subplots()
+        axes.plot([1, 3, 2])
+        return figure
+
+    @tool
+    def raw() -> bytes:
+        """Some bytes."""
+        return b"\x00\x01"
+
+    replies = [call("chart") + "<|assistant|>" + call("raw"), "\n Drawn."]
+    agent = Agent(ScriptedModel(replies), tools=[chart, raw])
+    result = agent.run("draw")
+    chart_file, raw_file = result.files
+    assert chart_file.suffix == ".png" and chart_file.stat().st_size > 1000  # a Figure is saved as an image
+    assert result.images == [chart_file] and raw_file.read_bytes() == b"\x00\x01"
+    assert "Figure(" not in result.calls[0].observation
+    notebook = nbformat.read(str(agent.save_notebook(tmp_path / "run.ipynb")), as_version=4)
+    attached = [c for c in notebook.cells if c.get("attachments")]
+    assert len(attached) == 1 and chart_file.name in attached[0].attachments  # the tool's image is in the notebook
+    folder = chart_file.parent
+    agent.close()
+    assert not folder.exists()  # the agent's temporary folder went with it
+
+
+async def test_async_with_closes_the_agent():
+    async with Agent(ScriptedModel(["\n hi"])) as agent:
+        assert (await agent.arun("hello")).answer == "hi"

@@ -178,3 +178,13 @@ def test_a_cancel_that_lands_just_before_the_cell_starts_still_interrupts_it():
         assert "KeyboardInterrupt" in observation and "slept through" not in observation
         del interpreter.run
         assert agent.run("again").stopped == "answer"
+
+
+@pytest.mark.kernel
+def test_files_the_code_wrote_are_host_paths_in_the_result():
+    model = ScriptedModel([code("open('/mnt/data/out.csv', 'w').write('a,b\\n1,2\\n')\nprint('written')"), "\n Saved."])
+    with Agent(model, code_interpreter=True) as agent:
+        result = agent.run("save a csv")
+        (written,) = [p for p in result.files if p.name == "out.csv"]
+        assert written.is_absolute() and written.read_text() == "a,b\n1,2\n"  # the sandbox's /mnt/data/out.csv, here
+        assert written.parent == agent.interpreter.workspace

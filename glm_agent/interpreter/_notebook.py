@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import sys
 from collections.abc import Sequence
@@ -63,6 +64,36 @@ def _outputs(result: ExecutionResult) -> list[Any]:
     return out
 
 
+_SAVED_IMAGE = re.compile(r"saved to (/[^\]\n]+?\.(?:png|jpe?g|gif|webp))\]", re.IGNORECASE)
+_IMAGE_MIME = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+}
+_MAX_ATTACHED = 10 * 1024 * 1024
+
+
+def _observation_cell(text: str) -> Any:
+    """An observation as markdown, with the images a tool saved (named in it) attached and shown."""
+    cell = v4.new_markdown_cell(f"**Observation**\n\n{text}")
+    attachments: dict[str, Any] = {}
+    for match in _SAVED_IMAGE.finditer(text):
+        path = Path(match.group(1))
+        try:
+            if not path.is_file() or path.stat().st_size > _MAX_ATTACHED:
+                continue
+            data = base64.b64encode(path.read_bytes()).decode("ascii")
+        except OSError:
+            continue
+        attachments[path.name] = {_IMAGE_MIME[path.suffix.lower()]: data}
+        cell.source += f"\n\n![{path.name}](attachment:{path.name})"
+    if attachments:
+        cell.attachments = attachments
+    return cell
+
+
 def _code_cell(result: ExecutionResult) -> Any:
     return v4.new_code_cell(result.code, outputs=_outputs(result), execution_count=result.execution_count)
 
@@ -91,7 +122,7 @@ def build_notebook(
         if observation_outputs and isinstance(message, ObservationMessage) and waiting:
             entry = waiting.pop(0)
             if entry == "tool":
-                cells.append(v4.new_markdown_cell(f"**Observation**\n\n{message.content}"))
+                cells.append(_observation_cell(message.content))
             elif entry != "run":
                 entry.outputs.append(v4.new_output("stream", name="stdout", text=_code_of(message.content) + "\n"))
             continue
@@ -115,7 +146,7 @@ def build_notebook(
         elif isinstance(message, AssistantMessage):
             cells.append(v4.new_markdown_cell(f"**Assistant**\n\n{message.content}"))
         elif isinstance(message, ObservationMessage) and not shown_by_code:
-            cells.append(v4.new_markdown_cell(f"**Observation**\n\n{message.content}"))
+            cells.append(_observation_cell(message.content))
         shown_by_code = False
     cells.extend(_code_cell(r) for r in pending)
     notebook = v4.new_notebook(cells=cells)

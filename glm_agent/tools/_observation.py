@@ -55,6 +55,12 @@ def _is_pil_image(value: Any) -> bool:
     return pil is not None and isinstance(value, pil.Image)
 
 
+def _is_figure(value: Any) -> bool:
+    # A matplotlib figure (or anything drawn the same way): never import matplotlib ourselves.
+    figure = sys.modules.get("matplotlib.figure")
+    return figure is not None and isinstance(value, figure.Figure)
+
+
 def _new_file(output_dir: Path, tool_name: str, ext: str) -> Path:
     output_dir.mkdir(parents=True, exist_ok=True)
     return output_dir / f"{tool_name}-{uuid.uuid4().hex[:12]}{ext}"
@@ -77,6 +83,10 @@ def render_value(value: Any, tool_name: str, output_dir: Callable[[], Path]) -> 
         path = _new_file(output_dir(), tool_name, ".png")
         value.save(path, format="PNG")
         return f"[Image {value.width}x{value.height} saved to {path}]", [path]
+    if _is_figure(value):
+        path = _new_file(output_dir(), tool_name, ".png")
+        value.savefig(path, format="png", bbox_inches="tight")
+        return f"[Image (a chart) saved to {path}]", [path]
     jsonable = to_jsonable_python(value, fallback=str, bytes_mode="base64")
     return json.dumps(jsonable, ensure_ascii=False), []
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
@@ -56,6 +58,7 @@ class ToolRegistry:
             raise ValueError("default_timeout must be a positive number of seconds or None")
         self._tools: dict[str, Tool] = {}
         self._output_dir = Path(output_dir) if output_dir is not None else None
+        self._temporary_dir: weakref.finalize[..., Any] | None = None  # the folder we made, not a given one
         self._dir_lock = threading.Lock()
         self.max_observation_chars = max_observation_chars
         self.default_timeout = default_timeout
@@ -223,8 +226,14 @@ class ToolRegistry:
             logger.warning("closing toolset %s failed: %s", mount.label, exc, exc_info=exc)
 
     def close(self) -> None:
-        """Close every mounted toolset (their tools leave the registry); plain tools stay."""
+        """Close every mounted toolset (their tools leave the registry; plain tools stay) and remove the
+        temporary folder of saved outputs, if the registry made one."""
         self._unmount(lambda mount: True)
+        with self._dir_lock:
+            finalizer, self._temporary_dir = self._temporary_dir, None
+            if finalizer is not None:
+                finalizer()
+                self._output_dir = None
 
     def __enter__(self) -> ToolRegistry:
         return self
@@ -244,10 +253,12 @@ class ToolRegistry:
     # -- calls ------------------------------------------------------------------------------
     @property
     def output_dir(self) -> Path:
-        """Where returned bytes and images are saved; a temporary folder is made on first use."""
+        """Where returned bytes and images are saved; a temporary folder is made on first use (and removed
+        with the registry: :meth:`close`, or when it is garbage-collected or the process exits)."""
         with self._dir_lock:
             if self._output_dir is None:
                 self._output_dir = Path(tempfile.mkdtemp(prefix="glm-agent-tools-"))
+                self._temporary_dir = weakref.finalize(self, shutil.rmtree, self._output_dir, True)
             return self._output_dir
 
     def call(
