@@ -6,6 +6,7 @@ import dataclasses
 import datetime
 import enum
 import json
+import typing
 from typing import Annotated, Any, Literal
 
 import jsonschema
@@ -561,3 +562,37 @@ def test_registry_schemas_reproduce_the_official_prompt_tokens(tokenizer: Any, c
     assert messages[0]["role"] == "system"
     messages[0]["tools"] = ToolRegistry(tools).chatglm3_schemas()
     assert tokenizer.apply_chat_template(messages) == case["input_ids"]
+
+
+class PlainPoint(typing.TypedDict):  # typing's, not typing_extensions': pydantic refuses it before 3.12
+    """A point."""
+
+    x: int
+    y: int
+
+
+class PlainBox(typing.TypedDict, total=False):
+    corner: PlainPoint
+    label: str
+
+
+def test_typing_typeddict_works_on_every_supported_python():
+    @tool
+    def area(
+        p: PlainPoint, boxes: list[PlainBox] | None = None, note: Annotated[PlainPoint | None, "optional"] = None
+    ) -> int:
+        """Uses points.
+
+        Args:
+            p: the point
+            boxes: some boxes
+            note: maybe a point
+        """
+        return p["x"] * p["y"] + len(boxes or [])
+
+    registry = ToolRegistry([area])
+    assert registry.call("area", {"p": {"x": "2", "y": 3}, "boxes": [{"label": "a"}]}).observation == "7"
+    missing = registry.call("area", {"p": {"x": 1}})
+    assert not missing.ok and "p.y" in missing.observation
+    schema = registry.chatglm3_schemas()[0]["parameters"]["properties"]
+    assert schema["p"]["required"] == ["x", "y"] and "required" not in schema["boxes"]["anyOf"][0]["items"]

@@ -9,15 +9,19 @@ parameter is simply not required).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import re
+import sys
+import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import docstring_parser
+import typing_extensions
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic.fields import FieldInfo
 
@@ -191,6 +195,51 @@ def describe_function(fn: Callable[..., Any]) -> FunctionSpec:
     return FunctionSpec(description, tuple(params))
 
 
+def portable_annotation(annotation: Any) -> Any:
+    """``annotation`` with every ``typing.TypedDict`` in it made a ``typing_extensions.TypedDict``.
+
+    pydantic refuses ``typing.TypedDict`` before Python 3.12 (it lacks what pydantic reads);
+    the same class rebuilt with ``typing_extensions`` has the same keys, types, totality and
+    docstring. Other annotations come back as they are.
+    """
+    if sys.version_info >= (3, 12):
+        return annotation
+    return _portable(annotation)
+
+
+@functools.lru_cache(maxsize=256)
+def _portable_typed_dict(cls: type) -> Any:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    required = getattr(cls, "__required_keys__", frozenset(hints))
+    fields = {
+        name: (typing_extensions.Required if name in required else typing_extensions.NotRequired)[_portable(hint)]
+        for name, hint in hints.items()
+    }
+    make: Any = typing_extensions.TypedDict  # the functional form, with a name known only at run time
+    portable = make(cls.__name__, fields)
+    portable.__doc__ = cls.__doc__
+    portable.__module__ = cls.__module__
+    return portable
+
+
+def _portable(annotation: Any) -> Any:
+    if isinstance(annotation, type) and type(annotation).__module__ == "typing" and typing.is_typeddict(annotation):
+        return _portable_typed_dict(annotation)
+    args = typing.get_args(annotation)
+    origin = typing.get_origin(annotation)
+    if not args or origin is None:
+        return annotation
+    if origin is Annotated:
+        return annotation.copy_with((_portable(args[0]),))  # the metadata (descriptions, Field) stays
+    converted = tuple(_portable(a) for a in args)
+    if converted == args:
+        return annotation
+    try:
+        return annotation.copy_with(converted)
+    except AttributeError:  # X | Y (types.UnionType) and builtin generics
+        return typing.Union[converted] if origin in (typing.Union, types.UnionType) else origin[converted]
+
+
 def build_arguments_model(tool_name: str, fn: Callable[..., Any], params: tuple[ParameterSpec, ...]) -> type[BaseModel]:
     """A pydantic model that validates and coerces a call's arguments (keyed by parameter name)."""
     fields: dict[str, Any] = {}
@@ -200,7 +249,7 @@ def build_arguments_model(tool_name: str, fn: Callable[..., Any], params: tuple[
             kwargs["description"] = p.description
         if p.has_default:
             kwargs["default"] = p.default
-        fields[f"p{index}"] = (p.annotation, Field(**kwargs))
+        fields[f"p{index}"] = (portable_annotation(p.annotation), Field(**kwargs))
     config = ConfigDict(coerce_numbers_to_str=True, arbitrary_types_allowed=False)
     try:
         return create_model(f"{tool_name}_arguments", __config__=config, **fields)
@@ -212,7 +261,7 @@ def build_arguments_model(tool_name: str, fn: Callable[..., Any], params: tuple[
 def _find_bad_parameter(tool_name: str, params: tuple[ParameterSpec, ...]) -> str:
     for index, p in enumerate(params):
         try:
-            fields: dict[str, Any] = {f"p{index}": (p.annotation, Field(alias=p.name))}
+            fields: dict[str, Any] = {f"p{index}": (portable_annotation(p.annotation), Field(alias=p.name))}
             model = create_model(f"{tool_name}_check", **fields)
             model.model_json_schema(by_alias=True)
         except Exception:
