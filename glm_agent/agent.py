@@ -27,10 +27,17 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from glm_agent import _steps
 from glm_agent import events as ev
-from glm_agent.chatglm3.prompts import MNT_DATA, build_system_message, upload_header
+from glm_agent.chatglm3.prompts import (
+    CHAT_SYSTEM,
+    MNT_DATA,
+    TOOLS_SYSTEM,
+    build_system_message,
+    code_system_prompt,
+)
 from glm_agent.errors import GlmAgentError, ModelError
 from glm_agent.messages import (
     INTERPRETER,
+    AssistantMessage,
     Call,
     CodeCall,
     Message,
@@ -55,6 +62,18 @@ logger = logging.getLogger(__name__)
 #: ``approve(call)`` returns ``True`` to run the call; in ``arun``/``astream`` it may be async.
 #: Anything but ``True`` (``False``, a non-bool, an exception, a coroutine in a sync run) refuses.
 Approve = Callable[[Call], Any]
+
+
+#: told to the model with the first question after a conversation with code runs was resumed
+RESUMED_KERNEL = (
+    "[This conversation was resumed with a fresh code interpreter: the variables, imports and files of "
+    f"the earlier runs are gone ({MNT_DATA} starts empty). Run again what you need.]\n"
+)
+
+
+def _official_prompts() -> set[str]:
+    code = {code_system_prompt("zh"), code_system_prompt("en")}
+    return {CHAT_SYSTEM, TOOLS_SYSTEM, *code, *(c + "\n" + TOOLS_SYSTEM for c in code)}
 
 
 #: why a run ended: an answer, or :data:`~glm_agent.events.RunErrorKind`'s names
@@ -175,6 +194,7 @@ class Agent:
         self.messages: list[Message] = []
         self._cancel = threading.Event()
         self._code_running = False
+        self._resumed_code = False
         self.reset() if history is None else self.load_messages(history)
 
     # -- conversation --------------------------------------------------------------------------
@@ -228,15 +248,31 @@ class Agent:
         self.drop_oldest_turns(context - reply)
 
     def load_messages(self, messages: Sequence[MessageLike]) -> None:
+        """Continue a conversation: ``messages`` (the official shape, or what :meth:`save` wrote) become this one.
+
+        The system message lists *this* agent's tools (``tools=`` given now replace those saved);
+        its text is ``system=`` when given, else the saved text (an official ChatGLM3 prompt is
+        swapped for the one of this agent's mode). A conversation whose code ran in a kernel goes
+        on in a fresh one: the next question tells the model that earlier variables and files are gone.
+        """
         self.messages = to_messages(messages)
-        if not self.messages or not isinstance(self.messages[0], SystemMessage):
-            self.messages.insert(0, self.system_message())
+        current = self.system_message()
+        saved = self.messages[0] if self.messages and isinstance(self.messages[0], SystemMessage) else None
+        if saved is None:
+            self.messages.insert(0, current)
+        else:
+            keep = self.system is None and saved.content not in _official_prompts()
+            self.messages[0] = current.model_copy(update={"content": saved.content}) if keep else current
+        self._resumed_code = self.code_enabled and any(
+            isinstance(m, AssistantMessage) and m.metadata.strip() == INTERPRETER for m in self.messages
+        )
 
     def save(self, path: str | Path) -> Path:
-        """Save the conversation as JSON Lines (the official message shape)."""
+        """Save the conversation as JSON Lines (the official message shape; ``glm_agent.messages.load_jsonl`` reads it)."""
         return save_jsonl(self.messages, path)
 
     def load(self, path: str | Path) -> None:
+        """Continue the conversation :meth:`save` wrote to ``path`` (see :meth:`load_messages`)."""
         self.load_messages(load_jsonl(path))
 
     @property
@@ -296,12 +332,17 @@ class Agent:
     # -- running -------------------------------------------------------------------------------
     def _user_message(self, query: str, files: Sequence[str | Path] = ()) -> UserMessage:
         headers = "".join(self._upload(f) for f in files)
+        if self._resumed_code:  # said once, before the model writes code that counts on the old kernel
+            self._resumed_code = False
+            headers = RESUMED_KERNEL + headers
         return UserMessage(content=headers + query)
 
     def _upload(self, file: str | Path) -> str:
         if not self.code_enabled:
-            path = Path(file)
-            return upload_header(path.name, path.stat().st_size)
+            raise GlmAgentError(
+                f"files= put files into the code interpreter's {MNT_DATA}, and this agent has none: "
+                "pass code_interpreter=True (or paste the file's text into the question)"
+            )
         return self._kernel().upload(file)
 
     def run(self, query: str, *, files: Sequence[str | Path] = ()) -> RunResult:

@@ -567,3 +567,55 @@ def test_every_file_a_run_produced_is_a_host_path_and_goes_with_the_agent(tmp_pa
 async def test_async_with_closes_the_agent():
     async with Agent(ScriptedModel(["\n hi"])) as agent:
         assert (await agent.arun("hello")).answer == "hi"
+
+
+@tool
+def new_tool(x: int) -> int:
+    """A tool added after the conversation was saved."""
+    return x
+
+
+def test_a_resumed_conversation_shows_the_new_tools_and_keeps_a_custom_prompt(tmp_path):
+    saved = tmp_path / "chat.jsonl"
+    first = Agent(ScriptedModel(["\n hi"]), tools=[get_weather], system="You are a pirate.")
+    first.run("hello")
+    first.save(saved)
+    resumed = Agent(ScriptedModel(["\n again"]), tools=[new_tool])
+    resumed.load(saved)
+    system = resumed.messages[0]
+    assert [t["name"] for t in system.tools] == ["new_tool"]  # not the saved get_weather
+    assert system.content == "You are a pirate."  # a custom prompt is kept ...
+    official = Agent(ScriptedModel(["\n x"]), tools=[get_weather])
+    official.save(saved)
+    plain = Agent(ScriptedModel(["\n y"]))
+    plain.load(saved)
+    assert (
+        plain.messages[0].content == CHAT_SYSTEM and plain.messages[0].tools is None
+    )  # ... an official one follows the mode
+    told = Agent(ScriptedModel(["\n z"]), system="Be brief.")
+    told.load(saved)
+    assert told.messages[0].content == "Be brief."
+
+
+def test_a_resumed_code_conversation_tells_the_model_its_kernel_is_fresh():
+    seen: list[list] = []
+
+    def reply(messages):
+        seen.append(list(messages))
+        return "\n ok"
+
+    history = [
+        {"role": "system", "content": "x"},
+        {"role": "user", "content": "set x"},
+        {"role": "assistant", "metadata": "interpreter", "content": "```python\nx = 1\n```"},
+        {"role": "observation", "content": "```result\n\n```"},
+        {"role": "assistant", "content": "done"},
+    ]
+    agent = Agent(ScriptedModel(reply), code_interpreter=True, history=history)
+    agent.run("print x")
+    agent.run("again")
+    questions = [m.content for m in seen[0] if isinstance(m, UserMessage)]
+    assert questions[-1].startswith("[This conversation was resumed with a fresh code interpreter")
+    assert not [m.content for m in seen[1] if isinstance(m, UserMessage)][-1].startswith("[This")  # said once
+    with pytest.raises(GlmAgentError, match="files= put files into the code interpreter"):
+        Agent(ScriptedModel(["\n no"])).run("read it", files=[__file__])

@@ -305,6 +305,10 @@ class WebSession:
         """Send a message: the run goes on in a thread; follow it with :meth:`follow`."""
         with self._lock:
             self._check_idle()
+            if self.files.uploads and self.mode != CODE:
+                raise GlmAgentError(
+                    "uploaded files go to the code interpreter: switch to Code Interpreter mode to send them"
+                )
             self._busy()  # starting a kernel takes a moment: not idle meanwhile
             try:
                 agent = self._ensure_agent()
