@@ -236,7 +236,7 @@ def test_stop_strings_and_server_tools(serve, tokenizer):
     c = client(srv)
     r = c.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "x"}], stop=["three"])
     assert r.choices[0].message.content == "one two" and r.choices[0].finish_reason == "stop"
-    assert model.prompts[0][0].tools[0]["name"] == "get_weather"  # offered by the server when the request has none
+    assert not any(getattr(m, "tools", None) for m in model.prompts[0])  # the server's tools are never offered on /v1
     chunks = list(
         c.chat.completions.create(
             model="scripted", messages=[{"role": "user", "content": "x"}], stop="two", stream=True
@@ -400,3 +400,13 @@ def test_completions_need_a_backend_that_continues_token_ids(serve):
     )
     with pytest.raises(openai.BadRequestError, match="cannot continue raw prompts"):
         c.completions.create(model="chat-only", prompt=[1, 2, 3], max_tokens=4)
+
+
+def test_a_call_of_a_tool_the_request_did_not_declare_comes_back_as_text(serve):
+    model = ScriptedModel(["rm_everything\n ```python\ntool_call(path='/')\n```"])
+    srv = serve(model)
+    r = client(srv).chat.completions.create(
+        model="scripted", messages=[{"role": "user", "content": "x"}], tools=[WEATHER_TOOL]
+    )
+    message = r.choices[0].message
+    assert not message.tool_calls and "rm_everything" in message.content

@@ -34,7 +34,7 @@ def _cli(*args: str, **kw) -> subprocess.Popen:
 @needs_shared
 def test_serve_command_serves_scripted_replies_with_file_tools(tmp_path):
     replies = tmp_path / "replies.json"
-    replies.write_text(json.dumps([CALL]), encoding="utf-8")
+    replies.write_text(json.dumps([CALL, CALL]), encoding="utf-8")
     port = free_port()
     proc = _cli(
         "--model",
@@ -47,6 +47,8 @@ def test_serve_command_serves_scripted_replies_with_file_tools(tmp_path):
         "k",
         "--tools",
         "tools/calculator.py",
+        "--mcp-path",
+        "/mcp",
         "--log-level",
         "warning",
     )
@@ -54,12 +56,25 @@ def test_serve_command_serves_scripted_replies_with_file_tools(tmp_path):
         wait_http(f"http://127.0.0.1:{port}/health", proc, status=200)
         c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0)
         assert [m.id for m in c.models.list()] == ["scripted:replies.json"]
-        r = c.chat.completions.create(model="scripted:replies.json", messages=[{"role": "user", "content": "6*7?"}])
-        (call,) = r.choices[0].message.tool_calls  # the server's --tools are offered when the request has none
+        question = [{"role": "user", "content": "6*7?"}]
+        plain = c.chat.completions.create(model="scripted:replies.json", messages=question)
+        assert not plain.choices[0].message.tool_calls  # a client gets no call for a tool it did not declare
+        assert "calculate" in plain.choices[0].message.content  # (the model's call comes back as text)
+        calc = {"type": "function", "function": {"name": "calculate", "parameters": {"type": "object"}}}
+        r = c.chat.completions.create(model="scripted:replies.json", messages=question, tools=[calc])
+        (call,) = r.choices[0].message.tool_calls
         assert call.function.name == "calculate" and json.loads(call.function.arguments) == {"expression": "6 * 7"}
     finally:
         proc.terminate()
         proc.communicate(timeout=15)
+
+
+def test_serve_tools_need_somewhere_to_be_served(tmp_path):
+    replies = tmp_path / "r.json"
+    replies.write_text("[]", encoding="utf-8")
+    proc = _cli("--model", f"scripted:{replies}", "--tools", "tools/calculator.py")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "--tools and --mcp serve tools through --mcp-path or --ui" in err
 
 
 def test_serve_command_errors_exit_2(tmp_path):

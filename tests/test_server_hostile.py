@@ -383,7 +383,7 @@ def test_cli_errors_are_one_line(tmp_path: Any) -> None:
     assert "Traceback" not in taken.stderr
     exits = tmp_path / "exits.py"
     exits.write_text("import sys\nsys.exit(3)\n", encoding="utf-8")
-    quitter = _serve_cli(tmp_path, "--tools", str(exits))
+    quitter = _serve_cli(tmp_path, "--tools", str(exits), "--mcp-path", "/mcp")
     assert quitter.returncode == 2 and "called sys.exit(3) while being imported" in quitter.stderr
     assert len(quitter.stderr.strip().splitlines()) == 1
     negative = _serve_cli(tmp_path, "--max-request-bytes", "0")

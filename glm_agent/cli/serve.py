@@ -31,12 +31,16 @@ def add_command(subparsers: Subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but /health")
     parser.add_argument(
-        "--tools", nargs="+", default=[], metavar="FILE", help="tool modules offered when a request sends no tools"
+        "--tools",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="tool modules for --mcp-path and --ui (never offered on /v1: a client gets calls only for its own tools)",
     )
     parser.add_argument(
         "--mcp",
         metavar="CONFIG.json",
-        help='MCP servers whose tools (server__tool) are offered like --tools ({"mcpServers": ...})',
+        help='MCP servers whose tools (server__tool) join --tools ({"mcpServers": ...})',
     )
     parser.add_argument(
         "--mcp-path",
@@ -87,6 +91,11 @@ def run_serve(args: argparse.Namespace) -> int:
     tools: Any = None
     try:
         _check_limits(args)
+        if (args.tools or args.mcp) and not (args.mcp_path or args.ui):
+            raise GlmAgentError(
+                "--tools and --mcp serve tools through --mcp-path or --ui; /v1 offers a request only the tools "
+                "it declares (its client runs them)"
+            )
         if args.mcp_path and not args.mcp_path.startswith("/"):
             raise GlmAgentError(f"--mcp-path must start with '/', e.g. /mcp (got {args.mcp_path!r})")
         if args.mcp_path and not args.api_key and not is_loopback(args.host):

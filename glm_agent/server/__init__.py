@@ -17,8 +17,9 @@ Semantics worth knowing (ChatGLM3 has no constrained decoding here):
   the arguments.
 - Usage: prompt tokens are the chat template's ids; completion tokens are the reply text re-encoded
   (the backends stream text, not ids), so ``finish_reason: "length"`` is judged from that count.
-- ``tools`` given at start (``--tools FILE``) are offered when a request sends none; their calls come
-  back as ``tool_calls`` like any other (the server never runs tools).
+- A request is offered only its own ``tools``: a client never gets a call it did not declare. The
+  server's ``--tools`` are for its MCP endpoint (``--mcp-path``) and its web UI (``--ui``), whose
+  agents run them.
 - Requests are queued per model: ``max_concurrency`` generate at once (1 for local weights),
   ``max_queue`` wait, more get 429. Sync backends run in a worker thread; a client that goes away
   stops its generation.

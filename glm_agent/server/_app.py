@@ -17,7 +17,6 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from glm_agent._shutdown import sigterm_exits
-from glm_agent.chatglm3.openai_format import chatglm3_tools
 from glm_agent.chatglm3.parser import ASSISTANT_TOKEN
 from glm_agent.chatglm3.tokenizer import SPECIAL_TOKENS, ChatGLM3Tokenizer
 from glm_agent.models.base import BaseChatModel, ChatModel
@@ -68,10 +67,6 @@ class ServerState:
         )
         self.default_max_tokens = default_max_tokens
         self.created = int(time.time())
-        if tools is not None and hasattr(tools, "openai_schemas"):
-            tools = tools.openai_schemas()
-        self.default_tools: list[dict[str, Any]] | None = list(tools) if tools else None
-        chatglm3_tools(self.default_tools)  # refuse bad server tools at start, not per request
         self.gate = RequestGate(max_concurrency, max_queue)
         self.specials = list(SPECIAL_TOKENS)
         self.budget = PromptBudget(tokenizer, self.context_length)
@@ -138,9 +133,7 @@ async def get_model(name: str, request: Request) -> dict[str, Any]:
 
 async def chat_completions(request: Request) -> Response:
     state = _state(request)
-    prepared = await state.in_worker(
-        prepare_chat, await request.body(), state.tokenizer, state.default_tools, state.budget
-    )
+    prepared = await state.in_worker(prepare_chat, await request.body(), state.tokenizer, state.budget)
     body, messages, prompt_tokens = prepared.body, prepared.messages, len(prepared.prompt_ids)
     state.check_model(body.model)
     max_new = state.max_new_tokens(prompt_tokens, body.requested_max_tokens(), "messages")
@@ -248,7 +241,8 @@ def create_app(
 ) -> FastAPI:
     """The FastAPI app serving ``model`` (any backend with ``stream``; ``stream_ids`` for raw prompts).
 
-    ``tools``: a ToolRegistry or OpenAI tool schemas offered when a request sends none.
+    ``tools``: a ToolRegistry served at ``mcp_path`` (MCP) and by the UI's agents; ``/v1`` never offers it
+    (a client gets calls only for the tools it declared: it cannot run the server's).
     ``mcp_path``: also serve the ``tools`` registry as an MCP server (streamable HTTP) there;
     ``mcp_host`` is the address served on: ``/mcp`` answers only ``Host`` headers naming it (or
     ``allowed_hosts``) and refuses other origins.

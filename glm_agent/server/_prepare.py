@@ -96,15 +96,13 @@ def _checked(body: ChatRequest | CompletionRequest) -> None:
         raise APIError(400, str(exc), param=exc.param) from None
 
 
-def prepare_chat(
-    raw: bytes, tokenizer: ChatGLM3Tokenizer, default_tools: list[dict[str, Any]] | None, budget: PromptBudget
-) -> PreparedChat:
+def prepare_chat(raw: bytes, tokenizer: ChatGLM3Tokenizer, budget: PromptBudget) -> PreparedChat:
     """A chat request's body checked, mapped to ChatGLM3 messages and tokenized (or an ``APIError``)."""
     body = validate_body(parse_json_object(raw), ChatRequest)
     _checked(body)
     check_tool_messages(body.messages)
     try:
-        tools = chatglm3_tools(body.tools if body.tools is not None else default_tools)
+        tools = chatglm3_tools(body.tools)  # only the request's own: the client runs what it is given
         choice = resolve_tool_choice(tools, body.tool_choice)
         messages = openai_to_chatglm3(body.messages, choice.tools)
     except FormatError as exc:

@@ -122,11 +122,8 @@ class ReplyTranslator:
 
     def _finished(self, event: CallFinished) -> Out:
         call = event.call
-        if (
-            call is not None
-            and self.choice.calls_enabled
-            and (not isinstance(call, CodeCall) or INTERPRETER in self.choice.names)
-        ):
+        declared = call is not None and (INTERPRETER if isinstance(call, CodeCall) else call.name) in self.choice.names
+        if call is not None and self.choice.calls_enabled and declared:  # never a call the client did not declare
             item = openai_call(call, new_call_id())
             out = ToolCallOut(len(self.calls), item["id"], item["function"]["name"], item["function"]["arguments"])
             self.calls.append(out)
