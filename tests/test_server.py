@@ -130,6 +130,7 @@ def test_streamed_tool_call_is_reassembled_by_the_client(serve):
         "tool_calls"
     ]
     assert chunks[-1].choices == [] and chunks[-1].usage.prompt_tokens > 0
+    assert [ch for ch in chunks if ch.usage] == [chunks[-1]]  # usage once, as OpenAI sends it (not summed twice)
     # the official helper reassembles the stream into a message
     with c.chat.completions.stream(
         model="scripted", messages=[{"role": "user", "content": "天气"}], tools=[WEATHER_TOOL]
@@ -259,11 +260,13 @@ def test_completions_with_token_ids_and_text(serve, tokenizer):
             prompt=ids,
             max_tokens=64,
             stream=True,
+            stream_options={"include_usage": True},
             extra_body={"stop_token_ids": list(tokenizer.stop_ids), "skip_special_tokens": False},
         )
     )
     assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == "\n 你好"
-    assert chunks[-1].choices[0].finish_reason == "stop" and chunks[-1].usage.prompt_tokens == len(ids)
+    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "stop"
+    assert [ch for ch in chunks if ch.usage] == [chunks[-1]] and chunks[-1].usage.prompt_tokens == len(ids)
     r = c.completions.create(model="scripted", prompt="Hello", max_tokens=8)
     assert r.choices[0].text == " world"
     assert model.prompt_ids[2] == [tokenizer.gmask_id, tokenizer.sop_id, *tokenizer.encode("Hello")]

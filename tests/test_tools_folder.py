@@ -339,6 +339,19 @@ def test_module_level_file_tools_use_the_workspace_variable(tmp_path: Path, monk
     )
 
 
+def test_without_the_variable_the_file_tools_use_a_temporary_folder_not_the_current_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = module_of("files")
+    monkeypatch.delenv(files.WORKSPACE_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    registry = ToolRegistry([files.write_file])
+    with caplog.at_level("WARNING"):
+        assert registry.call("write_file", {"path": "here.txt", "content": "x"}).ok
+    assert not (tmp_path / "here.txt").exists()  # not where the user stands
+    assert "works in the temporary folder" in caplog.text and "GLM_AGENT_WORKSPACE" in caplog.text
+
+
 # -- web: a real HTTP server on 127.0.0.1 ----------------------------------------------------------------------
 PAGE = (
     "<!doctype html><html><head><title>Test  page</title><style>body{color:red}</style>"

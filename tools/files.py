@@ -1,8 +1,9 @@
 """File tools confined to a workspace folder: list, read and write files.
 
 The workspace is ``make_file_tools(root)``'s ``root``; the module-level tools use
-the folder named by the ``GLM_AGENT_WORKSPACE`` environment variable, else the
-current working directory, read at each call. Paths must be relative to the
+the folder named by the ``GLM_AGENT_WORKSPACE`` environment variable (read at each
+call), else a fresh temporary folder of their own, made at the first call and said in
+the log: never wherever the user happens to stand. Paths must be relative to the
 workspace: absolute paths, ``..`` and symbolic links that lead outside it are
 refused with a message that says what to pass instead.
 
@@ -19,8 +20,10 @@ has a timeout of ``TIMEOUT_SECONDS``.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Annotated, Literal
@@ -36,8 +39,21 @@ TIMEOUT_SECONDS = 30.0
 _OPEN_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
 
+_temporary_root: Path | None = None
+
+
 def _default_root() -> Path:
-    return Path(os.environ.get(WORKSPACE_ENV) or Path.cwd())
+    """``$GLM_AGENT_WORKSPACE``, else one temporary folder for this process (made once, said once)."""
+    global _temporary_root
+    chosen = os.environ.get(WORKSPACE_ENV)
+    if chosen:
+        return Path(chosen)
+    if _temporary_root is None:
+        _temporary_root = Path(tempfile.mkdtemp(prefix="glm-agent-files-"))
+        logging.getLogger(__name__).warning(
+            "tools/files.py works in the temporary folder %s; set %s to choose a folder", _temporary_root, WORKSPACE_ENV
+        )
+    return _temporary_root
 
 
 def resolve_in_workspace(root: str | Path, relative: str) -> Path:

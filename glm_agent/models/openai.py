@@ -138,7 +138,7 @@ class OpenAIModel(BaseChatModel):
 
     def _chat_body(self, messages: Sequence[MessageLike], params: dict[str, Any]) -> dict[str, Any]:
         oa_messages, tools = chatglm3_to_openai(messages)
-        body: dict[str, Any] = {"messages": oa_messages, "stream": True, **self._sampling(params)}
+        body: dict[str, Any] = {"messages": oa_messages, "stream": True, **_USAGE, **self._sampling(params)}
         if tools:
             body["tools"] = tools
         return body
@@ -148,6 +148,7 @@ class OpenAIModel(BaseChatModel):
         return {
             "prompt": [int(i) for i in prompt_ids],
             "stream": True,
+            **_USAGE,
             "stop_token_ids": stop_ids,
             "skip_special_tokens": False,
             "spaces_between_special_tokens": False,
@@ -298,6 +299,10 @@ class OpenAIModel(BaseChatModel):
                 self.last_usage = reader.usage
             finally:
                 await response.aclose()
+
+
+#: ask for the usage chunk at the end of a stream (OpenAI's and vLLM's way: ``last_usage``)
+_USAGE: dict[str, Any] = {"stream_options": {"include_usage": True}}
 
 
 def retry_decision(

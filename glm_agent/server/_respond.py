@@ -115,7 +115,7 @@ class ChatReply(Reply):
     def close(self) -> list[dict[str, Any]]:
         chunks = self._render(self.translator.close())
         self._finish(self.translator.raw, called=bool(self.translator.calls))
-        return [*chunks, self._chunk({}, self.reason, usage=self.usage)]
+        return [*chunks, self._chunk({}, self.reason)]  # usage comes once, after it (include_usage), as OpenAI sends it
 
     def body(self) -> dict[str, Any]:
         calls = self.translator.calls
@@ -165,7 +165,7 @@ class CompletionReply(Reply):
 
     def close(self) -> list[dict[str, Any]]:
         self._finish("".join(self.produced))
-        return [{**self._payload("", self.reason), "usage": self.usage}]
+        return [self._payload("", self.reason)]  # usage comes once, after it (include_usage)
 
     def body(self) -> dict[str, Any]:
         return {**self._payload("".join(self.produced), self.reason), "usage": self.usage}
