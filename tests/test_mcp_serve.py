@@ -37,6 +37,11 @@ EXTRA_TOOLS = textwrap.dedent(
     def explode(reason: str) -> str:
         """Always raises."""
         raise RuntimeError(reason)
+
+    @tool
+    def point() -> dict:
+        """A point."""
+        return {{"x": 1, "y": [2, 3]}}
     '''
 )
 
@@ -64,6 +69,12 @@ async def _exercise(client: Client) -> None:
 
     bad = await client.call_tool("calculate", {"expresion": "1"})
     assert bad.is_error and "expresion" in bad.content[0].text and "expression" in bad.content[0].text
+
+    extra = await client.call_tool("calculate", {"expression": "1", "precision": 3})
+    assert extra.is_error and "precision: unexpected argument" in extra.content[0].text  # the extra one is named
+
+    structured = await client.call_tool("point", {})
+    assert structured.structured_content == {"x": 1, "y": [2, 3]}  # a dict result is structuredContent too
 
     boom = await client.call_tool("explode", {"reason": "the fuse was lit"})
     assert boom.is_error and "RuntimeError: the fuse was lit" in boom.content[0].text
@@ -119,9 +130,11 @@ def test_our_server_through_our_client_over_stdio(extra_tools):
         sys.executable, ["-m", "glm_agent.cli", "mcp", str(extra_tools)], env={"PYTHONPATH": str(REPO)}
     )
     with connect_mcp({"x": spec}) as tools:
-        assert sorted(tools.names) == ["x__explode", "x__pixel"]
+        assert sorted(tools.names) == ["x__explode", "x__pixel", "x__point"]
         missing = tools.call("x__explode", {})
         assert missing.error == "invalid_arguments"  # checked here, against the served schema
+        point = tools.call("x__point", {})
+        assert point.ok and point.value == {"x": 1, "y": [2, 3]}  # structuredContent, back as the value
 
 
 @needs_shared
@@ -157,7 +170,7 @@ def test_serve_mounts_the_mcp_endpoint_next_to_the_openai_api(tmp_path, extra_to
         async def main() -> None:
             async with Client(f"{base}/mcp", mode="legacy") as client:
                 names = {t.name for t in (await client.list_tools()).tools}
-                assert names == {"pixel", "explode"}
+                assert names == {"pixel", "explode", "point"}
                 boom = await client.call_tool("explode", {"reason": "mounted"})
                 assert boom.is_error and "mounted" in boom.content[0].text
 

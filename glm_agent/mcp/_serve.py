@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import json
 import mimetypes
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -65,12 +66,24 @@ def result_to_mcp(result: ToolResult) -> types.CallToolResult:
     for path in result.files:
         text = text.replace(str(path), path.name)
     content: list[types.ContentBlock] = [types.TextContent(type="text", text=text)]
+    structured = _structured(result)
     for path in result.files:
         try:
             content.append(_file_block(path))
         except OSError as exc:
             content.append(types.TextContent(type="text", text=f"[{path.name}: cannot be read: {exc.strerror or exc}]"))
-    return types.CallToolResult(content=content, is_error=not result.ok)
+    return types.CallToolResult(content=content, is_error=not result.ok, structured_content=structured)
+
+
+def _structured(result: ToolResult) -> dict[str, Any] | None:
+    """A dict a tool returned, as MCP's ``structuredContent`` (JSON-ready; the text block says the same)."""
+    if not result.ok or not isinstance(result.value, dict):
+        return None
+    try:
+        value = json.loads(json.dumps(result.value, default=str))
+    except (TypeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _tool_of(schema: dict[str, Any]) -> types.Tool:
