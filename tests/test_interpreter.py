@@ -103,6 +103,31 @@ def test_os_exit_is_detected_and_restarted(interp):
     assert interp.run("print(6 * 7)").observation == "```result\n42\n```"
 
 
+def test_output_printed_just_before_a_death_is_kept(interp):
+    # ipykernel sends output every 0.2 s from a thread: os._exit right after print loses it, unless
+    # the session reads the kernel's own log of the cell's streams
+    result = interp.run("import os, sys\nprint('bye')\nprint('last words', file=sys.stderr)\nos._exit(1)")
+    assert result.status == "died" and result.stdout == "bye\n" and result.stderr == "last words\n"
+    assert result.observation.startswith("```result\nbye\nlast words\n```\n[The kernel died")
+    result = interp.run("print('flushed', flush=True)\nimport ctypes; ctypes.string_at(0)")
+    assert result.status == "died" and result.stdout == "flushed\n"
+
+
+def test_the_end_of_a_long_output_before_a_death_is_kept(interp):
+    code = "import os\nfor i in range(200000): print(i)\nprint('the end')\nos._exit(2)"
+    result = interp.run(code)
+    assert result.status == "died" and result.text.endswith("199998\n199999\nthe end\n")
+    assert "0\n1\n2\n" in result.text  # the head, then (if the cut fell in what was lost) an omission
+    assert interp.run("print('alive')").observation == "```result\nalive\n```"
+
+
+def test_the_kernel_keeps_no_copy_of_its_outputs(interp):
+    # IPython 9 keeps every printed piece of text and every image in history_manager.outputs
+    interp.run("for i in range(1000): print(i)")
+    result = interp.run("print(len(get_ipython().history_manager.outputs), 5 in get_ipython().history_manager.outputs)")
+    assert result.stdout == "0 False\n"
+
+
 def test_segfault_is_detected_and_restarted(interp):
     result = interp.run("import ctypes\nctypes.string_at(0)")
     assert result.status == "died" and result.restarted

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import json
+import os
 import signal
 
 import nbformat
@@ -16,6 +18,15 @@ from glm_agent.interpreter._notebook import build_notebook
 from glm_agent.interpreter._observation import format_observation, report_notices, truncate_middle
 from glm_agent.interpreter._outcome import CellReport
 from glm_agent.interpreter._results import DisplayOutput, ExecutionResult, OmittedOutput, StreamOutput, strip_ansi
+from glm_agent.interpreter._stream_log import (
+    LOG_BYTES,
+    StreamLog,
+    log_from_json,
+    log_tail,
+    log_to_json,
+    new_log,
+    read_log,
+)
 from glm_agent.messages import AssistantMessage, UserMessage
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 16).decode()
@@ -215,3 +226,66 @@ def test_a_listing_cut_short_is_said():
     assert notices[0] == "[Files written in /mnt/data: a.txt]"
     assert "more than 5,000 files and folders" in notices[1]
     assert report_notices(CellReport(), Limits(), "/mnt/data") == []
+
+
+def _stream(name: str, text: str) -> dict:
+    return _msg("stream", name=name, text=text)
+
+
+def test_a_stream_log_adds_only_what_never_arrived(tmp_path):
+    collector = OutputCollector(tmp_path, "run", max_chars=1000)
+    collector.add(_stream("stdout", "one\ntw"))
+    log = StreamLog([("stdout", "one\n"), ("stderr", "err\n"), ("stdout", "two\n"), ("stdout", "three\n")])
+    assert collector.recover(log) == len("err\no\nthree\n")
+    assert [(o.name, o.text) for o in collector.finish()] == [
+        ("stdout", "one\ntw"),
+        ("stderr", "err\n"),
+        ("stdout", "o\nthree\n"),
+    ]
+
+
+def test_a_stream_log_that_does_not_line_up_adds_nothing(tmp_path):
+    collector = OutputCollector(tmp_path, "run", max_chars=1000)
+    collector.add(_stream("stdout", "from this cell\n"))
+    # a thread of an earlier cell printed into the log too (its output went to that cell)
+    log = StreamLog([("stdout", "thread says hi\n"), ("stdout", "from this cell\nlost\n")])
+    assert collector.recover(log) == 0
+    assert collector.recover(StreamLog([("stdout", "short")])) == 0  # less than arrived: not this cell
+    assert [o.text for o in collector.finish()] == ["from this cell\n"]
+
+
+def test_a_stream_log_that_starts_late_marks_the_gap(tmp_path):
+    collector = OutputCollector(tmp_path, "run", max_chars=1000)
+    collector.add(_stream("stdout", "a" * 10))
+    log = StreamLog([("stdout", "tail\n")], skipped={"stdout": 25})
+    assert collector.recover(log) == 5
+    outputs = collector.finish()
+    assert [type(o).__name__ for o in outputs] == ["StreamOutput", "OmittedOutput", "StreamOutput"]
+    assert outputs[1].chars == 15 and collector.dropped_chars == 15 and outputs[2].text == "tail\n"
+
+
+def test_the_stream_log_file_is_read_with_bounds_and_stops_at_garbage():
+    fd = new_log()
+    try:
+        os.write(fd, b"s0000000200000000o00000003abce00000002\xc3\xa9o0000ffffxyz")  # the last record lies
+        log = read_log(fd)
+        assert log.skipped == {"stdout": 2, "stderr": 0}
+        assert log.records == [("stdout", "abc"), ("stderr", "é")]
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, b"o" + b"%08x" % (LOG_BYTES * 4) + b"x" * (LOG_BYTES * 4), 0)
+        assert read_log(fd).records == []  # a record longer than the host reads is not taken
+    finally:
+        os.close(fd)
+
+
+def test_a_stream_log_travels_as_bounded_json():
+    log = StreamLog([("stdout", "x" * 100_000), ("stderr", "\x01" * 10), ("stdout", "end\n")], {"stdout": 7})
+    value = log_to_json(log, 4096)
+    assert len(json.dumps(value)) <= 4096
+    back = log_from_json(json.loads(json.dumps(value)))
+    assert back.records[-2:] == [("stderr", "\x01" * 10), ("stdout", "end\n")]
+    kept = sum(len(text) for _, text in back.records)
+    assert back.skipped["stdout"] + back.skipped.get("stderr", 0) + kept == 7 + 100_000 + 10 + 4  # nothing unaccounted
+    assert log_from_json({"records": [["stdin", "x"]], "skipped": {}}) == StreamLog()
+    assert log_from_json("nonsense") == StreamLog()
+    assert log_tail(log, 3) == StreamLog([("stdout", "nd\n")], {"stdout": 100_008, "stderr": 10})

@@ -20,6 +20,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from glm_agent.interpreter._stream_log import StreamLog
+
 __all__ = ["KernelBackend", "Channel", "KernelMessage"]
 
 Channel = Literal["iopub", "shell"]
@@ -71,6 +73,10 @@ class KernelBackend(Protocol):
 
     def death_reason(self) -> str:
         """Why a dead kernel ended, in words ("killed by signal SIGSEGV (segmentation fault)")."""
+
+    def stream_log(self) -> StreamLog:
+        """What the kernel's stdout/stderr received in its current or last cell (``_stream_log.py``), read after
+        it died or before it is killed, to keep output it never sent; empty where the transport cannot tell."""
 
     def shutdown(self) -> None:
         """Stop the kernel and every process it started; idempotent and safe to call at exit."""

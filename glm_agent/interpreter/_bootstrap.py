@@ -10,6 +10,7 @@ from typing import BinaryIO
 from glm_agent.errors import InterpreterError
 from glm_agent.interpreter._backend import KernelBackend
 from glm_agent.interpreter._observation import LISTED_ENTRIES
+from glm_agent.interpreter._stream_log import KERNEL_CODE
 
 __all__ = ["BOOTSTRAP", "REPORT_EXPRESSION", "run_silent", "start_kernel", "write_file"]
 
@@ -20,7 +21,8 @@ __all__ = ["BOOTSTRAP", "REPORT_EXPRESSION", "run_silent", "start_kernel", "writ
 # are listed, and image files among them displayed when the cell displayed no image itself;
 # the session's cgroup counters (``/run/glm-agent``) say whether a limit was hit. The report is
 # read by the session with the user expression ``REPORT_EXPRESSION``.
-BOOTSTRAP = """
+BOOTSTRAP = (
+    """
 def __glm_agent_bootstrap():
     import os
     import sys
@@ -92,6 +94,20 @@ def __glm_agent_bootstrap():
             except (OSError, ValueError):
                 pass
         return values
+
+    class Forget(dict):
+        # IPython 9 keeps every printed piece of text and every displayed image of the session (for
+        # its %notebook magic) in history_manager.outputs: 600,000 strings for a loop printing
+        # 300,000 lines, counted against the session's memory. The session keeps outputs itself.
+        def __contains__(self, key):
+            return False
+
+        def __getitem__(self, key):
+            return []
+
+    history = getattr(shell, "history_manager", None)
+    if history is not None and hasattr(history, "outputs"):
+        history.outputs = Forget()
 
     publisher = shell.display_pub
     original_publish = publisher.publish
@@ -190,6 +206,8 @@ def __glm_agent_bootstrap():
 __glm_agent_bootstrap()
 del __glm_agent_bootstrap
 """.replace("__LISTED_ENTRIES__", str(LISTED_ENTRIES))
+    + KERNEL_CODE
+)
 
 #: the user expression that returns a cell's report (files, limits hit) in its execute_reply
 REPORT_EXPRESSION = {"glm_agent": "_glm_agent_report()"}

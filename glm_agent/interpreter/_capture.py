@@ -18,11 +18,13 @@ from glm_agent.interpreter._results import (
     Output,
     StreamOutput,
 )
+from glm_agent.interpreter._stream_log import StreamLog
 
 __all__ = ["OutputCollector", "write_no_follow"]
 
 logger = logging.getLogger(__name__)
 
+_RECENT = 64  # characters of each stream remembered to line a stream log up with
 _IMAGE_SUFFIX = {"image/png": ".png", "image/jpeg": ".jpg", "image/svg+xml": ".svg"}
 
 
@@ -51,6 +53,8 @@ class OutputCollector:
         self._max_outputs = max_outputs
         self._rich = 0
         self._clear_pending = False
+        self._received: dict[str, int] = {}  # characters of each stream that arrived (kept or not)
+        self._recent: dict[str, str] = {}  # the last few of them, to line a stream log up with
 
     # -- messages ---------------------------------------------------------------------------
     def add(self, msg: KernelMessage) -> None:
@@ -79,6 +83,40 @@ class OutputCollector:
             if self._append(output):
                 output.image = self._save_image(data)
 
+    def recover(self, log: StreamLog) -> int:
+        """Add the text in the kernel's stream ``log`` that never arrived (it died first); return its length.
+
+        Only where the log lines up with what arrived: it agrees with the last characters
+        received (text a thread printed for an earlier cell is in the log but not here: then
+        nothing is added). Where the log starts after the first missing character, the gap is
+        marked as omitted.
+        """
+        texts: dict[str, str] = {}
+        for name, text in log.records:
+            texts[name] = texts.get(name, "") + text
+        start: dict[str, int] = {}
+        gap = 0
+        for name, text in texts.items():
+            at = self._received.get(name, 0) - log.skipped.get(name, 0)
+            recent = self._recent.get(name, "")
+            seen = min(max(at, 0), len(recent))
+            if at > len(text) or (at >= 0 and text[at - seen : at] != recent[len(recent) - seen :]):
+                return 0
+            gap += max(-at, 0)
+            start[name] = max(at, 0)
+        if gap:
+            self._flush_tail()
+            self.outputs.append(OmittedOutput(gap))
+            self.dropped_chars += gap
+        added = 0
+        for name, text in log.records:
+            skip = min(start[name], len(text))
+            start[name] -= skip
+            if text[skip:]:
+                self._stream(name, text[skip:])
+                added += len(text) - skip
+        return added
+
     def finish(self) -> list[Output]:
         """The outputs, in order, with the rolling tail (if any) in place."""
         self._flush_tail()
@@ -95,6 +133,8 @@ class OutputCollector:
         self._tail_chars = 0
 
     def _stream(self, name: str, text: str) -> None:
+        self._received[name] = self._received.get(name, 0) + len(text)
+        self._recent[name] = (self._recent.get(name, "") + text[-_RECENT:])[-_RECENT:]
         if not self._overflow:
             head, text = text[: self._head_room], text[self._head_room :]
             self._head_room -= len(head)

@@ -50,6 +50,7 @@ from glm_agent.interpreter._gateway_protocol import (
     synthetic_message,
 )
 from glm_agent.interpreter._isolation import Isolation
+from glm_agent.interpreter._stream_log import StreamLog
 
 __all__ = ["KernelGateway", "TOKEN_ENV"]
 
@@ -108,6 +109,8 @@ class KernelGateway:
         self._inflight: _Inflight | None = None  # the execute request a run waits for
         self._kernel_workspace = MNT_DATA
         self._last_exit = ""
+        self._last_output = StreamLog()  # what the kernel the gateway replaced printed last
+        self._dead_output = StreamLog()  # the same, once this client knows that kernel died
         self.kernel_env: dict[str, str] = {}  # CodeInterpreter(env=...): sent to the kernel command
         self.isolation = Isolation("none", "not started")
         self.limits = UNKNOWN_LIMITS
@@ -255,8 +258,9 @@ class KernelGateway:
                 continue
             channel, msg = item
             if channel == "shell" and msg["parent_header"].get("msg_id") == msg_id:
-                found = read_probe(msg["content"], self.url)
-                self._kernel_workspace, self._last_exit, self.isolation, self.limits = found
+                probe = read_probe(msg["content"], self.url)
+                self._kernel_workspace, self.isolation, self.limits = probe.workspace, probe.isolation, probe.limits
+                self._last_exit, self._last_output = probe.last_exit, probe.last_output
                 return
         raise InterpreterError(f"the gateway's kernel did not answer its set-up within {timeout:g} s")
 
@@ -528,8 +532,14 @@ class KernelGateway:
                 return f"{self._dead}; its replacement did not start: {exc}"
             self._gateway_restarting = True  # restart() finds it ready
             self._dead = self._last_exit or "it ended (the gateway restarted it)"
-            self._last_exit = ""
+            self._dead_output = self._last_output
+            self._last_exit, self._last_output = "", StreamLog()
         return self._dead
+
+    def stream_log(self) -> StreamLog:
+        """A dead kernel's last output, as the gateway's kernel command handed it to the replacement."""
+        output, self._dead_output = self._dead_output, StreamLog()
+        return output
 
     def _kernel_exists(self) -> bool:
         """Whether the gateway has this kernel; a 404 is confirmed half a second later, because the

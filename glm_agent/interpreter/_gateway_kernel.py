@@ -20,8 +20,9 @@ Layout, under the gateway's runtime (connection) directory ``R``:
   gateway's socket paths ``R/kernel-ID-ipc-N`` are symlinks to the sockets there). Unmounted
   and removed when a kernel ends with the workspace empty (the client empties it when it
   closes the session);
-- ``R/glm-agent/exits/ID``: how the previous kernel of this id died, handed to its
-  replacement as ``GLM_AGENT_LAST_EXIT`` (the client reads it to say why).
+- ``R/glm-agent/exits/ID``: how the previous kernel of this id died and the end of its last
+  cell's output (JSON), handed to its replacement as ``GLM_AGENT_LAST_EXIT`` (the client reads
+  it to say why, and to keep output the kernel printed but never sent).
 
 The kernel's environment is the same allowlist as a local kernel's, plus the variables the
 client sent as ``KERNEL_GLM_AGENT_ENV`` (JSON; ``CodeInterpreter(env=...)``); nothing of the
@@ -48,10 +49,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from glm_agent.interpreter._environment import check_env
-from glm_agent.interpreter._gateway_protocol import KERNEL_ENV_ENV, LAST_EXIT_ENV, SESSION_ENV
+from glm_agent.interpreter._gateway_protocol import KERNEL_ENV_ENV, LAST_EXIT_ENV, LAST_OUTPUT_BYTES, SESSION_ENV
 from glm_agent.interpreter._isolation import detect_isolation
 from glm_agent.interpreter._launcher import describe_exit, die_with_parent, launch_spec, launcher_argv, read_oom_kills
 from glm_agent.interpreter._limits import Limits
+from glm_agent.interpreter._stream_log import OUTPUT_FD_ENV, StreamLog, log_to_json, new_log, read_log
 from glm_agent.interpreter._workspace import SessionDirs
 
 if TYPE_CHECKING:
@@ -177,14 +179,20 @@ def _client_env() -> dict[str, str]:
         raise LaunchError(f"{KERNEL_ENV_ENV} is not a JSON object of variable names to strings: {exc}") from exc
 
 
-def _run(spec: LaunchSpec, limits: Limits) -> tuple[int, str]:
-    """Start the supervisor, relay signals, wait; the supervisor's exit status and the kernel's end in words."""
+def _run(spec: LaunchSpec, limits: Limits) -> tuple[int, str, StreamLog]:
+    """Start the supervisor, relay signals, wait; the supervisor's exit status, the kernel's end in words
+    and its last cell's stream log (``_stream_log.py``)."""
     read_fd, write_fd = os.pipe()
     spec["lifeline_fd"] = read_fd
+    stream_log = new_log()
+    spec["env"][OUTPUT_FD_ENV] = str(stream_log)
     try:
         proc = subprocess.Popen(
-            launcher_argv(spec), stdin=subprocess.DEVNULL, pass_fds=(read_fd,), start_new_session=True
+            launcher_argv(spec), stdin=subprocess.DEVNULL, pass_fds=(read_fd, stream_log), start_new_session=True
         )
+    except BaseException:
+        os.close(stream_log)
+        raise
     finally:
         os.close(read_fd)
 
@@ -210,7 +218,9 @@ def _run(spec: LaunchSpec, limits: Limits) -> tuple[int, str]:
         os.close(write_fd)
     except OSError:
         pass
-    return status, describe_exit(status, limits, oom_killed=oom_killed)
+    output = read_log(stream_log)
+    os.close(stream_log)
+    return status, describe_exit(status, limits, oom_killed=oom_killed), output
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("cannot start the kernel: %s", exc)
         return 126
     try:
-        status, ending = _run(spec, limits)
+        status, ending, output = _run(spec, limits)
     finally:
         for link in links:
             link.unlink(missing_ok=True)
@@ -237,8 +247,8 @@ def main(argv: list[str] | None = None) -> int:
             empty = True
         if empty:  # only when empty: files stay for the session's next kernel
             dirs.remove()
-    if status != 0:
-        exit_file.write_text(ending)
+    if status != 0:  # for the replacement (LAST_EXIT_ENV); small enough for an environment variable
+        exit_file.write_text(json.dumps({"ending": ending, "output": log_to_json(output, LAST_OUTPUT_BYTES)}))
         logger.info("kernel %s ended: %s", runtime_dir.name, ending)
     return 128 - status if status < 0 else status
 

@@ -9,7 +9,7 @@ import os
 import resource
 import uuid
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -19,6 +19,7 @@ from glm_agent.errors import GatewayRefused, InterpreterError
 from glm_agent.interpreter._backend import KernelMessage
 from glm_agent.interpreter._isolation import Isolation
 from glm_agent.interpreter._limits import Limits
+from glm_agent.interpreter._stream_log import StreamLog, log_from_json
 
 __all__ = [
     "GatewayREST",
@@ -27,7 +28,9 @@ __all__ = [
     "SESSION_ENV",
     "KERNEL_ENV_ENV",
     "LAST_EXIT_ENV",
+    "LAST_OUTPUT_BYTES",
     "PROBE",
+    "Probe",
     "read_probe",
     "execute_content",
     "encode_message",
@@ -40,8 +43,11 @@ TOKEN_ENV = "GLM_AGENT_GATEWAY_TOKEN"
 SESSION_ENV = "KERNEL_GLM_AGENT_SESSION"
 #: the variables the client adds to the kernel's environment, as JSON (``CodeInterpreter(env=...)``)
 KERNEL_ENV_ENV = "KERNEL_GLM_AGENT_ENV"
-#: how the previous kernel of the same id ended, set by the gateway's kernel command for its replacement
+#: how the previous kernel of the same id ended and what it printed last (JSON: ``ending``, ``output``),
+#: set by the gateway's kernel command for its replacement
 LAST_EXIT_ENV = "GLM_AGENT_LAST_EXIT"
+#: at most this much JSON of that output (an environment variable holds at most 128 KiB)
+LAST_OUTPUT_BYTES = 48 * 1024
 
 
 class GatewayREST:
@@ -164,8 +170,18 @@ PROBE = {
 }
 
 
-def read_probe(reply_content: dict[str, Any], url: str) -> tuple[str, str, Isolation, Limits]:
-    """(kernel workspace, predecessor's end, isolation, limits) from the probe's execute_reply.
+class Probe(NamedTuple):
+    """What a new gateway kernel says about itself."""
+
+    workspace: str  # where code runs (/mnt/data when isolated)
+    last_exit: str  # how its predecessor of the same id ended, in words ("" if it did not die)
+    last_output: StreamLog  # the end of what that predecessor printed in its last cell
+    isolation: Isolation
+    limits: Limits
+
+
+def read_probe(reply_content: dict[str, Any], url: str) -> Probe:
+    """The kernel's :class:`Probe`, from the probe's execute_reply.
 
     Isolation and the session limits come from the launcher's report (``GLM_AGENT_SANDBOX``, what
     it actually set up), the rlimits from the kernel itself.
@@ -196,7 +212,21 @@ def read_probe(reply_content: dict[str, Any], url: str) -> tuple[str, str, Isola
         limits = Limits(*rlimits, **totals)
     except (TypeError, ValueError):
         limits = UNKNOWN_LIMITS
-    return workspace, str(values.get("last_exit") or ""), isolation, limits
+    ending, output = _last_exit(values.get("last_exit"))
+    return Probe(workspace, ending, output, isolation, limits)
+
+
+def _last_exit(value: object) -> tuple[str, StreamLog]:
+    """(ending, output) from ``LAST_EXIT_ENV``'s JSON; a plain string is an ending alone."""
+    if not isinstance(value, str) or not value:
+        return "", StreamLog()
+    try:
+        data = json.loads(value)
+    except ValueError:
+        return value, StreamLog()
+    if not isinstance(data, dict):
+        return value, StreamLog()
+    return str(data.get("ending") or ""), log_from_json(data.get("output"))
 
 
 #: what the client says before it knows the gateway kernel's limits

@@ -24,6 +24,7 @@ from glm_agent.errors import InterpreterError
 from glm_agent.interpreter._backend import Channel, KernelMessage
 from glm_agent.interpreter._launcher import describe_exit, launch_spec, launcher_argv, read_oom_kills, runtime_root
 from glm_agent.interpreter._limits import Limits
+from glm_agent.interpreter._stream_log import OUTPUT_FD_ENV, StreamLog, new_log, read_log
 from glm_agent.interpreter._workspace import SessionDirs
 
 __all__ = ["LocalKernel"]
@@ -38,9 +39,12 @@ class _KernelProcess:
     ``weakref.finalize`` at garbage collection or interpreter exit.
     """
 
-    def __init__(self, proc: subprocess.Popen[bytes], lifeline: int, runtime_dir: Path, log_path: Path) -> None:
+    def __init__(
+        self, proc: subprocess.Popen[bytes], lifeline: int, runtime_dir: Path, log_path: Path, stream_log: int
+    ) -> None:
         self.proc = proc
         self.lifeline: int | None = lifeline
+        self.stream_log: int | None = stream_log  # the memory file the kernel logs its cell's output to
         self.runtime_dir = runtime_dir
         self.log_path = log_path
         self.cgroup_dirs: list[str] = []  # removed by the supervisor; here too, should it have been killed
@@ -96,6 +100,9 @@ class _KernelProcess:
                 if self.lifeline is not None:
                     os.close(self.lifeline)
                     self.lifeline = None
+                if self.stream_log is not None:
+                    os.close(self.stream_log)
+                    self.stream_log = None
                 shutil.rmtree(self.runtime_dir, ignore_errors=True)
                 busy = [path for path in self.cgroup_dirs if not _remove_cgroup(path)]
                 if busy:  # a killed supervisor's kernel is not reaped yet: its cgroup empties a little later
@@ -230,6 +237,8 @@ class LocalKernel:
         )
         read_fd, write_fd = os.pipe()
         spec["lifeline_fd"] = read_fd
+        stream_log = new_log()
+        spec["env"][OUTPUT_FD_ENV] = str(stream_log)
         log_path = runtime_dir / "kernel.log"
         try:
             with open(log_path, "wb") as log_file:
@@ -238,18 +247,19 @@ class LocalKernel:
                     stdin=subprocess.DEVNULL,
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
-                    pass_fds=(read_fd,),
+                    pass_fds=(read_fd, stream_log),
                     start_new_session=True,
                     cwd=str(runtime_dir),
                 )
         except OSError as exc:
             os.close(write_fd)
+            os.close(stream_log)
             shutil.rmtree(runtime_dir, ignore_errors=True)
             raise InterpreterError(f"could not launch a kernel with {sys.executable}: {exc}") from exc
         finally:
             os.close(read_fd)
         logger.debug("kernel supervisor %d started in %s (isolated=%s)", proc.pid, runtime_dir, self.isolate)
-        process = _KernelProcess(proc, write_fd, runtime_dir, log_path)
+        process = _KernelProcess(proc, write_fd, runtime_dir, log_path, stream_log)
         process.cgroup_dirs = list(spec["cgroups"].get("dirs", {}).values()) if spec["cgroups"] else []
         client = BlockingKernelClient(connection_file=str(connection_file), context=zmq.Context.instance())
         client.load_connection_file()
@@ -357,6 +367,12 @@ class LocalKernel:
             return "not started"
         returncode = self._process.proc.poll()
         return describe_exit(returncode, self.limits, oom_killed=bool(self._process.oom_kills()))
+
+    def stream_log(self) -> StreamLog:
+        process = self._process
+        if process is None or process.stream_log is None:
+            return StreamLog()
+        return read_log(process.stream_log)
 
     def log_tail(self) -> str:
         """The kernel process's own stdout/stderr (the last part)."""

@@ -320,6 +320,7 @@ class CodeInterpreter:
                 elif interrupt_deadline is not None and now >= interrupt_deadline:
                     notices.append(timed_out(limit or 0, restarted=True))
                     outcome.restarted = True
+                    collector.recover(backend.stream_log())  # what it printed last, before the kill
                     self._restart_or_note(notices)
                     return outcome
                 next_deadline = interrupt_deadline or deadline
@@ -332,6 +333,7 @@ class CodeInterpreter:
                         notices.append(kernel_died(backend.death_reason()))
                         outcome.status = "died"
                         outcome.restarted = True
+                        collector.recover(backend.stream_log())  # what it printed but never sent
                         self._restart_or_note(notices)
                         return outcome
                     continue
