@@ -8,6 +8,9 @@
   kernel start divided by the same with a ``KernelPool``.
 - ``sandbox_start_ratio``: that cold first run in the sandbox (isolated: allowlisted root, cgroups,
   session tmpfs, seccomp) divided by the same without isolation, alternating, in this process.
+- ``stream_log_ratio``: a cell printing 100,000 lines (200,000 writes, the worst case) with the
+  kernel's stream log on (``_stream_log.py``: output a dying kernel never sent is kept) divided by
+  the same with it off, in alternation in one kernel (best of ``--print-rounds``).
 
 Usage: python benchmarks/interpreter.py [--runs 200] [--sessions 5]
 """
@@ -110,6 +113,24 @@ def first_run(sessions: int) -> dict:
     }
 
 
+def stream_log(rounds: int) -> dict:
+    code = "for i in range(100000): print(i)"
+    times: dict[str, list[float]] = {"on": [], "off": []}
+    with CodeInterpreter(timeout=300) as interpreter:
+        interpreter.run("import sys; logs = (sys.stdout.echo, sys.stderr.echo)")
+        for _ in range(rounds):
+            for mode, switch in (
+                ("on", "sys.stdout.echo, sys.stderr.echo = logs"),
+                ("off", "sys.stdout.echo = sys.stderr.echo = None"),
+            ):
+                interpreter.run(switch)
+                times[mode].append(_timed(lambda: interpreter.run(code)))
+    return {
+        "print_100k_lines_s": round(min(times["on"]), 3),
+        "stream_log_ratio": round(min(times["on"]) / min(times["off"]), 3),
+    }
+
+
 def _plain_session(isolate: bool) -> None:
     with CodeInterpreter(isolate=isolate, timeout=30) as interpreter:
         assert interpreter.run("print(1)").text == "1\n"
@@ -119,8 +140,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=200, help="warm round trips per side")
     parser.add_argument("--sessions", type=int, default=5, help="sessions per side for the first-run comparison")
+    parser.add_argument("--print-rounds", type=int, default=3, help="rounds per side for the stream log comparison")
     args = parser.parse_args()
-    result = {"benchmark": "interpreter", **roundtrip(args.runs), **first_run(args.sessions)}
+    result = {
+        "benchmark": "interpreter",
+        **roundtrip(args.runs),
+        **first_run(args.sessions),
+        **stream_log(args.print_rounds),
+    }
     print(json.dumps(result, indent=2))
 
 

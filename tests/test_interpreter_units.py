@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import signal
+import struct
 
 import nbformat
 import pytest
@@ -265,15 +266,23 @@ def test_a_stream_log_that_starts_late_marks_the_gap(tmp_path):
 
 
 def test_the_stream_log_file_is_read_with_bounds_and_stops_at_garbage():
+    def record(tag: bytes, body: bytes) -> bytes:
+        return struct.pack("<cI", tag, len(body)) + body
+
     fd = new_log()
     try:
-        os.write(fd, b"s0000000200000000o00000003abce00000002\xc3\xa9o0000ffffxyz")  # the last record lies
+        assert os.fstat(fd).st_size == LOG_BYTES
+        assert read_log(fd) == StreamLog()  # nothing written yet
+        skipped = record(b"s", struct.pack("<QQ", 2, 0))
+        good = skipped + record(b"o", b"abc") + record(b"e", "é".encode())
+        os.pwrite(fd, good + b"\0" + record(b"o", b"after the end"), 0)
         log = read_log(fd)
         assert log.skipped == {"stdout": 2, "stderr": 0}
         assert log.records == [("stdout", "abc"), ("stderr", "é")]
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, b"o" + b"%08x" % (LOG_BYTES * 4) + b"x" * (LOG_BYTES * 4), 0)
-        assert read_log(fd).records == []  # a record longer than the host reads is not taken
+        os.pwrite(fd, good + struct.pack("<cI", b"o", 2**31), 0)  # a length past the file's end
+        assert read_log(fd).records == [("stdout", "abc"), ("stderr", "é")]
+        os.pwrite(fd, record(b"o", b"x") + skipped, 0)  # a count of skipped characters only comes first
+        assert read_log(fd) == StreamLog([("stdout", "x")])
     finally:
         os.close(fd)
 

@@ -3,23 +3,26 @@
 ipykernel sends stream text over ZMQ from a background thread, every 0.2 s. A kernel that
 ends abruptly (``os._exit``, a segmentation fault, the memory limit's SIGKILL, our own kill
 after a timeout) takes with it what it printed last, even text it flushed: the message can
-still sit in ZMQ's queue. So the kernel also writes every piece of stream text, synchronously,
-to a memory file the host made and passed down (``GLM_AGENT_OUTPUT_FD``); what a write()
-system call put there survives the process. When the kernel dies the host reads the log and
-the session adds what never arrived (:meth:`OutputCollector.recover`).
+still sit in ZMQ's queue. So the kernel also copies every piece of stream text, synchronously,
+into a shared memory file the host made and passed down (``GLM_AGENT_OUTPUT_FD``, mapped with
+``mmap``: no system call per write, ~0.6 µs); what is in its pages survives the process. When
+the kernel dies the host reads the log and the session adds what never arrived
+(:meth:`OutputCollector.recover`).
 
-The log holds one cell (emptied when a cell starts) and at most :data:`LOG_BYTES`: when it
-would grow past that it starts over with a record of how many characters of each stream it
-dropped. Records: ``o``/``e`` + 8 hex digits (byte length) + UTF-8 text, or ``s`` + two times
-8 hex digits (characters of stdout and stderr before the log's start). The kernel's code can
-write anything there itself: the host reads at most :data:`LOG_BYTES` plus one record, stops
-at the first malformed record, and uses the log only where it lines up with what arrived.
+The file is :data:`LOG_BYTES` long and holds the records of one cell, then a zero byte (it
+starts over when a cell starts, and when it is full, with a record of how many characters of
+each stream it dropped). A record is a tag (``o`` stdout, ``e`` stderr, ``s`` skipped), a
+32-bit little-endian byte length and the bytes: UTF-8 text, or for ``s`` two 64-bit counts of
+characters of stdout and stderr before the log's start. The kernel's code can write anything
+there itself: the host reads at most :data:`LOG_BYTES`, stops at the first malformed record,
+and uses the log only where it lines up with what arrived.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +42,8 @@ OUTPUT_FD_ENV = "GLM_AGENT_OUTPUT_FD"
 LOG_BYTES = 1024 * 1024
 _PIECE_CHARS = LOG_BYTES // 8  # one write's text is cut to its last characters (at most 4 UTF-8 bytes each)
 _STREAMS = {b"o": "stdout", b"e": "stderr"}
+_HEADER = struct.Struct("<cI")  # tag, byte length
+_COUNTS = struct.Struct("<QQ")  # characters of stdout, stderr skipped
 
 # Kernel side, run once per kernel (after the bootstrap). It is the ``echo`` of ipykernel's
 # sys.stdout and sys.stderr (written before the text is buffered for sending), so C-level
@@ -46,52 +51,54 @@ _STREAMS = {b"o": "stdout", b"e": "stderr"}
 KERNEL_CODE = (
     """
 def __glm_agent_keep_output():
+    import mmap
     import os
+    import struct
     import sys
     import threading
     from IPython import get_ipython
 
     try:
-        fd = int(os.environ["__ENV__"])
-        os.fstat(fd)
+        area = mmap.mmap(int(os.environ["__ENV__"]), __LOG_BYTES__)
     except (KeyError, ValueError, OSError):
         return
     shell = get_ipython()
     lock = threading.Lock()
-    state = {"bytes": 0, "chars": {b"o": 0, b"e": 0}, "on": True}
+    header = struct.Struct("<cI").pack
+    counts = struct.Struct("<QQ").pack
+    end = __LOG_BYTES__ - 64
+    at = 0
+    chars = [0, 0]
 
-    def restart(skipped=0, tag=b"o"):
-        state["chars"][tag] += skipped
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, 0)
-        os.write(fd, b"s%08x%08x" % (state["chars"][b"o"], state["chars"][b"e"]))
-        state["bytes"] = 17
+    def restart():
+        nonlocal at
+        area[0:22] = header(b"s", 16) + counts(chars[0], chars[1]) + b"\\0"
+        at = 21
 
-    def keep(tag, text):
-        with lock:
-            if not state["on"]:
-                return
-            try:
-                if len(text) > __PIECE__:
-                    restart(len(text) - __PIECE__, tag)
-                    text = text[-__PIECE__:]
-                data = text.encode("utf-8", "surrogatepass")
-                if state["bytes"] + len(data) + 9 > __LOG_BYTES__:
-                    restart()
-                os.write(fd, tag + b"%08x" % len(data) + data)
-                state["bytes"] += len(data) + 9
-                state["chars"][tag] += len(text)
-            except (OSError, UnicodeError):
-                state["on"] = False
+    def keep(index, tag, text):
+        nonlocal at
+        if len(text) > __PIECE__:
+            chars[index] += len(text) - __PIECE__
+            text = text[-__PIECE__:]
+            restart()
+        data = text.encode("utf-8", "surrogatepass")
+        if at + 5 + len(data) >= end:
+            restart()
+        area[at : at + 6 + len(data)] = header(tag, len(data)) + data + b"\\0"
+        at += 5 + len(data)
+        chars[index] += len(text)
 
     class Echo:  # ipykernel writes every piece of a stream's text to its echo first, synchronously
-
-        def __init__(self, tag, previous):
-            self.tag, self.previous = tag, previous
+        def __init__(self, index, tag, previous):
+            self.index, self.tag, self.previous = index, tag, previous
 
         def write(self, text):
-            if isinstance(text, str) and text:
-                keep(self.tag, text)
+            if text.__class__ is str and text:
+                try:
+                    with lock:
+                        keep(self.index, self.tag, text)
+                except (ValueError, UnicodeError):
+                    pass
             if self.previous is not None:
                 self.previous.write(text)
 
@@ -101,16 +108,15 @@ def __glm_agent_keep_output():
 
     def new_cell(*_args):
         with lock:
-            state["chars"] = {b"o": 0, b"e": 0}
-            if state["on"]:
-                try:
-                    restart()
-                except OSError:
-                    state["on"] = False
+            chars[:] = [0, 0]
+            try:
+                restart()
+            except ValueError:
+                pass
 
-    for stream, tag in ((sys.stdout, b"o"), (sys.stderr, b"e")):
+    for index, (stream, tag) in enumerate(((sys.stdout, b"o"), (sys.stderr, b"e"))):
         if hasattr(stream, "echo") and not isinstance(stream.echo, Echo):
-            stream.echo = Echo(tag, stream.echo)
+            stream.echo = Echo(index, tag, stream.echo)
     shell.events.register("pre_run_cell", new_cell)
 
 
@@ -131,39 +137,37 @@ class StreamLog:
 
 
 def new_log() -> int:
-    """A memory file for the kernel's stream log (inheritable, to pass down with ``pass_fds``)."""
+    """A memory file for the kernel's stream log, :data:`LOG_BYTES` long (pass it down with ``pass_fds``)."""
     fd = os.memfd_create("glm-agent-output", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, LOG_BYTES)
+    except OSError:
+        os.close(fd)
+        raise
     return fd
 
 
 def read_log(fd: int) -> StreamLog:
-    """Parse the log (never more than :data:`LOG_BYTES` and one record); stops at the first malformed record."""
+    """Parse the log (at most :data:`LOG_BYTES`); stops at the first malformed record."""
     try:
-        data = os.pread(fd, LOG_BYTES + _PIECE_CHARS * 4 + 64, 0)
+        data = os.pread(fd, LOG_BYTES, 0)
     except OSError:
         return StreamLog()
     found = StreamLog()
     at = 0
-    while at < len(data):
-        tag = data[at : at + 1]
-        if tag == b"s" and at == 0:
-            try:
-                out, err = int(data[1:9], 16), int(data[9:17], 16)
-            except ValueError:
-                break
+    while at + 5 <= len(data):
+        tag, size = _HEADER.unpack_from(data, at)
+        body = data[at + 5 : at + 5 + size]
+        if len(body) != size:
+            break
+        if tag == b"s" and at == 0 and size == _COUNTS.size:
+            out, err = _COUNTS.unpack(body)
             found.skipped = {"stdout": out, "stderr": err}
-            at = 17
-            continue
-        name = _STREAMS.get(tag)
-        try:
-            size = int(data[at + 1 : at + 9], 16) if name else -1
-        except ValueError:
-            break
-        body = data[at + 9 : at + 9 + size]
-        if size < 0 or len(body) != size:
-            break
-        found.records.append((name or "stdout", body.decode("utf-8", "replace")))
-        at += 9 + size
+        elif tag in _STREAMS:
+            found.records.append((_STREAMS[tag], body.decode("utf-8", "replace")))
+        else:
+            break  # the zero byte after the last record, or garbage
+        at += 5 + size
     return found
 
 
