@@ -25,7 +25,9 @@ def add_command(subparsers: Subparsers) -> argparse.ArgumentParser:
         "run",
         help="answer a question with the agent and exit (--json: events as JSON Lines)",
         description="Answer one question, or several in one conversation, and exit. Tool calls and code "
-        "run only with --yes or after a yes at the terminal; without a terminal they are refused.",
+        "run only with --yes (or --yes-for TOOL) or after a yes at the terminal (Enter is no); without a "
+        "terminal they are refused and the command exits with 3. Exit codes: 0 answered, 1 no answer "
+        "(the model failed, max steps), 2 bad usage, 3 calls refused for want of a terminal, 130 interrupted.",
     )
     parser.add_argument("questions", nargs="+", metavar="QUESTION", help="asked in order, in one conversation")
     add_agent_options(parser)

@@ -26,7 +26,11 @@ def add_command(subparsers: Subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--model", required=True, help="checkpoint dir, hub id, scripted:FILE.json or an http(s):// server"
     )
-    parser.add_argument("--tokenizer", help="tokenizer.model or checkpoint dir (default: the model's own)")
+    parser.add_argument(
+        "--tokenizer",
+        help="tokenizer.model or checkpoint dir (default: the model's own; required with scripted: and "
+        "http(s):// models, which bring none)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but /health")

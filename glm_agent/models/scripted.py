@@ -18,11 +18,21 @@ ReplyFn = Callable[[list[Message]], str]
 
 
 class ScriptedModel(BaseChatModel):
-    """Replays raw replies (``"get_weather\\n ```python\\ntool_call(city='Paris')\\n```"``) in chunks.
+    """Replays raw ChatGLM3 replies in chunks: a stand-in for a real model, for tests, examples and demos.
 
-    ``replies`` is a list used in order, or a function of the conversation returning the reply.
-    Every prompt it was given is kept in ``prompts``. It is a stand-in for a real model and
-    says so: ``name`` is ``"scripted"`` and ``str(model)`` reads ``ScriptedModel(scripted, ...)``.
+    ``replies`` is a list used in order, or a function of the conversation returning the reply;
+    running out raises :class:`~glm_agent.errors.ModelError`. A reply is the text the model
+    writes after ``<|assistant|>``: one or more segments joined by ``<|assistant|>``, each its
+    metadata line, a newline, then its content:
+
+    - an answer has empty metadata and starts with the tokenizer's space: ``"\\n The answer."``;
+    - a tool call: ``"get_weather\\n ```python\\ntool_call(city='Paris')\\n```"``;
+    - code for the interpreter: ``"interpreter\\n ```python\\nprint(6 * 7)\\n```"``;
+    - a thought, then a call: ``"\\n Let me look.<|assistant|>get_weather\\n ```python\\n...\\n```"``.
+
+    Every prompt it was given is kept in ``prompts`` (``prompt_ids`` for raw prompts). It says
+    what it is: ``name`` is ``"scripted"`` and ``str(model)`` reads ``ScriptedModel(scripted, ...)``.
+    ``scripted:FILE.json`` on the command line loads a JSON list of replies (:meth:`from_file`).
     """
 
     def __init__(self, replies: Sequence[str] | ReplyFn, *, chunk_size: int = 3, label: str = "scripted") -> None:
