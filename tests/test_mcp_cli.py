@@ -53,7 +53,7 @@ def test_run_with_mcp_calls_the_servers_tool(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     events = [json.loads(line) for line in done.stdout.splitlines()]
-    [returned] = [e for e in events if e["type"] == "tool_result"]
+    [returned] = [e for e in events if e["type"] == "tool_returned"]
     assert returned["ok"] and json.loads(returned["observation"]) == {"result": 42}
     assert events[-1]["type"] == "final_answer" and "42" in events[-1]["text"]
 
@@ -101,7 +101,7 @@ def test_ctrl_c_during_an_mcp_call_ends_the_server_and_its_children(tmp_path):
         assert len(pids) == 2, "the server and its child should have started"
         for line in process.stdout:  # --json: one event a line, printed as it happens
             event = json.loads(line)
-            if event["type"] == "tool_call" and event["call"]["name"] == "test__slow":
+            if event["type"] == "tool_called" and event["call"]["name"] == "test__slow":
                 break  # the slow call is under way
         process.send_signal(signal.SIGINT)
         code = process.wait(60)

@@ -230,7 +230,9 @@ def test_uploads_over_the_limits_are_refused_and_the_disk_does_not_grow(ui, page
     assert "does not fit" in visible(str(out))
     session = session_of(ui, page)
     assert len(session.uploads) == 2 and session.files.used() <= ui.sessions.config.max_session_bytes
-    assert texts(page.send("hello")).count("Attached") == 2  # the session still works, with what fitted
+    assert (
+        texts(page.send("hello", mode="Code Interpreter")).count("Attached") == 2
+    )  # the session still works, with what fitted
 
 
 def test_uploads_need_the_page_and_its_origin(ui, pages):
@@ -578,7 +580,7 @@ def test_sigterm_ends_glm_agent_web_like_ctrl_c(tmp_path, short_tmp):
         page.load()
         page.attach(page.upload("sent.csv", b"a\n1\n"))
         page.upload("left.csv", b"b\n2\n")  # uploaded, never attached
-        assert "ran" in texts(page.send("go"))
+        assert "ran" in texts(page.send("go", mode="Code Interpreter"))
         assert _temp_dirs(short_tmp / "tmp")
         page.close()
         _sigterm_and_check(process, short_tmp)
