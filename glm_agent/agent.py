@@ -291,7 +291,9 @@ class Agent:
         """Export the session (conversation + executed code with outputs) as a Jupyter notebook."""
         from glm_agent.interpreter import conversation_to_notebook
 
-        return conversation_to_notebook(self.messages, path, interpreter=self._interpreter)
+        return conversation_to_notebook(
+            self.messages, path, interpreter=self._interpreter, tool_outputs=self.tools.output_dir
+        )
 
     def close(self) -> None:
         """Close what the agent started: its code interpreter, the MCP servers of ``mcp=``, and the

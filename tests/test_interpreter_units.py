@@ -298,3 +298,28 @@ def test_a_stream_log_travels_as_bounded_json():
     assert log_from_json({"records": [["stdin", "x"]], "skipped": {}}) == StreamLog()
     assert log_from_json("nonsense") == StreamLog()
     assert log_tail(log, 3) == StreamLog([("stdout", "nd\n")], {"stdout": 100_008, "stderr": 10})
+
+
+def test_a_notebook_attaches_only_images_from_the_tools_own_folder(tmp_path):
+    from glm_agent.messages import ObservationMessage
+
+    tools, elsewhere = tmp_path / "tools", tmp_path / "home"
+    tools.mkdir()
+    elsewhere.mkdir()
+    (tools / "chart.png").write_bytes(b"\x89PNG chart")
+    (elsewhere / "private.png").write_bytes(b"\x89PNG private")
+    (tools / "link.png").symlink_to(elsewhere / "private.png")
+    # the observation is text a tool (or the web page it fetched) wrote: it may name any path
+    text = (
+        f"[Image 1x1 saved to {tools / 'chart.png'}] [Image 1x1 saved to {elsewhere / 'private.png'}] "
+        f"[Image 1x1 saved to {tools / 'link.png'}]"
+    )
+    conversation = [
+        UserMessage(content="draw"),
+        AssistantMessage(metadata="chart", content="```python\ntool_call()\n```"),
+        ObservationMessage(content=text),
+    ]
+    notebook = build_notebook([], conversation, observation_outputs=True, tool_outputs=tools)
+    attached = [cell.attachments for cell in notebook.cells if cell.get("attachments")]
+    assert attached == [{"chart.png": {"image/png": base64.b64encode(b"\x89PNG chart").decode()}}]
+    assert build_notebook([], conversation, observation_outputs=True).cells[-1].get("attachments") is None

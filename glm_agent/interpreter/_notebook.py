@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import nbformat as _nbformat
 from nbformat import v4 as _v4
 
+from glm_agent._host_files import open_regular
 from glm_agent.interpreter._results import (
     DisplayOutput,
     ErrorOutput,
@@ -75,16 +77,23 @@ _IMAGE_MIME = {
 _MAX_ATTACHED = 10 * 1024 * 1024
 
 
-def _observation_cell(text: str) -> Any:
-    """An observation as markdown, with the images a tool saved (named in it) attached and shown."""
+def _observation_cell(text: str, tool_outputs: Path | None) -> Any:
+    """An observation as markdown, with the images a tool saved (named in it) attached and shown.
+
+    Only files directly in ``tool_outputs`` (the registry's folder of saved outputs) are read:
+    the observation is text a tool or a web page may have written, and must not pick host files.
+    """
     cell = v4.new_markdown_cell(f"**Observation**\n\n{text}")
     attachments: dict[str, Any] = {}
-    for match in _SAVED_IMAGE.finditer(text):
+    for match in _SAVED_IMAGE.finditer(text) if tool_outputs is not None else ():
         path = Path(match.group(1))
+        if path.parent != tool_outputs:
+            continue
         try:
-            if not path.is_file() or path.stat().st_size > _MAX_ATTACHED:
-                continue
-            data = base64.b64encode(path.read_bytes()).decode("ascii")
+            with open_regular(tool_outputs, path.name) as image:
+                if os.fstat(image.fileno()).st_size > _MAX_ATTACHED:
+                    continue
+                data = base64.b64encode(image.read()).decode("ascii")
         except OSError:
             continue
         attachments[path.name] = {_IMAGE_MIME[path.suffix.lower()]: data}
@@ -103,6 +112,7 @@ def build_notebook(
     conversation: Sequence[MessageLike] | None = None,
     *,
     observation_outputs: bool = False,
+    tool_outputs: Path | None = None,
 ) -> Any:
     """An nbformat v4 notebook: markdown for the conversation's text, code cells for the runs, in order.
 
@@ -110,6 +120,7 @@ def build_notebook(
     code; runs that no message mentions are appended in their order at the end.
     ``observation_outputs``: a call with no matching run gets the observation that answered it
     as its cell's output (text, as the model read it) instead of a markdown cell.
+    ``tool_outputs``: the folder where tools' images were saved; those an observation names are attached.
     """
     from glm_agent.messages import INTERPRETER, AssistantMessage, ObservationMessage, UserMessage, to_messages
 
@@ -122,7 +133,7 @@ def build_notebook(
         if observation_outputs and isinstance(message, ObservationMessage) and waiting:
             entry = waiting.pop(0)
             if entry == "tool":
-                cells.append(_observation_cell(message.content))
+                cells.append(_observation_cell(message.content, tool_outputs))
             elif entry != "run":
                 entry.outputs.append(v4.new_output("stream", name="stdout", text=_code_of(message.content) + "\n"))
             continue
@@ -146,7 +157,7 @@ def build_notebook(
         elif isinstance(message, AssistantMessage):
             cells.append(v4.new_markdown_cell(f"**Assistant**\n\n{message.content}"))
         elif isinstance(message, ObservationMessage) and not shown_by_code:
-            cells.append(_observation_cell(message.content))
+            cells.append(_observation_cell(message.content, tool_outputs))
         shown_by_code = False
     cells.extend(_code_cell(r) for r in pending)
     notebook = v4.new_notebook(cells=cells)
@@ -166,21 +177,26 @@ def write_notebook(
     conversation: Sequence[MessageLike] | None,
     *,
     observation_outputs: bool = False,
+    tool_outputs: Path | None = None,
 ) -> Path:
     """Build, validate and write the notebook; return its path."""
-    notebook = build_notebook(history, conversation, observation_outputs=observation_outputs)
+    notebook = build_notebook(history, conversation, observation_outputs=observation_outputs, tool_outputs=tool_outputs)
     nbformat.validate(notebook)
     path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(notebook, str(path))
     return path
 
 
-def conversation_to_notebook(conversation: Sequence[MessageLike], path: str | Path, *, interpreter: Any = None) -> Path:
+def conversation_to_notebook(
+    conversation: Sequence[MessageLike], path: str | Path, *, interpreter: Any = None, tool_outputs: Path | None = None
+) -> Path:
     """A conversation as a notebook: its text as markdown, its ``interpreter`` calls as code cells.
 
     With the ``interpreter`` that ran them, cells carry the real outputs (images embedded);
     without one (a conversation loaded from JSON Lines), each cell's output is the
-    observation the model read.
+    observation the model read. With ``tool_outputs`` (``ToolRegistry.output_dir``), images
+    tools saved there are attached to their observations.
     """
     history = list(getattr(interpreter, "history", None) or [])
-    return write_notebook(Path(path), history, conversation, observation_outputs=True)
+    folder = Path(tool_outputs).absolute() if tool_outputs is not None else None
+    return write_notebook(Path(path), history, conversation, observation_outputs=True, tool_outputs=folder)
