@@ -10,10 +10,10 @@ run -> observe) over a conversation it extends in place. It yields two kinds of 
   verdict), :class:`RunTool` (a ``ToolResult``), :class:`RunCode` (an ``ExecutionResult``, or
   None when it was not started because the run is being cancelled).
 
-A call is checked before anyone is asked about it (``policy.check``: an unknown tool or bad
-arguments go straight back to the model), then asked about when the policy says so (a tool
-marked ``needs_approval``, or every call when the approver asks for all), and refused when it
-must be asked and there is nobody to ask.
+A call that must be asked about (a tool marked ``needs_approval``, or every call when the
+approver asks for all) is checked first (``policy.check``: an unknown tool or bad arguments go
+straight back to the model, nobody is asked), then asked about, and refused when there is nobody
+to ask. Other calls are checked once, when they run.
 
 ``Agent.stream`` and ``Agent.astream`` are the sync and async drivers: the way httpx writes an
 auth flow once for ``Client`` and ``AsyncClient``. Closing the generator mid-run (a closed
@@ -162,13 +162,13 @@ def _call(turn: _Turn, outcome: CallFinished, policy: CallPolicy, cancelled: Cal
         return
     call = outcome.call
     assert call is not None  # screen() handled parse errors
-    if isinstance(call, ToolCall):
-        failed = policy.check(call)
-        if failed is not None:  # nobody is asked to approve a call that cannot run
-            yield ev.ToolCalled(turn.step, call)
-            yield turn.tool_done(call, failed)
-            return
     if policy.must_ask(call):
+        if isinstance(call, ToolCall):
+            failed = policy.check(call)
+            if failed is not None:  # nobody is asked about a call that cannot run
+                yield ev.ToolCalled(turn.step, call)
+                yield turn.tool_done(call, failed)
+                return
         if not policy.has_approver:
             yield turn.refused(call, _Refusal(NO_APPROVER))
             return

@@ -179,10 +179,8 @@ def _server(name: str, raw: Any, environ: Mapping[str, str]) -> MCPServerSpec | 
         approval if isinstance(approval, bool) else _names(approval, f"{where}: needsApproval (true or tool names)")
     )
     try:
-        if (
-            "callTimeout" in raw or "timeout" in raw
-        ):  # callTimeout, as call_timeout in Python; timeout: the common alias
-            key = "callTimeout" if "callTimeout" in raw else "timeout"
+        key = "callTimeout" if "callTimeout" in raw else "timeout"  # call_timeout in Python; timeout: the alias
+        if key in raw:
             common["call_timeout"] = _positive(raw[key], f"{where}: {key}")
         if "connectTimeout" in raw:
             common["connect_timeout"] = _positive(raw["connectTimeout"], f"{where}: connectTimeout")
