@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+import weakref
 from typing import Any
 
 from rich.console import Console
@@ -100,12 +101,22 @@ class PlainPrinter:
         out.flush()
 
 
+_printers: weakref.WeakKeyDictionary[Any, PlainPrinter] = weakref.WeakKeyDictionary()
 _stdout_printer = PlainPrinter()
 
 
 def print_event(event: ev.Event, file: Any = None) -> None:
-    """Print one event as plain text (:class:`PlainPrinter`): the answer streams inline, the rest get lines."""
-    (_stdout_printer if file is None else PlainPrinter(file))(event)
+    """Print one event as plain text (:class:`PlainPrinter`): the answer streams inline, the rest get lines.
+
+    One printer per ``file`` (default: stdout) remembers whether a line of answer text is open.
+    """
+    if file is None:
+        _stdout_printer(event)
+        return
+    printer = _printers.get(file)
+    if printer is None:
+        printer = _printers[file] = PlainPrinter(file)
+    printer(event)
 
 
 class EventRenderer:

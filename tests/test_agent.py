@@ -619,3 +619,16 @@ def test_a_resumed_code_conversation_tells_the_model_its_kernel_is_fresh():
     assert not [m.content for m in seen[1] if isinstance(m, UserMessage)][-1].startswith("[This")  # said once
     with pytest.raises(GlmAgentError, match="files= put files into the code interpreter"):
         Agent(ScriptedModel(["\n no"])).run("read it", files=[__file__])
+
+
+def test_print_event_to_a_file_ends_the_answer_line_before_the_next_event():
+    import io
+
+    from glm_agent.render import print_event
+
+    out = io.StringIO()
+    agent = Agent(ScriptedModel(["\n Let me look.<|assistant|>" + call("missing"), "\n Done."]))
+    for event in agent.stream("go"):
+        print_event(event, out)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "Let me look." and lines[1].startswith("[calling missing]")
