@@ -209,7 +209,7 @@ def _generate_6b(model, prompt: list[int]) -> tuple[float, list[int]]:
 
 def _profile_tokens(runner, tokens: list[int]) -> dict:
     """Where a decoded token's time goes: the lean engine's stage clock over a few single-token forwards."""
-    from glm_agent.models._glm_runner import StageClock
+    from glm_agent.engine._runner import StageClock
 
     runner.forward([tokens[0]])  # warm
     clock = StageClock()

@@ -32,6 +32,8 @@ RANKS = {
     "_shutdown": 0,
     "_thread_stream": 0,
     "_background_server": 0,
+    "_sizes": 0,
+    "engine": 3,  # the local engine: runner, decoding, KV store, prompt cache
     "messages": 1,
     "events": 2,
     "quantization": 2,

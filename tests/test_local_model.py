@@ -21,9 +21,9 @@ from safetensors.torch import load_file  # noqa: E402
 
 from glm_agent.chatglm3 import ChatGLM3Tokenizer  # noqa: E402
 from glm_agent.chatglm3.checkpoint import load_model  # noqa: E402
+from glm_agent.engine._decoding import IncrementalDetokenizer, Sampler, StopStrings  # noqa: E402
 from glm_agent.errors import CheckpointError, ContextLengthError  # noqa: E402
 from glm_agent.models import LocalModel  # noqa: E402
-from glm_agent.models._decoding import IncrementalDetokenizer, Sampler, StopStrings  # noqa: E402
 from glm_agent.models.base import ChatModel, GenerationParams  # noqa: E402
 from tests._data import GOLDEN, REPO, needs_tiny_checkpoint  # noqa: E402
 from tests._data import TINY_CHECKPOINT as TINY  # noqa: E402
@@ -391,8 +391,8 @@ def test_bfloat16_weights_decode_as_transformers_does(tokenizer, native, monkeyp
     """In bfloat16 on CPU the lean engine decodes on glm-agent's kernel (weights untouched) or packs the
     weights for oneDNN; tokens and the model's own forward are unchanged either way."""
     from glm_agent._cpu import native as _native
-    from glm_agent.models._native_linear import NativeBf16Linear
-    from glm_agent.models._packed_linear import PackedLinear, packing_available
+    from glm_agent.engine._native_linear import NativeBf16Linear
+    from glm_agent.engine._packed_linear import PackedLinear, packing_available
 
     monkeypatch.setenv("GLM_AGENT_NATIVE_KERNELS", native)
     _native.native_kernels.cache_clear()

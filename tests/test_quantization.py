@@ -195,7 +195,7 @@ def test_int8_tiles_round_trip_with_padded_rows():
 @needs_native
 @pytest.mark.parametrize("n,k", [(4608, 4096), (4096, 13696)])
 def test_native_bf16_kernel_matches_the_float32_product(n, k):
-    from glm_agent.models._native_linear import DENSE_MIN_ROWS, NativeBf16Linear
+    from glm_agent.engine._native_linear import DENSE_MIN_ROWS, NativeBf16Linear
 
     torch.manual_seed(n)
     weight = (torch.randn(n, k) * 0.02).bfloat16()

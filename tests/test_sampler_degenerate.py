@@ -6,7 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from glm_agent.models._decoding import MIN_TEMPERATURE, Sampler  # noqa: E402
+from glm_agent.engine._decoding import MIN_TEMPERATURE, Sampler  # noqa: E402
 
 SCORES = torch.tensor([0.0, 2.0, 1.9, -1.0, 0.5])
 

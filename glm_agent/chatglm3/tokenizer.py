@@ -97,6 +97,10 @@ class ChatGLM3Tokenizer:
             )
         return cls(path)
 
+    def fingerprint(self) -> bytes:
+        """The bytes that define this tokenizer: its SentencePiece model and the special tokens' ids."""
+        return self.sp.serialized_model_proto() + repr(sorted(self.special_ids.items())).encode()
+
     @cached_property
     def max_piece_bytes(self) -> int:
         """The most UTF-8 bytes one ordinary token stands for (a text of n bytes has >= n / this tokens).

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from glm_agent.cli._ui import parse_size
 from glm_agent.errors import GlmAgentError, UsageError
 
 if TYPE_CHECKING:
@@ -23,6 +24,8 @@ __all__ = [
     "DEFAULT_MODEL",
     "MODEL_ENV",
     "add_agent_options",
+    "add_local_model_arguments",
+    "local_model_options",
     "model_spec",
     "load_model",
     "open_agent",
@@ -35,6 +38,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MODEL_ENV = "GLM_AGENT_MODEL"
+PROMPT_CACHE_ENV = "GLM_AGENT_PROMPT_CACHE"  # read by LocalModel itself
 DEFAULT_MODEL = "THUDM/chatglm3-6b"
 
 Handler = Callable[[argparse.Namespace], int]
@@ -55,6 +59,50 @@ def add_quantize_arguments(parser: argparse._ActionsContainer) -> None:
         choices=(32, 64, 128, 256),
         help="int4: inputs per scale and zero (default 128)",
     )
+
+
+def add_local_model_arguments(parser: argparse._ActionsContainer) -> None:
+    """Quantization and the KV cache's memory and disk options (every command that runs local weights)."""
+    add_quantize_arguments(parser)
+    parser.add_argument(
+        "--kv-cache-size",
+        type=_size_or_zero,
+        metavar="SIZE",
+        help="memory for the keys and values of every conversation, working buffer included; least recently "
+        "used prefixes go first (default 1GiB; 0: the last conversation only)",
+    )
+    parser.add_argument(
+        "--prompt-cache",
+        metavar="DIR",
+        help=f"keep finished prompt prefixes (the system prompt with its tools, finished turns) on disk, so a new "
+        f"process starts from them (default: ${PROMPT_CACHE_ENV}, else off)",
+    )
+    parser.add_argument(
+        "--prompt-cache-size",
+        type=parse_size,
+        metavar="SIZE",
+        help="the prompt cache's size cap on disk; least recently used files go first (default 4GiB)",
+    )
+
+
+def _size_or_zero(text: str) -> int:
+    return 0 if text.strip() == "0" else parse_size(text)
+
+
+def local_model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``LocalModel.from_pretrained`` options given on the command line (none for unset flags)."""
+    options: dict[str, Any] = {}
+    if getattr(args, "quantize", None):
+        options["quantize"] = args.quantize
+        options["group_size"] = args.group_size
+    for flag, option in (
+        ("kv_cache_size", "kv_cache_bytes"),
+        ("prompt_cache", "prompt_cache_dir"),
+        ("prompt_cache_size", "prompt_cache_bytes"),
+    ):
+        if getattr(args, flag, None) is not None:
+            options[option] = getattr(args, flag)
+    return options
 
 
 def add_agent_options(parser: argparse.ArgumentParser) -> None:
@@ -111,7 +159,7 @@ def add_agent_options(parser: argparse.ArgumentParser) -> None:
     local.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: the backend's choice)")
     local.add_argument("--dtype", help="e.g. bfloat16, float16, float32 (default: the backend's choice)")
     local.add_argument("--allow-download", action="store_true", help="let a hub id download missing weights")
-    add_quantize_arguments(local)
+    add_local_model_arguments(local)
 
 
 def _mcp_config(path: str | None) -> str | None:
@@ -157,9 +205,7 @@ def load_model(spec: str, args: argparse.Namespace, console: Console) -> ChatMod
     options: dict[str, Any] = {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v is not None}
     if args.allow_download:
         options["allow_download"] = True
-    if getattr(args, "quantize", None):
-        options["quantize"] = args.quantize
-        options["group_size"] = args.group_size
+    options.update(local_model_options(args))
     with console.status(f"Loading model [bold]{spec}[/] ...", spinner="dots"):
         try:
             model: ChatModel = load_chat_model(spec, **options)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 from typing import Any
 
+from glm_agent._sizes import parse_size as _parse_size
 from glm_agent.errors import GlmAgentError, UsageError
 
 __all__ = [
@@ -19,35 +19,13 @@ __all__ = [
     "parse_size",
 ]
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
-_UNITS = {
-    "": 1,
-    "B": 1,
-    "K": 10**3,
-    "KB": 10**3,
-    "KIB": 2**10,
-    "M": 10**6,
-    "MB": 10**6,
-    "MIB": 2**20,
-    "G": 10**9,
-    "GB": 10**9,
-    "GIB": 2**30,
-    "T": 10**12,
-    "TB": 10**12,
-    "TIB": 2**40,
-}
-
 
 def parse_size(text: str) -> int:
     """``100MiB``, ``2GiB``, ``500MB``, ``1048576`` -> bytes (KiB/MiB/GiB are powers of 1024, KB/MB/GB of 1000)."""
-    match = _SIZE.match(text)
-    unit = (match.group(2) or "").upper() if match else None
-    if match is None or unit not in _UNITS:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write e.g. 100MiB, 2GiB or 500MB")
-    size = int(float(match.group(1)) * _UNITS[unit])
-    if size < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: a size must be at least one byte")
-    return size
+    try:
+        return _parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_auth(text: str) -> tuple[str, str]:

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from glm_agent._net import is_loopback
-from glm_agent.cli._agent import Subparsers, add_quantize_arguments
+from glm_agent.cli._agent import Subparsers, add_local_model_arguments, local_model_options
 from glm_agent.cli._ui import add_ui_options, ui_login, web_config
 from glm_agent.errors import GlmAgentError
 
@@ -64,7 +64,7 @@ def add_command(subparsers: Subparsers) -> argparse.ArgumentParser:
         "--body-timeout", type=float, help="seconds a client may take to send a request's body, else 408 (default 30)"
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    add_quantize_arguments(parser)
+    add_local_model_arguments(parser)
     parser.add_argument("--ui", action="store_true", help="also serve the browser UI at /ui (needs the 'web' extra)")
     parser.add_argument("--code-interpreter", action="store_true", help="offer the UI's Code Interpreter mode")
     add_ui_options(parser, tokenizer=False, mcp=False)
@@ -111,8 +111,7 @@ def run_serve(args: argparse.Namespace) -> int:
         from glm_agent.chatglm3.tokenizer import ChatGLM3Tokenizer
         from glm_agent.models import load_chat_model
 
-        options = {"quantize": args.quantize, "group_size": args.group_size} if args.quantize else {}
-        model = load_chat_model(args.model, **options)
+        model = load_chat_model(args.model, **local_model_options(args))
         tokenizer = getattr(model, "tokenizer", None)
         if args.tokenizer:
             tokenizer = ChatGLM3Tokenizer.from_pretrained(args.tokenizer)

@@ -6,7 +6,7 @@ import argparse
 import logging
 from typing import Any
 
-from glm_agent.cli._agent import cli_errors, model_spec
+from glm_agent.cli._agent import add_local_model_arguments, cli_errors, local_model_options, model_spec
 from glm_agent.cli._ui import add_ui_options, ui_login, web_config
 from glm_agent.errors import UsageError
 
@@ -34,6 +34,7 @@ def add_command(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=7860)
     add_ui_options(parser)
+    add_local_model_arguments(parser.add_argument_group("local weights"))
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.set_defaults(handler=web_command)
     return parser
@@ -49,7 +50,7 @@ def web_command(args: argparse.Namespace) -> int:
     login = ui_login(args)
     check_bind(args.host, login)  # before loading anything
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    config = web_config(args, ModelSource.from_spec(model_spec(args)))
+    config = web_config(args, ModelSource.from_spec(model_spec(args), **local_model_options(args)))
     try:
         serve_web(config, host=args.host, port=args.port, login=login, log_level=args.log_level)
     finally:

@@ -13,6 +13,14 @@ from glm_agent.errors import ModelError
 
 __all__ = ["load_chat_model"]
 
+#: options that only local weights take, and their command-line flags
+_LOCAL_ONLY = {
+    "quantize": "--quantize",
+    "kv_cache_bytes": "--kv-cache-size",
+    "prompt_cache_dir": "--prompt-cache",
+    "prompt_cache_bytes": "--prompt-cache-size",
+}
+
 
 def load_chat_model(spec: str, **options: Any) -> Any:
     """The backend named by ``spec``; ``options`` go to the backend's constructor / ``from_pretrained``."""
@@ -21,8 +29,13 @@ def load_chat_model(spec: str, **options: Any) -> Any:
         raise ModelError(
             "no model given: pass a checkpoint path, a hub id, scripted:FILE.json or an http(s):// server URL"
         )
-    if options.get("quantize") and spec.startswith(("scripted:", "http://", "https://")):
-        raise ModelError(f"quantize applies to local weights only, not to {spec}; drop --quantize")
+    local_only = [name for name in _LOCAL_ONLY if options.get(name) is not None]
+    if local_only and spec.startswith(("scripted:", "http://", "https://")):
+        flags = ", ".join(_LOCAL_ONLY[name] for name in local_only)
+        verb = "applies" if len(local_only) == 1 else "apply"
+        raise ModelError(
+            f"{flags} {verb} to local weights only, not to {spec}; drop {'it' if verb == 'applies' else 'them'}"
+        )
     if spec.startswith("scripted:"):
         from glm_agent.models.scripted import ScriptedModel
 

@@ -6,17 +6,27 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from glm_agent._sizes import parse_size
+from glm_agent.engine import (
+    IncrementalDetokenizer,
+    KVStore,
+    LeanGlmRunner,
+    PrefixCache,
+    PromptCache,
+    Sampler,
+    StopStrings,
+    make_runner,
+    model_fingerprint,
+    weights_digest,
+)
 from glm_agent.errors import ContextLengthError, ModelError
 from glm_agent.messages import MessageLike
-from glm_agent.models._decoding import IncrementalDetokenizer, Sampler, StopStrings
-from glm_agent.models._glm_runner import make_runner
-from glm_agent.models._prefix_cache import PrefixCache
 from glm_agent.models.base import BaseChatModel, GenerationParams
 
 if TYPE_CHECKING:
@@ -26,7 +36,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LocalModel", "GenerationStats"]
+__all__ = ["LocalModel", "GenerationStats", "GenerationStream", "DEFAULT_KV_CACHE_BYTES", "DEFAULT_PROMPT_CACHE_BYTES"]
+
+#: the KV memory budget when none is given: 1 GiB holds ~37,000 tokens of ChatGLM3-6B (28 KiB a token in bf16)
+DEFAULT_KV_CACHE_BYTES = 2**30
+#: the prompt cache's size cap on disk when none is given
+DEFAULT_PROMPT_CACHE_BYTES = 4 * 2**30
+BLOCK_SIZE = 16  # positions a stored block holds: prefixes are reused in whole blocks
+PROMPT_CACHE_ENV = "GLM_AGENT_PROMPT_CACHE"
 
 
 @dataclass
@@ -35,6 +52,7 @@ class GenerationStats:
 
     prompt_tokens: int = 0
     reused_tokens: int = 0
+    reused_from: str = ""  # where the reused tokens came from: "memory" (any conversation's), "disk" or ""
     prefill_tokens: int = 0
     output_ids: list[int] = field(default_factory=list)
     time_to_first_token: float = 0.0  # from the call: prompt building, prefill, first choice
@@ -44,13 +62,38 @@ class GenerationStats:
     finish_reason: str = ""  # "stop" (stop id or stop string), "length", or "closed"
 
 
+class GenerationStream(Iterator[str]):
+    """The text deltas of one generation and its :class:`GenerationStats` (final once exhausted or closed)."""
+
+    def __init__(self, texts: Generator[str, None, None], stats: GenerationStats) -> None:
+        self._texts = texts
+        self.stats = stats
+
+    def __iter__(self) -> GenerationStream:
+        return self
+
+    def __next__(self) -> str:
+        return next(self._texts)
+
+    def close(self) -> None:
+        self._texts.close()
+
+
 class LocalModel(BaseChatModel):
     """Generates ChatGLM3 replies from a ``GlmForCausalLM`` and a :class:`ChatGLM3Tokenizer`.
 
-    The KV cache of the last prompt and reply is kept: the next call prefills only the tokens
-    after the longest common prefix (``prefix_cache=False`` turns this off; greedy output is the
-    same either way). One generation runs at a time per instance. Context policy: a prompt that
-    does not fit with ``max_new_tokens`` raises :class:`ContextLengthError`; nothing is cut.
+    Keys and values are kept for every conversation: a prompt prefills only what no earlier
+    prompt or reply computed, whichever conversation it came from (a radix tree of 16-token
+    blocks, shared starts held once, least recently used blocks evicted first). Their memory,
+    working buffer included, stays within ``kv_cache_bytes`` (default 1 GiB; an int or a size
+    such as ``"2GiB"``; 0 keeps the last conversation only, in the working buffer). With ``prompt_cache_dir`` (or ``$GLM_AGENT_PROMPT_CACHE``) finished
+    prefixes are also written to disk as safetensors, keyed by a fingerprint of the weights and
+    settings, so a new process starts from them; ``prompt_cache_bytes`` caps the directory
+    (default 4 GiB). ``prefix_cache=False`` turns all of this off; greedy output is the same
+    either way. ``engine="transformers"`` keeps the last conversation only.
+
+    One generation runs at a time per instance. Context policy: a prompt that does not fit with
+    ``max_new_tokens`` raises :class:`ContextLengthError`; nothing is cut.
 
     ``engine="auto"`` uses a lean forward over the model's weights with preallocated KV
     buffers; ``"transformers"`` calls the model's own forward. For speed the lean engine
@@ -70,6 +113,9 @@ class LocalModel(BaseChatModel):
         engine: str = "auto",
         relayout: bool = True,
         context_length: int | None = None,
+        kv_cache_bytes: int | str | None = None,
+        prompt_cache_dir: str | os.PathLike[str] | None = None,
+        prompt_cache_bytes: int | str | None = None,
         **defaults: Any,
     ) -> None:
         self.model = model
@@ -78,7 +124,30 @@ class LocalModel(BaseChatModel):
         self.context_length = int(context_length or getattr(model.config, "max_position_embeddings", None) or 8192)
         self.defaults = _params(defaults)
         self.stop_ids = frozenset(tokenizer.stop_ids)
-        self._cache = PrefixCache(make_runner(model, engine, relayout=relayout), enabled=prefix_cache)
+        budget = 0 if kv_cache_bytes in (0, "0") else parse_size(kv_cache_bytes or DEFAULT_KV_CACHE_BYTES)
+        if prompt_cache_dir is None:
+            prompt_cache_dir = os.environ.get(PROMPT_CACHE_ENV) or None
+        if prefix_cache and prompt_cache_dir is not None:
+            weights_digest(model)  # of the weights as loaded, before the engine re-lays them out
+        runner = make_runner(model, engine, relayout=relayout)
+        store = disk = None
+        if prefix_cache and budget and isinstance(runner, LeanGlmRunner):
+            store = KVStore(
+                block_size=BLOCK_SIZE,
+                budget_bytes=budget,
+                block_bytes=BLOCK_SIZE * runner.kv_bytes_per_token,
+                reserved=runner.buffer_bytes,
+            )
+            if prompt_cache_dir is not None:
+                disk = PromptCache(
+                    prompt_cache_dir,
+                    fingerprint=model_fingerprint(model, layout=runner.kv_layout, tokenizer=tokenizer.fingerprint()),
+                    block_size=BLOCK_SIZE,
+                    max_bytes=parse_size(prompt_cache_bytes or DEFAULT_PROMPT_CACHE_BYTES),
+                )
+        elif prefix_cache and prompt_cache_dir is not None:
+            logger.warning("the prompt cache needs the lean engine; engine=%r keeps the last conversation only", engine)
+        self._cache = PrefixCache(runner, enabled=prefix_cache, store=store, disk=disk)
         self._lock = threading.Lock()
         self.last_stats: GenerationStats | None = None
 
@@ -114,21 +183,83 @@ class LocalModel(BaseChatModel):
     def prefix_cache(self) -> bool:
         return self._cache.enabled
 
+    @property
+    def kv_store(self) -> KVStore | None:
+        """The keys and values kept in memory for every conversation (``None`` when off, or on the transformers engine)."""
+        return self._cache.store
+
+    @property
+    def prompt_cache(self) -> PromptCache | None:
+        """The prompt cache on disk, when one is set."""
+        return self._cache.disk
+
+    def cache_info(self) -> dict[str, int]:
+        """What the KV cache holds: stored blocks and bytes, the working buffer, the budget, blocks evicted so far."""
+        store = self._cache.store
+        buffer = getattr(self._cache.runner, "buffer_bytes", None)
+        info = {"buffer_bytes": int(buffer()) if buffer is not None else 0}
+        if store is not None:
+            info.update(
+                blocks=store.blocks, stored_bytes=store.bytes, budget_bytes=store.budget_bytes, evicted=store.evicted
+            )
+        return info
+
     def reset_cache(self) -> None:
-        """Drop the kept KV cache (the next call prefills its whole prompt)."""
+        """Drop the keys and values kept in memory (the next call prefills its whole prompt; the disk cache stays)."""
         with self._lock:
-            self._cache.reset()
+            self._cache.clear()
+
+    def warm(self, messages: Sequence[MessageLike]) -> GenerationStats:
+        """Compute ``messages`` (typically the system prompt with the tools) ahead of the first request.
+
+        Their keys and values go into the cache in memory and, when set, the prompt cache on disk.
+        """
+        prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=False)
+        with self._lock:
+            stats = GenerationStats(prompt_tokens=len(prompt), finish_reason="length")
+            start = time.perf_counter()
+            feeding = self._cache.prepare([*prompt, self.tokenizer.eos_id])  # keep every prompt id reusable
+            feeding = feeding[:-1]
+            stats.reused_tokens = len(prompt) - len(feeding)
+            stats.reused_from = self._cache.source if stats.reused_tokens else ""
+            stats.prefill_tokens = len(feeding)
+            try:
+                if feeding:
+                    self._forward(feeding)
+                    self._cache.extend(feeding)
+                feeding = []
+            finally:
+                if feeding:
+                    self._cache.reset()
+                else:
+                    self._cache.finish((len(prompt),))
+            stats.prefill_seconds = time.perf_counter() - start
+            return stats
 
     # -- generation -------------------------------------------------------------------------
-    def stream(self, messages: Sequence[MessageLike], **params: Any) -> Iterator[str]:
-        """Text deltas of the reply; their concatenation is the decoded reply, stop id excluded."""
+    def stream(self, messages: Sequence[MessageLike], **params: Any) -> GenerationStream:
+        """Text deltas of the reply; their concatenation is the decoded reply, stop id excluded.
+
+        The returned iterator's ``stats`` say what the call did (also ``last_stats``).
+        """
         called_at = time.perf_counter()
         p = _params({**self.defaults.model_dump(), **params})
         prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
         self._check_context(len(prompt), p.max_new_tokens)
-        return self._stream(prompt, p, called_at)
+        return self._stream(prompt, p, called_at, self._system_end(messages, prompt))
 
-    def stream_ids(self, prompt_ids: Sequence[int], **params: Any) -> Iterator[str]:
+    def _system_end(self, messages: Sequence[MessageLike], prompt: list[int]) -> tuple[int, ...]:
+        """The length of the prompt's system message (shared by every conversation with the same tools), if any."""
+        if self._cache.disk is None or not messages:
+            return ()
+        first = messages[0]
+        role = first.get("role") if isinstance(first, dict) else getattr(first, "role", None)
+        if role != "system":
+            return ()
+        system = self.tokenizer.apply_chat_template(messages[:1], add_generation_prompt=False)
+        return (len(system),) if prompt[: len(system)] == system else ()
+
+    def stream_ids(self, prompt_ids: Sequence[int], **params: Any) -> GenerationStream:
         """Continue a raw prompt given as token ids (the server's ``/v1/completions``); same path as ``stream``."""
         p = _params({**self.defaults.model_dump(), **params})
         prompt = [int(i) for i in prompt_ids]
@@ -146,9 +277,21 @@ class LocalModel(BaseChatModel):
                 context_length=self.context_length,
             )
 
-    def _stream(self, prompt: list[int], p: GenerationParams, called_at: float | None = None) -> Iterator[str]:
+    def _stream(
+        self, prompt: list[int], p: GenerationParams, called_at: float | None = None, boundaries: tuple[int, ...] = ()
+    ) -> GenerationStream:
+        stats = GenerationStats(prompt_tokens=len(prompt), finish_reason="closed")
+        return GenerationStream(self._generate(prompt, p, stats, called_at, boundaries), stats)
+
+    def _generate(
+        self,
+        prompt: list[int],
+        p: GenerationParams,
+        stats: GenerationStats,
+        called_at: float | None,
+        boundaries: tuple[int, ...],
+    ) -> Generator[str, None, None]:
         with self._lock:
-            stats = GenerationStats(prompt_tokens=len(prompt), finish_reason="closed")
             self.last_stats = stats
             detok = IncrementalDetokenizer(self.tokenizer)
             stops = StopStrings(p.stop)
@@ -167,6 +310,7 @@ class LocalModel(BaseChatModel):
             try:
                 feeding = cache.prepare(prompt)
                 stats.reused_tokens = len(prompt) - len(feeding)
+                stats.reused_from = cache.source if stats.reused_tokens else ""
                 stats.prefill_tokens = len(feeding)
                 logits = self._forward(feeding)
                 cache.extend(feeding)
@@ -204,7 +348,7 @@ class LocalModel(BaseChatModel):
                 if feeding:  # a forward pass was interrupted: its cache state is unknown
                     cache.reset()
                 else:
-                    cache.sync()
+                    cache.finish(boundaries)
 
     def _forward(self, ids: list[int]) -> torch.Tensor:
         try:

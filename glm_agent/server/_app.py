@@ -118,7 +118,11 @@ def _state(request: Request) -> ServerState:
 # -- routes --------------------------------------------------------------------------------------
 async def health(request: Request) -> dict[str, Any]:
     state = _state(request)
-    return {"status": "ok", "model": state.model_name, "active": state.gate.active, "waiting": state.gate.waiting}
+    out = {"status": "ok", "model": state.model_name, "active": state.gate.active, "waiting": state.gate.waiting}
+    cache_info = getattr(state.model, "cache_info", None)  # a local model's KV cache
+    if callable(cache_info):
+        out["kv_cache"] = cache_info()
+    return out
 
 
 async def list_models(request: Request) -> dict[str, Any]:

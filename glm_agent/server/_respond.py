@@ -54,7 +54,8 @@ class Reply:
         self.scanner = scanner
         self.count_tokens = count_tokens
         self.reason = "stop"
-        self.usage: dict[str, int] = {}
+        self.usage: dict[str, Any] = {}
+        self.cached_tokens: int | None = None  # prompt tokens the backend reused from its cache, when it says
 
     def opening(self) -> list[dict[str, Any]]:
         """Chunks sent before any text."""
@@ -83,8 +84,10 @@ class Reply:
             self.reason = "stop"
         total = self.prompt_tokens + completion
         self.usage = {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion, "total_tokens": total}
+        if self.cached_tokens is not None:  # as OpenAI reports prompt caching
+            self.usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
 
-    def ending(self, usage: dict[str, int] | None) -> Iterator[str]:
+    def ending(self, usage: dict[str, Any] | None) -> Iterator[str]:
         """The end of an SSE stream: the usage-only chunk (``stream_options.include_usage``), then ``[DONE]``."""
         if usage is not None:
             yield sse(self._envelope([], usage=usage))
@@ -188,8 +191,20 @@ async def respond(
     include_usage: bool,
 ) -> Response:
     """Generate with ``make_iter`` once ``gate`` has a slot and answer ``reply`` as JSON or as SSE."""
+    started: list[Iterator[str]] = []
+
+    def start() -> Iterator[str]:
+        started.append(make_iter())
+        return started[0]
+
+    def close_reply() -> list[dict[str, Any]]:
+        stats = getattr(started[0], "stats", None) if started else None  # LocalModel's GenerationStream
+        if stats is not None:
+            reply.cached_tokens = int(stats.reused_tokens)
+        return reply.close()
+
     try:
-        backend, first = await _start(request, gate, make_iter, reply.model_name)
+        backend, first = await _start(request, gate, start, reply.model_name)
     except Disconnected:
         return Response(status_code=499)
     texts = _texts(backend, first, reply.scanner)
@@ -198,7 +213,7 @@ async def respond(
         async def collect() -> dict[str, Any]:
             async for text in texts:
                 reply.feed(text)
-            reply.close()
+            close_reply()
             return reply.body()
 
         try:
@@ -217,7 +232,7 @@ async def respond(
             async for text in texts:
                 for chunk in reply.feed(text):
                     yield sse(chunk)
-            for chunk in reply.close():
+            for chunk in close_reply():
                 yield sse(chunk)
             for line in reply.ending(reply.usage if include_usage else None):
                 yield line

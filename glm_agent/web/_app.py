@@ -351,6 +351,14 @@ def render_prompt(session: WebSession) -> str:
         head = f"<p><b>{view.total_tokens} tokens</b>{of} (the next reply's prompt adds 1 for <code>&lt;|assistant|&gt;</code>)</p>"
     else:
         head = "<p>Token counts need a ChatGLM3 tokenizer (pass --tokenizer).</p>"
+    stats = session.last_generation()
+    if stats is not None and stats.prompt_tokens:
+        where = {"memory": "kept in memory", "disk": "read from the prompt cache on disk"}.get(stats.reused_from, "")
+        source = f", {where}" if where and stats.reused_tokens else ""
+        head += (
+            f'<p id="prompt-cache">Last reply: {int(stats.reused_tokens)} of its {int(stats.prompt_tokens)} prompt tokens '
+            f"came from the cache{html.escape(source)}; {int(stats.prefill_tokens)} were computed.</p>"
+        )
     turns = []
     for turn in view.turns:
         count = f"<span>{turn.tokens} tokens</span>" if turn.tokens is not None else ""

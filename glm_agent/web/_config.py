@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from glm_agent.chatglm3.prompts import build_system_message
+from glm_agent.messages import SystemMessage
 from glm_agent.models import ScriptedModel
 from glm_agent.models.base import ChatModel
 from glm_agent.tools import ToolRegistry
@@ -129,6 +131,21 @@ class WebConfig:
     def per_client_sessions(self) -> int:
         """Sessions one client may hold at once."""
         return self.max_sessions_per_client or max(1, self.max_sessions // 2)
+
+    def system_message(self, mode: Mode, system: str | None = None) -> SystemMessage:
+        """The system turn a conversation in ``mode`` starts with (``system``: the user's own prompt, else the official one)."""
+        tools = self.tools.chatglm3_schemas() if mode != CHAT and len(self.tools) else None
+        return build_system_message(system, tools, mode == CODE, self.language)
+
+    def warm(self) -> int:
+        """Compute the official system prompt of every mode on a shared model that can (``LocalModel.warm``),
+        so that the first visitor does not wait for it; returns how many prompts were computed."""
+        warm = getattr(self.models.model, "warm", None) if self.models.shared else None
+        if warm is None:
+            return 0
+        for mode in self.modes():
+            warm([self.system_message(mode)])
+        return len(self.modes())
 
     def modes(self) -> list[Mode]:
         """The modes a conversation can be in: Chat always, Tools with tools, Code Interpreter with a kernel."""

@@ -61,6 +61,19 @@ class SessionManager:
         self._reaper = threading.Thread(target=self._reap_loop, name="glm-agent-web-reaper", daemon=True)
         self._reaper.start()
         threading.Thread(target=_warm_notebooks, name="glm-agent-web-warm", daemon=True).start()
+        #: set once every mode's system prompt is computed on a local model (at once for other models)
+        self.prompts_warmed = threading.Event()
+        threading.Thread(target=self._warm_prompts, name="glm-agent-web-warm-prompts", daemon=True).start()
+
+    def _warm_prompts(self) -> None:
+        try:
+            count = self.config.warm()
+            if count:
+                logger.info("computed the system prompts of %d modes ahead of the first visitor", count)
+        except Exception as exc:  # a first visitor then computes it: nothing is lost
+            logger.warning("could not compute the system prompts ahead: %s", exc)
+        finally:
+            self.prompts_warmed.set()
 
     def __len__(self) -> int:
         with self._lock:

@@ -68,10 +68,13 @@ class QueuedModel(BaseChatModel):
         self.queue = queue
         self.on_wait = on_wait
         self.should_stop = should_stop
+        #: this session's last generation's stats, when the model gives them (a local model's reused tokens)
+        self.last_stats: Any = None
 
     def stream(self, messages: Sequence[MessageLike], **params: Any) -> Iterator[str]:
         with self.queue.turn(self.on_wait, self.should_stop):
             inner = self.model.stream(messages, **params)
+            self.last_stats = getattr(inner, "stats", None)
             try:
                 yield from inner
             finally:

@@ -13,13 +13,14 @@ from typing import Any, BinaryIO, Literal
 
 from glm_agent import events as ev
 from glm_agent.agent import Agent
-from glm_agent.chatglm3.prompts import build_system_message, strip_upload_headers
+from glm_agent.chatglm3.prompts import strip_upload_headers
 from glm_agent.chatglm3.turns import PromptView, prompt_view
 from glm_agent.errors import GlmAgentError, SessionForbidden, StoppedWhileWaiting, UploadRefused
 from glm_agent.interpreter import CodeInterpreter, KernelPool, WorkspaceFile
 from glm_agent.messages import Call, SystemMessage, UserMessage
 from glm_agent.web._config import CHAT, CODE, Mode, WebConfig
 from glm_agent.web._files import SessionFiles
+from glm_agent.web._queue import QueuedModel
 from glm_agent.web._render import ChatView
 
 __all__ = ["WebSession", "Snapshot", "Owner", "SessionForbidden", "FileArea"]
@@ -148,8 +149,7 @@ class WebSession:
         return self._system_message(mode or self.mode, None).content
 
     def _system_message(self, mode: Mode, system: str | None) -> SystemMessage:
-        tools = self.config.tools.chatglm3_schemas() if mode != CHAT and len(self.config.tools) else None
-        return build_system_message(system, tools, mode == CODE, self.config.language)
+        return self.config.system_message(mode, system)
 
     def configure(
         self, *, mode: str | None = None, system: str | None = None, generation: dict[str, Any] | None = None
@@ -299,6 +299,12 @@ class WebSession:
         return prompt_view(
             messages, self.config.tokenizer, context_length=self.config.context_length, add_generation_prompt=False
         )
+
+    def last_generation(self) -> Any:
+        """The stats of this conversation's last model turn (``GenerationStats``), when its model gives them."""
+        with self._lock:
+            model = self.agent.model if self.agent is not None else None
+        return getattr(model, "last_stats", None) if isinstance(model, QueuedModel) else None
 
     # -- running ---------------------------------------------------------------------------------
     def start(self, text: str, *, ask: bool = False) -> None:

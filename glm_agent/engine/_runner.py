@@ -26,15 +26,26 @@ import torch.nn.functional as F
 
 from glm_agent._cpu.memory import keep_freed_memory
 from glm_agent._cpu.native import native_kernels
+from glm_agent.engine._native_linear import NativeBf16Linear
+from glm_agent.engine._packed_linear import RowSlice, pack_fused_qkv, pack_linear, packing_available
 from glm_agent.errors import ModelError
-from glm_agent.models._native_linear import NativeBf16Linear
-from glm_agent.models._packed_linear import RowSlice, pack_fused_qkv, pack_linear, packing_available
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Runner", "LeanGlmRunner", "StageClock", "TransformersRunner", "make_runner"]
+__all__ = [
+    "KV_LAYOUT_VERSION",
+    "KVRunner",
+    "Runner",
+    "LeanGlmRunner",
+    "StageClock",
+    "TransformersRunner",
+    "make_runner",
+]
 
 _GROW = 256  # KV buffers grow in multiples of this many positions
+#: the version of how the lean engine computes and lays out keys and values; stored KV from another
+#: version is never used (bump it when a change alters the numbers a cached block holds)
+KV_LAYOUT_VERSION = 1
 
 
 class Runner(Protocol):
@@ -43,6 +54,21 @@ class Runner(Protocol):
     def forward(self, ids: Sequence[int]) -> torch.Tensor: ...
 
     def crop(self, length: int) -> None: ...
+
+
+class KVRunner(Runner, Protocol):
+    """A runner whose cache can be read and written as ``[layers, 2, kv heads, positions, head_dim]`` tensors."""
+
+    kv_bytes_per_token: int
+    kv_layout: str  # what a stored block's numbers depend on besides the weights (shape, dtype, device)
+
+    @torch.inference_mode()
+    def read_kv(self, start: int, end: int) -> torch.Tensor: ...
+
+    @torch.inference_mode()
+    def write_kv(self, start: int, kv: torch.Tensor) -> None: ...
+
+    def buffer_bytes(self) -> int: ...
 
 
 def make_runner(model: Any, engine: str = "auto", *, relayout: bool = True, prefill_chunk: int = 1024) -> Runner:
@@ -140,6 +166,47 @@ class LeanGlmRunner:
     def crop(self, length: int) -> None:
         """Forget every position from ``length`` on."""
         self.length = max(0, min(self.length, length))
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return int(len(self.layers) * 2 * self.num_kv * self.head_dim * self.dtype.itemsize)
+
+    @property
+    def kv_layout(self) -> str:
+        shape = f"{len(self.layers)}x2x{self.num_kv}xTx{self.head_dim}"
+        return f"lean/{KV_LAYOUT_VERSION} {shape} {self.dtype} {self.device.type}"
+
+    def buffer_bytes(self) -> int:
+        """Memory held by the working KV buffers (they grow with the longest sequence seen)."""
+        return self.capacity * self.kv_bytes_per_token
+
+    @torch.inference_mode()
+    def read_kv(self, start: int, end: int) -> torch.Tensor:
+        """A copy of positions ``start:end`` of the cache, ``[layers, 2, kv heads, end - start, head_dim]``."""
+        if not 0 <= start <= end <= self.length:
+            raise ValueError(f"positions {start}:{end} are not in the cache (it holds {self.length})")
+        out = torch.empty(
+            (len(self.layers), 2, self.num_kv, end - start, self.head_dim), dtype=self.dtype, device=self.device
+        )
+        for i in range(len(self.layers)):
+            out[i, 0] = self.keys[i][:, start:end]
+            out[i, 1] = self.values[i][:, start:end]
+        return out
+
+    @torch.inference_mode()
+    def write_kv(self, start: int, kv: torch.Tensor) -> None:
+        """Put stored keys and values at positions ``start:``; the cache then ends after them."""
+        count = kv.shape[3]
+        if start > self.length:
+            raise ValueError(f"cannot write at position {start}: the cache holds {self.length}")
+        expected = (len(self.layers), 2, self.num_kv, count, self.head_dim)
+        if tuple(kv.shape) != expected or kv.dtype != self.dtype:
+            raise ValueError(f"stored keys and values are {tuple(kv.shape)} {kv.dtype}, not {expected} {self.dtype}")
+        self._reserve(start + count)
+        for i in range(len(self.layers)):
+            self.keys[i][:, start : start + count] = kv[i, 0]
+            self.values[i][:, start : start + count] = kv[i, 1]
+        self.length = start + count
 
     def _reserve(self, needed: int) -> None:
         if needed > self.max_length:
