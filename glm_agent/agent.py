@@ -50,6 +50,7 @@ from glm_agent.messages import (
     to_messages,
 )
 from glm_agent.models.base import ChatModel, GenerationParams
+from glm_agent.telemetry import RunTrace, in_context, in_context_async, new_conversation_id
 from glm_agent.tools import Tool, ToolRegistry, ToolResult
 
 if TYPE_CHECKING:
@@ -157,10 +158,14 @@ class Agent:
         history: Sequence[MessageLike] | None = None,
         mcp: str | Path | Mapping[str, Any] | None = None,
         fit_history: bool = False,
+        name: str = "glm-agent",
     ) -> None:
         if max_steps < 1:
             raise ValueError("max_steps must be at least 1")
         self.model = model
+        self.name = name
+        #: names this conversation in traces (``gen_ai.conversation.id``); :meth:`reset` starts a new one
+        self.conversation_id = new_conversation_id()
         self.tools = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools or ())
         self._owns_tools = not isinstance(tools, ToolRegistry)  # then its temporary files go with the agent
         self._own_toolsets: list[Any] = []
@@ -207,6 +212,7 @@ class Agent:
     def reset(self) -> None:
         """Start a new conversation (the system prompt stays; a kernel this agent owns restarts fresh)."""
         self.messages = [self.system_message()]
+        self.conversation_id = new_conversation_id()
         if self._owns_interpreter and self._interpreter is not None:
             self._interpreter.close()
             self._interpreter = None
@@ -398,13 +404,13 @@ class Agent:
                 return
             _interrupt(self._interpreter)
 
-    def _start(self, query: str, files: Sequence[str | Path]) -> _steps.Step:
+    def _start(self, query: str, files: Sequence[str | Path]) -> tuple[_steps.Step, RunTrace]:
         self._cancel.clear()
         self._refresh_tools()
         self.messages.append(self._user_message(query, files))
         if self.fit_history:
             self._fit()
-        return _steps.steps(
+        core = _steps.steps(
             self.messages,
             max_steps=self.max_steps,
             params=self.generation.model_dump(exclude_unset=True),  # a backend's own defaults stay in force
@@ -412,6 +418,14 @@ class Agent:
             policy=self._call_policy(),
             cancelled=self._cancel.is_set,
         )
+        run = RunTrace(
+            agent=self.name,
+            conversation_id=self.conversation_id,
+            model=str(getattr(self.model, "name", type(self.model).__name__)),
+            provider=str(getattr(self.model, "provider", "glm_agent")),
+        )
+        run.model_object = self.model
+        return (_traced(core, run) if run.recording else _untraced(core, run)), run
 
     def _call_policy(self) -> _steps.CallPolicy:
         """Which calls are checked, asked about, refused: see the class docstring."""
@@ -433,7 +447,7 @@ class Agent:
         """Run, yielding events as they happen. Closing the iterator cancels the run cleanly."""
         if _is_async_callable(self.approve):
             raise TypeError("approve is an async function: use arun()/astream(), or pass a plain function")
-        core = self._start(query, files)
+        core, run = self._start(query, files)
         try:
             item = next(core)
             while True:
@@ -441,13 +455,15 @@ class Agent:
                 if isinstance(item, ev.AgentEvent):
                     yield item
                 elif isinstance(item, _steps.Generate):
-                    outcome = yield from self._generate(item)
+                    outcome = yield from self._generate(item, run)
                 elif isinstance(item, _steps.Approve):
                     outcome = self._verdict(item.call)
                 elif isinstance(item, _steps.RunTool):
-                    outcome = self.tools.call(item.call.name, item.call.arguments)
+                    with run.active(run.current):
+                        outcome = self.tools.call(item.call.name, item.call.arguments)
                 else:
-                    outcome = self._run_code(item.call)
+                    with run.active(run.current):
+                        outcome = self._run_code(item.call)
                 item = core.send(outcome)
         except StopIteration:
             return
@@ -456,7 +472,7 @@ class Agent:
 
     async def astream(self, query: str, *, files: Sequence[str | Path] = ()) -> AsyncIterator[ev.Event]:
         """Async ``stream``: the model streams asynchronously, tools run off the event loop."""
-        core = self._start(query, files)
+        core, run = self._start(query, files)
         try:
             item = next(core)
             while True:
@@ -465,9 +481,16 @@ class Agent:
                     yield item
                 elif isinstance(item, _steps.Generate):
                     stream = None
+                    parts: list[str] = []
                     try:
-                        stream = self.model.astream(item.messages, **item.params)
+                        with run.active(run.current):
+                            raw = self.model.astream(item.messages, **item.params)
+                        run.stream = raw
+                        stream = (
+                            in_context_async(raw, run.current) if run.recording and run.current is not None else raw
+                        )
                         async for delta in stream:
+                            parts.append(delta)
                             if self._cancel.is_set():
                                 break
                             for event in item.feed(delta):
@@ -475,14 +498,17 @@ class Agent:
                     except Exception as exc:
                         outcome = exc
                     finally:
+                        run.text = "".join(parts)
                         if stream is not None and hasattr(stream, "aclose"):
                             await stream.aclose()
                 elif isinstance(item, _steps.Approve):
                     outcome = await self._averdict(item.call)
                 elif isinstance(item, _steps.RunTool):
-                    outcome = await self.tools.acall(item.call.name, item.call.arguments)
+                    with run.active(run.current):
+                        outcome = await self.tools.acall(item.call.name, item.call.arguments)
                 else:
-                    outcome = await self._arun_code(item.call)
+                    with run.active(run.current):
+                        outcome = await self._arun_code(item.call)
                 item = core.send(outcome)
         except StopIteration:
             return
@@ -490,17 +516,23 @@ class Agent:
             core.close()
 
     # -- performing actions --------------------------------------------------------------------
-    def _generate(self, action: _steps.Generate) -> Generator[ev.Event, None, Exception | None]:
+    def _generate(self, action: _steps.Generate, run: RunTrace) -> Generator[ev.Event, None, Exception | None]:
         stream = None
+        parts: list[str] = []
         try:
-            stream = self.model.stream(action.messages, **action.params)
+            with run.active(run.current):
+                raw = self.model.stream(action.messages, **action.params)
+            run.stream = raw
+            stream = in_context(iter(raw), run.current) if run.recording and run.current is not None else raw
             for delta in stream:
+                parts.append(delta)
                 if self._cancel.is_set():
                     break
                 yield from action.feed(delta)
         except Exception as exc:
             return exc
         finally:
+            run.text = "".join(parts)
             _close(stream)  # stops a local model's generation at the next token
         return None
 
@@ -584,6 +616,91 @@ class Agent:
                     if relative != path:
                         files.append(Path(workspace) / relative)
         return list(dict.fromkeys(files))
+
+
+def _traced(core: _steps.Step, run: RunTrace) -> _steps.Step:
+    """The step core's items and outcomes, with the run's spans opened and closed around them.
+
+    Drivers read ``run.current`` (the span of the action in flight) to make it current while
+    they perform it, and leave ``run.text`` / ``run.stream`` after a model turn.
+    """
+    error: tuple[str, str] | None = ("cancelled", "the run was closed before it ended")
+    try:
+        item = next(core)
+        while True:
+            if isinstance(item, ev.RunError):
+                error = (item.kind, item.message)
+            elif isinstance(item, ev.FinalAnswer):
+                error = None
+            elif isinstance(item, ev.ParseFailed):
+                run.event("parse_failed", **{"gen_ai.tool.name": item.name, "glm_agent.step": item.step})
+            elif isinstance(item, ev.CallRefused):
+                run.event("call_refused", **{"gen_ai.tool.name": item.call.name, "glm_agent.reason": item.reason})
+            span = run.current = _open_span(run, item)
+            outcome: Any = None  # stays None when the driver is closed while it performs the action
+            try:
+                outcome = yield item
+            finally:
+                run.current = None
+                if span is not None:
+                    _close_span(run, item, span, outcome)
+            item = core.send(outcome)
+    except StopIteration:
+        return
+    finally:
+        core.close()
+        run.end(error_kind=error[0] if error else None, message=error[1] if error else None)
+
+
+def _untraced(core: _steps.Step, run: RunTrace) -> _steps.Step:
+    """No SDK configured: the core itself, and the run's (no-op) span ended with it."""
+    try:
+        yield from core
+    finally:
+        run.end()
+
+
+def _open_span(run: RunTrace, item: object) -> Any:
+    if isinstance(item, _steps.Generate):
+        run.text, run.stream = "", None
+        return run.start_chat(item.messages, item.params)
+    if isinstance(item, _steps.RunTool):
+        return run.start_tool(item.call.name, item.call.arguments)
+    if isinstance(item, _steps.RunCode):
+        return run.start_tool(INTERPRETER, code=item.call.code)
+    return None
+
+
+def _close_span(run: RunTrace, item: object, span: Any, outcome: Any) -> None:
+    if isinstance(item, _steps.Generate):
+        stats = getattr(run.stream, "stats", None)
+        usage = getattr(run.model_object, "last_usage", None) if stats is None else None
+        run.end_chat(
+            span, text=run.text, stats=stats, usage=usage, error=outcome if isinstance(outcome, Exception) else None
+        )
+    elif isinstance(item, _steps.RunTool):
+        if isinstance(outcome, ToolResult):
+            run.end_tool(span, ok=outcome.ok, observation=outcome.observation, error=outcome.error)
+        else:
+            run.end_tool(span, ok=False, observation=None, error="not_run")
+    elif isinstance(item, _steps.RunCode):
+        if outcome is None:
+            run.end_tool(span, ok=False, observation=None, error="cancelled", interrupted=True)
+        else:
+            run.end_tool(
+                span,
+                ok=outcome.ok,
+                observation=outcome.observation,
+                error=None if outcome.ok else outcome.status,
+                **{
+                    "code.status": outcome.status,
+                    "code.timed_out": outcome.timed_out,
+                    "code.restarted": outcome.restarted,
+                    "code.state_lost": outcome.state_lost,
+                    "code.interrupted": "KeyboardInterrupt" in outcome.text,
+                    "code.duration_s": outcome.duration_s,
+                },
+            )
 
 
 def _ask(approve: Approve | None, call: Call) -> Any:

@@ -33,6 +33,7 @@ RANKS = {
     "_thread_stream": 0,
     "_background_server": 0,
     "_sizes": 0,
+    "telemetry": 1,  # spans, propagation, counters: below every room that reports
     "engine": 3,  # the local engine: runner, decoding, KV store, prompt cache
     "messages": 1,
     "events": 2,

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+from collections.abc import Callable
 
 __all__ = ["main", "COMMANDS"]
 
@@ -35,9 +36,28 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        shutdown = _tracing(args)
+    except Exception as exc:  # a missing otel extra, an unwritable --trace file
+        print(f"glm-agent {args.command}: {exc}", file=sys.stderr)
+        return 2
+    try:
         code = int(handler(args) or 0)
         sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at interpreter exit
         return code
     except BrokenPipeError:  # `glm-agent tools ... | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:
+        shutdown()  # the last spans reach the file or the collector
+
+
+def _tracing(args: argparse.Namespace) -> Callable[[], None]:
+    """``--trace FILE`` and the standard ``OTEL_EXPORTER_OTLP_*`` variables; a no-op without them."""
+    trace_file = getattr(args, "trace", None)
+    if trace_file is None and not (
+        "OTEL_EXPORTER_OTLP_ENDPOINT" in os.environ or "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" in os.environ
+    ):
+        return lambda: None
+    from glm_agent.telemetry import configure_tracing
+
+    return configure_tracing(trace_file)

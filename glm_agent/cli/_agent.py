@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "MODEL_ENV",
     "add_agent_options",
+    "add_trace_argument",
     "add_local_model_arguments",
     "local_model_options",
     "model_spec",
@@ -105,6 +106,16 @@ def local_model_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def add_trace_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--trace FILE``: the run's spans as OTLP JSON lines (needs the otel extra)."""
+    parser.add_argument(
+        "--trace",
+        metavar="FILE",
+        help="write OpenTelemetry spans (GenAI conventions) to FILE as OTLP JSON lines; nothing is sent anywhere "
+        "(needs glm-agent[otel]; OTEL_EXPORTER_OTLP_ENDPOINT sends them to a collector instead or as well)",
+    )
+
+
 def add_agent_options(parser: argparse.ArgumentParser) -> None:
     """Model, tools, code interpreter, prompt, sampling and approval options."""
     parser.add_argument(
@@ -160,6 +171,7 @@ def add_agent_options(parser: argparse.ArgumentParser) -> None:
     local.add_argument("--dtype", help="e.g. bfloat16, float16, float32 (default: the backend's choice)")
     local.add_argument("--allow-download", action="store_true", help="let a hub id download missing weights")
     add_local_model_arguments(local)
+    add_trace_argument(parser)
 
 
 def _mcp_config(path: str | None) -> str | None:

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from glm_agent._net import is_loopback
-from glm_agent.cli._agent import Subparsers, add_local_model_arguments, local_model_options
+from glm_agent.cli._agent import Subparsers, add_local_model_arguments, add_trace_argument, local_model_options
 from glm_agent.cli._ui import add_ui_options, ui_login, web_config
 from glm_agent.errors import GlmAgentError
 
@@ -68,6 +68,7 @@ def add_command(subparsers: Subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--ui", action="store_true", help="also serve the browser UI at /ui (needs the 'web' extra)")
     parser.add_argument("--code-interpreter", action="store_true", help="offer the UI's Code Interpreter mode")
     add_ui_options(parser, tokenizer=False, mcp=False)
+    add_trace_argument(parser)
     parser.set_defaults(handler=run_serve)
     return parser
 

@@ -6,7 +6,13 @@ import argparse
 import logging
 from typing import Any
 
-from glm_agent.cli._agent import add_local_model_arguments, cli_errors, local_model_options, model_spec
+from glm_agent.cli._agent import (
+    add_local_model_arguments,
+    add_trace_argument,
+    cli_errors,
+    local_model_options,
+    model_spec,
+)
 from glm_agent.cli._ui import add_ui_options, ui_login, web_config
 from glm_agent.errors import UsageError
 
@@ -36,6 +42,7 @@ def add_command(subparsers: Any) -> argparse.ArgumentParser:
     add_ui_options(parser)
     add_local_model_arguments(parser.add_argument_group("local weights"))
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_trace_argument(parser)
     parser.set_defaults(handler=web_command)
     return parser
 

@@ -51,6 +51,7 @@ from glm_agent.interpreter._gateway_protocol import (
 )
 from glm_agent.interpreter._isolation import Isolation
 from glm_agent.interpreter._stream_log import StreamLog
+from glm_agent.telemetry import inject_traceparent
 
 __all__ = ["KernelGateway", "TOKEN_ENV"]
 
@@ -190,7 +191,7 @@ class KernelGateway:
         try:
             self._ws = connect(
                 uri,
-                additional_headers=self._rest.headers,
+                additional_headers={**self._rest.headers, **inject_traceparent({})},
                 max_size=_MAX_MESSAGE,
                 open_timeout=10,
                 close_timeout=1,

@@ -20,6 +20,7 @@ from glm_agent.interpreter._backend import KernelMessage
 from glm_agent.interpreter._isolation import Isolation
 from glm_agent.interpreter._limits import Limits
 from glm_agent.interpreter._stream_log import StreamLog, log_from_json
+from glm_agent.telemetry import inject_traceparent
 
 __all__ = [
     "GatewayREST",
@@ -73,7 +74,7 @@ class GatewayREST:
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
         try:
-            response = self._http.request(method, path, json=body)
+            response = self._http.request(method, path, json=body, headers=inject_traceparent({}))
         except httpx.TransportError as exc:
             raise InterpreterError(
                 f"cannot reach the Kernel Gateway at {self.url} ({type(exc).__name__}: {exc}); is it running? "

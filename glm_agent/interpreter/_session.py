@@ -43,6 +43,7 @@ from glm_agent.interpreter._observation import (
 from glm_agent.interpreter._outcome import RunOutcome, read_report
 from glm_agent.interpreter._results import DisplayOutput, ErrorOutput, ExecutionResult, StreamOutput, strip_ansi
 from glm_agent.interpreter._workspace import SessionDirs
+from glm_agent.telemetry import count
 
 if TYPE_CHECKING:
     from glm_agent.interpreter._gateway import KernelGateway
@@ -290,6 +291,9 @@ class CodeInterpreter:
             notices.extend(self._transport_notices())
             result = self._build_result(code, collector, outcome, notices, restarted, state_lost, started)
             self.history.append(result)
+            count("interpreter_runs")
+            if restarted:
+                count("interpreter_restarts")
             return result
 
     async def arun(self, code: str, *, timeout: float | EllipsisType | None = ...) -> ExecutionResult:

@@ -103,6 +103,8 @@ class LocalModel(BaseChatModel):
     weights as loaded (slower CPU decoding) if you need to save it afterwards.
     """
 
+    provider = "glm_agent"  # gen_ai.provider.name in traces
+
     def __init__(
         self,
         model: Any,

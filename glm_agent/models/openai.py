@@ -37,6 +37,7 @@ from glm_agent.models._openai_stream import (
     read_json,
 )
 from glm_agent.models.base import BaseChatModel, GenerationParams
+from glm_agent.telemetry import inject_traceparent
 
 __all__ = ["OpenAIModel", "retry_decision"]
 
@@ -68,6 +69,8 @@ class OpenAIModel(BaseChatModel):
         backoff: first retry delay in seconds, doubled each time (at most ``max_backoff``).
         transport / async_transport: httpx transports (e.g. for a proxy or tests of a remote API).
     """
+
+    provider = "openai"  # gen_ai.provider.name in traces
 
     def __init__(
         self,
@@ -195,7 +198,9 @@ class OpenAIModel(BaseChatModel):
         for attempt in itertools.count():
             outcome: httpx.Response | httpx.HTTPError
             try:
-                outcome = self.client.send(self.client.build_request(method, url, json=body), stream=True)
+                outcome = self.client.send(
+                    self.client.build_request(method, url, json=body, headers=inject_traceparent({})), stream=True
+                )
             except _SEND_ERRORS as exc:
                 outcome = exc
             else:
@@ -254,7 +259,9 @@ class OpenAIModel(BaseChatModel):
         for attempt in itertools.count():
             outcome: httpx.Response | httpx.HTTPError
             try:
-                outcome = await client.send(client.build_request(method, url, json=body), stream=True)
+                outcome = await client.send(
+                    client.build_request(method, url, json=body, headers=inject_traceparent({})), stream=True
+                )
             except _SEND_ERRORS as exc:
                 outcome = exc
             else:

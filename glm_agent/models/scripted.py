@@ -35,6 +35,8 @@ class ScriptedModel(BaseChatModel):
     ``scripted:FILE.json`` on the command line loads a JSON list of replies (:meth:`from_file`).
     """
 
+    provider = "glm_agent.scripted"  # gen_ai.provider.name in traces
+
     def __init__(self, replies: Sequence[str] | ReplyFn, *, chunk_size: int = 3, label: str = "scripted") -> None:
         if chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")

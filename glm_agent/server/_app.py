@@ -22,6 +22,7 @@ from glm_agent.chatglm3.tokenizer import SPECIAL_TOKENS, ChatGLM3Tokenizer
 from glm_agent.models.base import BaseChatModel, ChatModel
 from glm_agent.server._errors import APIError, param_path
 from glm_agent.server._guard import RequestGuard
+from glm_agent.server._observe import MetricsMiddleware, ServerMetrics
 from glm_agent.server._prepare import PromptBudget, prepare_chat, prepare_completion
 from glm_agent.server._protocol import head_timeout_protocol
 from glm_agent.server._respond import ChatReply, CompletionReply, respond
@@ -70,6 +71,7 @@ class ServerState:
         self.gate = RequestGate(max_concurrency, max_queue)
         self.specials = list(SPECIAL_TOKENS)
         self.budget = PromptBudget(tokenizer, self.context_length)
+        self.metrics: Any = None  # ServerMetrics, set by create_app
         self.workers = concurrent.futures.ThreadPoolExecutor(PREPARE_WORKERS, thread_name_prefix="glm-agent-prepare")
         weakref.finalize(self, self.workers.shutdown, wait=False)  # the pool's threads end with the app
 
@@ -123,6 +125,15 @@ async def health(request: Request) -> dict[str, Any]:
     if callable(cache_info):
         out["kv_cache"] = cache_info()
     return out
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text (behind the API key when one is set)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    registry = _state(request).metrics.registry
+    body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 async def list_models(request: Request) -> dict[str, Any]:
@@ -242,6 +253,7 @@ def create_app(
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
     ui_path: str | None = None,
+    web_sessions: Callable[[], int] | None = None,
 ) -> FastAPI:
     """The FastAPI app serving ``model`` (any backend with ``stream``; ``stream_ids`` for raw prompts).
 
@@ -255,6 +267,10 @@ def create_app(
     ``max_request_bytes`` / ``body_timeout``: a larger body is a 413, a slower one a 408.
     ``ui_path``: where the web UI will be mounted; it has its own door (login, Host and Origin
     checks, its own limits; :mod:`glm_agent.web`), so the Bearer key does not apply there.
+    ``web_sessions``: how many web UI sessions are open (for ``/metrics``).
+
+    ``/metrics`` answers Prometheus text: requests by route and status, running and waiting, time to
+    first token, time per output token, request duration, tokens, the KV cache, interpreter runs.
     """
     if max_request_bytes < 1 or body_timeout <= 0:
         raise ValueError("max_request_bytes and body_timeout must be positive")
@@ -270,6 +286,7 @@ def create_app(
     )
     app = FastAPI(title="glm-agent", description="OpenAI-compatible ChatGLM3 server")
     app.state.glm = state
+    state.metrics = ServerMetrics(state, web_sessions=web_sessions)
     if mcp_path is not None:
         from glm_agent.mcp import mount_mcp
         from glm_agent.tools import ToolRegistry
@@ -283,11 +300,13 @@ def create_app(
         body_timeout=body_timeout,
         own_login_path=ui_path,
     )
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)  # outermost: counts the guard's refusals too
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(Exception, _unexpected)
     app.add_api_route("/health", health, methods=["GET"])
+    app.add_api_route("/metrics", metrics, methods=["GET"])
     app.add_api_route("/v1/models", list_models, methods=["GET"])
     app.add_api_route("/v1/models/{name:path}", get_model, methods=["GET"])
     chat_body, completion_body = request_body_openapi(ChatRequest), request_body_openapi(CompletionRequest)
@@ -330,6 +349,8 @@ def serve(
 
         limit = app_options.get("max_request_bytes", DEFAULT_MAX_REQUEST_BYTES)
         web = mount_web_ui(app, ui, path="/ui", login=ui_login, host=host, max_request_bytes=limit)
+        sessions = web.sessions
+        app.state.glm.metrics.watch_web_sessions(lambda: len(sessions))
     try:
         config = uvicorn.Config(
             app, host=host, port=port, log_level=log_level, http=head_timeout_protocol(head_timeout)

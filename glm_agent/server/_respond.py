@@ -17,11 +17,14 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from opentelemetry.trace import use_span
 
 from glm_agent._thread_stream import ThreadStream
 from glm_agent.chatglm3.openai_format import ToolChoice
 from glm_agent.server._errors import APIError, Disconnected, backend_error
+from glm_agent.server._observe import RequestObserver
 from glm_agent.server._stream import ContentOut, Out, QueueFull, ReplyTranslator, RequestGate, StopScanner, ToolCallOut
+from glm_agent.telemetry import in_context
 
 __all__ = ["Reply", "ChatReply", "CompletionReply", "respond", "unless_disconnected"]
 
@@ -191,22 +194,37 @@ async def respond(
     include_usage: bool,
 ) -> Response:
     """Generate with ``make_iter`` once ``gate`` has a slot and answer ``reply`` as JSON or as SSE."""
+    state = request.app.state.glm
+    observer = RequestObserver(
+        getattr(state, "metrics", None),
+        request.headers,
+        reply.model_name,
+        str(getattr(state.model, "provider", "glm_agent")),
+    )
     started: list[Iterator[str]] = []
 
-    def start() -> Iterator[str]:
-        started.append(make_iter())
-        return started[0]
+    def start() -> Iterator[str]:  # in the generation thread: the server span is current for the backend
+        with use_span(observer.span):
+            started.append(make_iter())
+        return in_context(started[0], observer.span)
 
     def close_reply() -> list[dict[str, Any]]:
         stats = getattr(started[0], "stats", None) if started else None  # LocalModel's GenerationStream
         if stats is not None:
             reply.cached_tokens = int(stats.reused_tokens)
-        return reply.close()
+        chunks = reply.close()
+        observer.finish(reply.usage, reply.reason)
+        return chunks
 
     try:
         backend, first = await _start(request, gate, start, reply.model_name)
     except Disconnected:
+        observer.fail("client_disconnected")
         return Response(status_code=499)
+    except BaseException as exc:
+        observer.fail(type(exc).__name__, exc)
+        raise
+    observer.first_text()
     texts = _texts(backend, first, reply.scanner)
     if not stream:
 
@@ -219,8 +237,10 @@ async def respond(
         try:
             return JSONResponse(await unless_disconnected(request, collect()))
         except Disconnected:
+            observer.fail("client_disconnected")
             return Response(status_code=499)
         except Exception as exc:
+            observer.fail(type(exc).__name__, exc)
             raise backend_error(exc) from None
         finally:
             backend.close()
@@ -237,8 +257,10 @@ async def respond(
             for line in reply.ending(reply.usage if include_usage else None):
                 yield line
         except Exception as exc:
+            observer.fail(type(exc).__name__, exc)
             yield sse(backend_error(exc).body())
         finally:
+            observer.fail("client_disconnected")  # a no-op once finished
             backend.close()
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
