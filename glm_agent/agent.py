@@ -647,6 +647,10 @@ def _traced(core: _steps.Step, run: RunTrace) -> _steps.Step:
             item = core.send(outcome)
     except StopIteration:
         return
+    except Exception as exc:  # the run raised (a model failure under the raise rule, a bad tool set)
+        error = (type(exc).__name__, str(exc))
+        run.span.record_exception(exc)
+        raise
     finally:
         core.close()
         run.end(error_kind=error[0] if error else None, message=error[1] if error else None)

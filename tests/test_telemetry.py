@@ -377,3 +377,14 @@ def test_spans_reach_a_real_phoenix_on_this_machine_over_otlp_http(tmp_path):
     assert by_name["execute_tool"]["parent_id"] == root["context"]["span_id"]
     assert by_name["execute_tool"]["attributes"]["gen_ai.tool.name"] == "get_weather"
     assert len({s["context"]["trace_id"] for s in spans_back}) == 1
+
+
+def test_a_failed_model_turn_marks_the_chat_and_the_run(spans):
+    from glm_agent.errors import ModelError
+
+    with pytest.raises(ModelError):
+        Agent(ScriptedModel([]), tools=[get_weather]).run("x")  # no replies: the model fails
+    finished = {s.name.split(" ")[0]: s for s in spans.get_finished_spans()}
+    assert finished["chat"].status.status_code == StatusCode.ERROR
+    assert finished["chat"].attributes["error.type"] == "ModelError"
+    assert finished["invoke_agent"].status.status_code == StatusCode.ERROR
