@@ -126,6 +126,7 @@ class LocalModel(BaseChatModel):
         self.context_length = int(context_length or getattr(model.config, "max_position_embeddings", None) or 8192)
         self.defaults = _params(defaults)
         self.stop_ids = frozenset(tokenizer.stop_ids)
+        self._role_ids = frozenset(tokenizer.role_ids.values())
         budget = 0 if kv_cache_bytes in (0, "0") else parse_size(kv_cache_bytes or DEFAULT_KV_CACHE_BYTES)
         if prompt_cache_dir is None:
             prompt_cache_dir = os.environ.get(PROMPT_CACHE_ENV) or None
@@ -248,25 +249,26 @@ class LocalModel(BaseChatModel):
         p = _params({**self.defaults.model_dump(), **params})
         prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
         self._check_context(len(prompt), p.max_new_tokens)
-        return self._stream(prompt, p, called_at, self._system_end(messages, prompt))
+        return self._stream(prompt, p, called_at, self._system_end(prompt))
 
-    def _system_end(self, messages: Sequence[MessageLike], prompt: list[int]) -> tuple[int, ...]:
-        """The length of the prompt's system message (shared by every conversation with the same tools), if any."""
-        if self._cache.disk is None or not messages:
+    def _system_end(self, prompt: list[int]) -> tuple[int, ...]:
+        """The length of the prompt's system turn (shared by every conversation with the same tools), if any:
+        it ends at the next role token, which content cannot forge."""
+        if self._cache.disk is None:
             return ()
-        first = messages[0]
-        role = first.get("role") if isinstance(first, dict) else getattr(first, "role", None)
-        if role != "system":
+        roles = self._role_ids
+        first = next((i for i, token in enumerate(prompt) if token in roles), None)
+        if first is None or prompt[first] != self.tokenizer.system_id:
             return ()
-        system = self.tokenizer.apply_chat_template(messages[:1], add_generation_prompt=False)
-        return (len(system),) if prompt[: len(system)] == system else ()
+        end = next((i for i in range(first + 1, len(prompt)) if prompt[i] in roles), None)
+        return () if end is None else (end,)
 
     def stream_ids(self, prompt_ids: Sequence[int], **params: Any) -> GenerationStream:
         """Continue a raw prompt given as token ids (the server's ``/v1/completions``); same path as ``stream``."""
         p = _params({**self.defaults.model_dump(), **params})
         prompt = [int(i) for i in prompt_ids]
         self._check_context(len(prompt), p.max_new_tokens)
-        return self._stream(prompt, p)
+        return self._stream(prompt, p, None, self._system_end(prompt))
 
     def _check_context(self, prompt_tokens: int, max_new_tokens: int) -> None:
         if prompt_tokens + max_new_tokens > self.context_length:
