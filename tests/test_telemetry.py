@@ -231,6 +231,19 @@ def read_spans(path: Path) -> list[dict]:
     return out
 
 
+def glm_agent_run(*args: str, env: dict[str, str]) -> None:
+    """``glm-agent run ARGS`` in a process of its own; it must succeed."""
+    out = subprocess.run(
+        [sys.executable, "-m", "glm_agent.cli", "run", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+
+
 @needs_shared
 @pytest.mark.slow
 def test_one_trace_through_a_real_server_process_and_trace_files(tmp_path, spans):
@@ -279,25 +292,7 @@ def test_one_trace_through_a_real_server_process_and_trace_files(tmp_path, spans
     assert server_span["kind"] == "SPAN_KIND_SERVER"
     # glm-agent run --trace FILE: the whole run, read back
     run_trace = tmp_path / "run.jsonl"
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "glm_agent.cli",
-            "run",
-            "--model",
-            f"scripted:{replies}",
-            "--trace",
-            str(run_trace),
-            "hi",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
+    glm_agent_run("--model", f"scripted:{replies}", "--trace", str(run_trace), "hi", env=env)
     names = sorted(s["name"].split(" ")[0] for s in read_spans(run_trace))
     assert names == ["chat", "invoke_agent"]
 
@@ -340,26 +335,7 @@ def test_spans_reach_a_real_phoenix_on_this_machine_over_otlp_http(tmp_path):
             "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
             "OTEL_SERVICE_NAME": "glm-agent-test",
         }
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "glm_agent.cli",
-                "run",
-                "--model",
-                f"scripted:{replies}",
-                "--tools",
-                str(tools),
-                "-y",
-                "hi",
-            ],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert out.returncode == 0, out.stderr
+        glm_agent_run("--model", f"scripted:{replies}", "--tools", str(tools), "-y", "hi", env=env)
 
         def stored() -> list[dict]:
             answer = httpx.get(f"http://127.0.0.1:{port}/v1/projects/default/spans", timeout=10)

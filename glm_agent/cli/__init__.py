@@ -52,12 +52,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _tracing(args: argparse.Namespace) -> Callable[[], None]:
-    """``--trace FILE`` and the standard ``OTEL_EXPORTER_OTLP_*`` variables; a no-op without them."""
-    trace_file = getattr(args, "trace", None)
-    if trace_file is None and not (
-        "OTEL_EXPORTER_OTLP_ENDPOINT" in os.environ or "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" in os.environ
-    ):
+    """``--trace FILE`` and the standard ``OTEL_EXPORTER_OTLP_*`` variables, for the commands that run
+    agents or models (those with ``--trace``); a no-op when neither is given."""
+    if not hasattr(args, "trace"):
         return lambda: None
     from glm_agent.telemetry import configure_tracing
 
-    return configure_tracing(trace_file)
+    return configure_tracing(args.trace)

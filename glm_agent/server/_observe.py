@@ -101,12 +101,10 @@ class _StateCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         gate = self.state.gate
-        running = GaugeMetricFamily("glm_agent_requests_running", "Generation requests running now")
-        running.add_metric([], gate.active)
-        yield running
-        waiting = GaugeMetricFamily("glm_agent_requests_waiting", "Generation requests waiting for a slot")
-        waiting.add_metric([], gate.waiting)
-        yield waiting
+        yield GaugeMetricFamily("glm_agent_requests_running", "Generation requests running now", value=gate.active)
+        yield GaugeMetricFamily(
+            "glm_agent_requests_waiting", "Generation requests waiting for a slot", value=gate.waiting
+        )
         cache_info = getattr(self.state.model, "cache_info", None)
         if callable(cache_info):
             info = cache_info()
@@ -116,22 +114,20 @@ class _StateCollector(Collector):
                     kv.add_metric([part.removesuffix("_bytes")], info[part])
             yield kv
             if "blocks" in info:
-                blocks = GaugeMetricFamily("glm_agent_kv_cache_blocks", "KV blocks kept for reuse")
-                blocks.add_metric([], info["blocks"])
-                yield blocks
-                evicted = CounterMetricFamily("glm_agent_kv_cache_evicted_blocks", "KV blocks evicted")
-                evicted.add_metric([], info["evicted"])
-                yield evicted
-        runs = CounterMetricFamily("glm_agent_interpreter_runs", "Code runs in this process's kernels")
-        runs.add_metric([], COUNTERS["interpreter_runs"])
-        yield runs
-        restarts = CounterMetricFamily("glm_agent_interpreter_restarts", "Kernel restarts (deaths, timeouts)")
-        restarts.add_metric([], COUNTERS["interpreter_restarts"])
-        yield restarts
+                yield GaugeMetricFamily("glm_agent_kv_cache_blocks", "KV blocks kept for reuse", value=info["blocks"])
+                yield CounterMetricFamily(
+                    "glm_agent_kv_cache_evicted_blocks", "KV blocks evicted", value=info["evicted"]
+                )
+        yield CounterMetricFamily(
+            "glm_agent_interpreter_runs", "Code runs in this process's kernels", value=COUNTERS["interpreter_runs"]
+        )
+        yield CounterMetricFamily(
+            "glm_agent_interpreter_restarts",
+            "Kernel restarts (deaths, timeouts)",
+            value=COUNTERS["interpreter_restarts"],
+        )
         if self.web_sessions is not None:
-            sessions = GaugeMetricFamily("glm_agent_web_sessions", "Web UI sessions open")
-            sessions.add_metric([], self.web_sessions())
-            yield sessions
+            yield GaugeMetricFamily("glm_agent_web_sessions", "Web UI sessions open", value=self.web_sessions())
 
 
 class MetricsMiddleware:

@@ -204,6 +204,9 @@ async def respond(
     started: list[Iterator[str]] = []
 
     def start() -> Iterator[str]:  # in the generation thread: the server span is current for the backend
+        if not observer.span.is_recording():  # no SDK: nothing to make current
+            started.append(make_iter())
+            return started[0]
         with use_span(observer.span):
             started.append(make_iter())
         return in_context(started[0], observer.span)
