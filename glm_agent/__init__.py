@@ -76,3 +76,16 @@ def __getattr__(name: str) -> Any:
     import importlib
 
     return getattr(importlib.import_module(module), name)
+
+
+def load_ipython_extension(shell: Any) -> None:
+    """``%load_ext glm_agent``: the ``%%agent`` magic (see :mod:`glm_agent.jupyter`)."""
+    from glm_agent.jupyter import load_ipython_extension as load
+
+    load(shell)
+
+
+def unload_ipython_extension(shell: Any) -> None:
+    from glm_agent.jupyter import unload_ipython_extension as unload
+
+    unload(shell)

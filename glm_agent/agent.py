@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from glm_agent import _steps
 from glm_agent import events as ev
+from glm_agent._transcript import Transcript, conversation_html, conversation_markdown
 from glm_agent.chatglm3.prompts import (
     CHAT_SYSTEM,
     MNT_DATA,
@@ -126,6 +127,22 @@ class RunResult:
                 found += [p for p in e.files if p.suffix.lower() in _IMAGE_SUFFIXES]
         return found
 
+    def _summary(self) -> str:
+        calls = f", {len(self.calls)} call{'s' * (len(self.calls) != 1)}" if self.calls else ""
+        return f"stopped: {self.stopped}, {self.steps} step{'s' * (self.steps != 1)}{calls}"
+
+    def _repr_html_(self) -> str:
+        """The run as a notebook shows it: answer text, a card per call, images inline; every text escaped."""
+        return Transcript.of(self.events).html() + f"<p><small>{self._summary()}</small></p>"
+
+    def _repr_markdown_(self) -> str:
+        return Transcript.of(self.events).markdown() + f"\n\n*{self._summary()}*"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(
+            f"RunResult({self._summary()})" if cycle else Transcript.of(self.events).text() + f"\n({self._summary()})"
+        )
+
 
 class Agent:
     """A ChatGLM3 agent: a model, optional tools, an optional code interpreter, a conversation.
@@ -203,6 +220,18 @@ class Agent:
         self.reset() if history is None else self.load_messages(history)
 
     # -- conversation --------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        model = getattr(self.model, "name", type(self.model).__name__)
+        code = ", code interpreter" if self.code_enabled else ""
+        return f"Agent({model!r}, {len(self.tools)} tools{code}, {len(self.messages)} messages)"
+
+    def _repr_html_(self) -> str:
+        """The conversation so far (questions, answers, calls, observations), every text escaped."""
+        return conversation_html(self.messages)
+
+    def _repr_markdown_(self) -> str:
+        return conversation_markdown(self.messages)
+
     def system_message(self) -> SystemMessage:
         return build_system_message(self.system, self._tool_schemas(), self.code_enabled, self.language)
 
@@ -253,13 +282,14 @@ class Agent:
         reply = reply or getattr(defaults, "max_new_tokens", None) or self.generation.max_new_tokens
         self.drop_oldest_turns(context - reply)
 
-    def load_messages(self, messages: Sequence[MessageLike]) -> None:
+    def load_messages(self, messages: Sequence[MessageLike], *, kernel_state_kept: bool = False) -> None:
         """Continue a conversation: ``messages`` (the official shape, or what :meth:`save` wrote) become this one.
 
         The system message lists *this* agent's tools (``tools=`` given now replace those saved);
         its text is ``system=`` when given, else the saved text (an official ChatGLM3 prompt is
         swapped for the one of this agent's mode). A conversation whose code ran in a kernel goes
-        on in a fresh one: the next question tells the model that earlier variables and files are gone.
+        on in a fresh one: the next question tells the model that earlier variables and files are gone
+        (``kernel_state_kept=True``: the agent's interpreter ran that code, its variables are there).
         """
         self.messages = to_messages(messages)
         current = self.system_message()
@@ -269,8 +299,10 @@ class Agent:
         else:
             keep = self.system is None and saved.content not in _official_prompts()
             self.messages[0] = current.model_copy(update={"content": saved.content}) if keep else current
-        self._resumed_code = self.code_enabled and any(
-            isinstance(m, AssistantMessage) and m.metadata.strip() == INTERPRETER for m in self.messages
+        self._resumed_code = (
+            self.code_enabled
+            and not kernel_state_kept
+            and any(isinstance(m, AssistantMessage) and m.metadata.strip() == INTERPRETER for m in self.messages)
         )
 
     def save(self, path: str | Path) -> Path:
@@ -353,8 +385,12 @@ class Agent:
             )
         return self._kernel().upload(file)
 
-    def run(self, query: str, *, files: Sequence[str | Path] = ()) -> RunResult:
+    def run(
+        self, query: str, *, files: Sequence[str | Path] = (), on_event: Callable[[ev.Event], None] | None = None
+    ) -> RunResult:
         """Run until the model answers (or ``max_steps``, or a cancel); the conversation is kept for the next run.
+
+        ``on_event(event)`` sees each event as it happens (e.g. a live display), as ``stream`` yields them.
 
         Raises when the model fails: a ``GlmAgentError`` of the backend as it is (e.g.
         ``ContextLengthError``), anything else as ``ModelError``; ``error.result`` is the partial
@@ -362,13 +398,31 @@ class Agent:
         conversation again, so the next run works. (``stream`` yields a ``RunError`` event instead.)
         """
         start = len(self.messages)
-        events = list(self.stream(query, files=files))
+        events = []
+        stream = self.stream(query, files=files)
+        try:
+            for event in stream:
+                events.append(event)
+                if on_event is not None:
+                    on_event(event)
+        finally:
+            _close(stream)  # an on_event that raises ends the run cleanly
         return self._finish(start, events)
 
-    async def arun(self, query: str, *, files: Sequence[str | Path] = ()) -> RunResult:
+    async def arun(
+        self, query: str, *, files: Sequence[str | Path] = (), on_event: Callable[[ev.Event], None] | None = None
+    ) -> RunResult:
         """Async ``run``: the same result, the same errors."""
         start = len(self.messages)
-        events = [e async for e in self.astream(query, files=files)]
+        events = []
+        stream = self.astream(query, files=files)
+        try:
+            async for event in stream:
+                events.append(event)
+                if on_event is not None:
+                    on_event(event)
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]  # an async generator
         return self._finish(start, events)
 
     def _finish(self, start: int, events: list[ev.Event]) -> RunResult:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Union
 
+from glm_agent._transcript import Transcript
 from glm_agent.messages import CodeCall, ToolCall
 
 __all__ = [
@@ -57,6 +58,13 @@ class AgentEvent:
                 continue
             out[key] = _jsonable(value)
         return out
+
+    def _repr_html_(self) -> str:
+        """The event as a notebook shows it (a call as a card; every text escaped)."""
+        return Transcript.of([self]).html()
+
+    def _repr_markdown_(self) -> str:
+        return Transcript.of([self]).markdown()
 
 
 def _jsonable(value: Any) -> Any:

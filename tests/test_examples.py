@@ -105,12 +105,18 @@ def test_agent_notebook_executes(monkeypatch):
     monkeypatch.delenv("GLM_AGENT_MODEL", raising=False)  # the kernel inherits the environment
     notebook = nbformat.read(str(EXAMPLES / "agent_notebook.ipynb"), as_version=4)
     client = NotebookClient(
-        notebook, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(EXAMPLES)}}
+        notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(EXAMPLES)}}
     )
     client.execute()  # raises CellExecutionError on the first failing cell
     outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     text = "".join(o.get("text", "") or o.get("data", {}).get("text/plain", "") for o in outputs)
-    assert "[scripted model] scripted:agent_notebook.json" in text
-    assert '{"km": 42.165, "mi": 26.2}' in text and "42.165 km." in text
-    assert '{"km": 10.0, "mi": 6.214}' in text and "6.214 miles." in text
+    html_text = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
+    assert "[scripted model] scripted:scripted/agent_notebook.json" in text
+    assert '{"km": 42.165, "mi": 26.2}' in text and "42.165 km." in text  # the %%agent card and answer
+    assert '{"km": 10.0, "mi": 6.214}' in text and "6.214 miles." in text  # %agent continued the conversation
+    assert "total: 1234" in text and "data:image/png;base64," in html_text  # --with sales, the chart inline
+    assert "In the sandbox now: total (int)" in text and "\n1234" in "\n" + text  # --get total
+    assert (
+        "March sold best (522)." in text and "Agent('scripted:agent_notebook.json', 1 tools, code interpreter" in text
+    )

@@ -36,7 +36,7 @@ RANKS = {
     "telemetry": 1,  # spans, propagation, counters: below every room that reports
     "engine": 3,  # the local engine: runner, decoding, KV store, prompt cache
     "messages": 1,
-    "events": 2,
+    "events": 3,
     "quantization": 2,
     "chatglm3": 3,
     "tools": 4,
@@ -47,6 +47,8 @@ RANKS = {
     "agent": 6,
     "render": 6,  # showing events (the CLI's and examples' printer)
     "jupyter": 8,
+    "_transcript": 2,  # runs, outputs and conversations as inert HTML (read by name: below events and results)
+    "_html": 0,
     "web": 8,
     "server": 9,
     "cli": 10,

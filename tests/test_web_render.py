@@ -7,10 +7,10 @@ from html.parser import HTMLParser
 from typing import ClassVar
 
 from glm_agent import events as ev
+from glm_agent._html import markdown
 from glm_agent.interpreter import ExecutionResult, StreamOutput
 from glm_agent.messages import CodeCall, ToolCall
 from glm_agent.web import ChatView
-from glm_agent.web._html import markdown
 from tests.web_support import visible
 
 

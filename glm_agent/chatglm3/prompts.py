@@ -12,6 +12,7 @@ __all__ = [
     "CODE_SYSTEM_ZH",
     "CODE_SYSTEM_EN",
     "MNT_DATA",
+    "variable_header",
     "code_system_prompt",
     "build_system_message",
     "upload_header",
@@ -50,6 +51,12 @@ def code_system_prompt(language: str = "zh") -> str:
 def upload_header(name: str, size: int) -> str:
     """The header ChatGLM3 expects before a user message that announces an uploaded file."""
     return f"#File: {MNT_DATA}/{name}\n#Size: {size}\n#File uploaded\n"
+
+
+def variable_header(name: str, description: str) -> str:
+    """The header before a user message that names a variable put into the code interpreter's kernel
+    (the same shape as :func:`upload_header`'s for a file)."""
+    return f"#Variable: {name}\n#Type: {description}\n#Variable loaded\n"
 
 
 def strip_upload_headers(content: str) -> str:

@@ -237,13 +237,17 @@ def is_scripted(model: Any) -> bool:
 
 @contextlib.contextmanager
 def open_agent(
-    args: argparse.Namespace, model: ChatModel, approve: Callable[[Any], bool] | None, console: Console
+    args: argparse.Namespace,
+    model: ChatModel,
+    approve: Callable[[Any], bool] | None,
+    console: Console,
+    interpreter: Any = None,
 ) -> Iterator[Agent]:
     """An Agent from the command line's tools, interpreter, prompt and sampling options; closed on exit.
 
     With ``--workspace DIR`` the kernel starts now, in DIR, and what the code writes (images
     included) stays there; otherwise a kernel starts on the first code call, in a temporary
-    folder removed on exit.
+    folder removed on exit. ``interpreter``: a code interpreter of the caller's (not closed here).
     """
     from glm_agent.agent import Agent
     from glm_agent.tools import load_tools
@@ -254,8 +258,10 @@ def open_agent(
         raise UsageError("--workspace is the code interpreter's folder; add --code-interpreter")
     generation = _generation(args)
     tools = load_tools(args.tools) if args.tools else None
-    interpreter: Any = True if args.code_interpreter else None
-    if args.workspace:
+    owned = interpreter is None and bool(args.workspace)
+    if interpreter is None:
+        interpreter = True if args.code_interpreter else None
+    if owned:
         from glm_agent.interpreter import CodeInterpreter
 
         with console.status("Starting the code interpreter ...", spinner="dots"):
@@ -275,7 +281,7 @@ def open_agent(
                 mcp=_mcp_config(args.mcp),
             )
     except BaseException:
-        if args.workspace:
+        if owned:
             interpreter.close()
         raise
     try:
@@ -286,7 +292,7 @@ def open_agent(
         yield agent
     finally:
         agent.close()  # shuts down a kernel the agent started
-        if args.workspace:
+        if owned:
             interpreter.close()
 
 

@@ -25,17 +25,33 @@ from glm_agent.interpreter._results import (
     StreamOutput,
 )
 from glm_agent.interpreter._session import CodeInterpreter
+from glm_agent.interpreter._transfer import PNGImage
 
 if TYPE_CHECKING:
     from glm_agent.interpreter._gateway import KernelGateway
     from glm_agent.interpreter._notebook import conversation_to_notebook
+    from glm_agent.interpreter._notebook_in import (
+        NotebookHistory,
+        append_run,
+        check_fits,
+        notebook_history,
+        read_notebook,
+        save_notebook,
+    )
 
 __all__ = [
     "CodeInterpreter",
     "ExecutionResult",
+    "PNGImage",
     "WorkspaceFile",
     "KernelPool",
     "conversation_to_notebook",
+    "read_notebook",
+    "notebook_history",
+    "append_run",
+    "check_fits",
+    "save_notebook",
+    "NotebookHistory",
     "Limits",
     "Isolation",
     "detect_isolation",
@@ -50,6 +66,9 @@ __all__ = [
 ]
 
 
+_NOTEBOOK_IN = {"read_notebook", "notebook_history", "append_run", "check_fits", "save_notebook", "NotebookHistory"}
+
+
 def __getattr__(name: str) -> object:
     """Imported on first use: ``KernelGateway`` needs the ``gateway`` extra (websockets), and
     ``conversation_to_notebook`` nbformat, which takes long to import (the gateway's kernel
@@ -62,4 +81,8 @@ def __getattr__(name: str) -> object:
         from glm_agent.interpreter._notebook import conversation_to_notebook
 
         return conversation_to_notebook
+    if name in _NOTEBOOK_IN:
+        from glm_agent.interpreter import _notebook_in
+
+        return getattr(_notebook_in, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 nbformat: Any = _nbformat
 v4: Any = _v4
 
-__all__ = ["build_notebook", "write_notebook", "conversation_to_notebook"]
+__all__ = ["build_notebook", "write_notebook", "conversation_to_notebook", "notebook_outputs"]
 
 _FENCED = re.compile(r"```[^\n`]*\n(.*?)\n?```", re.DOTALL)
 
@@ -40,7 +40,7 @@ def _code_of(content: str) -> str:
     return (match.group(1) if match else content).strip("\n")
 
 
-def _outputs(result: ExecutionResult) -> list[Any]:
+def notebook_outputs(result: ExecutionResult) -> list[Any]:
     out: list[Any] = []
     for output in result.outputs:
         if isinstance(output, StreamOutput):
@@ -104,7 +104,7 @@ def _observation_cell(text: str, tool_outputs: Path | None) -> Any:
 
 
 def _code_cell(result: ExecutionResult) -> Any:
-    return v4.new_code_cell(result.code, outputs=_outputs(result), execution_count=result.execution_count)
+    return v4.new_code_cell(result.code, outputs=notebook_outputs(result), execution_count=result.execution_count)
 
 
 def build_notebook(

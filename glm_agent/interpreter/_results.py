@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
+from glm_agent._html import pre
+from glm_agent._transcript import fence, outputs_html, outputs_text, safe_markdown
+
 __all__ = [
     "StreamOutput",
     "DisplayOutput",
@@ -146,3 +149,12 @@ class ExecutionResult:
     @property
     def stderr(self) -> str:
         return "".join(o.text for o in self.outputs if isinstance(o, StreamOutput) and o.name == "stderr")
+
+    def _repr_html_(self) -> str:
+        """The code and its outputs, in order (text escaped, PNG/JPEG images inline, the kernel's HTML never rendered)."""
+        status = "" if self.ok else f"<p><em>{self.status}</em></p>"
+        return f"<div>{pre(self.code, 'python')}{outputs_html(self.outputs, self.notices)}{status}</div>"
+
+    def _repr_markdown_(self) -> str:
+        notes = "".join(f"\n\n*{safe_markdown(n)}*" for n in self.notices)
+        return f"{fence(self.code, 'python')}\n\n{fence(outputs_text(self.outputs))}{notes}"

@@ -20,7 +20,7 @@ from types import EllipsisType
 from typing import TYPE_CHECKING, Any, BinaryIO, Union
 
 from glm_agent._host_files import WorkspaceFile, list_regular, open_regular
-from glm_agent.chatglm3.prompts import MNT_DATA, upload_header
+from glm_agent.chatglm3.prompts import MNT_DATA, upload_header, variable_header
 from glm_agent.errors import InterpreterError
 from glm_agent.interpreter._backend import KernelBackend
 from glm_agent.interpreter._bootstrap import REPORT_EXPRESSION, start_kernel, write_file
@@ -492,6 +492,42 @@ class CodeInterpreter:
             else:
                 size = _replace_in_workspace(self._workspace, name, reader)
         return upload_header(name, size)
+
+    # -- values in and out ----------------------------------------------------------------------
+    def put(self, name: str, value: Any) -> str:
+        """Set the kernel's variable ``name`` to a copy of a host value; return a header naming it to the model.
+
+        Sent in formats that cannot run code: JSON values, bytes, numpy arrays (not of objects, as
+        ``.npy`` without pickle), pandas DataFrames and Series (Arrow, which the kernel needs too).
+        Another type is a ``TypeError``. The header (``#Variable: df`` ...) goes before a question,
+        as :meth:`upload`'s does for a file.
+        """
+        from glm_agent.interpreter._transfer import describe, put_value
+
+        with self._lock:
+            self._check_open()
+            put_value(self._backend, name, value, self.start_timeout)
+        return variable_header(name, describe(value))
+
+    def get(self, name: str, *, max_bytes: int = 512 * 1024 * 1024) -> Any:
+        """A copy of the kernel's variable ``name``, never unpickled: JSON values, bytes, numpy arrays
+        (``allow_pickle=False``), DataFrames and Series (Arrow), matplotlib figures (as a ``PNGImage``).
+
+        Another type, a missing name or a value over ``max_bytes`` is an ``InterpreterError``.
+        """
+        from glm_agent.interpreter._transfer import get_value
+
+        with self._lock:
+            self._check_open()
+            return get_value(self._backend, name, self.start_timeout, max_bytes)
+
+    def variables(self) -> dict[str, str]:
+        """The kernel's variables (not modules, functions or classes), name -> type: what code created."""
+        from glm_agent.interpreter._transfer import list_variables
+
+        with self._lock:
+            self._check_open()
+            return list_variables(self._backend, self.start_timeout)
 
     def files(self) -> list[WorkspaceFile]:
         """The files directly in the workspace that may leave it: regular, with one link, not hidden.

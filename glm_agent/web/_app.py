@@ -1,6 +1,6 @@
 """The Gradio Blocks: layout and event handlers. Every handler only forwards to the session it owns.
 
-Every text the page shows is HTML made by :mod:`glm_agent.web._html` (Gradio's Markdown is off in
+Every text the page shows is HTML made by :mod:`glm_agent._html` (Gradio's Markdown is off in
 the chat and nowhere used for text a client or the model wrote). A handler acts only on a session
 its request's owner opened (the client cookie and the login; the door has already refused
 requests naming another client's session).
@@ -17,9 +17,9 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: n
 
 import gradio as gr
 
+from glm_agent import _html
 from glm_agent.errors import GlmAgentError
 from glm_agent.models.base import GenerationParams
-from glm_agent.web import _html
 from glm_agent.web._door import COOKIE
 from glm_agent.web._manager import SessionManager
 from glm_agent.web._sessions import Owner, Snapshot, WebSession

@@ -4,7 +4,7 @@ A tool call is a collapsible card titled with the tool's name: its arguments as 
 observation, pending/done status and duration. A code call shows the code, its output as it
 arrives, then the result (rendered from the :class:`~glm_agent.interpreter.ExecutionResult`, not
 re-parsed from the observation) and images below. Parse errors, refused calls and errors are
-cards/messages too. Every text is made HTML by :mod:`glm_agent.web._html`: nothing in it loads
+cards/messages too. Every text is made HTML by :mod:`glm_agent._html`: nothing in it loads
 anything; the only images are the session's own (``image_url``).
 """
 
@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from glm_agent import _html
 from glm_agent import events as ev
 from glm_agent.messages import INTERPRETER, CodeCall
-from glm_agent.web import _html
 
 __all__ = ["ChatView", "MAX_LIVE_CHARS", "MAX_RESULT_CHARS"]
 
