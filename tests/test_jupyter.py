@@ -496,3 +496,43 @@ def test_the_extension_loads_from_the_package_root():
 
     assert callable(glm_agent.load_ipython_extension) and callable(glm_agent.unload_ipython_extension)
     assert (REPO / "glm_agent" / "jupyter" / "__init__.py").is_file()
+
+
+@pytest.mark.kernel
+def test_stopping_the_notebook_kernel_stops_the_run_and_the_next_question_works(tmp_path):
+    from jupyter_client.manager import start_new_kernel
+
+    spec = replies(
+        tmp_path,
+        [
+            "interpreter\n ```python\nimport time\nprint('waiting', flush=True)\nwhile True:\n    time.sleep(0.05)\n```",
+            "\n Next.",
+        ],
+    )
+    manager, client = start_new_kernel(kernel_name="python3", cwd=str(tmp_path))
+    try:
+        client.execute_interactive("%load_ext glm_agent", timeout=60)
+        msg_id = client.execute(f"%%agent --model {spec} --code-interpreter\nLoop")
+        while True:  # the live display shows the sandbox's output while the code runs
+            msg = client.get_iopub_msg(timeout=120)
+            data = msg["content"].get("data", {})
+            if msg["parent_header"].get("msg_id") == msg_id and "waiting" in data.get("text/plain", ""):
+                break
+        manager.interrupt_kernel()
+        reply = client.get_shell_msg(timeout=120)
+        while reply["parent_header"].get("msg_id") != msg_id:
+            reply = client.get_shell_msg(timeout=120)
+        assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
+        outputs: list = []
+        reply = client.execute_interactive(
+            "%agent Go on\nfrom glm_agent.jupyter import session\nprint(session().interpreter.run('print(40 + 2)').observation)",
+            timeout=120,
+            output_hook=outputs.append,
+        )
+        assert reply["content"]["status"] == "ok"
+        shown = json.dumps([o["content"] for o in outputs])
+        assert "Next." in shown and "42" in shown  # the conversation and the sandbox go on
+    finally:
+        client.execute_interactive("%unload_ext glm_agent", timeout=60)
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)

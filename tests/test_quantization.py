@@ -157,6 +157,34 @@ def test_native_int4_kernel_is_the_dequantized_product_at_chatglm3_shapes(group,
 
 
 @needs_native
+@pytest.mark.parametrize("k", [4096, 13696])
+@pytest.mark.parametrize("scheme", ["int4", "int8"])
+def test_a_few_rows_at_once_are_each_the_one_row_product_to_the_bit(scheme, k):
+    """Batched decoding: M = 1..16 rows in one call are the dequantized product, and each row's result
+    is bit-identical to that row computed alone (a sequence decodes the same alone or in a batch)."""
+    torch.manual_seed(k)
+    n = 4 * 6 + 2
+    portable = quantize(torch.randn(n, k) * 0.02, QuantSpec(scheme, 128) if scheme == "int4" else QuantSpec(scheme))
+    layer = QuantizedLinear(portable)
+    assert layer.backend == f"{scheme}_native"
+    reference = dequantize(portable)
+    padded_k = layer._padded_in if scheme == "int4" else layer.qweight.shape[1] * 64
+
+    def product(x: torch.Tensor) -> torch.Tensor:
+        padded = torch.nn.functional.pad(x, (0, padded_k - k)).contiguous()
+        if scheme == "int4":
+            return layer._native.int4_matmul(layer.qweight, layer.scales, layer.zeros, padded, 128, n, torch.float32)
+        return layer._native.int8_matmul(layer.qweight, layer.scales, padded, n, torch.float32)
+
+    x = torch.randn(16, k).bfloat16()
+    alone = torch.cat([product(x[i : i + 1]) for i in range(16)])
+    for rows in range(1, 17):
+        together = product(x[:rows])
+        assert torch.equal(together, alone[:rows]), f"{rows} rows differ from the rows alone"
+        assert relative_error(together, x[:rows].float() @ reference.t()) < 1e-5
+
+
+@needs_native
 @pytest.mark.parametrize("k", [4096, 13696, 4100, 24])
 def test_native_int8_kernel_is_the_dequantized_product(k):
     torch.manual_seed(k)

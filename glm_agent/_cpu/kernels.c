@@ -13,6 +13,11 @@
  * The inner sums are exact products of small integers and bfloat16 values accumulated in
  * float32 (vdpbf16ps), so the result is the dequantized product up to summation order.
  *
+ * A few activation rows at once (decoding several sequences in one step): each tile is read once and
+ * each chunk of its codes unpacked once for up to MB rows (tile_dot_rows, tile_dot_int8_rows). Per
+ * output the operations and their order are the one-row kernel's, so a row's result does not depend
+ * on the rows beside it: a sequence decodes to the same bits alone or in a batch.
+ *
  * int8 weight layout ("tiled int8"), made by native.tile_int8:
  *   q       int8 [N/4][K/64][4][64]   the 4 rows of a tile, 64 inputs at a time
  *   scales  bfloat16 [N]              y[n] = scale[n] * sum_k q[n,k] x[k], summed in float32
@@ -24,6 +29,7 @@
 
 #define ROWS 4  /* rows per tile */
 #define PREFETCH 2048  /* bytes ahead of the stream */
+#define MB 4  /* activation rows multiplied per pass over a tile (a few rows: batched decoding) */
 
 int glm_cpu_supported(void) {
     __builtin_cpu_init();
@@ -97,6 +103,66 @@ static void tile_dot(const uint8_t *q, const uint16_t *scales, const uint16_t *z
     for (int r = 0; r < ROWS; r++) out[r] = _mm512_reduce_add_ps(acc[r]) + zsum[r];
 }
 
+/* ROWS tile rows against mr (<= MB) activation rows: each chunk's codes are unpacked once and used for
+ * every activation row. Per (tile row, activation row) the operations and their order are tile_dot's,
+ * so each result is bit-identical to the one-row product. Inlined with a constant mr (see the switch). */
+static inline __attribute__((always_inline)) void tile_dot_rows(
+    const uint8_t *q, const uint16_t *scales, const uint16_t *zeros, const uint16_t *x, const float *xsum,
+    const int mr, int64_t k, int64_t group, int64_t groups, float *out /* [mr][ROWS] */) {
+    const __m256i nibble = _mm256_set1_epi8(0x0f);
+    static const uint16_t table[32] = {
+        0xc100, 0xc0e0, 0xc0c0, 0xc0a0, 0xc080, 0xc040, 0xc000, 0xbf80, 0x0000, 0x3f80, 0x4000,
+        0x4040, 0x4080, 0x40a0, 0x40c0, 0x40e0, 0xc100, 0xc0e0, 0xc0c0, 0xc0a0, 0xc080, 0xc040,
+        0xc000, 0xbf80, 0x0000, 0x3f80, 0x4000, 0x4040, 0x4080, 0x40a0, 0x40c0, 0x40e0};
+    const __m512i lut = _mm512_loadu_si512(table);
+    const int64_t chunks = k / 64, units_per_group = group / 32;
+    for (int r0 = 0; r0 < ROWS; r0 += 2) { /* two tile rows at a time: their accumulators stay in registers */
+        __m512 acc[2][MB], part[2][MB];
+        float zsum[2][MB];
+        for (int r = 0; r < 2; r++)
+            for (int m = 0; m < mr; m++) {
+                acc[r][m] = _mm512_setzero_ps();
+                part[r][m] = _mm512_setzero_ps();
+                zsum[r][m] = 0.0f;
+            }
+        for (int64_t c = 0; c < chunks; c++) {
+            const uint8_t *qc = q + c * ROWS * 32 + 32 * r0;
+            _mm_prefetch((const char *)(qc + PREFETCH), _MM_HINT_T0);
+            for (int r = 0; r < 2; r++) {
+                const __m256i b = _mm256_loadu_si256((const __m256i *)(qc + 32 * r));
+                const __m512bh wl = (__m512bh)_mm512_permutexvar_epi16(_mm512_cvtepu8_epi16(_mm256_and_si256(b, nibble)), lut);
+                const __m512bh wh = (__m512bh)_mm512_permutexvar_epi16(
+                    _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16(b, 4), nibble)), lut);
+                for (int m = 0; m < mr; m++) {
+                    const uint16_t *xm = x + m * k + 64 * c;
+                    part[r][m] = _mm512_dpbf16_ps(part[r][m], wl, (__m512bh)_mm512_loadu_si512(xm));
+                    if (units_per_group == 1) {
+                        const int64_t g = 2 * c;
+                        acc[r][m] = _mm512_fmadd_ps(part[r][m], _mm512_set1_ps(bf16_to_float(scales[g * ROWS + r0 + r])), acc[r][m]);
+                        zsum[r][m] += bf16_to_float(zeros[g * ROWS + r0 + r]) * xsum[m * groups + g];
+                        part[r][m] = _mm512_setzero_ps();
+                    }
+                    part[r][m] = _mm512_dpbf16_ps(part[r][m], wh, (__m512bh)_mm512_loadu_si512(xm + 32));
+                }
+            }
+            if ((2 * c + 2) % units_per_group == 0) {
+                const int64_t g = (2 * c + 2) / units_per_group - 1;
+                for (int r = 0; r < 2; r++) {
+                    const __m512 scale = _mm512_set1_ps(bf16_to_float(scales[g * ROWS + r0 + r]));
+                    const float zero = bf16_to_float(zeros[g * ROWS + r0 + r]);
+                    for (int m = 0; m < mr; m++) {
+                        acc[r][m] = _mm512_fmadd_ps(part[r][m], scale, acc[r][m]);
+                        zsum[r][m] += zero * xsum[m * groups + g];
+                        part[r][m] = _mm512_setzero_ps();
+                    }
+                }
+            }
+        }
+        for (int r = 0; r < 2; r++)
+            for (int m = 0; m < mr; m++) out[m * ROWS + r0 + r] = _mm512_reduce_add_ps(acc[r][m]) + zsum[r][m];
+    }
+}
+
 /* y[m, n] = sum_k x[m, k] w[n, k] for m < rows, n < n_padded (a multiple of ROWS).
  * x: bfloat16 [rows][k]; y: [rows][n_padded], bfloat16 when out_bf16 else float32.
  * k is a multiple of 64 and of group (32, 64, 128 or 256). Returns 0, or -1 when out of memory. */
@@ -117,16 +183,25 @@ int glm_int4_matmul(const uint8_t *q, const uint16_t *scales, const uint16_t *ze
     for (int64_t t = 0; t < tiles; t++) {
         const uint8_t *qt = q + t * (k / 64) * ROWS * 32;
         const uint16_t *st = scales + t * groups * ROWS, *zt = zeros + t * groups * ROWS;
-        for (int64_t m = 0; m < rows; m++) { /* the tile stays in cache for the later rows */
-            float out[ROWS];
-            tile_dot(qt, st, zt, x + m * k, xsum + m * groups, k, group, out);
-            for (int r = 0; r < ROWS; r++) {
-                const int64_t at = m * n_padded + t * ROWS + r;
-                if (out_bf16)
-                    ((uint16_t *)y)[at] = float_to_bf16(out[r]);
-                else
-                    ((float *)y)[at] = out[r];
+        for (int64_t m0 = 0; m0 < rows; m0 += MB) { /* the tile stays in cache for the later rows */
+            const int64_t mr = rows - m0 < MB ? rows - m0 : MB;
+            const uint16_t *xm = x + m0 * k;
+            const float *sm = xsum + m0 * groups;
+            float out[MB * ROWS];
+            switch (mr) { /* a constant row count per call: the accumulators stay in registers */
+                case 1: tile_dot(qt, st, zt, xm, sm, k, group, out); break;
+                case 2: tile_dot_rows(qt, st, zt, xm, sm, 2, k, group, groups, out); break;
+                case 3: tile_dot_rows(qt, st, zt, xm, sm, 3, k, group, groups, out); break;
+                default: tile_dot_rows(qt, st, zt, xm, sm, 4, k, group, groups, out); break;
             }
+            for (int64_t m = 0; m < mr; m++)
+                for (int r = 0; r < ROWS; r++) {
+                    const int64_t at = (m0 + m) * n_padded + t * ROWS + r;
+                    if (out_bf16)
+                        ((uint16_t *)y)[at] = float_to_bf16(out[m * ROWS + r]);
+                    else
+                        ((float *)y)[at] = out[m * ROWS + r];
+                }
         }
     }
     free(xsum);
@@ -156,6 +231,33 @@ static void tile_dot_int8(const int8_t *q, const float *x, int64_t k, float out[
     for (int r = 0; r < ROWS; r++) out[r] = _mm512_reduce_add_ps(acc[r]);
 }
 
+/* int8: each 16 codes converted once, multiplied into every activation row (per tile row and activation
+ * row in tile_dot_int8's order: bit-identical to the one-row product). */
+static inline __attribute__((always_inline)) void tile_dot_int8_rows(const int8_t *q, const float *x, const int mr,
+                                                                     int64_t k, float *out) {
+    __m512 acc[ROWS][MB];
+    for (int r = 0; r < ROWS; r++)
+        for (int m = 0; m < mr; m++) acc[r][m] = _mm512_setzero_ps();
+    const int64_t chunks = k / 64;
+    for (int64_t c = 0; c < chunks; c++) {
+        const int8_t *qc = q + c * ROWS * 64;
+        _mm_prefetch((const char *)(qc + PREFETCH), _MM_HINT_T0);
+        _mm_prefetch((const char *)(qc + PREFETCH + 64), _MM_HINT_T0);
+        _mm_prefetch((const char *)(qc + PREFETCH + 128), _MM_HINT_T0);
+        _mm_prefetch((const char *)(qc + PREFETCH + 192), _MM_HINT_T0);
+        for (int part = 0; part < 4; part++) {
+            __m512 xv[MB];
+            for (int m = 0; m < mr; m++) xv[m] = _mm512_loadu_ps(x + m * k + 64 * c + 16 * part);
+            for (int r = 0; r < ROWS; r++) {
+                const __m512 w = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(qc + 64 * r + 16 * part))));
+                for (int m = 0; m < mr; m++) acc[r][m] = _mm512_fmadd_ps(w, xv[m], acc[r][m]);
+            }
+        }
+    }
+    for (int r = 0; r < ROWS; r++)
+        for (int m = 0; m < mr; m++) out[m * ROWS + r] = _mm512_reduce_add_ps(acc[r][m]);
+}
+
 /* y[m, n] = scale[n] * sum_k x[m, k] q[n, k]; shapes and outputs as glm_int4_matmul (k a multiple of 64). */
 int glm_int8_matmul(const int8_t *q, const uint16_t *scales, const uint16_t *x, void *y, int64_t rows,
                     int64_t n_padded, int64_t k, int out_bf16, int threads) {
@@ -166,17 +268,25 @@ int glm_int8_matmul(const int8_t *q, const uint16_t *scales, const uint16_t *x, 
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t t = 0; t < tiles; t++) {
         const int8_t *qt = q + t * (k / 64) * ROWS * 64;
-        for (int64_t m = 0; m < rows; m++) {
-            float out[ROWS];
-            tile_dot_int8(qt, xf + m * k, k, out);
-            for (int r = 0; r < ROWS; r++) {
-                const int64_t at = m * n_padded + t * ROWS + r;
-                const float value = out[r] * bf16_to_float(scales[t * ROWS + r]);
-                if (out_bf16)
-                    ((uint16_t *)y)[at] = float_to_bf16(value);
-                else
-                    ((float *)y)[at] = value;
+        for (int64_t m0 = 0; m0 < rows; m0 += MB) {
+            const int64_t mr = rows - m0 < MB ? rows - m0 : MB;
+            const float *xm = xf + m0 * k;
+            float out[MB * ROWS];
+            switch (mr) {
+                case 1: tile_dot_int8(qt, xm, k, out); break;
+                case 2: tile_dot_int8_rows(qt, xm, 2, k, out); break;
+                case 3: tile_dot_int8_rows(qt, xm, 3, k, out); break;
+                default: tile_dot_int8_rows(qt, xm, 4, k, out); break;
             }
+            for (int64_t m = 0; m < mr; m++)
+                for (int r = 0; r < ROWS; r++) {
+                    const int64_t at = (m0 + m) * n_padded + t * ROWS + r;
+                    const float value = out[m * ROWS + r] * bf16_to_float(scales[t * ROWS + r]);
+                    if (out_bf16)
+                        ((uint16_t *)y)[at] = float_to_bf16(value);
+                    else
+                        ((float *)y)[at] = value;
+                }
         }
     }
     free(xf);

@@ -127,7 +127,7 @@ class NotebookSession:
     def ask(
         self, question: str, options: AgentOptions | None = None, *, display: LiveDisplay | None = None
     ) -> RunResult | None:
-        """Run one question with a live display; return the run (None when it stopped on a model error).
+        """Run one question with a live display; return the run (on a model error, what it had; the display says why).
 
         ``options.with_`` names notebook variables put into the sandbox first and named to the model.
         """
@@ -142,12 +142,12 @@ class NotebookSession:
                 result = agent.run(headers + question, on_event=view.add)
         except GlmAgentError as exc:  # the display shows the RunError event already
             result = getattr(exc, "result", None)
-        except KeyboardInterrupt:
-            agent.cancel()
+        except KeyboardInterrupt:  # the stream closed cleanly; the notebook's stop still stops "Run all"
             view.transcript.notice("Interrupted: the run stopped; the conversation keeps what it had.")
+            raise
         finally:
             view.close()
-        self.last_result = result
+            self.last_result = result
         after = self._variables()
         self.created = {name: kind for name, kind in after.items() if before.get(name) != kind}
         return result

@@ -35,8 +35,10 @@ _INT8_K_MULTIPLE = 32  # the int8 kernel's input dimension is padded to a multip
 _INT4_N_MULTIPLE = 64  # the int4 packing's row block on AVX-512
 _DENSE_BLOCK_ROWS = 2048  # output rows dequantized at a time for a dense product (a multiple of 64)
 DEQUANTIZE_MIN_ROWS = 64  # products over this many rows dequantize and use a dense product (kernels: 2.4-2.9x slower than bf16 at 64 rows)
-# the same for glm-agent's kernels: int4 gate/up + down at 64 rows take 172 ms by the kernel, 124 dequantized
-NATIVE_DEQUANTIZE_MIN_ROWS = 48
+# the same for glm-agent's kernels, which multiply up to 4 rows per pass over a tile: at 13696x4096 and
+# 2 threads the kernel and the dequantized product cost the same at 32 rows (int4 14.2 vs 14.6 ms, int8
+# 17.1 vs 17.2 ms); below that a row's result is also bit-identical to the row alone (batched decoding)
+NATIVE_DEQUANTIZE_MIN_ROWS = 32
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _warned: set[str] = set()
 
