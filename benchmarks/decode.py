@@ -269,7 +269,7 @@ def measure_6b(precision: str, threads: int | None, queue) -> None:  # runs in a
     out["ms_per_token"] = round(per_token * 1000, 1)
     out["decode_prompt_ttft_s"] = round(stats.time_to_first_token, 2)
     if precision == "bf16":
-        out["profile"] = _profile_tokens(local._cache.runner, ours[:4])
+        out["profile"] = _profile_tokens(local._engine.runner, ours[:4])
     local.reset_cache()
     ttft_prompt = _prompt(tok, SIX_B_TTFT_PROMPT)
     for _delta in local._stream(ttft_prompt, GenerationParams(temperature=0, max_new_tokens=1)):

@@ -215,6 +215,7 @@ class Agent:
         self.generation = GenerationParams.of(generation)
         self.messages: list[Message] = []
         self._cancel = threading.Event()
+        self._model_stream: Any = None  # the model's stream being read (cancel() reaches it from any thread)
         self._code_running = False
         self._resumed_code = False
         self.reset() if history is None else self.load_messages(history)
@@ -445,6 +446,9 @@ class Agent:
         ``RunError(kind="cancelled")`` (``RunResult.stopped == "cancelled"``).
         """
         self._cancel.set()
+        cancel_generation = getattr(self._model_stream, "cancel", None)
+        if callable(cancel_generation):  # a local model lets it go at its next step, mid-prefill too
+            cancel_generation()
         if self._code_running and self._interpreter is not None:
             _interrupt(self._interpreter)
             # An interrupt that reaches the kernel just before the cell starts is lost: repeat it
@@ -576,7 +580,7 @@ class Agent:
         try:
             with run.active(run.current):
                 raw = self.model.stream(action.messages, **action.params)
-            run.stream = raw
+            run.stream = self._model_stream = raw
             stream = in_context(iter(raw), run.current) if run.recording and run.current is not None else raw
             for delta in stream:
                 parts.append(delta)
@@ -586,6 +590,7 @@ class Agent:
         except Exception as exc:
             return exc
         finally:
+            self._model_stream = None
             run.text = "".join(parts)
             _close(stream)  # stops a local model's generation at the next token
         return None

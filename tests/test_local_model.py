@@ -92,7 +92,7 @@ def test_greedy_tokens_and_logits_match_the_official_model(weights, tokenizer, g
 
 
 def test_lean_engine_leaves_the_model_usable_by_transformers(model, weights, golden):
-    assert type(model._cache.runner).__name__ == "LeanGlmRunner"
+    assert type(model._engine.runner).__name__ == "LeanGlmRunner"
     case = golden[0]
     with torch.inference_mode():
         out = weights.generate(
@@ -409,7 +409,7 @@ def test_bfloat16_weights_decode_as_transformers_does(tokenizer, native, monkeyp
     local.stop_ids = frozenset()
     "".join(local.stream(messages))
     assert local.last_stats.output_ids == generated[0, len(ids) :].tolist()
-    engine = local._cache.runner
+    engine = local._engine.runner
     if native == "1" and _native.native_kernels() is not None:
         assert isinstance(engine.lm_head, NativeBf16Linear) and isinstance(engine.layers[0][1], NativeBf16Linear)
         assert isinstance(weights.lm_head, torch.nn.Linear)  # the model keeps plain weights

@@ -84,6 +84,19 @@ def add_local_model_arguments(parser: argparse._ActionsContainer) -> None:
         metavar="SIZE",
         help="the prompt cache's size cap on disk; least recently used files go first (default 4GiB)",
     )
+    parser.add_argument(
+        "--max-batch",
+        type=_positive,
+        metavar="N",
+        help="conversations the local engine decodes together, one token each per step (default 8)",
+    )
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _size_or_zero(text: str) -> int:
@@ -100,6 +113,7 @@ def local_model_options(args: argparse.Namespace) -> dict[str, Any]:
         ("kv_cache_size", "kv_cache_bytes"),
         ("prompt_cache", "prompt_cache_dir"),
         ("prompt_cache_size", "prompt_cache_bytes"),
+        ("max_batch", "max_batch"),
     ):
         if getattr(args, flag, None) is not None:
             options[option] = getattr(args, flag)

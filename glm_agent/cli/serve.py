@@ -52,7 +52,11 @@ def add_command(subparsers: Subparsers) -> argparse.ArgumentParser:
         help="also serve the --tools and --mcp tools as an MCP server (streamable HTTP) at PATH, e.g. /mcp",
     )
     parser.add_argument("--served-model-name", help="the model id clients send (default: the backend's name)")
-    parser.add_argument("--max-concurrency", type=int, default=1, help="generations at once (default 1)")
+    parser.add_argument(
+        "--max-concurrency",
+        type=int,
+        help="generations at once (default: a local model's --max-batch, else 1); more wait in the queue",
+    )
     parser.add_argument("--max-queue", type=int, default=32, help="requests waiting before 429 (default 32)")
     parser.add_argument("--context-length", type=int, help="refuse prompts longer than this many tokens")
     # defaults live in glm_agent.server (not imported here: the CLI works without the server extra)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +36,8 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "KV_LAYOUT_VERSION",
     "KVRunner",
+    "KVSlot",
+    "exact_rows",
     "Runner",
     "LeanGlmRunner",
     "StageClock",
@@ -138,10 +141,47 @@ class LeanGlmRunner:
             for layer, qkv in zip(base.layers, projections, strict=False)
         ]
         self.clock: StageClock | None = None  # set one to time the stages of each forward pass
-        self.keys: list[torch.Tensor] = []
-        self.values: list[torch.Tensor] = []
-        self.capacity = 0
-        self.length = 0
+        products = [fn for layer in self.layers for fn in (layer[1], layer[2], layer[4], layer[5])]
+        #: decoding rows multiplied in one call with results bit-identical to each row alone (see exact_rows)
+        self.decode_rows = min(exact_rows(p) for p in [*products, self.lm_head])
+        self.slots: list[KVSlot] = []  # every slot's buffers count in buffer_bytes
+        self.slot = self.new_slot()  # the slot forward/crop/read_kv/write_kv work on (see use)
+
+    # -- slots: one KV buffer per sequence being generated -----------------------------------
+    def new_slot(self) -> KVSlot:
+        """A new, empty KV buffer of its own (for one more sequence decoded beside the others)."""
+        slot = KVSlot()
+        self.slots.append(slot)
+        return slot
+
+    def drop_slot(self, slot: KVSlot) -> None:
+        """Free a slot's buffers (the current slot cannot be dropped, only emptied)."""
+        if slot is not self.slot and slot in self.slots:
+            self.slots.remove(slot)
+
+    def use(self, slot: KVSlot) -> None:
+        """Make ``slot`` the one ``forward``, ``crop``, ``read_kv`` and ``write_kv`` work on."""
+        self.slot = slot
+
+    @property
+    def length(self) -> int:
+        return self.slot.length
+
+    @length.setter
+    def length(self, value: int) -> None:
+        self.slot.length = value
+
+    @property
+    def keys(self) -> list[torch.Tensor]:
+        return self.slot.keys
+
+    @property
+    def values(self) -> list[torch.Tensor]:
+        return self.slot.values
+
+    @property
+    def capacity(self) -> int:
+        return self.slot.capacity
 
     @staticmethod
     def unsupported_reason(model: Any) -> str | None:
@@ -177,8 +217,8 @@ class LeanGlmRunner:
         return f"lean/{KV_LAYOUT_VERSION} {shape} {self.dtype} {self.device.type}"
 
     def buffer_bytes(self) -> int:
-        """Memory held by the working KV buffers (they grow with the longest sequence seen)."""
-        return self.capacity * self.kv_bytes_per_token
+        """Memory held by the working KV buffers of every slot (each grows with the longest sequence it held)."""
+        return sum(slot.capacity for slot in self.slots) * self.kv_bytes_per_token
 
     @torch.inference_mode()
     def read_kv(self, start: int, end: int) -> torch.Tensor:
@@ -208,24 +248,25 @@ class LeanGlmRunner:
             self.values[i][:, start : start + count] = kv[i, 1]
         self.length = start + count
 
-    def _reserve(self, needed: int) -> None:
+    def _reserve(self, needed: int, slot: KVSlot | None = None) -> None:
+        slot = slot or self.slot
         if needed > self.max_length:
             raise ModelError(f"sequence of {needed} tokens exceeds the model's context of {self.max_length}")
-        if needed <= self.capacity:
+        if needed <= slot.capacity:
             return
-        capacity = min(self.max_length, max(needed, 2 * self.capacity, _GROW))
+        capacity = min(self.max_length, max(needed, 2 * slot.capacity, _GROW))
         capacity = min(self.max_length, -(-capacity // _GROW) * _GROW)
         shape = (self.num_kv, capacity, self.head_dim)
         keys, values = [], []
         for i, layer in enumerate(self.layers):
             k = torch.empty(shape, dtype=self.dtype, device=layer[-1])
             v = torch.empty(shape, dtype=self.dtype, device=layer[-1])
-            if self.length:
-                k[:, : self.length] = self.keys[i][:, : self.length]
-                v[:, : self.length] = self.values[i][:, : self.length]
+            if slot.length:
+                k[:, : slot.length] = slot.keys[i][:, : slot.length]
+                v[:, : slot.length] = slot.values[i][:, : slot.length]
             keys.append(k)
             values.append(v)
-        self.keys, self.values, self.capacity = keys, values, capacity
+        slot.keys, slot.values, slot.capacity = keys, values, capacity
 
     # -- forward ----------------------------------------------------------------------------
     @torch.inference_mode()
@@ -299,6 +340,117 @@ class LeanGlmRunner:
         mark("matmul output layer")
         return logits.float()
 
+    @torch.inference_mode()
+    def forward_batch(
+        self, decoding: Sequence[tuple[KVSlot, int]], prefill: tuple[KVSlot, Sequence[int]] | None = None
+    ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """One step for many sequences: one new token for each decoding slot, and a chunk of one prompt.
+
+        Returns the float32 next-token logits of each decoding slot, and after the chunk. The
+        decoding rows share each weight's read (products over up to ``decode_rows`` rows at once);
+        the chunk's products are calls of their own. Every sequence's numbers are the ones
+        ``forward`` gives it alone: products whose rows are independent, attention per sequence
+        over its own keys, the chunk computed as ``forward`` computes it.
+        """
+        if prefill is not None and not prefill[1]:
+            raise ValueError("a prefill chunk needs at least one token")
+        if len(prefill[1] if prefill else ()) > self.prefill_chunk:
+            raise ValueError(f"a prefill chunk holds at most {self.prefill_chunk} tokens")
+        groups: list[_Group] = []
+        if decoding:
+            slots = [slot for slot, _ in decoding]
+            if len({id(slot) for slot in slots}) != len(slots) or (prefill is not None and prefill[0] in slots):
+                raise ValueError("a slot takes part in a step once")
+            for slot in slots:
+                self._reserve(slot.length + 1, slot)
+            positions = torch.tensor([slot.length for slot in slots], device=self.device, dtype=torch.float32)
+            groups.append(
+                _Group(slots, [1] * len(slots), [token for _, token in decoding], positions, self.decode_rows)
+            )
+        if prefill is not None:
+            slot, ids = prefill
+            self._reserve(slot.length + len(ids), slot)
+            past = slot.length
+            positions = torch.arange(past, past + len(ids), device=self.device, dtype=torch.float32)
+            groups.append(_Group([slot], [len(ids)], list(ids), positions, None))
+        outs = [self._forward_group(group) for group in groups] if len(groups) == 1 else self._forward_groups(groups)
+        decoded = list(outs[0]) if decoding else []
+        chunk = outs[-1][0] if prefill is not None else None
+        return decoded, chunk
+
+    def _forward_groups(self, groups: list[_Group]) -> list[torch.Tensor]:
+        """Several groups through the layers together (each layer's weights stay warm for the next group)."""
+        states = [self._embed_group(g) for g in groups]
+        for i in range(len(self.layers)):
+            states = [self._layer_group(i, g, x) for g, x in zip(groups, states, strict=True)]
+        return [self._logits_group(g, x) for g, x in zip(groups, states, strict=True)]
+
+    def _forward_group(self, group: _Group) -> torch.Tensor:
+        x = self._embed_group(group)
+        for i in range(len(self.layers)):
+            x = self._layer_group(i, group, x)
+        return self._logits_group(group, x)
+
+    def _embed_group(self, group: _Group) -> torch.Tensor:
+        tokens = torch.tensor(group.ids, dtype=torch.long, device=self.device)
+        # each sequence's tables computed as forward computes them alone (a vectorised cos over more
+        # elements can round another way in the last bit)
+        tables = [self._rotary(slot.length, count) for slot, count in zip(group.slots, group.counts, strict=True)]
+        group.cos = tables[0][0] if len(tables) == 1 else torch.cat([cos for cos, _ in tables])
+        group.sin = tables[0][1] if len(tables) == 1 else torch.cat([sin for _, sin in tables])
+        return F.embedding(tokens, self.embed)
+
+    def _layer_group(self, i: int, group: _Group, x: torch.Tensor) -> torch.Tensor:
+        ln1, qkv_proj, o_proj, ln2, gate_up_proj, down_proj, device = self.layers[i]
+        if x.device != device:
+            x = x.to(device)
+            group.cos, group.sin = group.cos.to(device), group.sin.to(device)
+        heads, kv_heads, rep = self.num_heads, self.num_kv, self.num_heads // self.num_kv
+        rows = x.shape[0]
+        qkv = group.product(qkv_proj, ln1(x)).view(rows, heads + 2 * kv_heads, self.head_dim)
+        qk = _apply_rotary(qkv[:, : heads + kv_heads], group.cos, group.sin)
+        q, k, v = qk[:, :heads], qk[:, heads:], qkv[:, heads + kv_heads :]
+        parts = []
+        start = 0
+        for slot, count in zip(group.slots, group.counts, strict=True):
+            past, total = slot.length, slot.length + count
+            keys, values = slot.keys[i], slot.values[i]
+            keys[:, past:total] = k[start : start + count].transpose(0, 1)
+            values[:, past:total] = v[start : start + count].transpose(0, 1)
+            qs = q[start : start + count].view(count, kv_heads, rep, self.head_dim)
+            qs = qs.permute(1, 2, 0, 3).reshape(kv_heads, rep * count, -1)
+            mask = self._mask(past, count)
+            if mask is not None:
+                mask = mask.to(device)
+            attn = torch.cat(
+                [
+                    F.scaled_dot_product_attention(
+                        qs[g : g + 1],
+                        keys[g : g + 1, :total],
+                        values[g : g + 1, :total],
+                        attn_mask=mask,
+                        scale=self.head_dim**-0.5,
+                    )
+                    for g in range(kv_heads)
+                ]
+            )
+            parts.append(attn.view(kv_heads, rep, count, self.head_dim).permute(2, 0, 1, 3).reshape(count, -1))
+            start += count
+        attn_out = parts[0] if len(parts) == 1 else torch.cat(parts)
+        x = x + group.product(o_proj, attn_out)
+        gate, up = group.product(gate_up_proj, ln2(x)).chunk(2, dim=-1)
+        x = x + group.product(down_proj, up * F.silu(gate))
+        if i == len(self.layers) - 1:
+            for slot, count in zip(group.slots, group.counts, strict=True):
+                slot.length += count
+        return x
+
+    def _logits_group(self, group: _Group, x: torch.Tensor) -> torch.Tensor:
+        ends = torch.tensor(list(itertools.accumulate(group.counts)), device=x.device) - 1
+        last = self.norm(x[ends] if len(group.counts) > 1 else x[-1:])
+        logits: torch.Tensor = group.product(self.lm_head, last.to(self.lm_head_device))
+        return logits.float()
+
     def _rotary(self, past: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         positions = torch.arange(past, past + count, device=self.device, dtype=torch.float32)
         freqs = positions[:, None] * self.inv_freq.to(self.device)[None, :]
@@ -313,6 +465,52 @@ class LeanGlmRunner:
         cols = torch.arange(past + count, device=self.device)[None, :]
         mask = cols <= rows  # [T, past+T], True = attend
         return mask.repeat(self.num_heads // self.num_kv, 1)
+
+
+class KVSlot:
+    """One sequence's keys and values: per layer ``[kv heads, capacity, head_dim]`` buffers, ``length`` used."""
+
+    def __init__(self) -> None:
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.capacity = 0
+        self.length = 0
+
+
+class _Group:
+    """Rows of one step that go through the layers together: decoding rows (one per slot) or one chunk."""
+
+    def __init__(
+        self, slots: list[KVSlot], counts: list[int], ids: list[int], positions: torch.Tensor, rows: int | None
+    ) -> None:
+        self.slots, self.counts, self.ids, self.positions = slots, counts, ids, positions
+        self.rows = rows  # products over at most this many rows per call (None: the whole group, as forward does)
+        self.cos = self.sin = positions
+
+    def product(self, fn: Any, x: torch.Tensor) -> torch.Tensor:
+        if self.rows is None or x.shape[0] <= self.rows:
+            out: torch.Tensor = fn(x)
+            return out
+        return torch.cat([fn(x[start : start + self.rows]) for start in range(0, x.shape[0], self.rows)])
+
+
+def exact_rows(fn: Any) -> int:
+    """How many rows ``fn`` multiplies in one call with each row's result bit-identical to the row alone.
+
+    glm-agent's kernels compute each row as the one-row product does, below the row count where they
+    hand over to a dense product; other products (oneDNN, MKL: measured, a single row takes another
+    path than several) are called one row at a time for decoding rows.
+    """
+    from glm_agent.engine._native_linear import DENSE_MIN_ROWS
+
+    if isinstance(fn, NativeBf16Linear):
+        return DENSE_MIN_ROWS - 1
+    if isinstance(fn, _SeparateQKV):
+        return min(exact_rows(p) for p in fn.projections)
+    backend = getattr(fn, "backend", "")
+    if isinstance(backend, str) and backend.endswith("_native"):
+        return max(1, int(getattr(fn, "_dense_min_rows", 2)) - 1)
+    return 1
 
 
 def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ _LOCAL_ONLY = {
     "kv_cache_bytes": "--kv-cache-size",
     "prompt_cache_dir": "--prompt-cache",
     "prompt_cache_bytes": "--prompt-cache-size",
+    "max_batch": "--max-batch",
 }
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +13,11 @@ from pydantic import ValidationError
 
 from glm_agent._sizes import parse_size
 from glm_agent.engine import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_STEP_RATIO,
+    BatchEngine,
     IncrementalDetokenizer,
+    Job,
     KVStore,
     LeanGlmRunner,
     PrefixCache,
@@ -60,14 +63,26 @@ class GenerationStats:
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
     finish_reason: str = ""  # "stop" (stop id or stop string), "length", or "closed"
+    batch_sizes: list[int] = field(default_factory=list)  # sequences in the engine step that chose each token
 
 
 class GenerationStream(Iterator[str]):
-    """The text deltas of one generation and its :class:`GenerationStats` (final once exhausted or closed)."""
+    """The text deltas of one generation and its :class:`GenerationStats` (final once exhausted or closed).
 
-    def __init__(self, texts: Generator[str, None, None], stats: GenerationStats) -> None:
+    :meth:`cancel` may be called from any thread: the generation leaves the engine at its next step
+    (mid-prefill too) and the stream ends; :meth:`close` is for the thread that iterates it.
+    """
+
+    def __init__(
+        self, texts: Generator[str, None, None], stats: GenerationStats, cancel: Callable[[], None] | None = None
+    ) -> None:
         self._texts = texts
         self.stats = stats
+        self._cancel = cancel
+
+    def cancel(self) -> None:
+        if self._cancel is not None:
+            self._cancel()
 
     def __iter__(self) -> GenerationStream:
         return self
@@ -92,8 +107,15 @@ class LocalModel(BaseChatModel):
     (default 4 GiB). ``prefix_cache=False`` turns all of this off; greedy output is the same
     either way. ``engine="transformers"`` keeps the last conversation only.
 
-    One generation runs at a time per instance. Context policy: a prompt that does not fit with
-    ``max_new_tokens`` raises :class:`ContextLengthError`; nothing is cut.
+    Safe to call from many threads and tasks at once: an engine thread owns the weights and decodes
+    up to ``max_batch`` generations together (default 8), one token each per step, each weight read
+    once for all of them; more wait for a seat. A prompt that arrives while others decode is
+    prefilled in chunks between their tokens, each step taking at most ``step_ratio`` times a
+    decode-only step (default 2; ``prefill_step_tokens`` fixes the chunk instead); alone, a prompt
+    prefills at full speed as before. A sequence's tokens are the ones it gets alone (products whose
+    rows are independent, attention per sequence). :meth:`engine_info` says how many run and wait;
+    ``GenerationStats.batch_sizes`` the batch each token was chosen in. Context policy: a prompt that
+    does not fit with ``max_new_tokens`` raises :class:`ContextLengthError`; nothing is cut.
 
     ``engine="auto"`` uses a lean forward over the model's weights with preallocated KV
     buffers; ``"transformers"`` calls the model's own forward. For speed the lean engine
@@ -118,6 +140,9 @@ class LocalModel(BaseChatModel):
         kv_cache_bytes: int | str | None = None,
         prompt_cache_dir: str | os.PathLike[str] | None = None,
         prompt_cache_bytes: int | str | None = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        step_ratio: float = DEFAULT_STEP_RATIO,
+        prefill_step_tokens: int | None = None,
         **defaults: Any,
     ) -> None:
         self.model = model
@@ -150,9 +175,28 @@ class LocalModel(BaseChatModel):
                 )
         elif prefix_cache and prompt_cache_dir is not None:
             logger.warning("the prompt cache needs the lean engine; engine=%r keeps the last conversation only", engine)
-        self._cache = PrefixCache(runner, enabled=prefix_cache, store=store, disk=disk)
-        self._lock = threading.Lock()
+        self._engine = BatchEngine(
+            runner,
+            lambda view: PrefixCache(view, enabled=prefix_cache, store=store, disk=disk),
+            max_batch=max_batch,
+            step_ratio=step_ratio,
+            prefill_step_tokens=prefill_step_tokens,
+        )
         self.last_stats: GenerationStats | None = None
+
+    @property
+    def _cache(self) -> PrefixCache:
+        """The first seat's prefix cache: what one conversation at a time uses."""
+        return self._engine.first_cache
+
+    @property
+    def max_batch(self) -> int:
+        """Sequences decoded together at most (1 on the transformers engine)."""
+        return self._engine.max_batch
+
+    def engine_info(self) -> dict[str, int]:
+        """How many sequences the engine decodes now, how many wait, and ``max_batch``."""
+        return self._engine.load()
 
     @classmethod
     def from_pretrained(
@@ -209,8 +253,7 @@ class LocalModel(BaseChatModel):
 
     def reset_cache(self) -> None:
         """Drop the keys and values kept in memory (the next call prefills its whole prompt; the disk cache stays)."""
-        with self._lock:
-            self._cache.clear()
+        self._engine.call(self._engine.clear)
 
     def warm(self, messages: Sequence[MessageLike]) -> GenerationStats:
         """Compute ``messages`` (typically the system prompt with the tools) ahead of the first request.
@@ -218,26 +261,18 @@ class LocalModel(BaseChatModel):
         Their keys and values go into the cache in memory and, when set, the prompt cache on disk.
         """
         prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=False)
-        with self._lock:
-            stats = GenerationStats(prompt_tokens=len(prompt), finish_reason="length")
-            start = time.perf_counter()
-            feeding = self._cache.prepare([*prompt, self.tokenizer.eos_id])  # keep every prompt id reusable
-            feeding = feeding[:-1]
-            stats.reused_tokens = len(prompt) - len(feeding)
-            stats.reused_from = self._cache.source if stats.reused_tokens else ""
-            stats.prefill_tokens = len(feeding)
-            try:
-                if feeding:
-                    self._forward(feeding)
-                    self._cache.extend(feeding)
-                feeding = []
-            finally:
-                if feeding:
-                    self._cache.reset()
-                else:
-                    self._cache.finish((len(prompt),))
-            stats.prefill_seconds = time.perf_counter() - start
-            return stats
+        stats = GenerationStats(prompt_tokens=len(prompt), finish_reason="length")
+        start = time.perf_counter()
+        job = self._engine.submit(Job(prompt, Sampler(temperature=0.0), warm_only=True, boundaries=(len(prompt),)))
+        for kind, *rest in iter(job.events.get, None):
+            if kind == "prefilled":
+                stats.reused_tokens, stats.reused_from, stats.prefill_tokens = rest
+            elif kind == "end":
+                if rest[1] is not None:
+                    raise ModelError(f"the local model failed while warming: {rest[1]}") from rest[1]
+                break
+        stats.prefill_seconds = time.perf_counter() - start
+        return stats
 
     # -- generation -------------------------------------------------------------------------
     def stream(self, messages: Sequence[MessageLike], **params: Any) -> GenerationStream:
@@ -285,80 +320,72 @@ class LocalModel(BaseChatModel):
         self, prompt: list[int], p: GenerationParams, called_at: float | None = None, boundaries: tuple[int, ...] = ()
     ) -> GenerationStream:
         stats = GenerationStats(prompt_tokens=len(prompt), finish_reason="closed")
-        return GenerationStream(self._generate(prompt, p, stats, called_at, boundaries), stats)
+        job = self._job(prompt, p, boundaries)
+        return GenerationStream(self._generate(job, stats, called_at), stats, job.cancel)
 
-    def _generate(
-        self,
-        prompt: list[int],
-        p: GenerationParams,
-        stats: GenerationStats,
-        called_at: float | None,
-        boundaries: tuple[int, ...],
-    ) -> Generator[str, None, None]:
-        with self._lock:
-            self.last_stats = stats
-            detok = IncrementalDetokenizer(self.tokenizer)
-            stops = StopStrings(p.stop)
-            sampler = Sampler(
-                temperature=p.temperature,
-                top_p=p.top_p,
-                top_k=p.top_k,
-                repetition_penalty=p.repetition_penalty,
-                seed=p.seed,
-                history=prompt,
-            )
-            cache = self._cache
-            feeding: list[int] = []
-            start = time.perf_counter()
-            called_at = start if called_at is None else called_at
-            try:
-                feeding = cache.prepare(prompt)
-                stats.reused_tokens = len(prompt) - len(feeding)
-                stats.reused_from = cache.source if stats.reused_tokens else ""
-                stats.prefill_tokens = len(feeding)
-                logits = self._forward(feeding)
-                cache.extend(feeding)
-                feeding = []
-                stats.prefill_seconds = time.perf_counter() - start
-                decode_start = time.perf_counter()
-                while True:
-                    token = sampler(logits)
-                    stats.token_times.append(time.perf_counter() - called_at)
+    def _job(self, prompt: list[int], p: GenerationParams, boundaries: tuple[int, ...]) -> Job:
+        sampler = Sampler(
+            temperature=p.temperature,
+            top_p=p.top_p,
+            top_k=p.top_k,
+            repetition_penalty=p.repetition_penalty,
+            seed=p.seed,
+            history=prompt,
+        )
+        job = Job(prompt, sampler, self.stop_ids, p.max_new_tokens, boundaries)
+        job.stop_strings = list(p.stop)
+        return job
+
+    def _generate(self, job: Job, stats: GenerationStats, called_at: float | None) -> Generator[str, None, None]:
+        self.last_stats = stats
+        detok = IncrementalDetokenizer(self.tokenizer)
+        stops = StopStrings(job.stop_strings)
+        start = time.perf_counter()
+        called_at = start if called_at is None else called_at
+        stats.batch_sizes = job.batch_sizes
+        self._engine.submit(job)
+        decode_start = start
+        ended = False
+        try:
+            while True:
+                kind, *rest = job.events.get()
+                ended = kind == "end"
+                if kind == "prefilled":
+                    stats.reused_tokens, stats.reused_from, stats.prefill_tokens = rest
+                elif kind == "token":
+                    token, chosen_at = rest
                     if not stats.output_ids:
-                        stats.time_to_first_token = stats.token_times[0]
-                    if token in self.stop_ids:
-                        stats.finish_reason = "stop"
-                        break
+                        stats.time_to_first_token = chosen_at - called_at
+                        stats.prefill_seconds = chosen_at - start
+                        decode_start = chosen_at
+                    stats.token_times.append(chosen_at - called_at)
                     stats.output_ids.append(token)
                     text = stops.feed(detok.push(token))
                     if text:
                         yield text
                     if stops.stopped:
+                        job.cancel("stop")  # the engine lets the sequence go at its next step
                         stats.finish_reason = "stop"
                         break
-                    if len(stats.output_ids) >= p.max_new_tokens:
-                        stats.finish_reason = "length"
-                        break
-                    feeding = [token]
-                    logits = self._forward(feeding)
-                    cache.extend(feeding)
-                    feeding = []
-                stats.decode_seconds = time.perf_counter() - decode_start
-                tail = stops.feed(detok.flush()) if not stops.stopped else ""
-                tail += stops.flush()
-                if tail:
-                    yield tail
-            finally:
-                if feeding:  # a forward pass was interrupted: its cache state is unknown
-                    cache.reset()
-                else:
-                    cache.finish(boundaries)
-
-    def _forward(self, ids: list[int]) -> torch.Tensor:
-        try:
-            return self._cache.runner.forward(ids)
-        except (RuntimeError, ValueError) as exc:
-            raise ModelError(f"the local model failed during generation: {exc}") from exc
+                else:  # "end"
+                    reason, error = rest
+                    if error is not None:
+                        raise ModelError(f"the local model failed during generation: {error}") from error
+                    if not stats.output_ids:
+                        stats.time_to_first_token = time.perf_counter() - called_at
+                        stats.prefill_seconds = time.perf_counter() - start
+                    stats.finish_reason = reason
+                    break
+            stats.decode_seconds = time.perf_counter() - decode_start
+            tail = stops.feed(detok.flush()) if not stops.stopped else ""
+            tail += stops.flush()
+            if tail:
+                yield tail
+        finally:
+            if not ended:  # closed early, or a stop string: wait for the engine to let it go, so that
+                job.cancel()  # the next call finds its keys and values in place
+                while job.events.get()[0] != "end":
+                    pass
 
 
 def _params(values: dict[str, Any]) -> GenerationParams:

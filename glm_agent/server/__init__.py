@@ -20,8 +20,8 @@ Semantics worth knowing (ChatGLM3 has no constrained decoding here):
 - A request is offered only its own ``tools``: a client never gets a call it did not declare. The
   server's ``--tools`` are for its MCP endpoint (``--mcp-path``) and its web UI (``--ui``), whose
   agents run them.
-- Requests are queued per model: ``max_concurrency`` generate at once (1 for local weights),
-  ``max_queue`` wait, more get 429. Sync backends run in a worker thread; a client that goes away
+- Requests are queued per model: ``max_concurrency`` generate at once (a local model's
+  ``max_batch``, which its engine decodes together, else 1), ``max_queue`` wait, more get 429. Sync backends run in a worker thread; a client that goes away
   stops its generation.
 """
 

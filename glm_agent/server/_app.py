@@ -124,6 +124,9 @@ async def health(request: Request) -> dict[str, Any]:
     cache_info = getattr(state.model, "cache_info", None)  # a local model's KV cache
     if callable(cache_info):
         out["kv_cache"] = cache_info()
+    load = getattr(state.model, "engine_info", None)  # a local model's engine: sequences running and waiting
+    if callable(load):
+        out["engine"] = load()
     return out
 
 
@@ -243,7 +246,7 @@ def create_app(
     tools: Any = None,
     api_key: str | None = None,
     model_name: str | None = None,
-    max_concurrency: int = 1,
+    max_concurrency: int | None = None,
     max_queue: int = 32,
     context_length: int | None = None,
     default_max_tokens: int = DEFAULT_MAX_TOKENS,
@@ -264,6 +267,8 @@ def create_app(
     ``allowed_hosts``) and refuses other origins.
     ``api_key``: required on every route but ``/health`` (docs and the OpenAPI schema included).
     ``context_length``: refuse prompts that do not fit (default: ``model.context_length`` if any).
+    ``max_concurrency``: generations at once (default: a local model's ``max_batch``, which its engine
+    decodes together; else 1); ``max_queue`` more wait, beyond that a 429.
     ``max_request_bytes`` / ``body_timeout``: a larger body is a 413, a slower one a 408.
     ``ui_path``: where the web UI will be mounted; it has its own door (login, Host and Origin
     checks, its own limits; :mod:`glm_agent.web`), so the Bearer key does not apply there.
@@ -279,7 +284,7 @@ def create_app(
         tokenizer,
         tools=tools,
         model_name=model_name,
-        max_concurrency=max_concurrency,
+        max_concurrency=max_concurrency or int(getattr(model, "max_batch", 1)),
         max_queue=max_queue,
         context_length=context_length,
         default_max_tokens=default_max_tokens,

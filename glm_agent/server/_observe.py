@@ -118,6 +118,17 @@ class _StateCollector(Collector):
                 yield CounterMetricFamily(
                     "glm_agent_kv_cache_evicted_blocks", "KV blocks evicted", value=info["evicted"]
                 )
+        load = getattr(self.state.model, "engine_info", None)
+        if callable(load):
+            engine = load()
+            sequences = GaugeMetricFamily(
+                "glm_agent_engine_sequences",
+                "Sequences in the local engine, decoding together or waiting",
+                labels=["state"],
+            )
+            sequences.add_metric(["running"], engine["running"])
+            sequences.add_metric(["waiting"], engine["waiting"])
+            yield sequences
         yield CounterMetricFamily(
             "glm_agent_interpreter_runs", "Code runs in this process's kernels", value=COUNTERS["interpreter_runs"]
         )

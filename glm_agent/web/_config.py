@@ -43,8 +43,9 @@ class ModelSource:
             raise ValueError("pass either a shared model or a factory of per-session models")
         self.model = model
         self.factory = factory
-        self.queue = ModelQueue()
         sample = model if model is not None else factory() if factory is not None else None
+        # a local model decodes up to max_batch sessions together: only beyond that does one wait
+        self.queue = ModelQueue(int(getattr(model, "max_batch", 1)) if model is not None else 1)
         self.label = label or str(getattr(sample, "name", type(sample).__name__))
         #: prepared replies, not a live model (the UI says so)
         self.scripted = isinstance(sample, ScriptedModel)

@@ -18,9 +18,13 @@ StopFn = Callable[[], bool]
 
 
 class ModelQueue:
-    """First come, first served: one generation at a time on the shared model."""
+    """First come, first served: up to ``slots`` generations at once on the shared model (a local model
+    decodes that many together: its ``max_batch``); beyond, a session waits and is told its place."""
 
-    def __init__(self) -> None:
+    def __init__(self, slots: int = 1) -> None:
+        if slots < 1:
+            raise ValueError("slots must be at least 1")
+        self.slots = slots
         self._cond = threading.Condition()
         self._line: list[object] = []
 
@@ -39,8 +43,8 @@ class ModelQueue:
         try:
             reported = -1
             with self._cond:
-                while self._line[0] is not me:
-                    ahead = self._line.index(me)
+                while self._line.index(me) >= self.slots:
+                    ahead = self._line.index(me) - self.slots + 1
                     if ahead != reported:
                         on_wait(ahead)
                         reported = ahead
