@@ -16,6 +16,14 @@ ones / their p99 in the same run without them (target <= 1.5).
 
     python benchmarks/server_load.py --clients 8 --requests 400
     python benchmarks/server_load.py --clients 8 --requests 400 --hostile 2
+
+``--local`` serves the local engine instead: the 100M ChatGLM3-shaped model (random bf16 weights,
+2 threads) in the server process, ``--clients`` clients each asking ``--requests`` short questions
+for 32 greedy tokens; the same run serves them twice, with ``--max-batch 1`` (one generation at a
+time, the server's behaviour before continuous batching: the baseline) and with ``--max-batch N``
+(N = clients). ``batched_over_serial`` = output tokens/s batched / serial.
+
+    python benchmarks/server_load.py --local --clients 4 --requests 4
 """
 
 from __future__ import annotations
@@ -71,6 +79,92 @@ _SERVER = textwrap.dedent(
           max_concurrency=int(sys.argv[5]), max_queue=int(sys.argv[6]), context_length=int(sys.argv[7]) or None)
     """
 )
+
+
+_LOCAL_SERVER = textwrap.dedent(
+    """
+    import sys
+    import torch
+    sys.path.insert(0, sys.argv[3])
+    from _chatglm3_shaped import random_model, tokenizer
+    from glm_agent.models import LocalModel
+    from glm_agent.server import serve
+
+    torch.set_num_threads(2)
+    model = LocalModel(random_model(torch.bfloat16), tokenizer(), max_batch=int(sys.argv[2]), prefix_cache=False)
+    model.stop_ids = frozenset()  # random weights: every request reads max_tokens tokens
+    serve(model, model.tokenizer, port=int(sys.argv[1]), log_level="error", max_queue=256)
+    """
+)
+
+
+def _local_run(batch: int, clients: int, requests: int) -> dict[str, float]:
+    """Serve the 100M model with ``--max-batch batch``; clients x requests chat completions of 32 tokens."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _LOCAL_SERVER, str(port), str(batch), str(REPO / "benchmarks")],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_healthy(proc, port, 300)
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+
+        async def one_client(index: int, latencies: list[float], tokens: list[int]) -> None:
+            async with httpx.AsyncClient(timeout=600) as http:
+                for n in range(requests):
+                    body = {
+                        "model": "chatglm3-local",
+                        "messages": [{"role": "user", "content": f"Question {index}.{n}: what is {index} + {n}?"}],
+                        "max_tokens": 32,
+                        "temperature": 0,
+                    }
+                    t = time.perf_counter()
+                    response = await http.post(url, json=body)
+                    reply = response.json()
+                    if response.status_code != 200:
+                        raise RuntimeError(f"the server answered {response.status_code}: {reply}")
+                    latencies.append(time.perf_counter() - t)
+                    tokens.append(reply["usage"]["completion_tokens"])
+
+        async def all_clients() -> tuple[float, list[float], list[int]]:
+            latencies: list[float] = []
+            tokens: list[int] = []
+            await one_client(-1, [], [])  # warm: the kernels built, the buffers grown
+            start = time.perf_counter()
+            await asyncio.gather(*(one_client(i, latencies, tokens) for i in range(clients)))
+            return time.perf_counter() - start, latencies, tokens
+
+        took, latencies, tokens = asyncio.run(all_clients())
+        health = httpx.get(f"http://127.0.0.1:{port}/health").json()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        proc.stderr.close()
+    p50, p99 = _percentiles(latencies)
+    return {
+        "max_batch": health["engine"]["max_batch"],
+        "output_tokens_per_s": round(sum(tokens) / took, 2),
+        "request_p50_ms": round(p50, 1),
+        "request_p99_ms": round(p99, 1),
+        "seconds": round(took, 2),
+    }
+
+
+def _wait_healthy(proc: subprocess.Popen, port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            sys.exit(f"the server died: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            sys.exit("the server did not start")
+        time.sleep(0.2)
 
 
 def _free_port() -> int:
@@ -234,7 +328,15 @@ def main() -> None:
     parser.add_argument("--token-ms", type=float, default=1.0, help="backend delay per character (0: instant)")
     parser.add_argument("--stream", action="store_true", help="stream the answers (SSE)")
     parser.add_argument("--hostile", type=int, default=0, help="clients sending worst-case requests alongside")
+    parser.add_argument("--local", action="store_true", help="the local engine (100M model): batched vs serial")
     args = parser.parse_args()
+    if args.local:
+        serial = _local_run(1, args.clients, args.requests)
+        batched = _local_run(args.clients, args.clients, args.requests)
+        ratio = round(batched["output_tokens_per_s"] / serial["output_tokens_per_s"], 3)
+        print(json.dumps({"benchmark": "server_load --local", "clients": args.clients, "requests": args.requests,
+                          "serial": serial, "batched": batched, "batched_over_serial": ratio}, indent=2))  # fmt: skip
+        return
     if not TOKENIZER.is_file():
         sys.exit(f"the ChatGLM3 tokenizer is needed at {TOKENIZER} (../shared/chatglm3)")
 

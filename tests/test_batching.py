@@ -282,3 +282,16 @@ def httpx_get(url: str, text: bool = False):
     response = httpx.get(url, timeout=30)
     response.raise_for_status()
     return response.text if text else response.json()
+
+
+def test_reset_cache_while_generating_keeps_the_running_sequence(tokenizer):
+    weights = load_model(TINY, dtype="float32", device="cpu", progress=False)
+    model = LocalModel(weights, tokenizer, max_batch=2)
+    (prompt,) = prompts(7, [25])
+    expected = alone(LocalModel(weights, tokenizer, prefix_cache=False), prompt, max_new_tokens=12)
+    stream = model.stream_ids(prompt, temperature=0, max_new_tokens=12)
+    next(stream)
+    model.reset_cache()  # between its steps: the store and the idle seats go, its own buffer stays
+    "".join(stream)
+    assert stream.stats.output_ids == expected
+    assert model.cache_info()["blocks"] > 0  # what it computed was stored when it finished

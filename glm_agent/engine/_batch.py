@@ -409,6 +409,10 @@ class BatchEngine:
         running.job.events.put(("end", reason, error))
 
     def clear(self) -> None:
-        """Forget every seat's buffer and the store (on the engine's thread: use :meth:`call`)."""
-        for seat in self.seats:
-            seat.cache.clear() if seat is self.seats[0] else seat.cache.reset()
+        """Forget the idle seats' buffers and every stored block not in use (on the engine's thread: use
+        :meth:`call`); running generations keep theirs."""
+        for seat in self._idle:
+            seat.cache.reset()
+        store = self.seats[0].cache.store
+        if store is not None:
+            store.clear()
