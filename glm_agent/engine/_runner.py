@@ -347,8 +347,8 @@ class LeanGlmRunner:
         """One step for many sequences: one new token for each decoding slot, and a chunk of one prompt.
 
         Returns the float32 next-token logits of each decoding slot, and after the chunk. The
-        decoding rows share each weight's read (products over up to ``decode_rows`` rows at once);
-        the chunk's products are calls of their own. Every sequence's numbers are the ones
+        decoding rows share each weight's read (products over up to ``decode_rows`` rows at once), and
+        a chunk small enough to fit with them joins them; a larger chunk's products are calls of their own. Every sequence's numbers are the ones
         ``forward`` gives it alone: products whose rows are independent, attention per sequence
         over its own keys, the chunk computed as ``forward`` computes it.
         """
@@ -357,26 +357,26 @@ class LeanGlmRunner:
         if len(prefill[1] if prefill else ()) > self.prefill_chunk:
             raise ValueError(f"a prefill chunk holds at most {self.prefill_chunk} tokens")
         groups: list[_Group] = []
-        if decoding:
-            slots = [slot for slot, _ in decoding]
-            if len({id(slot) for slot in slots}) != len(slots) or (prefill is not None and prefill[0] in slots):
-                raise ValueError("a slot takes part in a step once")
-            for slot in slots:
-                self._reserve(slot.length + 1, slot)
-            positions = torch.tensor([slot.length for slot in slots], device=self.device, dtype=torch.float32)
-            groups.append(
-                _Group(slots, [1] * len(slots), [token for _, token in decoding], positions, self.decode_rows)
-            )
+        slots = [slot for slot, _ in decoding]
+        if len({id(slot) for slot in slots}) != len(slots) or (prefill is not None and prefill[0] in slots):
+            raise ValueError("a slot takes part in a step once")
+        for slot in slots:
+            self._reserve(slot.length + 1, slot)
+        counts, ids = [1] * len(slots), [token for _, token in decoding]
         if prefill is not None:
-            slot, ids = prefill
-            self._reserve(slot.length + len(ids), slot)
-            past = slot.length
-            positions = torch.arange(past, past + len(ids), device=self.device, dtype=torch.float32)
-            groups.append(_Group([slot], [len(ids)], list(ids), positions, None))
+            slot, chunk_ids = prefill
+            self._reserve(slot.length + len(chunk_ids), slot)
+            if slots and len(slots) + len(chunk_ids) <= self.decode_rows:
+                # a small chunk joins the decoding rows' products: one read of each weight for the step; its
+                # rows take the path they take alone (a chunk this small is below the dense products too)
+                slots, counts, ids = [*slots, slot], [*counts, len(chunk_ids)], [*ids, *chunk_ids]
+            else:
+                groups.append(_Group([slot], [len(chunk_ids)], list(chunk_ids), None))
+        if slots:
+            groups.insert(0, _Group(slots, counts, ids, self.decode_rows))
         outs = [self._forward_group(group) for group in groups] if len(groups) == 1 else self._forward_groups(groups)
-        decoded = list(outs[0]) if decoding else []
-        chunk = outs[-1][0] if prefill is not None else None
-        return decoded, chunk
+        logits = [row for out in outs for row in out]  # a row per slot, in the order of the groups' slots
+        return logits[: len(decoding)], logits[len(decoding)] if prefill is not None else None
 
     def _forward_groups(self, groups: list[_Group]) -> list[torch.Tensor]:
         """Several groups through the layers together (each layer's weights stay warm for the next group)."""
@@ -480,12 +480,10 @@ class KVSlot:
 class _Group:
     """Rows of one step that go through the layers together: decoding rows (one per slot) or one chunk."""
 
-    def __init__(
-        self, slots: list[KVSlot], counts: list[int], ids: list[int], positions: torch.Tensor, rows: int | None
-    ) -> None:
-        self.slots, self.counts, self.ids, self.positions = slots, counts, ids, positions
+    def __init__(self, slots: list[KVSlot], counts: list[int], ids: list[int], rows: int | None) -> None:
+        self.slots, self.counts, self.ids = slots, counts, ids
         self.rows = rows  # products over at most this many rows per call (None: the whole group, as forward does)
-        self.cos = self.sin = positions
+        self.cos = self.sin = torch.empty(0)  # the rotary tables, made by _embed_group
 
     def product(self, fn: Any, x: torch.Tensor) -> torch.Tensor:
         if self.rows is None or x.shape[0] <= self.rows:
