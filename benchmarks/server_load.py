@@ -360,18 +360,7 @@ def main() -> None:
         stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                sys.exit(f"the server died: {proc.stderr.read().decode()[-2000:]}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                sys.exit("the server did not start")
-            time.sleep(0.1)
+        _wait_healthy(proc, port, 60)
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         asyncio.run(_through_server(url, args.clients, min(args.requests, 2 * args.clients), args.stream))  # warm-up
         served_s, served = asyncio.run(_through_server(url, args.clients, args.requests, args.stream))

@@ -34,6 +34,8 @@ __all__ = [
     "conversation_markdown",
     "safe_markdown",
     "fence",
+    "cut",
+    "unfenced",
     "MAX_LIVE_CHARS",
     "MAX_RESULT_CHARS",
 ]
@@ -55,14 +57,15 @@ def _title(name: str) -> str:
     return _TITLE_UNSAFE.sub("", name)[:80] or "?"
 
 
-def _cut(text: str, limit: int) -> str:
+def cut(text: str, limit: int) -> str:
+    """``text`` within ``limit`` characters: its head and tail, with how much was left out between."""
     if len(text) <= limit:
         return text
     half = limit // 2
     return f"{text[:half]}\n[... {len(text) - 2 * half:,} characters not shown ...]\n{text[-half:]}"
 
 
-def _unfenced(observation: str) -> str:
+def unfenced(observation: str) -> str:
     """An observation without the ```result fence the model needs and a person does not."""
     text = observation.strip()
     if text.startswith("```") and text.endswith("```") and "\n" in text:
@@ -105,7 +108,7 @@ def outputs_html(outputs: Iterable[Any], notices: Sequence[str] = (), limit: int
 
     def flush() -> None:
         if stream:
-            parts.append(_html.pre(_cut("".join(stream).rstrip("\n"), limit)))
+            parts.append(_html.pre(cut("".join(stream).rstrip("\n"), limit)))
             stream.clear()
 
     for output in outputs:
@@ -115,7 +118,7 @@ def outputs_html(outputs: Iterable[Any], notices: Sequence[str] = (), limit: int
             continue
         flush()
         if kind == "error" or kind == "omitted":
-            parts.append(_html.pre(_cut(output.text.strip("\n"), limit)))
+            parts.append(_html.pre(cut(output.text.strip("\n"), limit)))
         elif kind in ("display_data", "execute_result"):
             images = _output_images(output)
             if images:
@@ -123,7 +126,7 @@ def outputs_html(outputs: Iterable[Any], notices: Sequence[str] = (), limit: int
             else:
                 plain = (getattr(output, "data", None) or {}).get("text/plain")
                 if isinstance(plain, str):
-                    parts.append(_html.pre(_cut(plain, limit)))
+                    parts.append(_html.pre(cut(plain, limit)))
     flush()
     if notices:
         parts.append("<p><em>" + "<br>".join(html.escape(str(n)) for n in notices) + "</em></p>")
@@ -144,7 +147,7 @@ def outputs_text(outputs: Iterable[Any], limit: int = MAX_RESULT_CHARS) -> str:
                 plain = (getattr(output, "data", None) or {}).get("text/plain")
                 if isinstance(plain, str):
                     pieces.append(plain + "\n")
-    return _cut("".join(pieces).rstrip("\n"), limit)
+    return cut("".join(pieces).rstrip("\n"), limit)
 
 
 # -- a run ----------------------------------------------------------------------------------------
@@ -218,9 +221,9 @@ class _Card:
             shown = outputs_html(result_outputs, notices, limit)
             parts.append("<div><strong>Output</strong></div>" + (shown or "<p><em>(no output)</em></p>"))
         elif self.observation is not None:
-            text = _unfenced(self.observation) if self.kind == "code" else self.observation
+            text = unfenced(self.observation) if self.kind == "code" else self.observation
             parts.append(f"<div><strong>{'Output' if self.kind == 'code' else 'Observation'}</strong></div>")
-            parts.append(_html.pre(_cut(text, limit)))
+            parts.append(_html.pre(cut(text, limit)))
         parts.extend(_html.inline_image(mime, raw, "image") for mime, raw in self.images)
         parts.extend(f"<p>Image: <code>{html.escape(name)}</code></p>" for name in self.image_names)
         if self.note:
@@ -247,7 +250,7 @@ class _Card:
         if self.kind == "code" and isinstance(outputs, list) and not self.open:
             lines.append(outputs_text(outputs, limit))
         elif self.observation is not None:
-            lines.append(_cut(_unfenced(self.observation), limit))
+            lines.append(cut(unfenced(self.observation), limit))
         if self.note:
             lines.append(self.note)
         return "\n".join(line for line in lines if line)
@@ -262,7 +265,7 @@ class _Card:
         if self.kind == "code" and isinstance(outputs, list) and not self.open:
             lines.append(fence(outputs_text(outputs, limit)))
         elif self.observation is not None:
-            lines.append(fence(_cut(_unfenced(self.observation), limit)))
+            lines.append(fence(cut(unfenced(self.observation), limit)))
         if self.note:
             lines.append(f"*{safe_markdown(self.note)}*")
         return "\n\n".join(lines)
@@ -469,12 +472,12 @@ def conversation_html(messages: Iterable[Any], limit: int = MAX_RESULT_CHARS) ->
             label = "Code interpreter" if metadata == INTERPRETER else f"Tool: {_title(metadata)}"
             parts.append(
                 f'<details class="glm-agent-card" {_CARD}><summary>{html.escape(label)} · call</summary>'
-                f"{_html.pre(_cut(content, limit))}</details>"
+                f"{_html.pre(cut(content, limit))}</details>"
             )
         else:
             parts.append(
                 f'<details class="glm-agent-card" {_CARD}><summary>Observation</summary>'
-                f"{_html.pre(_cut(_unfenced(content), limit))}</details>"
+                f"{_html.pre(cut(unfenced(content), limit))}</details>"
             )
     return f'<div class="glm-agent-conversation">{"".join(parts)}</div>'
 
@@ -486,7 +489,7 @@ def conversation_markdown(messages: Iterable[Any], limit: int = MAX_RESULT_CHARS
             parts.append(f"**{role.title()}:** {safe_markdown(content)}")
         elif role == "assistant":
             label = "Code interpreter" if metadata == INTERPRETER else f"Tool: {_title(metadata)}"
-            parts.append(f"**{label}:**\n\n{fence(_cut(content, limit))}")
+            parts.append(f"**{label}:**\n\n{fence(cut(content, limit))}")
         else:
-            parts.append(f"**Observation:**\n\n{fence(_cut(_unfenced(content), limit))}")
+            parts.append(f"**Observation:**\n\n{fence(cut(unfenced(content), limit))}")
     return "\n\n".join(parts)

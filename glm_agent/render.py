@@ -23,6 +23,7 @@ from rich.text import Text
 from typing_extensions import assert_never
 
 from glm_agent import events as ev
+from glm_agent._transcript import unfenced
 from glm_agent.messages import INTERPRETER, CodeCall, ToolCall
 
 __all__ = ["EventRenderer", "PlainPrinter", "format_event", "print_event", "MAX_SHOWN_CHARS"]
@@ -32,14 +33,6 @@ MAX_SHOWN_CHARS = 3000
 
 def _clip(text: str, limit: int = MAX_SHOWN_CHARS) -> str:
     return text if len(text) <= limit else text[:limit] + f"\n... ({len(text) - limit} more characters)"
-
-
-def _unfenced(observation: str) -> str:
-    """An observation without the ```result fence around it (the model needs it; a person does not)."""
-    text = observation.strip()
-    if text.startswith("```") and text.endswith("```") and "\n" in text:
-        return text[text.index("\n") + 1 : -3].rstrip("\n")
-    return observation
 
 
 def _arguments(arguments: dict[str, Any]) -> str:
@@ -66,7 +59,7 @@ def format_event(event: ev.Event, limit: int = MAX_SHOWN_CHARS) -> str:
         case ev.CodeStarted():
             return f"-> running code:\n{event.call.code}"
         case ev.CodeFinished():
-            lines = ["<- output:" if event.ok else "<- output (error):", _clip(_unfenced(event.observation), limit)]
+            lines = ["<- output:" if event.ok else "<- output (error):", _clip(unfenced(event.observation), limit)]
             return "\n".join(lines + [f"   image {path}" for path in event.images])
         case ev.CallRefused():
             return f"!! refused: {event.call.name}" + (f" ({event.reason})" if event.reason else "")
@@ -217,7 +210,7 @@ class EventRenderer:
         self._end_line()
         style = "green" if e.ok else "red"
         title = "output" if e.ok else "output: error"
-        shown = _unfenced(e.observation)
+        shown = unfenced(e.observation)
         body = Text(_clip(shown)) if shown.strip() else Text("(no output)", style="dim")
         self.console.print(Panel(body, title=title, title_align="left", border_style=style), highlight=False)
         for path in e.images:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import time
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from glm_agent.errors import InterpreterError
 from glm_agent.interpreter._backend import KernelBackend
@@ -233,21 +233,39 @@ def start_kernel(backend: KernelBackend, timeout: float, *, restart: bool = Fals
 
 def run_silent(backend: KernelBackend, code: str, timeout: float) -> None:
     """Execute set-up code without output or history; raise InterpreterError if it fails."""
-    msg_id = backend.execute(code, silent=True)
+    content = silent_reply(backend, code, timeout, during="during set-up", finish="finish its set-up")
+    if content.get("status") != "ok":
+        raise InterpreterError(f"kernel set-up code failed: {content.get('ename')}: {content.get('evalue')}")
+
+
+def silent_reply(
+    backend: KernelBackend,
+    code: str,
+    timeout: float,
+    *,
+    user_expressions: dict[str, str] | None = None,
+    during: str = "",
+    finish: str = "answer",
+) -> dict[str, Any]:
+    """Execute ``code`` silently and return its ``execute_reply`` content (``user_expressions`` evaluated after it).
+
+    Raises InterpreterError when the kernel ends (``the kernel ended {during}``) or does not
+    ``{finish}`` within ``timeout`` seconds; the reply's status is the caller's to read.
+    """
+    msg_id = backend.execute(code, silent=True, user_expressions=user_expressions)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         item = backend.recv(0.2)
         if item is None:
             if not backend.is_alive():
-                raise InterpreterError(f"the kernel ended during set-up ({backend.death_reason()})")
+                where = f" {during}" if during else ""
+                raise InterpreterError(f"the kernel ended{where} ({backend.death_reason()})")
             continue
         channel, msg = item
         if channel == "shell" and msg["parent_header"].get("msg_id") == msg_id:
-            content = msg["content"]
-            if content.get("status") != "ok":
-                raise InterpreterError(f"kernel set-up code failed: {content.get('ename')}: {content.get('evalue')}")
-            return
-    raise InterpreterError(f"the kernel did not finish its set-up within {timeout:g} s")
+            content: dict[str, Any] = msg["content"]
+            return content
+    raise InterpreterError(f"the kernel did not {finish} within {timeout:g} s")
 
 
 def write_file(

@@ -17,14 +17,13 @@ import base64
 import io
 import json
 import keyword
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from glm_agent.errors import InterpreterError
 from glm_agent.interpreter._backend import KernelBackend
-from glm_agent.interpreter._bootstrap import run_silent, write_file
+from glm_agent.interpreter._bootstrap import run_silent, silent_reply, write_file
 
 __all__ = ["PNGImage", "put_value", "get_value", "list_variables", "describe", "check_name", "SUPPORTED"]
 
@@ -206,28 +205,16 @@ def __glm_agent_pack(value):
 
 def _evaluate(backend: KernelBackend, code: str, expression: str, timeout: float) -> str:
     """Run ``code`` silently, then evaluate ``expression``; its ``text/plain`` (a repr) or an ``InterpreterError``."""
-    msg_id = backend.execute(code, silent=True, user_expressions={"value": expression})
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        item = backend.recv(0.2)
-        if item is None:
-            if not backend.is_alive():
-                raise InterpreterError(f"the kernel ended ({backend.death_reason()})")
-            continue
-        channel, msg = item
-        if channel != "shell" or msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        content = msg["content"]
-        if content.get("status") != "ok":
-            raise InterpreterError(f"{content.get('ename')}: {content.get('evalue')}")
-        result = (content.get("user_expressions") or {}).get("value") or {}
-        if result.get("status") != "ok":
-            raise InterpreterError(f"{result.get('ename')}: {result.get('evalue')}")
-        text = (result.get("data") or {}).get("text/plain")
-        if not isinstance(text, str):
-            raise InterpreterError("the kernel sent no value back")
-        return text
-    raise InterpreterError(f"the kernel did not answer within {timeout:g} s")
+    content = silent_reply(backend, code, timeout, user_expressions={"value": expression})
+    if content.get("status") != "ok":
+        raise InterpreterError(f"{content.get('ename')}: {content.get('evalue')}")
+    result = (content.get("user_expressions") or {}).get("value") or {}
+    if result.get("status") != "ok":
+        raise InterpreterError(f"{result.get('ename')}: {result.get('evalue')}")
+    text = (result.get("data") or {}).get("text/plain")
+    if not isinstance(text, str):
+        raise InterpreterError("the kernel sent no value back")
+    return text
 
 
 def _literal(text: str, kind: type) -> Any:

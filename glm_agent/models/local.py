@@ -332,9 +332,7 @@ class LocalModel(BaseChatModel):
             seed=p.seed,
             history=prompt,
         )
-        job = Job(prompt, sampler, self.stop_ids, p.max_new_tokens, boundaries)
-        job.stop_strings = list(p.stop)
-        return job
+        return Job(prompt, sampler, self.stop_ids, p.max_new_tokens, boundaries, stop_strings=list(p.stop))
 
     def _generate(self, job: Job, stats: GenerationStats, called_at: float | None) -> Generator[str, None, None]:
         self.last_stats = stats

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from glm_agent import _html
 from glm_agent import events as ev
+from glm_agent._transcript import cut
 from glm_agent.messages import INTERPRETER, CodeCall
 
 __all__ = ["ChatView", "MAX_LIVE_CHARS", "MAX_RESULT_CHARS"]
@@ -40,13 +41,6 @@ _TITLE_UNSAFE = re.compile(r"[<>&\"'`\x00-\x1f]")
 def _title_text(name: str) -> str:
     """A name from the model as a title: no markup characters at all, whatever renders it."""
     return _TITLE_UNSAFE.sub("", name)[:80] or "?"
-
-
-def _cut(text: str, limit: int) -> str:
-    if len(text) <= limit:
-        return text
-    half = limit // 2
-    return f"{text[:half]}\n[... {len(text) - 2 * half:,} characters not shown ...]\n{text[-half:]}"
 
 
 @dataclass
@@ -124,8 +118,8 @@ def _code_result_html(e: ev.CodeFinished) -> str:
     body = getattr(result, "text", None)
     notices = getattr(result, "notices", None)
     if not isinstance(body, str) or not isinstance(notices, list):
-        return "<p><strong>Output</strong></p>" + _html.pre(_cut(e.observation, MAX_RESULT_CHARS))
-    out = "<p><strong>Output</strong></p>" + _html.pre(_cut(body.strip("\n"), MAX_RESULT_CHARS))
+        return "<p><strong>Output</strong></p>" + _html.pre(cut(e.observation, MAX_RESULT_CHARS))
+    out = "<p><strong>Output</strong></p>" + _html.pre(cut(body.strip("\n"), MAX_RESULT_CHARS))
     if notices:
         out += "<p><em>" + "<br>".join(html.escape(str(n)) for n in notices) + "</em></p>"
     return out
@@ -250,7 +244,7 @@ class ChatView:
 
     def _on_tool_returned(self, e: ev.ToolReturned) -> None:
         card = self._finish(
-            e.call.name, "<p><strong>Observation</strong></p>" + _html.pre(_cut(e.observation, MAX_RESULT_CHARS)), e.ok
+            e.call.name, "<p><strong>Observation</strong></p>" + _html.pre(cut(e.observation, MAX_RESULT_CHARS)), e.ok
         )
         if card.arguments is None:
             card.arguments = dict(e.call.arguments)
