@@ -1,22 +1,29 @@
-/* int4 and int8 weights times bfloat16 activations on AVX-512 BF16 CPUs: glm-agent's decode kernels.
+/* int4 and int8 weights times activations on AVX-512 BF16 + VNNI CPUs: glm-agent's decode kernels.
  *
  * Built at first use by glm_agent/_cpu/native.py (cc -O3 -fopenmp; OpenMP is the
  * libgomp torch already loaded, so the kernel shares torch's thread pool).
  *
- * int4 weight layout ("tiled int4"), made by native.tile_int4 from the portable layout:
- *   q       uint8 [N/4][K/64][4][32]  the 4 rows of a tile, 64 inputs at a time: byte j holds
- *                                     input 64c + j in its low nibble and 64c + 32 + j in its high one
- *   scales  bfloat16 [N/4][G][4]      G = K / group
- *   zeros   bfloat16 [N/4][G][4]
- * so the weights are one sequential stream. With w = (q - 8) * scale + zero,
- *   y[n] = sum_g scale[n,g] * sum_{k in g} (q[n,k] - 8) x[k]  +  zero[n,g] * sum_{k in g} x[k]
- * The inner sums are exact products of small integers and bfloat16 values accumulated in
- * float32 (vdpbf16ps), so the result is the dequantized product up to summation order.
+ * int4 weight layout ("paneled int4"), made by native.tile_int4 from the portable layout:
+ *   q       uint8 [N/16][K/64][8][64]  16 rows (a panel) by 8 inputs per 64 bytes: byte 4j + i holds row j's
+ *                                      input 8b + i in its low nibble and 8b + 4 + i in its high one
+ *   scales  bfloat16 [N/16][G][16]     G = K / group
+ *   zeros   bfloat16 [N/16][G][16]
+ * so the weights are one sequential stream, and a 512-bit register holds 4 inputs of each of 16 rows, one
+ * row per 32-bit lane: the layout of vpdpbusd (AVX-512 VNNI), which multiplies them by 4 int8 activations
+ * broadcast to every lane. The activations are quantized to int8 once per call, per block of 32 inputs
+ * with one float scale each (llama.cpp's q8_0: the int4 x int8 dot products of its q4 formats). With
+ * w = (q - 8) * scale + zero and x ~ d * xq,
+ *   y[n] = sum_g scale[n,g] * sum_{blocks b in g} d[b] * sum_{k in b} (q[n,k] - 8) xq[k]  +  zero[n,g] * sum_{k in g} x[k]
+ * The block sums are exact integers. Against bfloat16 activations this adds the activations' rounding to
+ * 8 bits per block (about 0.3% of a product's size on Gaussian activations; the int4 weights' own error is
+ * some 10%), and it makes the unpacking (3 instructions per 128 codes) and each activation row's products
+ * (1 instruction per 64) cheap: decoding is bound by the weights' read, and a few rows cost little more
+ * than one.
  *
- * A few activation rows at once (decoding several sequences in one step): each tile is read once and
- * each chunk of its codes unpacked once for up to MB rows (tile_dot_rows, tile_dot_int8_rows). Per
- * output the operations and their order are the one-row kernel's, so a row's result does not depend
- * on the rows beside it: a sequence decodes to the same bits alone or in a batch.
+ * A few activation rows at once (decoding several sequences in one step): each panel or tile is read once
+ * and its codes unpacked or converted once for up to MB4 (int4) or MB (int8) rows. Per output the
+ * operations and their order are the one-row kernel's, so a row's result does not depend on the rows
+ * beside it: a sequence decodes to the same bits alone or in a batch.
  *
  * int8 weight layout ("tiled int8"), made by native.tile_int8:
  *   q       int8 [N/4][K/64][4][64]   the 4 rows of a tile, 64 inputs at a time
@@ -27,7 +34,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define ROWS 4  /* rows per tile */
+#define ROWS 4  /* rows per tile (int8, bfloat16) */
+#define PANEL 16  /* int4: weight rows per panel, one per 32-bit lane */
+#define XBLOCK 32  /* int4: activation inputs per int8 scale */
+#define MB4 8  /* int4: activation rows multiplied per pass over a panel */
 #define PREFETCH 2048  /* bytes ahead of the stream */
 #define MB 4  /* activation rows multiplied per pass over a tile (a few rows: batched decoding) */
 /* Tiles a thread takes at a time: handed out as threads come free (not split up front), so a thread
@@ -37,10 +47,10 @@
 int glm_cpu_supported(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512bf16");
+           __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vnni");
 }
 
-int glm_int4_rows_per_tile(void) { return ROWS; }
+int glm_int4_rows_per_tile(void) { return PANEL; }
 
 static inline float bf16_to_float(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
@@ -57,223 +67,137 @@ static inline uint16_t float_to_bf16(float f) { /* round to nearest even, NaN st
     return (uint16_t)(u >> 16);
 }
 
-/* One tile (ROWS rows) against one activation row: out[r] for r < ROWS. */
-static void tile_dot(const uint8_t *q, const uint16_t *scales, const uint16_t *zeros, const uint16_t *x,
-                     const float *xsum, int64_t k, int64_t group, float out[ROWS]) {
-    const __m256i nibble = _mm256_set1_epi8(0x0f);
-    /* vpermw table: bf16(v - 8) for v = 0..15 (twice: the index uses 5 bits) */
-    static const uint16_t table[32] = {
-        0xc100, 0xc0e0, 0xc0c0, 0xc0a0, 0xc080, 0xc040, 0xc000, 0xbf80, 0x0000, 0x3f80, 0x4000,
-        0x4040, 0x4080, 0x40a0, 0x40c0, 0x40e0, 0xc100, 0xc0e0, 0xc0c0, 0xc0a0, 0xc080, 0xc040,
-        0xc000, 0xbf80, 0x0000, 0x3f80, 0x4000, 0x4040, 0x4080, 0x40a0, 0x40c0, 0x40e0};
-    const __m512i lut = _mm512_loadu_si512(table);
-    const int64_t chunks = k / 64, units_per_group = group / 32;
-    __m512 acc[ROWS], part[ROWS];
-    float zsum[ROWS];
-    for (int r = 0; r < ROWS; r++) {
-        acc[r] = _mm512_setzero_ps();
-        part[r] = _mm512_setzero_ps();
-        zsum[r] = 0.0f;
-    }
-    for (int64_t c = 0; c < chunks; c++) {
-        const uint8_t *qc = q + c * ROWS * 32;
-        _mm_prefetch((const char *)(qc + PREFETCH), _MM_HINT_T0);
-        _mm_prefetch((const char *)(qc + PREFETCH + 64), _MM_HINT_T0);
-        const __m512bh xl = (__m512bh)_mm512_loadu_si512(x + 64 * c);
-        const __m512bh xh = (__m512bh)_mm512_loadu_si512(x + 64 * c + 32);
-        for (int r = 0; r < ROWS; r++) {
-            const __m256i b = _mm256_loadu_si256((const __m256i *)(qc + 32 * r));
-            const __m512i lo = _mm512_cvtepu8_epi16(_mm256_and_si256(b, nibble));
-            const __m512i hi = _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16(b, 4), nibble));
-            part[r] = _mm512_dpbf16_ps(part[r], (__m512bh)_mm512_permutexvar_epi16(lo, lut), xl);
-            if (units_per_group == 1) { /* groups of 32: the low half ends group 2c */
-                const int64_t g = 2 * c;
-                acc[r] = _mm512_fmadd_ps(part[r], _mm512_set1_ps(bf16_to_float(scales[g * ROWS + r])), acc[r]);
-                zsum[r] += bf16_to_float(zeros[g * ROWS + r]) * xsum[g];
-                part[r] = _mm512_setzero_ps();
-            }
-            part[r] = _mm512_dpbf16_ps(part[r], (__m512bh)_mm512_permutexvar_epi16(hi, lut), xh);
-        }
-        if ((2 * c + 2) % units_per_group == 0) { /* a group ends with this chunk */
-            const int64_t g = (2 * c + 2) / units_per_group - 1;
-            for (int r = 0; r < ROWS; r++) {
-                acc[r] = _mm512_fmadd_ps(part[r], _mm512_set1_ps(bf16_to_float(scales[g * ROWS + r])), acc[r]);
-                zsum[r] += bf16_to_float(zeros[g * ROWS + r]) * xsum[g];
-                part[r] = _mm512_setzero_ps();
-            }
+/* int4: the activations of a call quantized to int8 in blocks of XBLOCK inputs (as llama.cpp's q8_0), once
+ * per row: x[i] ~ d[b] * xq[i] with d[b] = max |x| / 127 over the block. Per block also -8 * sum(xq) (the
+ * codes' offset, applied in integers) and per weight group the exact float sum of x (for the zeros). */
+typedef struct {
+    int8_t *xq;    /* [rows][k] */
+    float *d;      /* [rows][k / XBLOCK] */
+    int32_t *off;  /* [rows][k / XBLOCK]: -8 * sum(xq) over the block */
+    float *xsum;   /* [rows][groups] */
+} QuantizedRows;
+
+static int quantize_rows(const uint16_t *x, int64_t rows, int64_t k, int64_t group, QuantizedRows *out) {
+    const int64_t blocks = k / XBLOCK, groups = k / group;
+    out->xq = malloc((size_t)(rows * k));
+    out->d = malloc(sizeof(float) * (size_t)(rows * blocks));
+    out->off = malloc(sizeof(int32_t) * (size_t)(rows * blocks));
+    out->xsum = malloc(sizeof(float) * (size_t)(rows * groups));
+    if (!out->xq || !out->d || !out->off || !out->xsum) return -1;
+    for (int64_t m = 0; m < rows; m++) {
+        for (int64_t g = 0; g < groups; g++) out->xsum[m * groups + g] = 0.0f;
+        for (int64_t b = 0; b < blocks; b++) {
+            const uint16_t *xb = x + m * k + b * XBLOCK;
+            const __m512 lo = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)xb)), 16));
+            const __m512 hi = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(xb + 16))), 16));
+            const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi)));
+            const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+            const __m512i qlo = _mm512_cvtps_epi32(_mm512_mul_ps(lo, _mm512_set1_ps(inv))); /* nearest, ties to even */
+            const __m512i qhi = _mm512_cvtps_epi32(_mm512_mul_ps(hi, _mm512_set1_ps(inv)));
+            _mm_storeu_si128((__m128i *)(out->xq + m * k + b * XBLOCK), _mm512_cvtsepi32_epi8(qlo));
+            _mm_storeu_si128((__m128i *)(out->xq + m * k + b * XBLOCK + 16), _mm512_cvtsepi32_epi8(qhi));
+            out->d[m * blocks + b] = amax / 127.0f;
+            out->off[m * blocks + b] = -8 * _mm512_reduce_add_epi32(_mm512_add_epi32(qlo, qhi));
+            out->xsum[m * groups + b * XBLOCK / group] += _mm512_reduce_add_ps(_mm512_add_ps(lo, hi));
         }
     }
-    for (int r = 0; r < ROWS; r++) out[r] = _mm512_reduce_add_ps(acc[r]) + zsum[r];
+    return 0;
 }
 
-/* ROWS tile rows against mr (<= MB) activation rows: each chunk's codes are unpacked once and used for
- * every activation row. Per (tile row, activation row) the operations and their order are tile_dot's,
- * so each result is bit-identical to the one-row product. Inlined with a constant mr (see the switch). */
-static inline __attribute__((always_inline)) void tile_dot_rows(
-    const uint8_t *q, const uint16_t *scales, const uint16_t *zeros, const uint16_t *x, const float *xsum,
-    const int mr, int64_t k, int64_t group, int64_t groups, float *out /* [mr][ROWS] */) {
-    const __m256i nibble = _mm256_set1_epi8(0x0f);
-    static const uint16_t table[32] = {
-        0xc100, 0xc0e0, 0xc0c0, 0xc0a0, 0xc080, 0xc040, 0xc000, 0xbf80, 0x0000, 0x3f80, 0x4000,
-        0x4040, 0x4080, 0x40a0, 0x40c0, 0x40e0, 0xc100, 0xc0e0, 0xc0c0, 0xc0a0, 0xc080, 0xc040,
-        0xc000, 0xbf80, 0x0000, 0x3f80, 0x4000, 0x4040, 0x4080, 0x40a0, 0x40c0, 0x40e0};
-    const __m512i lut = _mm512_loadu_si512(table);
-    const int64_t chunks = k / 64, units_per_group = group / 32;
-    for (int r0 = 0; r0 < ROWS; r0 += 2) { /* two tile rows at a time: their accumulators stay in registers */
-        __m512 acc[2][MB], part[2][MB];
-        float zsum[2][MB];
-        for (int r = 0; r < 2; r++)
-            for (int m = 0; m < mr; m++) {
-                acc[r][m] = _mm512_setzero_ps();
-                part[r][m] = _mm512_setzero_ps();
-                zsum[r][m] = 0.0f;
-            }
-        for (int64_t c = 0; c < chunks; c++) {
-            const uint8_t *qc = q + c * ROWS * 32 + 32 * r0;
-            _mm_prefetch((const char *)(qc + PREFETCH), _MM_HINT_T0);
-            for (int r = 0; r < 2; r++) {
-                const __m256i b = _mm256_loadu_si256((const __m256i *)(qc + 32 * r));
-                const __m512bh wl = (__m512bh)_mm512_permutexvar_epi16(_mm512_cvtepu8_epi16(_mm256_and_si256(b, nibble)), lut);
-                const __m512bh wh = (__m512bh)_mm512_permutexvar_epi16(
-                    _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16(b, 4), nibble)), lut);
+static void free_rows(QuantizedRows *rows) {
+    free(rows->xq);
+    free(rows->d);
+    free(rows->off);
+    free(rows->xsum);
+}
+
+static inline __m512 bf16x16_to_ps(const uint16_t *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+
+/* One panel (PANEL weight rows, one per 32-bit lane) against mr (<= MB4) activation rows. For each block of 8
+ * inputs, 64 bytes: the low nibbles give each lane its row's codes for inputs 0-3, the high nibbles for 4-7,
+ * and vpdpbusd multiplies them (unsigned) by the 4 broadcast int8 activations: 64 products an instruction,
+ * after 3 instructions of unpacking shared by all rows. Integer sums per activation block (started at the
+ * offset -8 * sum(xq)), then scaled in float32 by d, by the weight scale per group, plus zero * sum(x).
+ * A row's operations do not depend on mr: its result is the same alone or beside others. Inlined with a
+ * constant mr (see the switch) so the accumulators stay in registers. */
+static inline __attribute__((always_inline)) void panel_dot(
+    const uint8_t *q, const uint16_t *scales, const uint16_t *zeros, const QuantizedRows *x, int64_t m0,
+    const int mr, int64_t k, int64_t group, float *out /* [mr][PANEL] */) {
+    const __m512i nibble = _mm512_set1_epi8(0x0f);
+    const int64_t groups = k / group, blocks = k / XBLOCK, steps = XBLOCK / 8, per_group = group / XBLOCK;
+    __m512 acc[MB4];
+    for (int m = 0; m < mr; m++) acc[m] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < groups; g++) {
+        const __m512 scale = bf16x16_to_ps(scales + g * PANEL), zero = bf16x16_to_ps(zeros + g * PANEL);
+        for (int64_t b = g * per_group; b < (g + 1) * per_group; b++) {
+            __m512i dot[MB4];
+            for (int m = 0; m < mr; m++) dot[m] = _mm512_set1_epi32(x->off[(m0 + m) * blocks + b]);
+            for (int64_t s = 0; s < steps; s++) {
+                const int64_t at = b * XBLOCK + 8 * s; /* first input of this step */
+                const uint8_t *qs = q + at * 8;         /* 64 bytes per 8 inputs */
+                _mm_prefetch((const char *)(qs + PREFETCH), _MM_HINT_T0);
+                const __m512i w = _mm512_loadu_si512(qs);
+                const __m512i lo = _mm512_and_si512(w, nibble);
+                const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), nibble);
                 for (int m = 0; m < mr; m++) {
-                    const uint16_t *xm = x + m * k + 64 * c;
-                    part[r][m] = _mm512_dpbf16_ps(part[r][m], wl, (__m512bh)_mm512_loadu_si512(xm));
-                    if (units_per_group == 1) {
-                        const int64_t g = 2 * c;
-                        acc[r][m] = _mm512_fmadd_ps(part[r][m], _mm512_set1_ps(bf16_to_float(scales[g * ROWS + r0 + r])), acc[r][m]);
-                        zsum[r][m] += bf16_to_float(zeros[g * ROWS + r0 + r]) * xsum[m * groups + g];
-                        part[r][m] = _mm512_setzero_ps();
-                    }
-                    part[r][m] = _mm512_dpbf16_ps(part[r][m], wh, (__m512bh)_mm512_loadu_si512(xm + 32));
+                    const int8_t *xm = x->xq + (m0 + m) * k + at;
+                    int32_t x0, x1;
+                    memcpy(&x0, xm, 4);
+                    memcpy(&x1, xm + 4, 4);
+                    dot[m] = _mm512_dpbusd_epi32(dot[m], lo, _mm512_set1_epi32(x0));
+                    dot[m] = _mm512_dpbusd_epi32(dot[m], hi, _mm512_set1_epi32(x1));
                 }
             }
-            if ((2 * c + 2) % units_per_group == 0) {
-                const int64_t g = (2 * c + 2) / units_per_group - 1;
-                for (int r = 0; r < 2; r++) {
-                    const __m512 scale = _mm512_set1_ps(bf16_to_float(scales[g * ROWS + r0 + r]));
-                    const float zero = bf16_to_float(zeros[g * ROWS + r0 + r]);
-                    for (int m = 0; m < mr; m++) {
-                        acc[r][m] = _mm512_fmadd_ps(part[r][m], scale, acc[r][m]);
-                        zsum[r][m] += zero * xsum[m * groups + g];
-                        part[r][m] = _mm512_setzero_ps();
-                    }
-                }
-            }
+            for (int m = 0; m < mr; m++)
+                acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[m]), _mm512_mul_ps(scale, _mm512_set1_ps(x->d[(m0 + m) * blocks + b])), acc[m]);
         }
-        for (int r = 0; r < 2; r++)
-            for (int m = 0; m < mr; m++) out[m * ROWS + r0 + r] = _mm512_reduce_add_ps(acc[r][m]) + zsum[r][m];
+        for (int m = 0; m < mr; m++) acc[m] = _mm512_fmadd_ps(zero, _mm512_set1_ps(x->xsum[(m0 + m) * groups + g]), acc[m]);
     }
+    for (int m = 0; m < mr; m++) _mm512_storeu_ps(out + m * PANEL, acc[m]);
 }
 
-/* The same with all four tile rows in one pass, for 2 or 3 activation rows: each chunk's x is loaded once
- * for the four rows, the partial sums and x stay in registers and the group sums in memory (touched once a
- * group). Measured at 27392x4096, 2 threads: 2 rows 1.3x and 3 rows 1.8x one row's cost (pair by pair:
- * 2.4x and 2.2x); for 4 rows the pair-by-pair pass above is faster (its partial sums would not fit). */
-static inline __attribute__((always_inline)) void tile_dot_rows_all(
-    const uint8_t *q, const uint16_t *scales, const uint16_t *zeros, const uint16_t *x, const float *xsum,
-    const int mr, int64_t k, int64_t group, int64_t groups, float *out /* [mr][ROWS] */) {
-    const __m256i nibble = _mm256_set1_epi8(0x0f);
-    static const uint16_t table[32] = {
-        0xc100, 0xc0e0, 0xc0c0, 0xc0a0, 0xc080, 0xc040, 0xc000, 0xbf80, 0x0000, 0x3f80, 0x4000,
-        0x4040, 0x4080, 0x40a0, 0x40c0, 0x40e0, 0xc100, 0xc0e0, 0xc0c0, 0xc0a0, 0xc080, 0xc040,
-        0xc000, 0xbf80, 0x0000, 0x3f80, 0x4000, 0x4040, 0x4080, 0x40a0, 0x40c0, 0x40e0};
-    const __m512i lut = _mm512_loadu_si512(table);
-    const int64_t chunks = k / 64, units_per_group = group / 32;
-    /* the group sums live in memory (touched once a group); the partial sums and x stay in registers */
-    float acc[ROWS][MB][16] __attribute__((aligned(64)));
-    __m512 part[ROWS][MB];
-    float zsum[ROWS][MB];
-    for (int r = 0; r < ROWS; r++)
-        for (int m = 0; m < mr; m++) {
-            _mm512_store_ps(acc[r][m], _mm512_setzero_ps());
-            part[r][m] = _mm512_setzero_ps();
-            zsum[r][m] = 0.0f;
-        }
-    for (int64_t c = 0; c < chunks; c++) {
-        const uint8_t *qc = q + c * ROWS * 32;
-        _mm_prefetch((const char *)(qc + PREFETCH), _MM_HINT_T0);
-        _mm_prefetch((const char *)(qc + PREFETCH + 64), _MM_HINT_T0);
-        __m512bh xl[MB], xh[MB];
-        for (int m = 0; m < mr; m++) {
-            xl[m] = (__m512bh)_mm512_loadu_si512(x + m * k + 64 * c);
-            xh[m] = (__m512bh)_mm512_loadu_si512(x + m * k + 64 * c + 32);
-        }
-        for (int r = 0; r < ROWS; r++) {
-            const __m256i b = _mm256_loadu_si256((const __m256i *)(qc + 32 * r));
-            const __m512bh wl = (__m512bh)_mm512_permutexvar_epi16(_mm512_cvtepu8_epi16(_mm256_and_si256(b, nibble)), lut);
-            const __m512bh wh = (__m512bh)_mm512_permutexvar_epi16(
-                _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16(b, 4), nibble)), lut);
-            for (int m = 0; m < mr; m++) {
-                part[r][m] = _mm512_dpbf16_ps(part[r][m], wl, xl[m]);
-                if (units_per_group == 1) {
-                    const int64_t g = 2 * c;
-                    _mm512_store_ps(acc[r][m], _mm512_fmadd_ps(part[r][m], _mm512_set1_ps(bf16_to_float(scales[g * ROWS + r])), _mm512_load_ps(acc[r][m])));
-                    zsum[r][m] += bf16_to_float(zeros[g * ROWS + r]) * xsum[m * groups + g];
-                    part[r][m] = _mm512_setzero_ps();
-                }
-                part[r][m] = _mm512_dpbf16_ps(part[r][m], wh, xh[m]);
-            }
-        }
-        if ((2 * c + 2) % units_per_group == 0) {
-            const int64_t g = (2 * c + 2) / units_per_group - 1;
-            for (int r = 0; r < ROWS; r++) {
-                const __m512 scale = _mm512_set1_ps(bf16_to_float(scales[g * ROWS + r]));
-                const float zero = bf16_to_float(zeros[g * ROWS + r]);
-                for (int m = 0; m < mr; m++) {
-                    _mm512_store_ps(acc[r][m], _mm512_fmadd_ps(part[r][m], scale, _mm512_load_ps(acc[r][m])));
-                    zsum[r][m] += zero * xsum[m * groups + g];
-                    part[r][m] = _mm512_setzero_ps();
-                }
-            }
-        }
-    }
-    for (int r = 0; r < ROWS; r++)
-        for (int m = 0; m < mr; m++) out[m * ROWS + r] = _mm512_reduce_add_ps(_mm512_load_ps(acc[r][m])) + zsum[r][m];
-}
-
-/* y[m, n] = sum_k x[m, k] w[n, k] for m < rows, n < n_padded (a multiple of ROWS).
- * x: bfloat16 [rows][k]; y: [rows][n_padded], bfloat16 when out_bf16 else float32.
- * k is a multiple of 64 and of group (32, 64, 128 or 256). Returns 0, or -1 when out of memory. */
+/* y[m, n] = sum_k x[m, k] w[n, k] for m < rows, n < n_padded (a multiple of PANEL), with x quantized to
+ * int8 per block of XBLOCK inputs (see quantize_rows). x: bfloat16 [rows][k]; y: [rows][n_padded],
+ * bfloat16 when out_bf16 else float32. k is a multiple of 64 and of group (32, 64, 128 or 256).
+ * Returns 0, or -1 when out of memory. */
 int glm_int4_matmul(const uint8_t *q, const uint16_t *scales, const uint16_t *zeros, const uint16_t *x,
                     void *y, int64_t rows, int64_t n_padded, int64_t k, int64_t group, int out_bf16,
                     int threads) {
-    const int64_t groups = k / group, tiles = n_padded / ROWS;
-    float *xsum = malloc(sizeof(float) * (size_t)(rows * groups));
-    if (xsum == NULL) return -1;
-    for (int64_t m = 0; m < rows; m++) {
-        for (int64_t g = 0; g < groups; g++) {
-            float s = 0.0f;
-            for (int64_t i = g * group; i < (g + 1) * group; i++) s += bf16_to_float(x[m * k + i]);
-            xsum[m * groups + g] = s;
-        }
+    const int64_t groups = k / group, panels = n_padded / PANEL;
+    QuantizedRows xr;
+    if (quantize_rows(x, rows, k, group, &xr)) {
+        free_rows(&xr);
+        return -1;
     }
-#pragma omp parallel for schedule(dynamic, SHARE) num_threads(threads)
-    for (int64_t t = 0; t < tiles; t++) {
-        const uint8_t *qt = q + t * (k / 64) * ROWS * 32;
-        const uint16_t *st = scales + t * groups * ROWS, *zt = zeros + t * groups * ROWS;
-        for (int64_t m0 = 0; m0 < rows; m0 += MB) { /* the tile stays in cache for the later rows */
-            const int64_t mr = rows - m0 < MB ? rows - m0 : MB;
-            const uint16_t *xm = x + m0 * k;
-            const float *sm = xsum + m0 * groups;
-            float out[MB * ROWS];
-            switch (mr) { /* a constant row count per call: the accumulators stay in registers */
-                case 1: tile_dot(qt, st, zt, xm, sm, k, group, out); break;
-                case 2: tile_dot_rows_all(qt, st, zt, xm, sm, 2, k, group, groups, out); break;
-                case 3: tile_dot_rows_all(qt, st, zt, xm, sm, 3, k, group, groups, out); break;
-                default: tile_dot_rows(qt, st, zt, xm, sm, 4, k, group, groups, out); break;
+#pragma omp parallel for schedule(dynamic, SHARE / 4) num_threads(threads)
+    for (int64_t p = 0; p < panels; p++) {
+        const uint8_t *qp = q + p * k * (PANEL / 2); /* k / 2 bytes per weight row */
+        const uint16_t *sp = scales + p * groups * PANEL, *zp = zeros + p * groups * PANEL;
+        for (int64_t m0 = 0; m0 < rows; m0 += MB4) { /* the panel stays in cache for the later rows */
+            const int64_t mr = rows - m0 < MB4 ? rows - m0 : MB4;
+            float out[MB4 * PANEL];
+            switch (mr) {
+                case 1: panel_dot(qp, sp, zp, &xr, m0, 1, k, group, out); break;
+                case 2: panel_dot(qp, sp, zp, &xr, m0, 2, k, group, out); break;
+                case 3: panel_dot(qp, sp, zp, &xr, m0, 3, k, group, out); break;
+                case 4: panel_dot(qp, sp, zp, &xr, m0, 4, k, group, out); break;
+                case 5: panel_dot(qp, sp, zp, &xr, m0, 5, k, group, out); break;
+                case 6: panel_dot(qp, sp, zp, &xr, m0, 6, k, group, out); break;
+                case 7: panel_dot(qp, sp, zp, &xr, m0, 7, k, group, out); break;
+                default: panel_dot(qp, sp, zp, &xr, m0, 8, k, group, out); break;
             }
-            for (int64_t m = 0; m < mr; m++)
-                for (int r = 0; r < ROWS; r++) {
-                    const int64_t at = (m0 + m) * n_padded + t * ROWS + r;
-                    if (out_bf16)
-                        ((uint16_t *)y)[at] = float_to_bf16(out[m * ROWS + r]);
-                    else
-                        ((float *)y)[at] = out[m * ROWS + r];
-                }
+            for (int64_t m = 0; m < mr; m++) {
+                const int64_t at = (m0 + m) * n_padded + p * PANEL;
+                if (out_bf16)
+                    _mm256_storeu_si256((__m256i *)((uint16_t *)y + at), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(out + m * PANEL)));
+                else
+                    _mm512_storeu_ps((float *)y + at, _mm512_loadu_ps(out + m * PANEL));
+            }
         }
     }
-    free(xsum);
+    free_rows(&xr);
     return 0;
 }
 
@@ -362,31 +286,35 @@ int glm_int8_matmul(const int8_t *q, const uint16_t *scales, const uint16_t *x, 
     return 0;
 }
 
-/* Dequantized weights for prefill's dense products: rows [4 * first_tile, 4 * (first_tile + tiles))
- * of the tiled int4 weight as bfloat16 [4 * tiles][k], row-major. */
+/* Dequantized weights for prefill's dense products: rows [PANEL * first_panel, PANEL * (first_panel + panels))
+ * of the paneled int4 weight as bfloat16 [PANEL * panels][k], row-major. */
 void glm_int4_dequantize(const uint8_t *q, const uint16_t *scales, const uint16_t *zeros, uint16_t *out,
-                         int64_t first_tile, int64_t tiles, int64_t k, int64_t group, int threads) {
-    const int64_t groups = k / group, chunks = k / 64;
+                         int64_t first_panel, int64_t panels, int64_t k, int64_t group, int threads) {
+    const int64_t groups = k / group;
+    /* a row's 4 bytes in each of 8 consecutive blocks (64 inputs): 64 bytes apart */
+    const __m256i step = _mm256_setr_epi32(0, 64, 128, 192, 256, 320, 384, 448);
+    const __m256i nibble = _mm256_set1_epi8(0x0f);
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t t = first_tile; t < first_tile + tiles; t++) {
-        const uint8_t *qt = q + t * chunks * ROWS * 32;
-        const uint16_t *st = scales + t * groups * ROWS, *zt = zeros + t * groups * ROWS;
-        for (int r = 0; r < ROWS; r++) {
-            uint16_t *row = out + ((t - first_tile) * ROWS + r) * k;
-            for (int64_t c = 0; c < chunks; c++) {
-                const uint8_t *bytes = qt + c * ROWS * 32 + 32 * r;
-                for (int half = 0; half < 2; half++) { /* low nibbles: inputs 64c..64c+31, high: the next 32 */
-                    const int64_t first = 64 * c + 32 * half, g = first / group;
-                    const __m512 scale = _mm512_set1_ps(bf16_to_float(st[g * ROWS + r]));
-                    const __m512 zero = _mm512_set1_ps(bf16_to_float(zt[g * ROWS + r]));
+    for (int64_t p = first_panel; p < first_panel + panels; p++) {
+        const uint8_t *qp = q + p * k * (PANEL / 2);
+        const uint16_t *sp = scales + p * groups * PANEL, *zp = zeros + p * groups * PANEL;
+        for (int64_t c = 0; c < k; c += 64) { /* the panel's 512 bytes for these 64 inputs stay in cache */
+            for (int j = 0; j < PANEL; j++) {
+                uint16_t *row = out + ((p - first_panel) * PANEL + j) * k;
+                /* dword s of the gather: low nibbles = inputs c + 8s + 0..3, high nibbles = c + 8s + 4..7 */
+                const __m256i bytes = _mm256_i32gather_epi32((const int *)(qp + c * 8 + 4 * j), step, 1);
+                const __m256i lo = _mm256_and_si256(bytes, nibble);
+                const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), nibble);
+                const __m256i a = _mm256_unpacklo_epi32(lo, hi), b = _mm256_unpackhi_epi32(lo, hi);
+                const __m256i codes[2] = {_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31)};
+                for (int half = 0; half < 2; half++) { /* inputs c + 32 * half .. + 31 */
+                    const int64_t first = c + 32 * half, g = first / group;
+                    const __m512 scale = _mm512_set1_ps(bf16_to_float(sp[g * PANEL + j]));
+                    const __m512 zero = _mm512_set1_ps(bf16_to_float(zp[g * PANEL + j]));
                     for (int part = 0; part < 2; part++) {
-                        const __m128i b = _mm_loadu_si128((const __m128i *)(bytes + 16 * part));
-                        const __m128i v = half ? _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(0x0f))
-                                               : _mm_and_si128(b, _mm_set1_epi8(0x0f));
-                        const __m512 codes = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_cvtepu8_epi32(v),
-                                                                                 _mm512_set1_epi32(8)));
-                        const __m256bh w = _mm512_cvtneps_pbh(_mm512_fmadd_ps(codes, scale, zero));
-                        _mm256_storeu_si256((__m256i *)(row + first + 16 * part), (__m256i)w);
+                        const __m128i v = part ? _mm256_extracti128_si256(codes[half], 1) : _mm256_castsi256_si128(codes[half]);
+                        const __m512 w = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_cvtepu8_epi32(v), _mm512_set1_epi32(8)));
+                        _mm256_storeu_si256((__m256i *)(row + first + 16 * part), (__m256i)_mm512_cvtneps_pbh(_mm512_fmadd_ps(w, scale, zero)));
                     }
                 }
             }

@@ -2,16 +2,19 @@
 
 torch's CPU int4 kernel dequantizes in float32 and reads about 20-22 GB/s at ChatGLM3-6B's
 shapes on 2 AVX-512 cores, and its int8 kernel about 18-22: decoding is bound by arithmetic, not
-memory. The int4 kernel multiplies the 4-bit codes as bfloat16 integers with ``vdpbf16ps`` and
-applies scales and zeros once per group (29-35 GB/s on one matrix); the int8 kernel widens the
-codes to float32 for one fused multiply-add each (19-22 GB/s on one matrix, but 1.6-1.8x torch's
-kernel in the whole model); both stream the weights in one pass over a tiled layout (see the C
-file). ``bf16_matmul`` does the same for plain bfloat16 weights (30-35 GB/s, oneDNN's packed
-product 24-27), and the ``*_dequantize`` loops feed prefill's dense products.
+memory. The int4 kernel rounds the activations to int8 per block of 32 (llama.cpp's q8_0) and
+multiplies them by the 4-bit codes with AVX-512 VNNI (``vpdpbusd``: 64 products an instruction, the
+codes of 16 weight rows in one register), applying scales and zeros once per block and group: one
+row reads 39-48 GB/s on one matrix (the old bfloat16 version 33), 4 rows cost 1.2-1.5x one row
+(was 2.0-2.4x), and 128 rows beat the dequantized bfloat16 product by 2-3x, so it does prefill too.
+The int8 kernel widens the codes to float32 for one fused multiply-add each (19-22 GB/s on one
+matrix, but 1.6-1.8x torch's kernel in the whole model). Both stream the weights in one pass over a
+layout made at load (see the C file). ``bf16_matmul`` does the same for plain bfloat16 weights (30-35
+GB/s, oneDNN's packed product 24-27), and the ``*_dequantize`` loops feed prefill's dense products.
 
 The kernels are compiled with the system C compiler (``$CC``, else ``cc``/``gcc``) into
 ``$XDG_CACHE_HOME/glm-agent/kernels`` (once per source and compiler) and used only where the
-CPU has AVX-512 BF16 and torch dispatches to AVX-512. Without a compiler, or with
+CPU has AVX-512 BF16 and VNNI and torch dispatches to AVX-512. Without a compiler, or with
 ``GLM_AGENT_NATIVE_KERNELS=0``, quantized and bfloat16 layers use torch's kernels (and oneDNN's
 packed bfloat16 product): slower, same results up to summation order.
 """
@@ -40,8 +43,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["NativeKernels", "native_kernels", "tile_int4", "tile_int8", "untile_groups", "untile_int4", "untile_int8"]
 
 SOURCE = Path(__file__).with_name("kernels.c")
-FLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fopenmp", "-fPIC", "-shared")
-ROWS = 4  # rows per tile (ROWS in the C file)
+FLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mavx512vnni", "-fopenmp", "-fPIC", "-shared")
+ROWS = 4  # rows per tile of the int8 and bfloat16 layouts (ROWS in the C file)
+INT4_ROWS = 16  # rows per panel of the int4 layout (PANEL in the C file)
 CHUNK = 64  # inputs per step of the stream
 _TILE_ROWS_AT_ONCE = 4096  # rows re-laid out at a time (bounds the unpacked temporaries)
 
@@ -78,7 +82,7 @@ class NativeKernels:
         out_dtype: torch.dtype = torch.bfloat16,
     ) -> torch.Tensor:
         """``x W^T`` for contiguous bfloat16 ``x [M, K]``: ``[M, out_rows]`` in ``out_dtype`` (bfloat16 or float32)."""
-        rows, k, out = self._prepare("int4", q, x, out_dtype)
+        rows, k, out = self._prepare("int4", q, x, out_dtype, INT4_ROWS)
         status = self._int4(
             q.data_ptr(),
             scales.data_ptr(),
@@ -103,7 +107,7 @@ class NativeKernels:
         out_dtype: torch.dtype = torch.bfloat16,
     ) -> torch.Tensor:
         """``x W^T`` over tiled int8 weights with one bfloat16 scale per (padded) row; as :meth:`int4_matmul`."""
-        rows, k, out = self._prepare("int8", q, x, out_dtype)
+        rows, k, out = self._prepare("int8", q, x, out_dtype, ROWS)
         status = self._int8(
             q.data_ptr(),
             scales.data_ptr(),
@@ -131,8 +135,8 @@ class NativeKernels:
     def int4_dequantize(
         self, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, first_tile: int, tiles: int, group: int
     ) -> torch.Tensor:
-        """Rows of tiles ``[first_tile, first_tile + tiles)`` as bfloat16 ``[4 * tiles, K]`` (for dense prefill)."""
-        k, out = self._dequantized_rows(q, first_tile, tiles)
+        """Rows of panels ``[first_tile, first_tile + tiles)`` as bfloat16 ``[16 * tiles, K]`` (for dense prefill)."""
+        k, out = self._dequantized_rows(q, first_tile, tiles, INT4_ROWS)
         self._int4_dequantize(
             q.data_ptr(),
             scales.data_ptr(),
@@ -148,30 +152,30 @@ class NativeKernels:
 
     def int8_dequantize(self, q: torch.Tensor, scales: torch.Tensor, first_tile: int, tiles: int) -> torch.Tensor:
         """As :meth:`int4_dequantize`, for the tiled int8 weight."""
-        k, out = self._dequantized_rows(q, first_tile, tiles)
+        k, out = self._dequantized_rows(q, first_tile, tiles, ROWS)
         self._int8_dequantize(
             q.data_ptr(), scales.data_ptr(), out.data_ptr(), first_tile, tiles, k, torch.get_num_threads()
         )
         return out
 
     @staticmethod
-    def _dequantized_rows(q: torch.Tensor, first_tile: int, tiles: int) -> tuple[int, torch.Tensor]:
-        """The input size and an empty bfloat16 ``[4 * tiles, K]`` for tiles ``[first_tile, first_tile + tiles)``."""
+    def _dequantized_rows(q: torch.Tensor, first_tile: int, tiles: int, tile_rows: int) -> tuple[int, torch.Tensor]:
+        """The input size and an empty bfloat16 ``[tile_rows * tiles, K]`` for tiles ``[first_tile, first_tile + tiles)``."""
         if not 0 <= first_tile <= first_tile + tiles <= q.shape[0]:
             raise ValueError(f"tiles [{first_tile}, {first_tile + tiles}) are not within the weight's {q.shape[0]}")
         k = q.shape[1] * CHUNK
-        return k, torch.empty((tiles * ROWS, k), dtype=torch.bfloat16)
+        return k, torch.empty((tiles * tile_rows, k), dtype=torch.bfloat16)
 
     @staticmethod
     def _prepare(
-        scheme: str, q: torch.Tensor, x: torch.Tensor, out_dtype: torch.dtype
+        scheme: str, q: torch.Tensor, x: torch.Tensor, out_dtype: torch.dtype, tile_rows: int
     ) -> tuple[int, int, torch.Tensor]:
         rows, k = x.shape
         if x.dtype != torch.bfloat16 or not x.is_contiguous() or k != q.shape[1] * CHUNK:
             raise ValueError(f"the {scheme} kernel takes contiguous bfloat16 [M, {q.shape[1] * CHUNK}] inputs")
         if out_dtype not in (torch.bfloat16, torch.float32):
             raise ValueError(f"the {scheme} kernel writes bfloat16 or float32, not {out_dtype}")
-        return rows, k, torch.empty((rows, q.shape[0] * ROWS), dtype=out_dtype)
+        return rows, k, torch.empty((rows, q.shape[0] * tile_rows), dtype=out_dtype)
 
     @staticmethod
     def _finish(status: int, out: torch.Tensor, out_rows: int) -> torch.Tensor:
@@ -209,20 +213,21 @@ def tile_int4(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The kernel's layout from a function ``values_of(start, end) -> uint8 [end - start, cols]`` of codes.
 
-    ``cols`` is a multiple of 64 and of the group size; rows are padded to a multiple of 4
-    with zero weights. Returns ``(q [tiles, cols / 64, 4, 32], scales, zeros [tiles, G, 4] bfloat16)``.
+    ``cols`` is a multiple of 64 and of the group size; rows are padded to a multiple of 16
+    with zero weights. Returns ``(q [panels, cols / 64, 8, 64], scales, zeros [panels, G, 16] bfloat16)``:
+    in each 64 bytes, byte ``4 j + i`` holds row ``j``'s input ``8 b + i`` (low nibble) and ``8 b + 4 + i``.
     """
-    padded = -(-rows // ROWS) * ROWS
-    q = _empty_weight((padded // ROWS, cols // CHUNK, ROWS, CHUNK // 2), torch.uint8)
+    padded = -(-rows // INT4_ROWS) * INT4_ROWS
+    q = _empty_weight((padded // INT4_ROWS, cols // CHUNK, 8, CHUNK), torch.uint8)
     for start in range(0, padded, _TILE_ROWS_AT_ONCE):
         end = min(start + _TILE_ROWS_AT_ONCE, padded)
         values = values_of(start, min(end, rows))
         if values.shape[0] < end - start:  # zero rows: code 8 with scale 1 and zero 0
             values = torch.nn.functional.pad(values, (0, 0, 0, end - start - values.shape[0]), value=8)
-        v = values.view(-1, ROWS, cols // CHUNK, 2, CHUNK // 2)
-        packed = v[:, :, :, 0] | (v[:, :, :, 1] << 4)  # [tiles, 4, chunks, 32]
-        q[start // ROWS : end // ROWS] = packed.permute(0, 2, 1, 3)
-    return q, _tile_groups(scales, padded, 1.0), _tile_groups(zeros, padded, 0.0)
+        v = values.view(-1, INT4_ROWS, cols // 8, 2, 4)  # [panels, row j, block b, half, i]
+        packed = v[:, :, :, 0] | (v[:, :, :, 1] << 4)  # [panels, j, b, i]
+        q[start // INT4_ROWS : end // INT4_ROWS] = packed.permute(0, 2, 1, 3).reshape(-1, cols // CHUNK, 8, CHUNK)
+    return q, _tile_groups(scales, padded, 1.0, INT4_ROWS), _tile_groups(zeros, padded, 0.0, INT4_ROWS)
 
 
 def _empty_weight(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -232,24 +237,25 @@ def _empty_weight(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     return weight
 
 
-def _tile_groups(t: torch.Tensor, padded: int, fill: float) -> torch.Tensor:
+def _tile_groups(t: torch.Tensor, padded: int, fill: float, tile_rows: int) -> torch.Tensor:
     rows, groups = t.shape
     t = t.to(torch.bfloat16)
     if padded != rows:
         t = torch.nn.functional.pad(t, (0, 0, 0, padded - rows), value=fill)
-    return t.view(padded // ROWS, ROWS, groups).transpose(1, 2).contiguous()
+    return t.view(padded // tile_rows, tile_rows, groups).transpose(1, 2).contiguous()
 
 
 def untile_int4(q: torch.Tensor, start_tile: int = 0, end_tile: int | None = None) -> torch.Tensor:
-    """Codes ``uint8 [4 * tiles, cols]`` of tiles ``[start_tile, end_tile)`` (the inverse of :func:`tile_int4`)."""
-    part = q[start_tile:end_tile]  # [tiles, chunks, 4, 32]
-    tiles, chunks = part.shape[0], part.shape[1]
-    values = torch.stack((part & 0x0F, part >> 4), dim=3)  # [tiles, chunks, 4, 2, 32]
-    return values.permute(0, 2, 1, 3, 4).reshape(tiles * ROWS, chunks * CHUNK)
+    """Codes ``uint8 [16 * panels, cols]`` of panels ``[start_tile, end_tile)`` (the inverse of :func:`tile_int4`)."""
+    part = q[start_tile:end_tile]  # [panels, chunks, 8, 64]
+    panels, chunks = part.shape[0], part.shape[1]
+    blocks = part.reshape(panels, chunks * 8, INT4_ROWS, 4)  # [panels, block b, row j, i]
+    values = torch.stack((blocks & 0x0F, blocks >> 4), dim=3)  # [panels, b, j, half, i]
+    return values.permute(0, 2, 1, 3, 4).reshape(panels * INT4_ROWS, chunks * CHUNK)
 
 
 def untile_groups(t: torch.Tensor) -> torch.Tensor:
-    """Per-group values ``[4 * tiles, G]`` from the kernel's ``[tiles, G, 4]``."""
+    """Per-group values ``[rows, G]`` from the kernel's ``[panels, G, rows per panel]``."""
     return t.transpose(1, 2).reshape(-1, t.shape[1])
 
 
@@ -262,7 +268,7 @@ def native_kernels() -> NativeKernels | None:
             path = _build()
             library = ctypes.CDLL(str(path))
             if not library.glm_cpu_supported():
-                reason = "this CPU lacks AVX-512 BF16"
+                reason = "this CPU lacks AVX-512 BF16 or VNNI"
             else:
                 return NativeKernels(library, path)
         except (OSError, subprocess.SubprocessError, _BuildError) as error:

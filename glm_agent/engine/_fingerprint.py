@@ -3,8 +3,8 @@
 The weights count by content, not by path: every parameter and buffer contributes its name,
 shape, dtype and a sample of its values spread over the whole tensor (4,096 values each), which
 tells apart other checkpoints, fine-tunes and quantizations without reading 12 GB. Quantization
-scheme, group size and kernel backend, the engine's layout, the configuration and the tokenizer
-count too.
+scheme, group size, kernel backend and build (glm-agent's kernels: their source and compiler), the
+engine's layout, the configuration and the tokenizer count too.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def _weights_digest(model: Any) -> str:
             continue
         digest.update(_sample(tensor))
     for name, module in sorted(model.named_modules(), key=lambda item: item[0]):
-        scheme = [getattr(module, attr, None) for attr in ("scheme", "group_size", "backend")]
+        scheme = [getattr(module, attr, None) for attr in ("scheme", "group_size", "backend", "kernel_build")]
         if any(value is not None for value in scheme):
             digest.update(f"{name} {scheme}".encode())
     return digest.hexdigest()

@@ -9,15 +9,18 @@ columns up to a multiple of 32 and the inputs are padded to match; the int4 pack
 in multiples of 16 (we pad to 64, which keeps its blocked layout uniform). Elsewhere (another device, a torch without the kernels) the weight
 stays portable and is dequantized for each product: slower, never wrong.
 
-The kernels are matrix-vector engines: for many rows at once (prefill) torch's are 2-4x slower than
-a bfloat16 matrix product (measured at 13696x4096, 600 rows), so products over at least
-``DEQUANTIZE_MIN_ROWS`` rows dequantize the weight to the activations' dtype and use ``F.linear``.
+torch's kernels and glm-agent's int8 kernel are matrix-vector engines: for many rows at once
+(prefill) torch's are 2-4x slower than a bfloat16 matrix product (measured at 13696x4096, 600 rows),
+so products over at least ``DEQUANTIZE_MIN_ROWS`` rows dequantize the weight to the activations' dtype
+and use ``F.linear``. glm-agent's int4 kernel, which multiplies int8-quantized activations with VNNI,
+is faster than that product at every row count, so it takes prefill too.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import sys
 from typing import Any
 
 import torch
@@ -35,10 +38,15 @@ _INT8_K_MULTIPLE = 32  # the int8 kernel's input dimension is padded to a multip
 _INT4_N_MULTIPLE = 64  # the int4 packing's row block on AVX-512
 _DENSE_BLOCK_ROWS = 2048  # output rows dequantized at a time for a dense product (a multiple of 64)
 DEQUANTIZE_MIN_ROWS = 64  # products over this many rows dequantize and use a dense product (kernels: 2.4-2.9x slower than bf16 at 64 rows)
-# the same for glm-agent's kernels, which multiply up to 4 rows per pass over a tile: at 13696x4096 and
-# 2 threads the kernel and the dequantized product cost the same at 32 rows (int4 14.2 vs 14.6 ms, int8
-# 17.1 vs 17.2 ms); below that a row's result is also bit-identical to the row alone (batched decoding)
+# the same for glm-agent's int8 kernel, which multiplies up to 4 rows per pass over a tile: at 13696x4096
+# and 2 threads it and the dequantized product cost the same at 32 rows (17.1 vs 17.2 ms); below that a
+# row's result is also bit-identical to the row alone (batched decoding)
 NATIVE_DEQUANTIZE_MIN_ROWS = 32
+# glm-agent's int4 kernel (int8 activations, VNNI) is faster than the dequantized bfloat16 product at
+# every row count measured: at 13696x4096 and 4096x13696, 2 threads, 16 rows 3.0 vs 14.5 and 2.9 vs 46 ms,
+# 128 rows 22 vs 44 and 22 vs 74 ms, 512 rows 88 vs 143 and 92 vs 173 ms (its products are 64 per
+# instruction, bfloat16's 32). So it takes prefill too, and every row is the row alone to the bit.
+NATIVE_INT4_DEQUANTIZE_MIN_ROWS = sys.maxsize
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _warned: set[str] = set()
 
@@ -148,7 +156,9 @@ class QuantizedLinear(torch.nn.Module):
     def _pack_native(self, weight: PortableWeight, kernels: _native.NativeKernels) -> None:
         """glm-agent's kernels' tiled layouts (input dimension padded to a multiple of 64 with zeros)."""
         self._native = kernels
-        self._dense_min_rows = NATIVE_DEQUANTIZE_MIN_ROWS
+        self._dense_min_rows = (
+            NATIVE_INT4_DEQUANTIZE_MIN_ROWS if weight.scheme == "int4" else NATIVE_DEQUANTIZE_MIN_ROWS
+        )
         if weight.scheme == "int8":
             q = weight.qweight
             if q.shape[1] % _native.CHUNK:
@@ -174,11 +184,21 @@ class QuantizedLinear(torch.nn.Module):
                 F.pad(weight.scales, (0, groups), value=1.0),
                 F.pad(weight.zeros, (0, groups), value=0.0),
             )
-            self.register_buffer("qweight", tiled)  # [tiles, K / 64, 4, 32]
-            self.register_buffer("scales", scales)  # [tiles, groups, 4]
+            self.register_buffer("qweight", tiled)  # [panels, K / 64, 8, 64]
+            self.register_buffer("scales", scales)  # [panels, groups, 16]
             self.register_buffer("zeros", zeros)
             self.backend = "int4_native"
-        self._padded_out = self.qweight.shape[0] * _native.ROWS
+        self._padded_out = self.qweight.shape[0] * self._tile_rows
+
+    @property
+    def kernel_build(self) -> str | None:
+        """Which build of glm-agent's kernels computes the products (its source, flags and compiler), if any."""
+        return self._native.path.stem if self.backend.endswith("_native") else None
+
+    @property
+    def _tile_rows(self) -> int:
+        """Weight rows per tile (int8) or panel (int4) of glm-agent's kernels' layouts."""
+        return _native.INT4_ROWS if self.backend == "int4_native" else _native.ROWS
 
     @property
     def weight_bytes(self) -> int:
@@ -297,13 +317,14 @@ class QuantizedLinear(torch.nn.Module):
         return out.view(*x.shape[:-1], self.out_features)
 
     def _dequantized_rows(self, start: int, end: int, dtype: torch.dtype) -> torch.Tensor:
-        """Output rows ``[start, end)`` of the weight in ``dtype`` (``start`` a multiple of 64)."""
+        """Output rows ``[start, end)`` of the weight in ``dtype`` (for torch's int4 packing ``start`` a multiple of 64)."""
         k = self.in_features
         if self.backend == "int8_cpu":
             return self.qweight[start:end, :k] * self._scales_as(dtype)[start:end, None]
         g = self.group_size
         if self.backend in ("int8_native", "int4_native"):
-            first, last = start // _native.ROWS, -(-end // _native.ROWS)
+            first, last = start // self._tile_rows, -(-end // self._tile_rows)
+            within = slice(start - first * self._tile_rows, end - first * self._tile_rows)  # of those tiles
             if dtype == torch.bfloat16:  # the kernels' own dequantization (about 10x torch ops')
                 if self.backend == "int8_native":
                     w = self._native.int8_dequantize(self.qweight, self.scales, first, last - first)
@@ -312,14 +333,14 @@ class QuantizedLinear(torch.nn.Module):
                     w = self._native.int4_dequantize(
                         self.qweight, self.scales, self.zeros, first, last - first, self.group_size
                     )
-                return w[: end - start, :k]
+                return w[within, :k]
             if self.backend == "int8_native":
-                q = _native.untile_int8(self.qweight, first, last)[: end - start, :k]
+                q = _native.untile_int8(self.qweight, first, last)[within, :k]
                 return q * self._scales_as(dtype)[start:end, None]
-            values = _native.untile_int4(self.qweight, first, last)[: end - start]
+            values = _native.untile_int4(self.qweight, first, last)[within]
             assert self.zeros is not None
-            scales = _native.untile_groups(self.scales[first:last])[: end - start].to(dtype)
-            zeros = _native.untile_groups(self.zeros[first:last])[: end - start].to(dtype)
+            scales = _native.untile_groups(self.scales[first:last])[within].to(dtype)
+            zeros = _native.untile_groups(self.zeros[first:last])[within].to(dtype)
             w = (values.to(dtype).view(end - start, -1, g) - 8) * scales[..., None]
             w += zeros[..., None]
             return w.view(end - start, -1)[:, :k]
