@@ -308,6 +308,42 @@ def run_llama_cpp(gguf: Path, prompt: list[int], new_tokens: int, threads: int, 
     return out
 
 
+def run_llama_cpp_sessions(
+    gguf: Path, sessions: list[list[int]], new_tokens: int, threads: int, staggered: bool
+) -> list[tuple[float, list[float]]]:
+    """``sessions`` (prompts of token ids) decoded greedily at once in one llama.cpp context with a sequence
+    each (node-llama-cpp batches their steps), started together or each when the one before has its first
+    token: per session its send time and token times in seconds since the first send."""
+    node = check_available()
+    args = {
+        "node_modules": str(NODE_MODULES),
+        "model": str(gguf),
+        "sessions": sessions,
+        "staggered": staggered,
+        "new_tokens": new_tokens,
+        "threads": threads,
+    }
+    done = subprocess.run([str(node), str(SCRIPT), json.dumps(args)], capture_output=True, text=True, timeout=3600)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"llama.cpp (node-llama-cpp) failed with exit code {done.returncode}:\n{done.stderr[-4000:]}"
+        )
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    if out["loaded_arch"] != "chatglm":
+        raise RuntimeError(f"llama.cpp did not load the chatglm architecture: {out['loaded_arch']}")
+    return [(run["sent_ms"] / 1000, [t / 1000 for t in run["times_ms"]]) for run in out["sessions"]]
+
+
+def converted_6b(workdir: Path, precision: str) -> Path:
+    """The bf16 benchmark weights (``random_bf16_tensors_6b``, seed 0) as one GGUF file at ``precision``."""
+    from _chatglm3_shaped import CONFIG_6B, SHARED, random_bf16_tensors_6b
+
+    check_available()
+    path = workdir / f"chatglm3-6b-shape-random-{precision}.gguf"
+    write_ggufs({precision: path}, random_bf16_tensors_6b(), CONFIG_6B, SHARED / "tokenizer.model")
+    return path
+
+
 def peer_6b(
     prompt: list[int], new_tokens: int, threads: int, precisions: tuple[str, ...] = ("q8_0", "q4_0")
 ) -> dict[str, Any]:

@@ -408,7 +408,16 @@ def test_bfloat16_weights_decode_as_transformers_does(tokenizer, native, monkeyp
     local = LocalModel(weights, tokenizer, temperature=0, max_new_tokens=24)
     local.stop_ids = frozenset()
     "".join(local.stream(messages))
-    assert local.last_stats.output_ids == generated[0, len(ids) :].tolist()
+    theirs = generated[0, len(ids) :].tolist()
+    ours = local.last_stats.output_ids
+    # bfloat16 rounds differently in another summation order (our kernels, one attention call for both
+    # KV heads): the tokens may part only where transformers' own top two logits are within rounding
+    with torch.inference_mode():
+        logits = weights(torch.tensor([ids + theirs])).logits[0, len(ids) - 1 : -1].float()
+    top = logits.topk(2).values
+    parted = next((j for j, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b), None)
+    assert parted is None or top[parted, 0] - top[parted, 1] <= 0.04, (parted, ours, theirs)
+    assert parted is None or parted >= 8  # at least the first steps agree exactly
     engine = local._engine.runner
     if native == "1" and _native.native_kernels() is not None:
         assert isinstance(engine.lm_head, NativeBf16Linear) and isinstance(engine.layers[0][1], NativeBf16Linear)

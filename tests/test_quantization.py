@@ -59,13 +59,16 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out.float() - ref).abs().max() / ref.abs().max())
 
 
-def int4_kernel_reference(x: torch.Tensor, portable) -> torch.Tensor:
-    """What the int4 kernel computes: x rounded to int8 per block of 32 inputs (scale max|x| / 127, as
-    llama.cpp's q8_0) times the codes' part of the weight, plus the exact x times the zeros' part."""
+def kernel_reference(x: torch.Tensor, portable) -> torch.Tensor:
+    """What the int4 and int8 kernels compute: x (padded) rounded to int8 per block of 32 inputs (scale
+    max|x| / 127, as llama.cpp's q8_0) times the codes' part of the weight, plus for int4 the exact x
+    times the zeros' part."""
     blocks = x.float().view(x.shape[0], -1, 32)
     amax = blocks.abs().amax(-1, keepdim=True)
     codes = torch.round(blocks * torch.where(amax > 0, torch.full_like(amax, 127.0) / amax, 0.0))  # as the C does
     rounded = (codes * (amax / 127.0)).view(x.shape)[:, : portable.in_features]
+    if portable.scheme == "int8":
+        return rounded @ dequantize(portable).t()
     zeros_part = dequantize(dataclasses.replace(portable, scales=torch.zeros_like(portable.scales)))
     exact = x.float()[:, : portable.in_features]
     return rounded @ (dequantize(portable) - zeros_part).t() + exact @ zeros_part.t()
@@ -157,7 +160,7 @@ def test_native_int4_kernel_is_the_dequantized_product_at_chatglm3_shapes(group,
         x = torch.randn(rows, k).bfloat16()
         padded = torch.nn.functional.pad(x, (0, kp - k))
         exact = layer._native.int4_matmul(layer.qweight, layer.scales, layer.zeros, padded, group, n, torch.float32)
-        assert relative_error(exact, int4_kernel_reference(padded, portable)) < 1e-5  # exact up to summation order
+        assert relative_error(exact, kernel_reference(padded, portable)) < 1e-5  # exact up to summation order
         expected = x.float() @ reference.t()
         assert relative_error(exact, expected) < 2e-2  # the activations' rounding to 8 bits
         assert relative_error(layer(x), expected) < 2e-2  # the layer's output is bfloat16
@@ -195,11 +198,9 @@ def test_a_few_rows_at_once_are_each_the_one_row_product_to_the_bit(scheme, k):
     for rows in range(1, 17):
         together = product(x[:rows])
         assert torch.equal(together, alone[:rows]), f"{rows} rows differ from the rows alone"
-        if scheme == "int4":
-            expected = int4_kernel_reference(torch.nn.functional.pad(x[:rows], (0, padded_k - k)), portable)
-        else:
-            expected = x[:rows].float() @ reference.t()
+        expected = kernel_reference(torch.nn.functional.pad(x[:rows], (0, padded_k - k)), portable)
         assert relative_error(together, expected) < 1e-5
+        assert relative_error(together, x[:rows].float() @ reference.t()) < 2e-2  # the activations' rounding
 
 
 @needs_native
@@ -216,26 +217,31 @@ def test_native_int8_kernel_is_the_dequantized_product(k):
         x = torch.randn(rows, k).bfloat16()
         padded = torch.nn.functional.pad(x, (0, padded_k - k))
         exact = layer._native.int8_matmul(layer.qweight, layer.scales, padded, n, torch.float32)
+        assert relative_error(exact, kernel_reference(padded, portable)) < 1e-5  # exact up to summation order
         expected = x.float() @ reference.t()
-        assert relative_error(exact, expected) < 1e-5
-        assert relative_error(layer(x), expected + layer.bias) < 1e-2
+        assert relative_error(exact, expected) < 2e-2  # the activations' rounding to 8 bits
+        assert relative_error(layer(x), expected + layer.bias) < 2e-2
     again = layer.portable()
     assert torch.equal(again.qweight, portable.qweight) and torch.equal(again.scales, portable.scales)
     assert torch.equal(layer.dequantized(), reference)
     assert torch.equal(layer.dequantized(torch.bfloat16), reference.bfloat16())
     with pytest.raises(ValueError, match="within"):
         layer._native.int8_dequantize(layer.qweight, layer.scales, 5, 2)
-    rows = DEQUANTIZE_MIN_ROWS * 2 + 1  # the dense path over the tiled layout
+    rows = DEQUANTIZE_MIN_ROWS * 2 + 1  # a prompt's many rows
     x = torch.randn(rows, k).bfloat16()
     assert relative_error(layer(x), x.float() @ reference.t() + layer.bias) < 2e-2
+    assert torch.equal(layer(x[5:6]), layer(x)[5:6])  # each row as alone
 
 
 def test_int8_tiles_round_trip_with_padded_rows():
-    q = torch.randint(-127, 128, (6, 128), dtype=torch.int8)
+    q = torch.randint(-128, 128, (6, 128), dtype=torch.int8)
     tiled, scales = tile_int8(q, torch.rand(6).bfloat16())
-    assert tiled.shape == (2, 2, 4, 64) and scales.shape == (8,)
+    assert tiled.shape == (1, 2, 16, 64) and scales.shape == (16,)
+    assert tiled[0, 1, 2, 4 * 3 + 1] == (int(q[3, 64 + 4 * 2 + 1]) + 128)  # row 3, input 73, unsigned
     assert torch.equal(untile_int8(tiled)[:6], q) and (untile_int8(tiled)[6:] == 0).all()
-    assert torch.equal(untile_int8(tiled, 1, 2), torch.nn.functional.pad(q[4:], (0, 0, 0, 2)))
+    more = torch.randint(-128, 128, (40, 64), dtype=torch.int8)
+    tiled, _ = tile_int8(more, torch.ones(40))
+    assert torch.equal(untile_int8(tiled, 1, 2), more[16:32])
 
 
 @needs_native
@@ -638,3 +644,18 @@ def test_the_prompt_caches_fingerprint_counts_the_kernels_build():
     built_here = _weights_digest(model)
     layer._native = SimpleNamespace(path=Path("cpu_kernels-0123456789abcdef.so"))  # another source or compiler
     assert _weights_digest(model) != built_here
+
+
+@needs_native
+@pytest.mark.parametrize("spec", [QuantSpec("int4", 32), QuantSpec("int8")])
+def test_the_kernels_keep_a_nan_or_infinity_in_the_activations_and_take_no_rows(spec):
+    """Rounding activations to int8 must not turn a NaN or an infinity into a finite number."""
+    portable = quantize(torch.randn(16, 128) * 0.02, spec)
+    layer = QuantizedLinear(portable)
+    x = torch.randn(3, 128).bfloat16()
+    x[1, 40] = float("nan")
+    x[2, 100] = float("inf")
+    out = layer(x)
+    assert torch.isfinite(out[0]).all()
+    assert torch.isnan(out[1]).all() and not torch.isfinite(out[2]).all()
+    assert layer(torch.empty(0, 128, dtype=torch.bfloat16)).shape == (0, 16)

@@ -20,27 +20,30 @@
  * (1 instruction per 64) cheap: decoding is bound by the weights' read, and a few rows cost little more
  * than one.
  *
- * A few activation rows at once (decoding several sequences in one step): each panel or tile is read once
- * and its codes unpacked or converted once for up to MB4 (int4) or MB (int8) rows. Per output the
- * operations and their order are the one-row kernel's, so a row's result does not depend on the rows
- * beside it: a sequence decodes to the same bits alone or in a batch.
+ * A few activation rows at once (decoding several sequences in one step, or a prompt's rows): each panel
+ * is read once and its codes unpacked once for up to MB4 rows, and kept in cache for the next MB4. Per
+ * output the operations and their order are the one-row kernel's, so a row's result does not depend on
+ * the rows beside it: a sequence decodes to the same bits alone or in a batch.
  *
- * int8 weight layout ("tiled int8"), made by native.tile_int8:
- *   q       int8 [N/4][K/64][4][64]   the 4 rows of a tile, 64 inputs at a time
- *   scales  bfloat16 [N]              y[n] = scale[n] * sum_k q[n,k] x[k], summed in float32
+ * int8 weight layout ("paneled int8"), made by native.tile_int8:
+ *   q       uint8 [N/16][K/64][16][64]  16 rows by 4 inputs per 64 bytes: byte 4j + i holds row j's input
+ *                                       4s + i plus 128 (vpdpbusd's first operand is unsigned)
+ *   scales  bfloat16 [N]                y[n] = scale[n] * sum_b d[b] * sum_{k in b} q[n,k] xq[k], the
+ *                                       activations rounded as for int4 (q8_0 x q8_0, as llama.cpp's)
  */
+#include <float.h>
 #include <immintrin.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define ROWS 4  /* rows per tile (int8, bfloat16) */
-#define PANEL 16  /* int4: weight rows per panel, one per 32-bit lane */
-#define XBLOCK 32  /* int4: activation inputs per int8 scale */
-#define MB4 8  /* int4: activation rows multiplied per pass over a panel */
+#define ROWS 4  /* bfloat16: rows per tile */
+#define PANEL 16  /* int4, int8: weight rows per panel, one per 32-bit lane */
+#define XBLOCK 32  /* activation inputs per int8 scale */
+#define MB4 8  /* int4, int8: activation rows multiplied per pass over a panel */
 #define PREFETCH 2048  /* bytes ahead of the stream */
-#define MB 4  /* activation rows multiplied per pass over a tile (a few rows: batched decoding) */
-/* Tiles a thread takes at a time: handed out as threads come free (not split up front), so a thread
+/* Tiles (bfloat16; panels: a quarter as many) a thread takes at a time: handed out as threads come free (not split up front), so a thread
  * the OS takes away for a while (another busy program) does not hold up the whole product. */
 #define SHARE 16
 
@@ -67,18 +70,20 @@ static inline uint16_t float_to_bf16(float f) { /* round to nearest even, NaN st
     return (uint16_t)(u >> 16);
 }
 
-/* int4: the activations of a call quantized to int8 in blocks of XBLOCK inputs (as llama.cpp's q8_0), once
- * per row: x[i] ~ d[b] * xq[i] with d[b] = max |x| / 127 over the block. Per block also -8 * sum(xq) (the
- * codes' offset, applied in integers) and per weight group the exact float sum of x (for the zeros). */
+/* The activations of a call quantized to int8 in blocks of XBLOCK inputs (as llama.cpp's q8_0), once per
+ * row: x[i] ~ d[b] * xq[i] with d[b] = max |x| / 127 over the block. Per block also -bias * sum(xq) (the
+ * unsigned codes' bias, 8 for int4 and 128 for int8, taken off in integers) and per weight group the
+ * exact float sum of x (for int4's zeros). */
 typedef struct {
     int8_t *xq;    /* [rows][k] */
     float *d;      /* [rows][k / XBLOCK] */
-    int32_t *off;  /* [rows][k / XBLOCK]: -8 * sum(xq) over the block */
+    int32_t *off;  /* [rows][k / XBLOCK]: -bias * sum(xq) over the block */
     float *xsum;   /* [rows][groups] */
 } QuantizedRows;
 
-static int quantize_rows(const uint16_t *x, int64_t rows, int64_t k, int64_t group, QuantizedRows *out) {
+static int quantize_rows(const uint16_t *x, int64_t rows, int64_t k, int64_t group, int32_t bias, QuantizedRows *out) {
     const int64_t blocks = k / XBLOCK, groups = k / group;
+    if (rows == 0) return 0;
     out->xq = malloc((size_t)(rows * k));
     out->d = malloc(sizeof(float) * (size_t)(rows * blocks));
     out->off = malloc(sizeof(int32_t) * (size_t)(rows * blocks));
@@ -91,13 +96,14 @@ static int quantize_rows(const uint16_t *x, int64_t rows, int64_t k, int64_t gro
             const __m512 lo = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)xb)), 16));
             const __m512 hi = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(xb + 16))), 16));
             const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi)));
-            const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+            const float total = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi)));
+            const float inv = amax > 0.0f && total <= FLT_MAX ? 127.0f / amax : 0.0f;
             const __m512i qlo = _mm512_cvtps_epi32(_mm512_mul_ps(lo, _mm512_set1_ps(inv))); /* nearest, ties to even */
             const __m512i qhi = _mm512_cvtps_epi32(_mm512_mul_ps(hi, _mm512_set1_ps(inv)));
             _mm_storeu_si128((__m128i *)(out->xq + m * k + b * XBLOCK), _mm512_cvtsepi32_epi8(qlo));
             _mm_storeu_si128((__m128i *)(out->xq + m * k + b * XBLOCK + 16), _mm512_cvtsepi32_epi8(qhi));
-            out->d[m * blocks + b] = amax / 127.0f;
-            out->off[m * blocks + b] = -8 * _mm512_reduce_add_epi32(_mm512_add_epi32(qlo, qhi));
+            out->d[m * blocks + b] = total <= FLT_MAX ? amax / 127.0f : NAN; /* a NaN or infinity stays one */
+            out->off[m * blocks + b] = -bias * _mm512_reduce_add_epi32(_mm512_add_epi32(qlo, qhi));
             out->xsum[m * groups + b * XBLOCK / group] += _mm512_reduce_add_ps(_mm512_add_ps(lo, hi));
         }
     }
@@ -113,6 +119,17 @@ static void free_rows(QuantizedRows *rows) {
 
 static inline __m512 bf16x16_to_ps(const uint16_t *p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+
+/* A panel's outputs for mr activation rows into y [rows][n_padded] from index first, bfloat16 or float32. */
+static void store_rows(const float *out, int64_t mr, void *y, int64_t first, int64_t n_padded, int out_bf16) {
+    for (int64_t m = 0; m < mr; m++) {
+        const int64_t at = first + m * n_padded;
+        if (out_bf16)
+            _mm256_storeu_si256((__m256i *)((uint16_t *)y + at), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(out + m * PANEL)));
+        else
+            _mm512_storeu_ps((float *)y + at, _mm512_loadu_ps(out + m * PANEL));
+    }
 }
 
 /* One panel (PANEL weight rows, one per 32-bit lane) against mr (<= MB4) activation rows. For each block of 8
@@ -166,8 +183,8 @@ int glm_int4_matmul(const uint8_t *q, const uint16_t *scales, const uint16_t *ze
                     void *y, int64_t rows, int64_t n_padded, int64_t k, int64_t group, int out_bf16,
                     int threads) {
     const int64_t groups = k / group, panels = n_padded / PANEL;
-    QuantizedRows xr;
-    if (quantize_rows(x, rows, k, group, &xr)) {
+    QuantizedRows xr = {0};
+    if (quantize_rows(x, rows, k, group, 8, &xr)) {
         free_rows(&xr);
         return -1;
     }
@@ -188,101 +205,75 @@ int glm_int4_matmul(const uint8_t *q, const uint16_t *scales, const uint16_t *ze
                 case 7: panel_dot(qp, sp, zp, &xr, m0, 7, k, group, out); break;
                 default: panel_dot(qp, sp, zp, &xr, m0, 8, k, group, out); break;
             }
-            for (int64_t m = 0; m < mr; m++) {
-                const int64_t at = (m0 + m) * n_padded + p * PANEL;
-                if (out_bf16)
-                    _mm256_storeu_si256((__m256i *)((uint16_t *)y + at), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(out + m * PANEL)));
-                else
-                    _mm512_storeu_ps((float *)y + at, _mm512_loadu_ps(out + m * PANEL));
-            }
+            store_rows(out, mr, y, (m0 * n_padded) + p * PANEL, n_padded, out_bf16);
         }
     }
     free_rows(&xr);
     return 0;
 }
 
-/* One int8 tile (ROWS rows) against one activation row given in float32. */
-static void tile_dot_int8(const int8_t *q, const float *x, int64_t k, float out[ROWS]) {
-    __m512 acc[ROWS];
-    for (int r = 0; r < ROWS; r++) acc[r] = _mm512_setzero_ps();
-    const int64_t chunks = k / 64;
-    for (int64_t c = 0; c < chunks; c++) {
-        const int8_t *qc = q + c * ROWS * 64;
-        _mm_prefetch((const char *)(qc + PREFETCH), _MM_HINT_T0);
-        _mm_prefetch((const char *)(qc + PREFETCH + 64), _MM_HINT_T0);
-        _mm_prefetch((const char *)(qc + PREFETCH + 128), _MM_HINT_T0);
-        _mm_prefetch((const char *)(qc + PREFETCH + 192), _MM_HINT_T0);
-        const float *xc = x + 64 * c;
-        for (int part = 0; part < 4; part++) {
-            const __m512 xv = _mm512_loadu_ps(xc + 16 * part);
-            for (int r = 0; r < ROWS; r++) {
-                const __m128i b = _mm_loadu_si128((const __m128i *)(qc + 64 * r + 16 * part));
-                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)), xv, acc[r]);
+/* int8: one panel (PANEL weight rows, one per 32-bit lane; codes stored plus 128, unsigned) against mr (<= MB4)
+ * activation rows quantized as for int4: per 4 inputs 64 bytes, one vpdpbusd per activation row and no
+ * unpacking. Integer sums per activation block (started at -128 * sum(xq)), scaled by d per block and by the
+ * row's scale at the end. As panel_dot, a row's result does not depend on mr. */
+static inline __attribute__((always_inline)) void panel_dot_int8(
+    const uint8_t *q, const uint16_t *scales, const QuantizedRows *x, int64_t m0, const int mr, int64_t k,
+    float *out /* [mr][PANEL] */) {
+    const int64_t blocks = k / XBLOCK, steps = XBLOCK / 4;
+    __m512 acc[MB4];
+    for (int m = 0; m < mr; m++) acc[m] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < blocks; b++) {
+        __m512i dot[MB4];
+        for (int m = 0; m < mr; m++) dot[m] = _mm512_set1_epi32(x->off[(m0 + m) * blocks + b]);
+        for (int64_t s = 0; s < steps; s++) {
+            const int64_t at = b * XBLOCK + 4 * s; /* first input of this step */
+            const uint8_t *qs = q + at * PANEL;     /* 64 bytes per 4 inputs */
+            _mm_prefetch((const char *)(qs + PREFETCH), _MM_HINT_T0);
+            const __m512i w = _mm512_loadu_si512(qs);
+            for (int m = 0; m < mr; m++) {
+                int32_t x4;
+                memcpy(&x4, x->xq + (m0 + m) * k + at, 4);
+                dot[m] = _mm512_dpbusd_epi32(dot[m], w, _mm512_set1_epi32(x4));
             }
         }
+        for (int m = 0; m < mr; m++)
+            acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[m]), _mm512_set1_ps(x->d[(m0 + m) * blocks + b]), acc[m]);
     }
-    for (int r = 0; r < ROWS; r++) out[r] = _mm512_reduce_add_ps(acc[r]);
+    const __m512 scale = bf16x16_to_ps(scales);
+    for (int m = 0; m < mr; m++) _mm512_storeu_ps(out + m * PANEL, _mm512_mul_ps(acc[m], scale));
 }
 
-/* int8: each 16 codes converted once, multiplied into every activation row (per tile row and activation
- * row in tile_dot_int8's order: bit-identical to the one-row product). */
-static inline __attribute__((always_inline)) void tile_dot_int8_rows(const int8_t *q, const float *x, const int mr,
-                                                                     int64_t k, float *out) {
-    __m512 acc[ROWS][MB];
-    for (int r = 0; r < ROWS; r++)
-        for (int m = 0; m < mr; m++) acc[r][m] = _mm512_setzero_ps();
-    const int64_t chunks = k / 64;
-    for (int64_t c = 0; c < chunks; c++) {
-        const int8_t *qc = q + c * ROWS * 64;
-        _mm_prefetch((const char *)(qc + PREFETCH), _MM_HINT_T0);
-        _mm_prefetch((const char *)(qc + PREFETCH + 64), _MM_HINT_T0);
-        _mm_prefetch((const char *)(qc + PREFETCH + 128), _MM_HINT_T0);
-        _mm_prefetch((const char *)(qc + PREFETCH + 192), _MM_HINT_T0);
-        for (int part = 0; part < 4; part++) {
-            __m512 xv[MB];
-            for (int m = 0; m < mr; m++) xv[m] = _mm512_loadu_ps(x + m * k + 64 * c + 16 * part);
-            for (int r = 0; r < ROWS; r++) {
-                const __m512 w = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(qc + 64 * r + 16 * part))));
-                for (int m = 0; m < mr; m++) acc[r][m] = _mm512_fmadd_ps(w, xv[m], acc[r][m]);
-            }
-        }
-    }
-    for (int r = 0; r < ROWS; r++)
-        for (int m = 0; m < mr; m++) out[m * ROWS + r] = _mm512_reduce_add_ps(acc[r][m]);
-}
-
-/* y[m, n] = scale[n] * sum_k x[m, k] q[n, k]; shapes and outputs as glm_int4_matmul (k a multiple of 64). */
-int glm_int8_matmul(const int8_t *q, const uint16_t *scales, const uint16_t *x, void *y, int64_t rows,
+/* y[m, n] = scale[n] * sum_k x[m, k] q[n, k], x quantized as for int4; shapes and outputs as glm_int4_matmul
+ * (k a multiple of 64). */
+int glm_int8_matmul(const uint8_t *q, const uint16_t *scales, const uint16_t *x, void *y, int64_t rows,
                     int64_t n_padded, int64_t k, int out_bf16, int threads) {
-    const int64_t tiles = n_padded / ROWS;
-    float *xf = malloc(sizeof(float) * (size_t)(rows * k));
-    if (xf == NULL) return -1;
-    for (int64_t i = 0; i < rows * k; i++) xf[i] = bf16_to_float(x[i]);
-#pragma omp parallel for schedule(dynamic, SHARE) num_threads(threads)
-    for (int64_t t = 0; t < tiles; t++) {
-        const int8_t *qt = q + t * (k / 64) * ROWS * 64;
-        for (int64_t m0 = 0; m0 < rows; m0 += MB) {
-            const int64_t mr = rows - m0 < MB ? rows - m0 : MB;
-            const float *xm = xf + m0 * k;
-            float out[MB * ROWS];
+    const int64_t panels = n_padded / PANEL;
+    QuantizedRows xr = {0};
+    if (quantize_rows(x, rows, k, k, 128, &xr)) {
+        free_rows(&xr);
+        return -1;
+    }
+#pragma omp parallel for schedule(dynamic, SHARE / 4) num_threads(threads)
+    for (int64_t p = 0; p < panels; p++) {
+        const uint8_t *qp = q + p * k * PANEL;
+        const uint16_t *sp = scales + p * PANEL;
+        for (int64_t m0 = 0; m0 < rows; m0 += MB4) {
+            const int64_t mr = rows - m0 < MB4 ? rows - m0 : MB4;
+            float out[MB4 * PANEL];
             switch (mr) {
-                case 1: tile_dot_int8(qt, xm, k, out); break;
-                case 2: tile_dot_int8_rows(qt, xm, 2, k, out); break;
-                case 3: tile_dot_int8_rows(qt, xm, 3, k, out); break;
-                default: tile_dot_int8_rows(qt, xm, 4, k, out); break;
+                case 1: panel_dot_int8(qp, sp, &xr, m0, 1, k, out); break;
+                case 2: panel_dot_int8(qp, sp, &xr, m0, 2, k, out); break;
+                case 3: panel_dot_int8(qp, sp, &xr, m0, 3, k, out); break;
+                case 4: panel_dot_int8(qp, sp, &xr, m0, 4, k, out); break;
+                case 5: panel_dot_int8(qp, sp, &xr, m0, 5, k, out); break;
+                case 6: panel_dot_int8(qp, sp, &xr, m0, 6, k, out); break;
+                case 7: panel_dot_int8(qp, sp, &xr, m0, 7, k, out); break;
+                default: panel_dot_int8(qp, sp, &xr, m0, 8, k, out); break;
             }
-            for (int64_t m = 0; m < mr; m++)
-                for (int r = 0; r < ROWS; r++) {
-                    const int64_t at = (m0 + m) * n_padded + t * ROWS + r;
-                    const float value = out[m * ROWS + r] * bf16_to_float(scales[t * ROWS + r]);
-                    if (out_bf16)
-                        ((uint16_t *)y)[at] = float_to_bf16(value);
-                    else
-                        ((float *)y)[at] = value;
-                }
+            store_rows(out, mr, y, (m0 * n_padded) + p * PANEL, n_padded, out_bf16);
         }
     }
-    free(xf);
+    free_rows(&xr);
     return 0;
 }
 
@@ -322,21 +313,27 @@ void glm_int4_dequantize(const uint8_t *q, const uint16_t *scales, const uint16_
     }
 }
 
-/* The same for the tiled int8 weight (scale per row). */
-void glm_int8_dequantize(const int8_t *q, const uint16_t *scales, uint16_t *out, int64_t first_tile,
-                         int64_t tiles, int64_t k, int threads) {
-    const int64_t chunks = k / 64;
+/* The same for the paneled int8 weight (scale per row). */
+void glm_int8_dequantize(const uint8_t *q, const uint16_t *scales, uint16_t *out, int64_t first_panel,
+                         int64_t panels, int64_t k, int threads) {
+    /* a row's 4 bytes in each of 16 consecutive steps (64 inputs): 64 bytes apart */
+    const __m512i step = _mm512_setr_epi32(0, 64, 128, 192, 256, 320, 384, 448, 512, 576, 640, 704, 768, 832, 896, 960);
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t t = first_tile; t < first_tile + tiles; t++) {
-        const int8_t *qt = q + t * chunks * ROWS * 64;
-        for (int r = 0; r < ROWS; r++) {
-            uint16_t *row = out + ((t - first_tile) * ROWS + r) * k;
-            const __m512 scale = _mm512_set1_ps(bf16_to_float(scales[t * ROWS + r]));
-            for (int64_t c = 0; c < chunks; c++) {
+    for (int64_t p = first_panel; p < first_panel + panels; p++) {
+        const uint8_t *qp = q + p * k * PANEL;
+        for (int64_t c = 0; c < k; c += 64) {
+            for (int j = 0; j < PANEL; j++) {
+                uint16_t *row = out + ((p - first_panel) * PANEL + j) * k + c;
+                const __m512 scale = _mm512_set1_ps(bf16_to_float(scales[p * PANEL + j]));
+                /* 64 codes plus 128: flipping the top bit gives them back signed */
+                const __m512i codes = _mm512_xor_si512(_mm512_i32gather_epi32(step, (const int *)(qp + c * PANEL + 4 * j), 1),
+                                                       _mm512_set1_epi8((char)0x80));
+                int8_t bytes[64] __attribute__((aligned(64)));
+                _mm512_store_si512(bytes, codes);
                 for (int part = 0; part < 4; part++) {
-                    const __m128i b = _mm_loadu_si128((const __m128i *)(qt + c * ROWS * 64 + 64 * r + 16 * part));
+                    const __m128i b = _mm_load_si128((const __m128i *)(bytes + 16 * part));
                     const __m512 w = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)), scale);
-                    _mm256_storeu_si256((__m256i *)(row + 64 * c + 16 * part), (__m256i)_mm512_cvtneps_pbh(w));
+                    _mm256_storeu_si256((__m256i *)(row + 16 * part), (__m256i)_mm512_cvtneps_pbh(w));
                 }
             }
         }

@@ -2,15 +2,14 @@
 
 torch's CPU int4 kernel dequantizes in float32 and reads about 20-22 GB/s at ChatGLM3-6B's
 shapes on 2 AVX-512 cores, and its int8 kernel about 18-22: decoding is bound by arithmetic, not
-memory. The int4 kernel rounds the activations to int8 per block of 32 (llama.cpp's q8_0) and
-multiplies them by the 4-bit codes with AVX-512 VNNI (``vpdpbusd``: 64 products an instruction, the
-codes of 16 weight rows in one register), applying scales and zeros once per block and group: one
-row reads 39-48 GB/s on one matrix (the old bfloat16 version 33), 4 rows cost 1.2-1.5x one row
-(was 2.0-2.4x), and 128 rows beat the dequantized bfloat16 product by 2-3x, so it does prefill too.
-The int8 kernel widens the codes to float32 for one fused multiply-add each (19-22 GB/s on one
-matrix, but 1.6-1.8x torch's kernel in the whole model). Both stream the weights in one pass over a
-layout made at load (see the C file). ``bf16_matmul`` does the same for plain bfloat16 weights (30-35
-GB/s, oneDNN's packed product 24-27), and the ``*_dequantize`` loops feed prefill's dense products.
+memory. Ours round the activations to int8 per block of 32 (llama.cpp's q8_0) and multiply them by
+the codes with AVX-512 VNNI (``vpdpbusd``: 64 products an instruction, 16 weight rows per register;
+int4 codes unpacked with 3 instructions per 128), applying scales (and int4's zeros) once per block
+and group. One row of int4 reads 39-48 GB/s on one matrix (the bfloat16-activation version before
+it 33); 4 rows cost 1.2-1.5x one row (was 2.0-2.4x), and 128 rows beat the dequantized bfloat16
+product by 2-3x, so the kernels do prefill too. Both stream the weights in one pass over a layout
+made at load (see the C file). ``bf16_matmul`` does the same for plain bfloat16 weights (30-35 GB/s,
+oneDNN's packed product 24-27), and the ``*_dequantize`` loops give the weights back in bfloat16.
 
 The kernels are compiled with the system C compiler (``$CC``, else ``cc``/``gcc``) into
 ``$XDG_CACHE_HOME/glm-agent/kernels`` (once per source and compiler) and used only where the
@@ -44,8 +43,8 @@ __all__ = ["NativeKernels", "native_kernels", "tile_int4", "tile_int8", "untile_
 
 SOURCE = Path(__file__).with_name("kernels.c")
 FLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mavx512vnni", "-fopenmp", "-fPIC", "-shared")
-ROWS = 4  # rows per tile of the int8 and bfloat16 layouts (ROWS in the C file)
-INT4_ROWS = 16  # rows per panel of the int4 layout (PANEL in the C file)
+ROWS = 4  # rows per tile of the bfloat16 kernel (ROWS in the C file)
+PANEL_ROWS = 16  # rows per panel of the int4 and int8 layouts (PANEL in the C file)
 CHUNK = 64  # inputs per step of the stream
 _TILE_ROWS_AT_ONCE = 4096  # rows re-laid out at a time (bounds the unpacked temporaries)
 
@@ -82,7 +81,7 @@ class NativeKernels:
         out_dtype: torch.dtype = torch.bfloat16,
     ) -> torch.Tensor:
         """``x W^T`` for contiguous bfloat16 ``x [M, K]``: ``[M, out_rows]`` in ``out_dtype`` (bfloat16 or float32)."""
-        rows, k, out = self._prepare("int4", q, x, out_dtype, INT4_ROWS)
+        rows, k, out = self._prepare("int4", q, x, out_dtype, PANEL_ROWS)
         status = self._int4(
             q.data_ptr(),
             scales.data_ptr(),
@@ -107,7 +106,7 @@ class NativeKernels:
         out_dtype: torch.dtype = torch.bfloat16,
     ) -> torch.Tensor:
         """``x W^T`` over tiled int8 weights with one bfloat16 scale per (padded) row; as :meth:`int4_matmul`."""
-        rows, k, out = self._prepare("int8", q, x, out_dtype, ROWS)
+        rows, k, out = self._prepare("int8", q, x, out_dtype, PANEL_ROWS)
         status = self._int8(
             q.data_ptr(),
             scales.data_ptr(),
@@ -136,7 +135,7 @@ class NativeKernels:
         self, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, first_tile: int, tiles: int, group: int
     ) -> torch.Tensor:
         """Rows of panels ``[first_tile, first_tile + tiles)`` as bfloat16 ``[16 * tiles, K]`` (for dense prefill)."""
-        k, out = self._dequantized_rows(q, first_tile, tiles, INT4_ROWS)
+        k, out = self._dequantized_rows(q, first_tile, tiles, PANEL_ROWS)
         self._int4_dequantize(
             q.data_ptr(),
             scales.data_ptr(),
@@ -152,7 +151,7 @@ class NativeKernels:
 
     def int8_dequantize(self, q: torch.Tensor, scales: torch.Tensor, first_tile: int, tiles: int) -> torch.Tensor:
         """As :meth:`int4_dequantize`, for the tiled int8 weight."""
-        k, out = self._dequantized_rows(q, first_tile, tiles, ROWS)
+        k, out = self._dequantized_rows(q, first_tile, tiles, PANEL_ROWS)
         self._int8_dequantize(
             q.data_ptr(), scales.data_ptr(), out.data_ptr(), first_tile, tiles, k, torch.get_num_threads()
         )
@@ -185,27 +184,32 @@ class NativeKernels:
 
 
 def tile_int8(q: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The int8 kernel's layout: ``q [N, K]`` (K a multiple of 64) as ``[tiles, K / 64, 4, 64]``, scales padded.
+    """The int8 kernel's layout: ``q [N, K]`` (K a multiple of 64) as uint8 ``[panels, K / 64, 16, 64]``, scales padded.
 
-    Padding rows are zero weights with scale 1.
+    In each 64 bytes, byte ``4 j + i`` holds row ``j``'s input ``4 s + i`` plus 128 (the kernel's
+    products take unsigned codes). Padding rows are zero weights with scale 1.
     """
     rows, cols = q.shape
-    padded = -(-rows // ROWS) * ROWS
-    tiled = _empty_weight((padded // ROWS, cols // CHUNK, ROWS, CHUNK), torch.int8)
+    padded = -(-rows // PANEL_ROWS) * PANEL_ROWS
+    tiled = _empty_weight((padded // PANEL_ROWS, cols // CHUNK, PANEL_ROWS, CHUNK), torch.uint8)
     for start in range(0, padded, _TILE_ROWS_AT_ONCE):
         end = min(start + _TILE_ROWS_AT_ONCE, padded)
         part = q[start : min(end, rows)]
         if part.shape[0] < end - start:
             part = torch.nn.functional.pad(part, (0, 0, 0, end - start - part.shape[0]))
-        tiled[start // ROWS : end // ROWS] = part.view(-1, ROWS, cols // CHUNK, CHUNK).transpose(1, 2)
+        unsigned = part.view(torch.uint8) ^ 0x80  # two's complement plus 128
+        steps = unsigned.view(-1, PANEL_ROWS, cols // 4, 4).permute(0, 2, 1, 3)  # [panels, step s, row j, i]
+        tiled[start // PANEL_ROWS : end // PANEL_ROWS] = steps.reshape(-1, cols // CHUNK, PANEL_ROWS, CHUNK)
     padded_scales = torch.nn.functional.pad(scales.to(torch.bfloat16), (0, padded - rows), value=1.0)
     return tiled, padded_scales.contiguous()
 
 
 def untile_int8(q: torch.Tensor, start_tile: int = 0, end_tile: int | None = None) -> torch.Tensor:
-    """Codes ``int8 [4 * tiles, K]`` of tiles ``[start_tile, end_tile)`` (the inverse of :func:`tile_int8`)."""
+    """Codes ``int8 [16 * panels, K]`` of panels ``[start_tile, end_tile)`` (the inverse of :func:`tile_int8`)."""
     part = q[start_tile:end_tile]
-    return part.transpose(1, 2).reshape(part.shape[0] * ROWS, -1)
+    panels, chunks = part.shape[0], part.shape[1]
+    steps = (part ^ 0x80).view(torch.int8).reshape(panels, chunks * CHUNK // 4, PANEL_ROWS, 4)
+    return steps.permute(0, 2, 1, 3).reshape(panels * PANEL_ROWS, chunks * CHUNK)
 
 
 def tile_int4(
@@ -217,17 +221,17 @@ def tile_int4(
     with zero weights. Returns ``(q [panels, cols / 64, 8, 64], scales, zeros [panels, G, 16] bfloat16)``:
     in each 64 bytes, byte ``4 j + i`` holds row ``j``'s input ``8 b + i`` (low nibble) and ``8 b + 4 + i``.
     """
-    padded = -(-rows // INT4_ROWS) * INT4_ROWS
-    q = _empty_weight((padded // INT4_ROWS, cols // CHUNK, 8, CHUNK), torch.uint8)
+    padded = -(-rows // PANEL_ROWS) * PANEL_ROWS
+    q = _empty_weight((padded // PANEL_ROWS, cols // CHUNK, 8, CHUNK), torch.uint8)
     for start in range(0, padded, _TILE_ROWS_AT_ONCE):
         end = min(start + _TILE_ROWS_AT_ONCE, padded)
         values = values_of(start, min(end, rows))
         if values.shape[0] < end - start:  # zero rows: code 8 with scale 1 and zero 0
             values = torch.nn.functional.pad(values, (0, 0, 0, end - start - values.shape[0]), value=8)
-        v = values.view(-1, INT4_ROWS, cols // 8, 2, 4)  # [panels, row j, block b, half, i]
+        v = values.view(-1, PANEL_ROWS, cols // 8, 2, 4)  # [panels, row j, block b, half, i]
         packed = v[:, :, :, 0] | (v[:, :, :, 1] << 4)  # [panels, j, b, i]
-        q[start // INT4_ROWS : end // INT4_ROWS] = packed.permute(0, 2, 1, 3).reshape(-1, cols // CHUNK, 8, CHUNK)
-    return q, _tile_groups(scales, padded, 1.0, INT4_ROWS), _tile_groups(zeros, padded, 0.0, INT4_ROWS)
+        q[start // PANEL_ROWS : end // PANEL_ROWS] = packed.permute(0, 2, 1, 3).reshape(-1, cols // CHUNK, 8, CHUNK)
+    return q, _tile_groups(scales, padded, 1.0, PANEL_ROWS), _tile_groups(zeros, padded, 0.0, PANEL_ROWS)
 
 
 def _empty_weight(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -249,9 +253,9 @@ def untile_int4(q: torch.Tensor, start_tile: int = 0, end_tile: int | None = Non
     """Codes ``uint8 [16 * panels, cols]`` of panels ``[start_tile, end_tile)`` (the inverse of :func:`tile_int4`)."""
     part = q[start_tile:end_tile]  # [panels, chunks, 8, 64]
     panels, chunks = part.shape[0], part.shape[1]
-    blocks = part.reshape(panels, chunks * 8, INT4_ROWS, 4)  # [panels, block b, row j, i]
+    blocks = part.reshape(panels, chunks * 8, PANEL_ROWS, 4)  # [panels, block b, row j, i]
     values = torch.stack((blocks & 0x0F, blocks >> 4), dim=3)  # [panels, b, j, half, i]
-    return values.permute(0, 2, 1, 3, 4).reshape(panels * INT4_ROWS, chunks * CHUNK)
+    return values.permute(0, 2, 1, 3, 4).reshape(panels * PANEL_ROWS, chunks * CHUNK)
 
 
 def untile_groups(t: torch.Tensor) -> torch.Tensor:

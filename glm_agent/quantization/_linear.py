@@ -9,11 +9,11 @@ columns up to a multiple of 32 and the inputs are padded to match; the int4 pack
 in multiples of 16 (we pad to 64, which keeps its blocked layout uniform). Elsewhere (another device, a torch without the kernels) the weight
 stays portable and is dequantized for each product: slower, never wrong.
 
-torch's kernels and glm-agent's int8 kernel are matrix-vector engines: for many rows at once
-(prefill) torch's are 2-4x slower than a bfloat16 matrix product (measured at 13696x4096, 600 rows),
-so products over at least ``DEQUANTIZE_MIN_ROWS`` rows dequantize the weight to the activations' dtype
-and use ``F.linear``. glm-agent's int4 kernel, which multiplies int8-quantized activations with VNNI,
-is faster than that product at every row count, so it takes prefill too.
+torch's kernels are matrix-vector engines: for many rows at once (prefill) they are 2-4x slower than
+a bfloat16 matrix product (measured at 13696x4096, 600 rows), so products over at least
+``DEQUANTIZE_MIN_ROWS`` rows dequantize the weight to the activations' dtype and use ``F.linear``.
+glm-agent's kernels, which multiply int8-rounded activations with VNNI, are faster than that product
+at every row count, so they take prefill too.
 """
 
 from __future__ import annotations
@@ -38,15 +38,12 @@ _INT8_K_MULTIPLE = 32  # the int8 kernel's input dimension is padded to a multip
 _INT4_N_MULTIPLE = 64  # the int4 packing's row block on AVX-512
 _DENSE_BLOCK_ROWS = 2048  # output rows dequantized at a time for a dense product (a multiple of 64)
 DEQUANTIZE_MIN_ROWS = 64  # products over this many rows dequantize and use a dense product (kernels: 2.4-2.9x slower than bf16 at 64 rows)
-# the same for glm-agent's int8 kernel, which multiplies up to 4 rows per pass over a tile: at 13696x4096
-# and 2 threads it and the dequantized product cost the same at 32 rows (17.1 vs 17.2 ms); below that a
-# row's result is also bit-identical to the row alone (batched decoding)
-NATIVE_DEQUANTIZE_MIN_ROWS = 32
-# glm-agent's int4 kernel (int8 activations, VNNI) is faster than the dequantized bfloat16 product at
-# every row count measured: at 13696x4096 and 4096x13696, 2 threads, 16 rows 3.0 vs 14.5 and 2.9 vs 46 ms,
-# 128 rows 22 vs 44 and 22 vs 74 ms, 512 rows 88 vs 143 and 92 vs 173 ms (its products are 64 per
-# instruction, bfloat16's 32). So it takes prefill too, and every row is the row alone to the bit.
-NATIVE_INT4_DEQUANTIZE_MIN_ROWS = sys.maxsize
+# glm-agent's int4 and int8 kernels (int8 activations, VNNI) are faster than the dequantized bfloat16
+# product at every row count measured, at 13696x4096 and 4096x13696 on 2 threads: int4 16 rows 3.0 vs
+# 14.5 and 2.9 vs 46 ms, 128 rows 22 vs 44 and 22 vs 74 ms, 512 rows 88 vs 143 and 92 vs 173 ms; int8
+# 16 rows 3.6 vs 18 and 3.4 vs 50 ms, 512 rows 81 vs 144 and 79 vs 181 ms (their products are 64 per
+# instruction, bfloat16's 32). So they take prefill too, and every row is the row alone to the bit.
+NATIVE_DEQUANTIZE_MIN_ROWS = sys.maxsize
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _warned: set[str] = set()
 
@@ -156,17 +153,15 @@ class QuantizedLinear(torch.nn.Module):
     def _pack_native(self, weight: PortableWeight, kernels: _native.NativeKernels) -> None:
         """glm-agent's kernels' tiled layouts (input dimension padded to a multiple of 64 with zeros)."""
         self._native = kernels
-        self._dense_min_rows = (
-            NATIVE_INT4_DEQUANTIZE_MIN_ROWS if weight.scheme == "int4" else NATIVE_DEQUANTIZE_MIN_ROWS
-        )
+        self._dense_min_rows = NATIVE_DEQUANTIZE_MIN_ROWS
         if weight.scheme == "int8":
             q = weight.qweight
             if q.shape[1] % _native.CHUNK:
                 self._padded_in = -(-q.shape[1] // _native.CHUNK) * _native.CHUNK
                 q = F.pad(q, (0, self._padded_in - q.shape[1]))
             tiled, scales = _native.tile_int8(q, weight.scales)
-            self.register_buffer("qweight", tiled)  # [tiles, K / 64, 4, 64]
-            self.register_buffer("scales", scales)  # [tiles * 4]
+            self.register_buffer("qweight", tiled)  # [panels, K / 64, 16, 64]
+            self.register_buffer("scales", scales)  # [panels * 16]
             self.register_buffer("zeros", None)
             self.backend = "int8_native"
         else:
@@ -197,8 +192,8 @@ class QuantizedLinear(torch.nn.Module):
 
     @property
     def _tile_rows(self) -> int:
-        """Weight rows per tile (int8) or panel (int4) of glm-agent's kernels' layouts."""
-        return _native.INT4_ROWS if self.backend == "int4_native" else _native.ROWS
+        """Weight rows per panel of glm-agent's int4 and int8 kernels' layouts."""
+        return _native.PANEL_ROWS
 
     @property
     def weight_bytes(self) -> int:
