@@ -295,3 +295,36 @@ def test_reset_cache_while_generating_keeps_the_running_sequence(tokenizer):
     "".join(stream)
     assert stream.stats.output_ids == expected
     assert model.cache_info()["blocks"] > 0  # what it computed was stored when it finished
+
+
+_EXIT_MID_GENERATION = """
+import sys, threading
+from glm_agent.chatglm3 import ChatGLM3Tokenizer
+from glm_agent.chatglm3.checkpoint import load_model
+from glm_agent.models import LocalModel
+model = LocalModel(load_model(sys.argv[1], dtype="float32", device="cpu", progress=False), ChatGLM3Tokenizer(sys.argv[2]))
+model.stop_ids = frozenset()
+streams = [model.stream_ids([100 + i] * (40 + 30 * i), temperature=0, max_new_tokens=4000) for i in range(3)]
+next(streams[0])  # the engine is stepping: one sequence decodes, another prefills, one waits
+print("exiting", flush=True)
+"""
+
+
+def test_the_interpreter_exits_cleanly_while_the_engine_steps():
+    """A script that ends mid-generation stops the engine's thread at exit (a daemon thread killed inside
+    torch as the interpreter finalizes aborts the process: "terminate called without an active exception")."""
+    import subprocess
+    import sys
+
+    from tests._data import REPO, TOKENIZER
+
+    for _ in range(3):
+        done = subprocess.run(
+            [sys.executable, "-c", _EXIT_MID_GENERATION, str(TINY), str(TOKENIZER)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0 and done.stdout == "exiting\n", done.stderr[-2000:]
+        assert "terminate" not in done.stderr

@@ -15,7 +15,7 @@
  * w = (q - 8) * scale + zero and x ~ d * xq,
  *   y[n] = sum_g scale[n,g] * sum_{blocks b in g} d[b] * sum_{k in b} (q[n,k] - 8) xq[k]  +  zero[n,g] * sum_{k in g} x[k]
  * The block sums are exact integers. Against bfloat16 activations this adds the activations' rounding to
- * 8 bits per block (about 0.3% of a product's size on Gaussian activations; the int4 weights' own error is
+ * 8 bits per block (about 0.5% of a product's size on Gaussian activations; the int4 weights' own error is
  * some 10%), and it makes the unpacking (3 instructions per 128 codes) and each activation row's products
  * (1 instruction per 64) cheap: decoding is bound by the weights' read, and a few rows cost little more
  * than one.

@@ -5,9 +5,10 @@ shapes on 2 AVX-512 cores, and its int8 kernel about 18-22: decoding is bound by
 memory. Ours round the activations to int8 per block of 32 (llama.cpp's q8_0) and multiply them by
 the codes with AVX-512 VNNI (``vpdpbusd``: 64 products an instruction, 16 weight rows per register;
 int4 codes unpacked with 3 instructions per 128), applying scales (and int4's zeros) once per block
-and group. One row of int4 reads 39-48 GB/s on one matrix (the bfloat16-activation version before
-it 33); 4 rows cost 1.2-1.5x one row (was 2.0-2.4x), and 128 rows beat the dequantized bfloat16
-product by 2-3x, so the kernels do prefill too. Both stream the weights in one pass over a layout
+and group. One row reads 39-48 GB/s on one int4 matrix (the bfloat16-activation kernel before it
+33) and 35 on an int8 one (the float32 kernel before it 19-22); 4 rows cost 1.3x one row in int4
+and 1.15x in int8 (were 2.0-2.4x and 1.4-1.6x), and 128 rows beat the dequantized bfloat16 product
+by 2-4x, so the kernels do prefill too. Both stream the weights in one pass over a layout
 made at load (see the C file). ``bf16_matmul`` does the same for plain bfloat16 weights (30-35 GB/s,
 oneDNN's packed product 24-27), and the ``*_dequantize`` loops give the weights back in bfloat16.
 

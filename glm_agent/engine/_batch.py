@@ -17,10 +17,12 @@ it. A seat outlives its job, so a conversation's next prompt finds its last sequ
 
 from __future__ import annotations
 
+import atexit
 import logging
 import queue
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -192,6 +194,8 @@ class BatchEngine:
         self._running: list[_Running] = []
         self._calls: deque[tuple[Callable[[], Any], queue.SimpleQueue[tuple[Any, ...]]]] = deque()
         self._cond = threading.Condition()
+        self._closing = False
+        _ENGINES.add(self)
         self._thread: threading.Thread | None = None
         self._decode_step_s: float | None = None  # a decode-only step, measured
         self._prefill_token_s: float | None = None  # one more prefill token in a step, measured
@@ -228,7 +232,22 @@ class BatchEngine:
         with self._cond:
             return {"running": len(self._running), "waiting": len(self._waiting), "max_batch": self.max_batch}
 
+    def stop(self, timeout: float = 120.0) -> None:
+        """End every job (``closed``) and the loop's thread, after the step under way; wait for it.
+
+        Run at interpreter exit for every engine: a daemon thread stopped inside torch or a kernel as
+        the interpreter finalizes aborts the process ("terminate called without an active exception").
+        """
+        with self._cond:
+            self._closing = True
+            thread = self._thread
+            self._cond.notify()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
     def _wake(self) -> None:
+        if self._closing:
+            raise RuntimeError("the engine has stopped (the interpreter is exiting)")
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="glm-agent-engine", daemon=True)
             self._thread.start()
@@ -239,10 +258,14 @@ class BatchEngine:
         torch.set_num_threads(self.threads.current)  # a new thread starts from the default, not the caller's setting
         while True:
             with self._cond:
-                while not (self._waiting or self._running or self._calls):
+                while not (self._waiting or self._running or self._calls or self._closing):
                     if not self._cond.wait(_IDLE_EXIT_S) and not (self._waiting or self._running or self._calls):
                         self._thread = None
                         return
+                if self._closing:
+                    self._close_all()
+                    self._thread = None
+                    return
                 calls = list(self._calls)
                 self._calls.clear()
             for fn, answer in calls:
@@ -408,6 +431,17 @@ class BatchEngine:
         self._idle.append(seat)
         running.job.events.put(("end", reason, error))
 
+    def _close_all(self) -> None:
+        """(Under the lock.) Every job ends ``closed``; a waiting call gets an error."""
+        for running in list(self._running):
+            self._running.remove(running)
+            running.seat.cache.reset()  # its buffer may be mid-sequence: never kept
+            running.job.events.put(("end", "closed", None))
+        while self._waiting:
+            self._waiting.popleft().events.put(("end", "closed", None))
+        while self._calls:
+            self._calls.popleft()[1].put((False, RuntimeError("the engine has stopped (the interpreter is exiting)")))
+
     def clear(self) -> None:
         """Forget the idle seats' buffers and every stored block not in use (on the engine's thread: use
         :meth:`call`); running generations keep theirs."""
@@ -416,3 +450,12 @@ class BatchEngine:
         store = self.seats[0].cache.store
         if store is not None:
             store.clear()
+
+
+_ENGINES: weakref.WeakSet[BatchEngine] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_engines() -> None:
+    for engine in list(_ENGINES):
+        engine.stop()
