@@ -60,7 +60,7 @@ def p95(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))] if ordered else float("nan")
 
 
-def build(shape: str, quantize: str) -> Any:
+def build(shape: str, quantize: str, step_ratio: float) -> Any:
     import torch
     from _chatglm3_shaped import random_model, random_model_6b, tokenizer
 
@@ -70,7 +70,7 @@ def build(shape: str, quantize: str) -> Any:
         weights = random_model_6b(quantize if quantize != "none" else "bf16")
     else:  # the 100M model in bfloat16 (--quantize is for the 6B shape)
         weights = random_model(torch.bfloat16)
-    model = LocalModel(weights, tokenizer(), prefix_cache=False, temperature=0, max_batch=16)
+    model = LocalModel(weights, tokenizer(), prefix_cache=False, temperature=0, max_batch=16, step_ratio=step_ratio)
     model.stop_ids = frozenset()
     return model
 
@@ -184,6 +184,12 @@ def main() -> None:
     parser.add_argument("--contention", type=int, default=0, help="busy processes beside the run (yes > /dev/null)")
     parser.add_argument("--scenarios", default="together,staggered")
     parser.add_argument(
+        "--step-ratio",
+        type=float,
+        default=2.0,
+        help="LocalModel's step_ratio: a step with prefill vs a decode-only step",
+    )
+    parser.add_argument(
         "--peer",
         choices=("llama.cpp",),
         help="also run the scenarios in llama.cpp (6B shape, int4 -> q4_0, int8 -> q8_0; needs what decode.py --peer needs)",
@@ -194,7 +200,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    model = build(args.shape, args.quantize)
+    model = build(args.shape, args.quantize, args.step_ratio)
     solo(model, argparse.Namespace(prompt=32, new=4))  # warm: kernels built, buffers grown
     decode_rate, prefill_rate, solo_wall = solo(model, args)
     work = args.prompt + args.new  # tokens a session puts through the model: its prompt, then its replies
@@ -205,6 +211,7 @@ def main() -> None:
         "threads": args.threads,
         "prompt_tokens": args.prompt,
         "new_tokens": args.new,
+        "step_ratio": args.step_ratio,
         "single_session_tokens_per_s": round(decode_rate, 3),
         "solo_step_s": round(1 / decode_rate, 4),
         "compute_bound_tokens_per_s": round(prefill_rate, 3),

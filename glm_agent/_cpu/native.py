@@ -51,7 +51,7 @@ _TILE_ROWS_AT_ONCE = 4096  # rows re-laid out at a time (bounds the unpacked tem
 
 
 class NativeKernels:
-    """The loaded kernels: products over tiled int4/int8 and plain bfloat16 weights, and dequantization."""
+    """The loaded kernels: products over paneled int4/int8 and plain bfloat16 weights, and dequantization."""
 
     def __init__(self, library: ctypes.CDLL, path: Path) -> None:
         self.path = path
