@@ -276,20 +276,15 @@ def write_ggufs(
             out.close()
 
 
-def run_llama_cpp(gguf: Path, prompt: list[int], new_tokens: int, threads: int, repeats: int = 1) -> dict[str, Any]:
-    """Greedy decode of ``new_tokens`` after ``prompt`` (token ids) in llama.cpp: tokens/s from the median
-    step between consecutive tokens (the first token, which includes the prompt, excluded), over ``repeats``.
-    """
+def _run_script(args: dict[str, Any]) -> dict[str, Any]:
+    """``llama_cpp_decode.mjs`` with ``args`` (node_modules added): its JSON, checked to have run the chatglm architecture."""
     node = check_available()
-    args = {
-        "node_modules": str(NODE_MODULES),
-        "model": str(gguf),
-        "prompt": prompt,
-        "new_tokens": new_tokens,
-        "threads": threads,
-        "repeats": repeats,
-    }
-    done = subprocess.run([str(node), str(SCRIPT), json.dumps(args)], capture_output=True, text=True, timeout=3600)
+    done = subprocess.run(
+        [str(node), str(SCRIPT), json.dumps({"node_modules": str(NODE_MODULES), **args})],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     if done.returncode != 0:
         raise RuntimeError(
             f"llama.cpp (node-llama-cpp) failed with exit code {done.returncode}:\n{done.stderr[-4000:]}"
@@ -299,6 +294,16 @@ def run_llama_cpp(gguf: Path, prompt: list[int], new_tokens: int, threads: int, 
         raise RuntimeError(
             f"llama.cpp did not load the chatglm architecture: {out['architecture']}, {out['loaded_arch']}"
         )
+    return out
+
+
+def run_llama_cpp(gguf: Path, prompt: list[int], new_tokens: int, threads: int, repeats: int = 1) -> dict[str, Any]:
+    """Greedy decode of ``new_tokens`` after ``prompt`` (token ids) in llama.cpp: tokens/s from the median
+    step between consecutive tokens (the first token, which includes the prompt, excluded), over ``repeats``.
+    """
+    out = _run_script(
+        {"model": str(gguf), "prompt": prompt, "new_tokens": new_tokens, "threads": threads, "repeats": repeats}
+    )
     steps = [b - a for run in out["runs_ms"] for a, b in itertools.pairwise(run)]
     if steps:  # one token: no decode step to time
         median = statistics.median(steps) / 1000
@@ -314,23 +319,9 @@ def run_llama_cpp_sessions(
     """``sessions`` (prompts of token ids) decoded greedily at once in one llama.cpp context with a sequence
     each (node-llama-cpp batches their steps), started together or each when the one before has its first
     token: per session its send time and token times in seconds since the first send."""
-    node = check_available()
-    args = {
-        "node_modules": str(NODE_MODULES),
-        "model": str(gguf),
-        "sessions": sessions,
-        "staggered": staggered,
-        "new_tokens": new_tokens,
-        "threads": threads,
-    }
-    done = subprocess.run([str(node), str(SCRIPT), json.dumps(args)], capture_output=True, text=True, timeout=3600)
-    if done.returncode != 0:
-        raise RuntimeError(
-            f"llama.cpp (node-llama-cpp) failed with exit code {done.returncode}:\n{done.stderr[-4000:]}"
-        )
-    out = json.loads(done.stdout.strip().splitlines()[-1])
-    if out["loaded_arch"] != "chatglm":
-        raise RuntimeError(f"llama.cpp did not load the chatglm architecture: {out['loaded_arch']}")
+    out = _run_script(
+        {"model": str(gguf), "sessions": sessions, "staggered": staggered, "new_tokens": new_tokens, "threads": threads}
+    )
     return [(run["sent_ms"] / 1000, [t / 1000 for t in run["times_ms"]]) for run in out["sessions"]]
 
 

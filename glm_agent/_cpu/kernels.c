@@ -121,6 +121,19 @@ static inline __m512 bf16x16_to_ps(const uint16_t *p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
 }
 
+/* CALL(n) with n the constant mr (1..MB4): each inlined copy keeps its accumulators in registers. */
+#define WITH_CONSTANT_ROWS(mr, CALL)        \
+    switch (mr) {                           \
+        case 1: CALL(1); break;             \
+        case 2: CALL(2); break;             \
+        case 3: CALL(3); break;             \
+        case 4: CALL(4); break;             \
+        case 5: CALL(5); break;             \
+        case 6: CALL(6); break;             \
+        case 7: CALL(7); break;             \
+        default: CALL(8); break;            \
+    }
+
 /* A panel's outputs for mr activation rows into y [rows][n_padded] from index first, bfloat16 or float32. */
 static void store_rows(const float *out, int64_t mr, void *y, int64_t first, int64_t n_padded, int out_bf16) {
     for (int64_t m = 0; m < mr; m++) {
@@ -138,7 +151,7 @@ static void store_rows(const float *out, int64_t mr, void *y, int64_t first, int
  * after 3 instructions of unpacking shared by all rows. Integer sums per activation block (started at the
  * offset -8 * sum(xq)), then scaled in float32 by d, by the weight scale per group, plus zero * sum(x).
  * A row's operations do not depend on mr: its result is the same alone or beside others. Inlined with a
- * constant mr (see the switch) so the accumulators stay in registers. */
+ * constant mr (WITH_CONSTANT_ROWS) so the accumulators stay in registers. */
 static inline __attribute__((always_inline)) void panel_dot(
     const uint8_t *q, const uint16_t *scales, const uint16_t *zeros, const QuantizedRows *x, int64_t m0,
     const int mr, int64_t k, int64_t group, float *out /* [mr][PANEL] */) {
@@ -195,16 +208,9 @@ int glm_int4_matmul(const uint8_t *q, const uint16_t *scales, const uint16_t *ze
         for (int64_t m0 = 0; m0 < rows; m0 += MB4) { /* the panel stays in cache for the later rows */
             const int64_t mr = rows - m0 < MB4 ? rows - m0 : MB4;
             float out[MB4 * PANEL];
-            switch (mr) {
-                case 1: panel_dot(qp, sp, zp, &xr, m0, 1, k, group, out); break;
-                case 2: panel_dot(qp, sp, zp, &xr, m0, 2, k, group, out); break;
-                case 3: panel_dot(qp, sp, zp, &xr, m0, 3, k, group, out); break;
-                case 4: panel_dot(qp, sp, zp, &xr, m0, 4, k, group, out); break;
-                case 5: panel_dot(qp, sp, zp, &xr, m0, 5, k, group, out); break;
-                case 6: panel_dot(qp, sp, zp, &xr, m0, 6, k, group, out); break;
-                case 7: panel_dot(qp, sp, zp, &xr, m0, 7, k, group, out); break;
-                default: panel_dot(qp, sp, zp, &xr, m0, 8, k, group, out); break;
-            }
+#define INT4_ROWS(n) panel_dot(qp, sp, zp, &xr, m0, n, k, group, out)
+            WITH_CONSTANT_ROWS(mr, INT4_ROWS);
+#undef INT4_ROWS
             store_rows(out, mr, y, (m0 * n_padded) + p * PANEL, n_padded, out_bf16);
         }
     }
@@ -260,16 +266,9 @@ int glm_int8_matmul(const uint8_t *q, const uint16_t *scales, const uint16_t *x,
         for (int64_t m0 = 0; m0 < rows; m0 += MB4) {
             const int64_t mr = rows - m0 < MB4 ? rows - m0 : MB4;
             float out[MB4 * PANEL];
-            switch (mr) {
-                case 1: panel_dot_int8(qp, sp, &xr, m0, 1, k, out); break;
-                case 2: panel_dot_int8(qp, sp, &xr, m0, 2, k, out); break;
-                case 3: panel_dot_int8(qp, sp, &xr, m0, 3, k, out); break;
-                case 4: panel_dot_int8(qp, sp, &xr, m0, 4, k, out); break;
-                case 5: panel_dot_int8(qp, sp, &xr, m0, 5, k, out); break;
-                case 6: panel_dot_int8(qp, sp, &xr, m0, 6, k, out); break;
-                case 7: panel_dot_int8(qp, sp, &xr, m0, 7, k, out); break;
-                default: panel_dot_int8(qp, sp, &xr, m0, 8, k, out); break;
-            }
+#define INT8_ROWS(n) panel_dot_int8(qp, sp, &xr, m0, n, k, out)
+            WITH_CONSTANT_ROWS(mr, INT8_ROWS);
+#undef INT8_ROWS
             store_rows(out, mr, y, (m0 * n_padded) + p * PANEL, n_padded, out_bf16);
         }
     }

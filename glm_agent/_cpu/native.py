@@ -82,7 +82,7 @@ class NativeKernels:
         out_dtype: torch.dtype = torch.bfloat16,
     ) -> torch.Tensor:
         """``x W^T`` for contiguous bfloat16 ``x [M, K]``: ``[M, out_rows]`` in ``out_dtype`` (bfloat16 or float32)."""
-        rows, k, out = self._prepare("int4", q, x, out_dtype, PANEL_ROWS)
+        rows, k, out = self._prepare("int4", q, x, out_dtype)
         status = self._int4(
             q.data_ptr(),
             scales.data_ptr(),
@@ -107,7 +107,7 @@ class NativeKernels:
         out_dtype: torch.dtype = torch.bfloat16,
     ) -> torch.Tensor:
         """``x W^T`` over tiled int8 weights with one bfloat16 scale per (padded) row; as :meth:`int4_matmul`."""
-        rows, k, out = self._prepare("int8", q, x, out_dtype, PANEL_ROWS)
+        rows, k, out = self._prepare("int8", q, x, out_dtype)
         status = self._int8(
             q.data_ptr(),
             scales.data_ptr(),
@@ -136,7 +136,7 @@ class NativeKernels:
         self, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, first_tile: int, tiles: int, group: int
     ) -> torch.Tensor:
         """Rows of panels ``[first_tile, first_tile + tiles)`` as bfloat16 ``[16 * tiles, K]`` (for dense prefill)."""
-        k, out = self._dequantized_rows(q, first_tile, tiles, PANEL_ROWS)
+        k, out = self._dequantized_rows(q, first_tile, tiles)
         self._int4_dequantize(
             q.data_ptr(),
             scales.data_ptr(),
@@ -152,30 +152,30 @@ class NativeKernels:
 
     def int8_dequantize(self, q: torch.Tensor, scales: torch.Tensor, first_tile: int, tiles: int) -> torch.Tensor:
         """As :meth:`int4_dequantize`, for the tiled int8 weight."""
-        k, out = self._dequantized_rows(q, first_tile, tiles, PANEL_ROWS)
+        k, out = self._dequantized_rows(q, first_tile, tiles)
         self._int8_dequantize(
             q.data_ptr(), scales.data_ptr(), out.data_ptr(), first_tile, tiles, k, torch.get_num_threads()
         )
         return out
 
     @staticmethod
-    def _dequantized_rows(q: torch.Tensor, first_tile: int, tiles: int, tile_rows: int) -> tuple[int, torch.Tensor]:
-        """The input size and an empty bfloat16 ``[tile_rows * tiles, K]`` for tiles ``[first_tile, first_tile + tiles)``."""
+    def _dequantized_rows(q: torch.Tensor, first_tile: int, tiles: int) -> tuple[int, torch.Tensor]:
+        """The input size and an empty bfloat16 ``[16 * panels, K]`` for panels ``[first_tile, first_tile + tiles)``."""
         if not 0 <= first_tile <= first_tile + tiles <= q.shape[0]:
             raise ValueError(f"tiles [{first_tile}, {first_tile + tiles}) are not within the weight's {q.shape[0]}")
         k = q.shape[1] * CHUNK
-        return k, torch.empty((tiles * tile_rows, k), dtype=torch.bfloat16)
+        return k, torch.empty((tiles * PANEL_ROWS, k), dtype=torch.bfloat16)
 
     @staticmethod
     def _prepare(
-        scheme: str, q: torch.Tensor, x: torch.Tensor, out_dtype: torch.dtype, tile_rows: int
+        scheme: str, q: torch.Tensor, x: torch.Tensor, out_dtype: torch.dtype
     ) -> tuple[int, int, torch.Tensor]:
         rows, k = x.shape
         if x.dtype != torch.bfloat16 or not x.is_contiguous() or k != q.shape[1] * CHUNK:
             raise ValueError(f"the {scheme} kernel takes contiguous bfloat16 [M, {q.shape[1] * CHUNK}] inputs")
         if out_dtype not in (torch.bfloat16, torch.float32):
             raise ValueError(f"the {scheme} kernel writes bfloat16 or float32, not {out_dtype}")
-        return rows, k, torch.empty((rows, q.shape[0] * tile_rows), dtype=out_dtype)
+        return rows, k, torch.empty((rows, q.shape[0] * PANEL_ROWS), dtype=out_dtype)
 
     @staticmethod
     def _finish(status: int, out: torch.Tensor, out_rows: int) -> torch.Tensor:
@@ -232,7 +232,7 @@ def tile_int4(
         v = values.view(-1, PANEL_ROWS, cols // 8, 2, 4)  # [panels, row j, block b, half, i]
         packed = v[:, :, :, 0] | (v[:, :, :, 1] << 4)  # [panels, j, b, i]
         q[start // PANEL_ROWS : end // PANEL_ROWS] = packed.permute(0, 2, 1, 3).reshape(-1, cols // CHUNK, 8, CHUNK)
-    return q, _tile_groups(scales, padded, 1.0, PANEL_ROWS), _tile_groups(zeros, padded, 0.0, PANEL_ROWS)
+    return q, _tile_groups(scales, padded, 1.0), _tile_groups(zeros, padded, 0.0)
 
 
 def _empty_weight(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -242,12 +242,12 @@ def _empty_weight(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     return weight
 
 
-def _tile_groups(t: torch.Tensor, padded: int, fill: float, tile_rows: int) -> torch.Tensor:
+def _tile_groups(t: torch.Tensor, padded: int, fill: float) -> torch.Tensor:
     rows, groups = t.shape
     t = t.to(torch.bfloat16)
     if padded != rows:
         t = torch.nn.functional.pad(t, (0, 0, 0, padded - rows), value=fill)
-    return t.view(padded // tile_rows, tile_rows, groups).transpose(1, 2).contiguous()
+    return t.view(padded // PANEL_ROWS, PANEL_ROWS, groups).transpose(1, 2).contiguous()
 
 
 def untile_int4(q: torch.Tensor, start_tile: int = 0, end_tile: int | None = None) -> torch.Tensor:

@@ -385,6 +385,7 @@ class LeanGlmRunner:
         tables = [self._rotary(slot.length, count) for slot, count in zip(group.slots, group.counts, strict=True)]
         group.cos = tables[0][0] if len(tables) == 1 else torch.cat([cos for cos, _ in tables])
         group.sin = tables[0][1] if len(tables) == 1 else torch.cat([sin for _, sin in tables])
+        group.masks = [self._mask(slot.length, count) for slot, count in zip(group.slots, group.counts, strict=True)]
         return F.embedding(tokens, self.embed)
 
     def _layer_group(self, i: int, group: _Group, x: torch.Tensor) -> torch.Tensor:
@@ -392,6 +393,7 @@ class LeanGlmRunner:
         if x.device != device:
             x = x.to(device)
             group.cos, group.sin = group.cos.to(device), group.sin.to(device)
+            group.masks = [mask.to(device) if mask is not None else None for mask in group.masks]
         heads, kv_heads, rep = self.num_heads, self.num_kv, self.num_heads // self.num_kv
         rows = x.shape[0]
         qkv = group.product(qkv_proj, ln1(x)).view(rows, heads + 2 * kv_heads, self.head_dim)
@@ -406,10 +408,7 @@ class LeanGlmRunner:
             values[:, past:total] = v[start : start + count].transpose(0, 1)
             qs = q[start : start + count].view(count, kv_heads, rep, self.head_dim)
             qs = qs.permute(1, 2, 0, 3).reshape(kv_heads, rep * count, -1)
-            mask = self._mask(past, count)
-            if mask is not None:
-                mask = mask.to(device)
-            attn = self._attend(qs, keys, values, total, mask, decoding=index < group.decoding)
+            attn = self._attend(qs, keys, values, total, group.masks[index], decoding=index < group.decoding)
             parts.append(attn.view(kv_heads, rep, count, self.head_dim).permute(2, 0, 1, 3).reshape(count, -1))
             start += count
         attn_out = parts[0] if len(parts) == 1 else torch.cat(parts)
@@ -500,6 +499,7 @@ class _Group:
         self.rows = rows  # products over at most this many rows per call (None: the whole group, as forward does)
         self.decoding = decoding  # the first this many slots are decoding rows (the rest: a prompt's chunk)
         self.cos = self.sin = torch.empty(0)  # the rotary tables, made by _embed_group
+        self.masks: list[torch.Tensor | None] = []  # each slot's attention mask, made by _embed_group
 
     def product(self, fn: Any, x: torch.Tensor) -> torch.Tensor:
         if self.rows is None or x.shape[0] <= self.rows:

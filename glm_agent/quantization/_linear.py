@@ -183,17 +183,12 @@ class QuantizedLinear(torch.nn.Module):
             self.register_buffer("scales", scales)  # [panels, groups, 16]
             self.register_buffer("zeros", zeros)
             self.backend = "int4_native"
-        self._padded_out = self.qweight.shape[0] * self._tile_rows
+        self._padded_out = self.qweight.shape[0] * _native.PANEL_ROWS
 
     @property
     def kernel_build(self) -> str | None:
         """Which build of glm-agent's kernels computes the products (its source, flags and compiler), if any."""
         return self._native.path.stem if self.backend.endswith("_native") else None
-
-    @property
-    def _tile_rows(self) -> int:
-        """Weight rows per panel of glm-agent's int4 and int8 kernels' layouts."""
-        return _native.PANEL_ROWS
 
     @property
     def weight_bytes(self) -> int:
@@ -318,8 +313,8 @@ class QuantizedLinear(torch.nn.Module):
             return self.qweight[start:end, :k] * self._scales_as(dtype)[start:end, None]
         g = self.group_size
         if self.backend in ("int8_native", "int4_native"):
-            first, last = start // self._tile_rows, -(-end // self._tile_rows)
-            within = slice(start - first * self._tile_rows, end - first * self._tile_rows)  # of those tiles
+            first, last = start // _native.PANEL_ROWS, -(-end // _native.PANEL_ROWS)
+            within = slice(start - first * _native.PANEL_ROWS, end - first * _native.PANEL_ROWS)  # of those tiles
             if dtype == torch.bfloat16:  # the kernels' own dequantization (about 10x torch ops')
                 if self.backend == "int8_native":
                     w = self._native.int8_dequantize(self.qweight, self.scales, first, last - first)
