@@ -328,3 +328,47 @@ def test_the_interpreter_exits_cleanly_while_the_engine_steps():
         )
         assert done.returncode == 0 and done.stdout == "exiting\n", done.stderr[-2000:]
         assert "terminate" not in done.stderr
+
+
+def _run_choice(choice, step_seconds, steps: int, decoding: int = 4) -> list[int]:
+    """Drive a thread choice with step times given per thread count; the thread count of each step."""
+    used = []
+    for _ in range(steps):
+        threads = choice.for_step(decoding)
+        choice.record(threads, decoding, step_seconds(threads))
+        used.append(threads)
+    return used
+
+
+def test_the_thread_choice_tries_a_slower_count_ever_more_rarely():
+    from glm_agent.engine._batch import _ThreadChoice
+
+    choice = _ThreadChoice(2)
+    used = _run_choice(choice, lambda threads: 1.0 if threads == 2 else 2.0, 480)  # a quiet machine
+    trials = [i for i, threads in enumerate(used) if threads == 1]
+    assert used[0] == 2 and choice.current == 2
+    assert trials[:4] == [11, 35, 83, 179]  # after 12, then 24, 48, 96 steps
+    assert len(trials) == 7  # one in 96 from then on (one in 12 would be 40)
+
+
+def test_the_thread_choice_follows_a_change_of_load_and_back():
+    from glm_agent.engine._batch import _ThreadChoice
+
+    choice = _ThreadChoice(2)
+    _run_choice(choice, lambda threads: 1.0 if threads == 2 else 2.0, 300)
+    busy = _run_choice(choice, lambda threads: 3.5 if threads == 2 else 2.0, 200)  # a busy core: 2 threads stall
+    assert busy[:2] == [2, 2] and choice.current == 1  # the running time of 2 threads passes 1 thread's
+    assert busy[2:].count(2) <= 200 // 48  # trials of 2 threads, ever more rarely
+    quiet = _run_choice(choice, lambda threads: 1.0 if threads == 2 else 2.0, 150)  # the other program ended
+    back = quiet.index(2)
+    assert back < _ThreadChoice._EXPLORE_MOST and choice.current == 2
+    assert quiet[back:].count(1) <= 3  # 2 threads from the first trial on, trying 1 after 12, 24 and 48 steps
+
+
+def test_the_thread_choice_stays_put_without_decoding_rows_or_adaptivity():
+    from glm_agent.engine._batch import _ThreadChoice
+
+    fixed = _ThreadChoice(2, adaptive=False)
+    assert set(_run_choice(fixed, lambda threads: 1.0, 50)) == {2}
+    choice = _ThreadChoice(2)
+    assert {choice.for_step(0) for _ in range(50)} == {2}  # steps with a prefill chunk are not trials

@@ -245,6 +245,24 @@ def test_int8_tiles_round_trip_with_padded_rows():
 
 
 @needs_native
+@pytest.mark.parametrize("k", [4096, 13696])
+def test_bf16_rows_at_once_are_each_the_one_row_product_to_the_bit(k):
+    """Every row count the bfloat16 kernel takes (1 .. DENSE_MIN_ROWS - 1, whole passes of 4 rows and
+    the rest): each row's result is bit-identical to that row alone, and the float32 product."""
+    from glm_agent.engine._native_linear import DENSE_MIN_ROWS
+
+    torch.manual_seed(k)
+    weight = (torch.randn(4 * 5, k) * 0.02).bfloat16()
+    x = torch.randn(DENSE_MIN_ROWS - 1, k).bfloat16()
+    kernels = native_kernels()
+    alone = torch.cat([kernels.bf16_matmul(weight, x[i : i + 1].contiguous()) for i in range(x.shape[0])])
+    for rows in range(1, x.shape[0] + 1):
+        together = kernels.bf16_matmul(weight, x[:rows].contiguous())
+        assert torch.equal(together, alone[:rows]), f"{rows} rows differ from the rows alone"
+    assert relative_error(alone, x.float() @ weight.float().t()) < 1e-2  # bfloat16 output
+
+
+@needs_native
 @pytest.mark.parametrize("n,k", [(4608, 4096), (4096, 13696)])
 def test_native_bf16_kernel_matches_the_float32_product(n, k):
     from glm_agent.engine._native_linear import DENSE_MIN_ROWS, NativeBf16Linear

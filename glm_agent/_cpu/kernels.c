@@ -38,7 +38,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define ROWS 4  /* bfloat16: rows per tile */
+#define ROWS 4  /* bfloat16: weight rows per tile */
+#define XROWS 4  /* bfloat16: activation rows per pass over a tile */
 #define PANEL 16  /* int4, int8: weight rows per panel, one per 32-bit lane */
 #define XBLOCK 32  /* activation inputs per int8 scale */
 #define MB4 8  /* int4, int8: activation rows multiplied per pass over a panel */
@@ -339,27 +340,48 @@ void glm_int8_dequantize(const uint8_t *q, const uint16_t *scales, uint16_t *out
     }
 }
 
+/* A tile (ROWS weight rows) against mr (<= XROWS) activation rows from m0: every weight vector loaded once for
+ * all of them (ROWS x mr products per ROWS + mr loads). Per output the operations and their order are the
+ * one-row kernel's (vdpbf16ps over the inputs in order, then the lanes summed), so a row's result does not
+ * depend on mr or on the rows beside it. Inlined with a constant mr. */
+static inline __attribute__((always_inline)) void tile_dot_bf16(
+    const uint16_t *wt, const uint16_t *x, int64_t m0, const int mr, int64_t k, uint16_t *y, int64_t n, int64_t col) {
+    __m512 acc[XROWS][ROWS];
+    for (int m = 0; m < mr; m++)
+        for (int r = 0; r < ROWS; r++) acc[m][r] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < k; c += 32) {
+        __m512bh xv[XROWS];
+        for (int m = 0; m < mr; m++) xv[m] = (__m512bh)_mm512_loadu_si512(x + (m0 + m) * k + c);
+        for (int r = 0; r < ROWS; r++) {
+            const uint16_t *wr = wt + r * k + c;
+            _mm_prefetch((const char *)(wr + PREFETCH / 2), _MM_HINT_T0);
+            const __m512bh w = (__m512bh)_mm512_loadu_si512(wr);
+            for (int m = 0; m < mr; m++) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], w, xv[m]);
+        }
+    }
+    for (int m = 0; m < mr; m++)
+        for (int r = 0; r < ROWS; r++) y[(m0 + m) * n + col + r] = float_to_bf16(_mm512_reduce_add_ps(acc[m][r]));
+}
+
 /* y[m, n] = sum_k x[m, k] w[n, k] for a plain row-major bfloat16 weight w [n][k] (n a multiple of ROWS,
- * k of 32): bfloat16 decoding, four rows streamed at a time, products summed in float32. */
+ * k of 32): products summed in float32, each weight tile streamed once and kept in cache while XROWS
+ * activation rows at a time go past it. */
 void glm_bf16_matmul(const uint16_t *w, const uint16_t *x, uint16_t *y, int64_t rows, int64_t n, int64_t k,
                      int threads) {
     const int64_t tiles = n / ROWS;
 #pragma omp parallel for schedule(dynamic, SHARE) num_threads(threads)
     for (int64_t t = 0; t < tiles; t++) {
         const uint16_t *wt = w + t * ROWS * k;
-        for (int64_t m = 0; m < rows; m++) { /* the tile's rows stay in cache for the later rows of x */
-            const uint16_t *xm = x + m * k;
-            __m512 acc[ROWS];
-            for (int r = 0; r < ROWS; r++) acc[r] = _mm512_setzero_ps();
-            for (int64_t c = 0; c < k; c += 32) {
-                const __m512bh xv = (__m512bh)_mm512_loadu_si512(xm + c);
-                for (int r = 0; r < ROWS; r++) {
-                    const uint16_t *wr = wt + r * k + c;
-                    _mm_prefetch((const char *)(wr + PREFETCH / 2), _MM_HINT_T0);
-                    acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_loadu_si512(wr), xv);
-                }
+        for (int64_t m0 = 0; m0 < rows; m0 += XROWS) {
+            const int64_t mr = rows - m0 < XROWS ? rows - m0 : XROWS;
+#define BF16_ROWS(nr) tile_dot_bf16(wt, x, m0, nr, k, y, n, t * ROWS)
+            switch (mr) {
+                case 1: BF16_ROWS(1); break;
+                case 2: BF16_ROWS(2); break;
+                case 3: BF16_ROWS(3); break;
+                default: BF16_ROWS(XROWS); break;
             }
-            for (int r = 0; r < ROWS; r++) y[m * n + t * ROWS + r] = float_to_bf16(_mm512_reduce_add_ps(acc[r]));
+#undef BF16_ROWS
         }
     }
 }

@@ -126,39 +126,51 @@ class _ThreadChoice:
     Threads that work in lock step wait for the slowest: when another program keeps a core busy,
     the OS takes one of ours away for whole time slices and every product waits for it (measured at
     the 6B shape in int4 on 2 cores: 3-4x slower). So decode-only steps keep a running time per
-    thread count and batch size; every ``_EXPLORE`` of them one runs with a neighbouring count, and
-    the fastest known count is used.
+    thread count and batch size; now and then one step runs with a neighbouring count (a *trial*),
+    and the fastest known count is used. A trial that leaves the choice as it was doubles the wait
+    before the next (from ``_EXPLORE`` steps up to ``_EXPLORE_MOST``): on a quiet machine, where one
+    thread fewer makes a step about 2x slower, trials cost 1% of the time, not 8%; a trial that
+    changes the choice starts again from ``_EXPLORE``, so a change of load is found within
+    ``_EXPLORE_MOST`` steps.
     """
 
     _EXPLORE = 12
+    _EXPLORE_MOST = 96
 
     def __init__(self, most: int, *, adaptive: bool = True) -> None:
         self.most = max(1, most)
         self.current = self.most
         self.adaptive = adaptive and self.most > 1
         self._times: dict[tuple[int, int], float] = {}
-        self._count = 0
+        self._wait = self._EXPLORE  # decode-only steps from one trial to the next
+        self._since = 0
+        self._trials = 0
 
     def for_step(self, decoding: int) -> int:
         """Threads for the next step (``decoding`` = sequences of a decode-only step, 0 with prefill)."""
         if not decoding or not self.adaptive:
             return self.current
-        self._count += 1
-        if self._count % self._EXPLORE == 0:  # try a neighbour now and then: the machine's load changes
-            neighbour = self.current - 1 if self.current > 1 else self.current + 1
-            if self._count % (2 * self._EXPLORE) == 0 and self.current < self.most:
-                neighbour = self.current + 1
-            return neighbour
-        return self.current
+        self._since += 1
+        if self._since < self._wait:
+            return self.current
+        self._since = 0
+        self._trials += 1
+        fewer, more = self.current - 1, self.current + 1
+        if fewer < 1 or (more <= self.most and self._trials % 2 == 0):  # up and down in turn where both exist
+            return more
+        return fewer
 
     def record(self, threads: int, decoding: int, seconds: float) -> None:
         if not decoding or not self.adaptive:
             return
         key = (threads, decoding)
         previous = self._times.get(key)
-        self._times[key] = seconds if previous is None else 0.6 * previous + 0.4 * seconds
+        trial = threads != self.current  # its count's time is from the last trial, long ago: replaced, not averaged
+        self._times[key] = seconds if previous is None or trial else 0.6 * previous + 0.4 * seconds
         known = {n: t for (n, d), t in self._times.items() if d == decoding}
-        self.current = min(known, key=lambda n: (known[n], -n))
+        before, self.current = self.current, min(known, key=lambda n: (known[n], -n))
+        if trial:  # back off while trials confirm the choice
+            self._wait = min(2 * self._wait, self._EXPLORE_MOST) if self.current == before else self._EXPLORE
 
 
 class BatchEngine:

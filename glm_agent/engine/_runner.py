@@ -144,6 +144,9 @@ class LeanGlmRunner:
         products = [fn for layer in self.layers for fn in (layer[1], layer[2], layer[4], layer[5])]
         #: decoding rows multiplied in one call with results bit-identical to each row alone (see exact_rows)
         self.decode_rows = min(exact_rows(p) for p in [*products, self.lm_head])
+        # glm-agent's bfloat16 kernel computes a prompt's chunks of fewer than DENSE_MIN_ROWS rows: its build
+        # counts in what stored keys and values depend on (the quantized layers' builds count in the weights')
+        self._kernel_builds = sorted({p.kernels.path.stem for p in products if isinstance(p, NativeBf16Linear)})
         self.slots: list[KVSlot] = []  # every slot's buffers count in buffer_bytes
         self.slot = self.new_slot()  # the slot forward/crop/read_kv/write_kv work on (see use)
 
@@ -214,7 +217,8 @@ class LeanGlmRunner:
     @property
     def kv_layout(self) -> str:
         shape = f"{len(self.layers)}x2x{self.num_kv}xTx{self.head_dim}"
-        return f"lean/{KV_LAYOUT_VERSION} {shape} {self.dtype} {self.device.type}"
+        builds = "".join(f" bf16-kernel/{build}" for build in self._kernel_builds)
+        return f"lean/{KV_LAYOUT_VERSION} {shape} {self.dtype} {self.device.type}{builds}"
 
     def buffer_bytes(self) -> int:
         """Memory held by the working KV buffers of every slot (each grows with the longest sequence it held)."""
