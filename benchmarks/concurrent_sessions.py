@@ -26,6 +26,10 @@ Per N, one JSON object:
   ``decode_batch_efficiency`` = ``all_decoding_tokens_per_s`` / min(N x solo decode rate, compute bound):
   how much of N x one session's decode speed N sessions decoding together get.
 
+``--share-prefill`` sets LocalModel's ``share_prefill``: prompts that wait at once are prefilled
+together in shares of each step, finish together and then decode together (the default takes them
+in the order they came).
+
 ``--contention 1`` runs the same with one busy process beside it (``yes > /dev/null``) and adds
 ``contention_ratio`` = busy / quiet single-session decode rate (measured in the same run).
 
@@ -60,7 +64,7 @@ def p95(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))] if ordered else float("nan")
 
 
-def build(shape: str, quantize: str, step_ratio: float) -> Any:
+def build(shape: str, quantize: str, step_ratio: float, share_prefill: bool = False) -> Any:
     import torch
     from _chatglm3_shaped import random_model, random_model_6b, tokenizer
 
@@ -70,7 +74,15 @@ def build(shape: str, quantize: str, step_ratio: float) -> Any:
         weights = random_model_6b(quantize if quantize != "none" else "bf16")
     else:  # the 100M model in bfloat16 (--quantize is for the 6B shape)
         weights = random_model(torch.bfloat16)
-    model = LocalModel(weights, tokenizer(), prefix_cache=False, temperature=0, max_batch=16, step_ratio=step_ratio)
+    model = LocalModel(
+        weights,
+        tokenizer(),
+        prefix_cache=False,
+        temperature=0,
+        max_batch=16,
+        step_ratio=step_ratio,
+        share_prefill=share_prefill,
+    )
     model.stop_ids = frozenset()
     return model
 
@@ -190,6 +202,11 @@ def main() -> None:
         help="LocalModel's step_ratio: a step with prefill vs a decode-only step",
     )
     parser.add_argument(
+        "--share-prefill",
+        action="store_true",
+        help="LocalModel's share_prefill: prompts waiting at once prefill together, then decode together",
+    )
+    parser.add_argument(
         "--peer",
         choices=("llama.cpp",),
         help="also run the scenarios in llama.cpp (6B shape, int4 -> q4_0, int8 -> q8_0; needs what decode.py --peer needs)",
@@ -200,7 +217,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    model = build(args.shape, args.quantize, args.step_ratio)
+    model = build(args.shape, args.quantize, args.step_ratio, args.share_prefill)
     solo(model, argparse.Namespace(prompt=32, new=4))  # warm: kernels built, buffers grown
     decode_rate, prefill_rate, solo_wall = solo(model, args)
     work = args.prompt + args.new  # tokens a session puts through the model: its prompt, then its replies
@@ -212,6 +229,7 @@ def main() -> None:
         "prompt_tokens": args.prompt,
         "new_tokens": args.new,
         "step_ratio": args.step_ratio,
+        "share_prefill": args.share_prefill,
         "single_session_tokens_per_s": round(decode_rate, 3),
         "solo_step_s": round(1 / decode_rate, 4),
         "compute_bound_tokens_per_s": round(prefill_rate, 3),

@@ -16,7 +16,16 @@ client instead, whose reader sleeps 50 ms whenever no message is pending and who
 iterator polls every millisecond: that measures the client as much as the UI. Both
 sides start timing with their kernel pool full.
 
+``--model local`` runs the local engine instead of the scripted model: the 100M ChatGLM3-shaped
+model in bfloat16 (random weights, stop ids off, ``--max-new`` tokens a reply), one model shared by
+every session, in Chat mode. The web UI runs twice, with ``max_batch`` = N (its sessions decode
+together) and with ``max_batch`` = 1 (one generation at a time, the others wait in the UI's
+queue), and the baseline is N threads streaming from one such model in this process. Adds
+``aggregate_tokens_per_s`` per side and ``batched_vs_one_at_a_time`` = the web's aggregate with
+max_batch N / with max_batch 1.
+
     python benchmarks/web_sessions.py --sessions 8
+    python benchmarks/web_sessions.py --sessions 8 --model local
 """
 
 from __future__ import annotations
@@ -109,16 +118,20 @@ import sys
 sys.path[:0] = [{repo!r}, {bench!r}]
 import uvicorn
 from fastapi import FastAPI
-from web_sessions import PacedScriptedModel
+from web_sessions import PacedScriptedModel, local_model
 from glm_agent.web import ModelSource, WebConfig, mount_web_ui
-config = WebConfig(ModelSource(factory=lambda: PacedScriptedModel({chunk_s!r})), code_interpreter=True,
-                   pool_size={n}, max_sessions={n} + 2, max_sessions_per_client={n} + 2)
+if {local_batch!r}:
+    config = WebConfig(ModelSource(local_model({local_batch!r})), code_interpreter=False,
+                       max_sessions={n} + 2, max_sessions_per_client={n} + 2)
+else:
+    config = WebConfig(ModelSource(factory=lambda: PacedScriptedModel({chunk_s!r})), code_interpreter=True,
+                       pool_size={n}, max_sessions={n} + 2, max_sessions_per_client={n} + 2)
 app = FastAPI()
 ui = None
 
 @app.get("/bench/pool-ready")  # the benchmark starts timing once the pool is full, as the baseline does
 def pool_ready() -> int:
-    return int(ui.sessions.pool.ready)
+    return int(ui.sessions.pool.ready) if ui.sessions.pool is not None else 1 << 30
 
 ui = mount_web_ui(app, config, path="/ui")  # the UI's door covers /ui; /bench stays the benchmark's
 try:
@@ -129,6 +142,39 @@ finally:
 
 QUESTION = "What is the mean of these numbers?"
 SEND_INPUTS = [QUESTION, "Code Interpreter", False, "", 0.8, 0.8, 1024]  # box, mode, ask, system, temperature...
+LOCAL_NEW_TOKENS = 32  # --model local: tokens a reply (the UI's slider moves in steps of 16)
+
+
+def local_model(max_batch: int) -> Any:
+    """The 100M ChatGLM3-shaped model in bfloat16 on the local engine: random weights, stop ids off."""
+    import torch
+    from _chatglm3_shaped import random_model, tokenizer
+
+    from glm_agent.models import LocalModel
+
+    model = LocalModel(random_model(torch.bfloat16), tokenizer(), prefix_cache=False, max_batch=max_batch)
+    model.stop_ids = frozenset()
+    return model
+
+
+def in_process_local(n: int, max_new: int) -> tuple[list[float], list[float]]:
+    """N threads streaming one reply each from one shared local model (max_batch N)."""
+    model = local_model(n)
+    messages = [{"role": "user", "content": QUESTION}]
+
+    def episode(i: int) -> tuple[float, float]:
+        start = time.perf_counter()
+        first = None
+        stream = model.stream(messages, max_new_tokens=max_new, temperature=0.8, top_p=0.8)
+        for _ in stream:
+            if first is None:
+                first = time.perf_counter() - start
+        assert len(stream.stats.output_ids) == max_new, stream.stats  # stop ids are off: every reply is full
+        return first or 0.0, time.perf_counter() - start
+
+    episode(0)  # warm: buffers grown, kernels built
+    results = concurrently(n, episode)
+    return [r[0] for r in results], [r[1] for r in results]
 
 
 def has_answer_text(chat: Any) -> bool:
@@ -212,7 +258,7 @@ class GradioClientSession:
 CLIENTS: dict[str, type[SseSession | GradioClientSession]] = {"sse": SseSession, "gradio_client": GradioClientSession}
 
 
-def web_episodes(url: str, fn_index: int, n: int, client: str) -> list[tuple[float, float]]:
+def web_episodes(url: str, fn_index: int, n: int, client: str, local: bool = False) -> list[tuple[float, float]]:
     """N new sessions at once, each sending the question; (time to first text, episode time) each."""
     sessions = [CLIENTS[client](url, fn_index) for _ in range(n)]
 
@@ -220,7 +266,7 @@ def web_episodes(url: str, fn_index: int, n: int, client: str) -> list[tuple[flo
         start = time.perf_counter()
         first, chat = sessions[i].send(start)
         elapsed = time.perf_counter() - start
-        assert "3.875" in json.dumps(chat), chat
+        assert has_answer_text(chat) if local else "3.875" in json.dumps(chat), chat
         return first or elapsed, elapsed
 
     try:
@@ -230,16 +276,21 @@ def web_episodes(url: str, fn_index: int, n: int, client: str) -> list[tuple[flo
             session.close()
 
 
-def through_web(n: int, chunk_s: float, client: str) -> tuple[list[float], list[float], list[float], int]:
+def through_web(
+    n: int, chunk_s: float, client: str, local_batch: int = 0
+) -> tuple[list[float], list[float], list[float], int]:
     """The UI served by its own process (as ``glm-agent web`` does); its sessions driven from this one.
 
     Returns the single session's time to first text, then the N concurrent sessions' times to
-    first text and episode times, and the kernels left once the server stopped.
+    first text and episode times, and the kernels left once the server stopped. ``local_batch``:
+    the local model with that ``max_batch`` instead of the scripted one.
     """
     import httpx
 
     port = free_port()
-    code = _SERVER.format(repo=str(REPO), bench=str(REPO / "benchmarks"), chunk_s=chunk_s, n=n, port=port)
+    code = _SERVER.format(
+        repo=str(REPO), bench=str(REPO / "benchmarks"), chunk_s=chunk_s, n=n, port=port, local_batch=local_batch
+    )
     server = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)})
     base = f"http://127.0.0.1:{port}"
     url = f"{base}/ui"
@@ -248,11 +299,12 @@ def through_web(n: int, chunk_s: float, client: str) -> tuple[list[float], list[
         wait_for_pool(server, base, n)
         config = httpx.get(f"{url}/config", timeout=10).json()
         fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "send")
-        web_episodes(url, fn_index, 1, client)  # warm-up: the server's first request imports things
+        local = bool(local_batch)
+        web_episodes(url, fn_index, 1, client, local)  # warm-up: the server's first request imports things
         wait_for_pool(server, base, n)  # the warm-up session keeps its kernel; the pool refills
-        single = web_episodes(url, fn_index, 1, client)
+        single = web_episodes(url, fn_index, 1, client, local)
         wait_for_pool(server, base, n)
-        results = web_episodes(url, fn_index, n, client)
+        results = web_episodes(url, fn_index, n, client, local)
         descendants = psutil.Process(server.pid).children(recursive=True)
     finally:
         server.send_signal(signal.SIGINT)  # Ctrl-C: the UI closes its sessions and kernels
@@ -298,9 +350,13 @@ def main() -> None:
         help="sse: Gradio's queue protocol read as it streams, as the browser does (default); "
         "gradio_client: Gradio's Python client, whose polling adds its own latency",
     )  # fmt: skip
+    parser.add_argument("--model", choices=("scripted", "local"), default="scripted")
     args = parser.parse_args()
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     chunk_s = args.chunk_ms / 1000
+    if args.model == "local":
+        print(json.dumps(local_report(args.sessions, args.client), indent=2))
+        return
     base_single, _ = in_process(1, chunk_s)
     base_ttft, base_episode = in_process(args.sessions, chunk_s)
     web_single, web_ttft, web_episode, left = through_web(args.sessions, chunk_s, args.client)
@@ -322,6 +378,46 @@ def main() -> None:
         "kernels_left": left,
     }
     print(json.dumps(report, indent=2))
+
+
+def local_report(n: int, client: str) -> dict[str, Any]:
+    """``--model local``: the web UI with its sessions decoding together, one at a time, and in-process."""
+    global SEND_INPUTS
+    SEND_INPUTS = [QUESTION, "Chat", False, "", 0.8, 0.8, LOCAL_NEW_TOKENS]
+    base_single, _ = in_process_local(1, LOCAL_NEW_TOKENS)
+    base_ttft, base_episode = in_process_local(n, LOCAL_NEW_TOKENS)
+    web_single, web_ttft, web_episode, _ = through_web(n, 0.0, client, local_batch=n)
+    _, one_ttft, one_episode, _ = through_web(n, 0.0, client, local_batch=1)
+    tokens = n * LOCAL_NEW_TOKENS
+    aggregate = {
+        "web_batched": tokens / max(web_episode),
+        "web_one_at_a_time": tokens / max(one_episode),
+        "in_process": tokens / max(base_episode),
+    }
+    return {
+        "benchmark": "web_sessions",
+        "model": "local: 100M ChatGLM3-shaped, bfloat16, random weights",
+        "sessions": n,
+        "new_tokens": LOCAL_NEW_TOKENS,
+        "client": client,
+        "measures": "N new browser sessions send one Chat message each at once; seconds to the first streamed "
+        "text (ttft) and to the end of the reply (episode); aggregate = N x new tokens / the last episode's end",
+        "aggregate_tokens_per_s": {k: round(v, 2) for k, v in aggregate.items()},
+        "batched_vs_one_at_a_time": round(aggregate["web_batched"] / aggregate["web_one_at_a_time"], 3),
+        "web_vs_in_process": round(aggregate["web_batched"] / aggregate["in_process"], 3),
+        "ttft_median_s": {
+            "web_batched": statistics.median(web_ttft),
+            "web_one_at_a_time": statistics.median(one_ttft),
+            "in_process": statistics.median(base_ttft),
+        },
+        "ttft_p95_s": {"web_batched": p95(web_ttft), "web_one_at_a_time": p95(one_ttft), "in_process": p95(base_ttft)},
+        "single_session_ttft_s": {"web": web_single[0], "in_process": base_single[0]},
+        "episode_p95_s": {
+            "web_batched": p95(web_episode),
+            "web_one_at_a_time": p95(one_episode),
+            "in_process": p95(base_episode),
+        },
+    }
 
 
 if __name__ == "__main__":

@@ -117,6 +117,48 @@ def test_a_prompt_prefilled_in_small_chunks_beside_decoding_gets_its_tokens_alon
     assert run.stats[0].batch_sizes.count(2) >= 20  # 0 kept decoding while 1's prompt went in
 
 
+def _held_while(model: LocalModel, submit) -> None:
+    """Run ``submit()`` while the engine's thread is held between steps, and let it go once every job
+    ``submit`` started is waiting (so they join in the same step)."""
+    gate = threading.Event()
+    held = threading.Thread(target=model._engine.call, args=(gate.wait,))
+    held.start()
+    expected = submit()
+    for _ in range(10_000):  # the generations' threads submit their jobs
+        if model.engine_info()["waiting"] == expected:
+            break
+        threading.Event().wait(0.01)
+    assert model.engine_info()["waiting"] == expected
+    gate.set()
+    held.join()
+
+
+@pytest.mark.parametrize(("dtype", "quantize"), [("float32", None), ("bfloat16", None), ("bfloat16", "int4")])
+def test_prompts_that_wait_together_share_the_prefill_and_decode_together(tokenizer, dtype, quantize):
+    weights = load_model(TINY, dtype=dtype, device="cpu", quantize=quantize, group_size=32, progress=False)
+    cases = prompts(7, [40, 30, 70])
+    new = [5, 7, 6]
+    for share in (True, False):
+        model = LocalModel(weights, tokenizer, prefix_cache=False, max_batch=4, share_prefill=share)
+        model._engine.runner.prefill_chunk = 48  # three steps of prompt tokens for the three prompts' 140
+        expected = [alone(model, p, max_new_tokens=n) for p, n in zip(cases, new, strict=True)]
+        run = Joiner(model)
+
+        def submit(run=run) -> int:
+            for i in range(3):
+                run.start(i, cases[i], max_new_tokens=new[i])
+            return 3
+
+        _held_while(model, submit)
+        run.join()
+        assert [run.tokens[i] for i in range(3)] == expected  # several chunks a step: each prompt as alone
+        first = [run.stats[i].batch_sizes[0] for i in range(3)]
+        if share:  # 48 tokens a step in shares of what each has left: all three finish in the third step
+            assert first == [3, 3, 3] and set(run.stats[0].batch_sizes) == {3}  # then decode together
+        else:  # in the order they came: the first prompt alone, then the others beside its decoding
+            assert first[0] == 1 and first != [3, 3, 3]
+
+
 def test_max_tokens_beside_a_stop_string_and_a_stop_id(tokenizer):
     weights = load_model(TINY, dtype="bfloat16", device="cpu", quantize="int4", group_size=32, progress=False)
     model = LocalModel(weights, tokenizer, max_batch=4)
@@ -372,3 +414,20 @@ def test_the_thread_choice_stays_put_without_decoding_rows_or_adaptivity():
     assert set(_run_choice(fixed, lambda threads: 1.0, 50)) == {2}
     choice = _ThreadChoice(2)
     assert {choice.for_step(0) for _ in range(50)} == {2}  # steps with a prefill chunk are not trials
+
+
+def test_a_chunk_is_sized_against_a_step_with_as_many_decoding_rows(tokenizer):
+    """The time a chunk may add is measured per count of decoding rows: against one row's step, the
+    cost of seven rows would look like prompt tokens' and the chunks would shrink to a token a step."""
+    weights = load_model(TINY, dtype="float32", device="cpu", progress=False)
+    engine = LocalModel(weights, tokenizer, prefix_cache=False, max_batch=8)._engine
+    engine._measure(0.100, 1, 0)  # a decode-only step of one row: 100 ms
+    assert engine._chunk_size(1) == 8  # no prompt token timed yet: a first chunk of 8
+    assert engine._chunk_size(7) == 0  # seven rows never ran alone: a step without a chunk, to time them
+    engine._measure(0.300, 7, 0)  # seven rows: 300 ms
+    engine._measure(0.400, 7, 5)  # seven rows and 5 prompt tokens: 20 ms a token
+    assert engine._prefill_token_s == pytest.approx(0.020)
+    assert engine._chunk_size(7) in (14, 15)  # (2 - 1) x 300 ms of room (15 but for rounding)
+    assert engine._chunk_size(1) in (4, 5)  # (2 - 1) x 100 ms (5 but for rounding)
+    engine._measure(0.500, 4, 3)  # beside a count never timed alone (a fixed chunk): no estimate from it
+    assert engine._prefill_token_s == pytest.approx(0.020)

@@ -612,3 +612,17 @@ def test_chat_resume_of_a_bad_file_is_a_clear_error(tmp_path):
         "chat", "--model", script(tmp_path, ["\n Hi."]), "--resume", str(tmp_path / "none.jsonl"), input=""
     )
     assert proc.returncode == 2 and "no conversation file" in proc.stderr
+
+
+def test_the_local_engine_flags_become_local_model_options():
+    import argparse
+
+    from glm_agent.cli._agent import add_local_model_arguments, local_model_options
+
+    parser = argparse.ArgumentParser()
+    add_local_model_arguments(parser)
+    assert local_model_options(parser.parse_args([])) == {}  # unset flags leave LocalModel's defaults
+    options = local_model_options(parser.parse_args(["--max-batch", "4", "--share-prefill"]))
+    assert options == {"max_batch": 4, "share_prefill": True}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--max-batch", "0"])

@@ -90,6 +90,13 @@ def add_local_model_arguments(parser: argparse._ActionsContainer) -> None:
         metavar="N",
         help="conversations the local engine decodes together, one token each per step (default 8)",
     )
+    parser.add_argument(
+        "--share-prefill",
+        action="store_true",
+        default=None,
+        help="prompts that arrive at once are prefilled together and then decode together: a burst is through "
+        "sooner, its first prompt answers later (default: in the order they came)",
+    )
 
 
 def _positive(text: str) -> int:
@@ -114,6 +121,7 @@ def local_model_options(args: argparse.Namespace) -> dict[str, Any]:
         ("prompt_cache", "prompt_cache_dir"),
         ("prompt_cache_size", "prompt_cache_bytes"),
         ("max_batch", "max_batch"),
+        ("share_prefill", "share_prefill"),
     ):
         if getattr(args, flag, None) is not None:
             options[option] = getattr(args, flag)

@@ -5,7 +5,8 @@ a token limit) joins between steps and leaves between steps. Each step is one fo
 every running sequence: one new token for each decoding sequence (their rows share each weight's
 read), plus, when a prompt is waiting, a chunk of its prefill. Decoding comes first: while others
 decode, a chunk is sized so that the step takes at most ``step_ratio`` times a decode-only step
-(measured as it runs; ``prefill_step_tokens`` fixes it instead); a prompt alone prefills in the
+with as many decoding rows (measured as it runs, per count of rows: a count not timed yet runs one
+step without a chunk first; ``prefill_step_tokens`` fixes the chunk instead); a prompt alone prefills in the
 runner's full chunks, as a single generation always did. Finished, stopped and cancelled
 sequences leave at the next step boundary: what their completed steps computed goes to the KV
 store (a step either completes or its sequence's buffer is dropped, so nothing half-computed is
@@ -42,7 +43,7 @@ DEFAULT_MAX_BATCH = 8
 #: a step with a prefill chunk takes at most this many times a decode-only step (time between tokens)
 DEFAULT_STEP_RATIO = 2.0
 _IDLE_EXIT_S = 30.0  # the loop's thread ends after this long without work (a new job starts it again)
-_FIRST_CHUNK = 8  # prefill tokens per step beside decoding before the engine has measured its speed
+_FIRST_CHUNK = 8  # prefill tokens per step beside decoding before the engine has measured a prompt token's cost
 
 
 @dataclass
@@ -186,6 +187,7 @@ class BatchEngine:
         max_batch: int = DEFAULT_MAX_BATCH,
         step_ratio: float = DEFAULT_STEP_RATIO,
         prefill_step_tokens: int | None = None,
+        share_prefill: bool = False,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -198,6 +200,7 @@ class BatchEngine:
         self.max_batch = max_batch if self.batched else 1
         self.step_ratio = step_ratio
         self.prefill_step_tokens = prefill_step_tokens
+        self.share_prefill = share_prefill
         self._make_cache = make_cache
         first = runner.slot if self.batched else None
         self.seats = [_Seat(first, make_cache(SlotRunner(runner, first) if self.batched else runner))]
@@ -209,7 +212,7 @@ class BatchEngine:
         self._closing = False
         _ENGINES.add(self)
         self._thread: threading.Thread | None = None
-        self._decode_step_s: float | None = None  # a decode-only step, measured
+        self._decode_step_s: dict[int, float] = {}  # a decode-only step per count of decoding rows, measured
         self._prefill_token_s: float | None = None  # one more prefill token in a step, measured
         self.steps = 0
         # the creating thread's setting, adapted to the machine's load where the decode products are
@@ -347,9 +350,12 @@ class BatchEngine:
             return full
         if self.prefill_step_tokens is not None:
             return min(full, self.prefill_step_tokens)
-        if self._decode_step_s is None or self._prefill_token_s is None:
+        base = self._decode_step_s.get(decoding)
+        if base is None:  # this many decoding rows have not run alone yet: one such step first, to time it
+            return 0
+        if self._prefill_token_s is None:
             return min(full, _FIRST_CHUNK)
-        room = (self.step_ratio - 1.0) * self._decode_step_s
+        room = (self.step_ratio - 1.0) * base
         return max(1, min(full, int(room / self._prefill_token_s)))
 
     def _step(self) -> None:
@@ -357,59 +363,79 @@ class BatchEngine:
             if running.job._cancel:
                 self._end(running, running.job._cancel)
         decoding = [r for r in self._running if r.decoding]
-        prefilling = next((r for r in self._running if not r.decoding), None)
-        if not decoding and prefilling is None:
+        prefilling = [r for r in self._running if not r.decoding]
+        if not decoding and not prefilling:
             return
-        chunk: list[int] = []
-        if prefilling is not None:
-            chunk = prefilling.feeding[: self._chunk_size(len(decoding))]
-        threads = self.threads.for_step(len(decoding) if not chunk else 0)
+        if not self.batched:  # one job at a time: the running one is either decoding or prefilling
+            decoding, prefilling = decoding[:1], prefilling[:1] if not decoding else []
+        budget = self._chunk_size(len(decoding)) if prefilling else 0
+        chunks = self._chunks(prefilling, budget) if budget else []
+        threads = self.threads.for_step(len(decoding) if not chunks else 0)
+        trial = threads != self.threads.current  # a step on another thread count: not the engine's usual speed
         if threads != torch.get_num_threads():
             torch.set_num_threads(threads)
         started = time.perf_counter()
         try:
             if self.batched:
                 outs, chunk_logits = self.runner.forward_batch(
-                    [(r.seat.slot, r.last) for r in decoding],
-                    (prefilling.seat.slot, chunk) if prefilling is not None else None,
+                    [(r.seat.slot, r.last) for r in decoding], [(r.seat.slot, chunk) for r, chunk in chunks]
                 )
-            else:  # one job at a time: the running one is either decoding or prefilling
-                only = decoding[0] if decoding else prefilling
-                assert only is not None
-                logits = self.runner.forward([only.last] if only.decoding else chunk)
-                outs, chunk_logits = ([logits], None) if only.decoding else ([], logits)
+            elif decoding:
+                outs, chunk_logits = [self.runner.forward([decoding[0].last])], []
+            else:
+                outs, chunk_logits = [], [self.runner.forward(chunks[0][1])]
         except Exception as exc:
-            for running in [*decoding, *([prefilling] if prefilling is not None else [])]:
+            for running in [*decoding, *(r for r, _ in chunks)]:
                 running.seat.cache.reset()  # its buffer is in an unknown state: never reused
                 self._end(running, "error", exc, keep=False)
             return
         elapsed = time.perf_counter() - started
-        self._measure(elapsed, len(decoding), len(chunk))
-        if not chunk:
+        if not trial:
+            self._measure(elapsed, len(decoding), sum(len(chunk) for _, chunk in chunks))
+        if not chunks:
             self.threads.record(threads, len(decoding), elapsed)
         self.steps += 1
-        size = len(decoding) + (1 if prefilling is not None else 0)
+        size = len(decoding) + len(chunks)
         for running, logits in zip(decoding, outs, strict=True):
             running.seat.cache.extend([running.last])
             running.job.batch_sizes.append(size)
             self._choose(running, logits)
-        if prefilling is not None:
-            prefilling.seat.cache.extend(chunk)
-            del prefilling.feeding[: len(chunk)]
-            if not prefilling.feeding:
-                if prefilling.job.warm_only:
-                    self._end(prefilling, "length")
+        for (running, chunk), logits in zip(chunks, chunk_logits, strict=True):
+            running.seat.cache.extend(chunk)
+            del running.feeding[: len(chunk)]
+            if not running.feeding:
+                if running.job.warm_only:
+                    self._end(running, "length")
                 else:
-                    assert chunk_logits is not None
-                    prefilling.job.batch_sizes.append(size)
-                    self._choose(prefilling, chunk_logits)
+                    running.job.batch_sizes.append(size)
+                    self._choose(running, logits)
+
+    def _chunks(self, prefilling: list[_Running], budget: int) -> list[tuple[_Running, list[int]]]:
+        """The prompt tokens of this step: ``budget`` of them, all from the first waiting prompt, or with
+        ``share_prefill`` from every waiting prompt in shares of the budget proportional to what each
+        has left, so that prompts that wait together finish in the same step and then decode together."""
+        if not self.share_prefill or len(prefilling) == 1 or not self.batched:
+            return [(prefilling[0], prefilling[0].feeding[:budget])]
+        left = [len(running.feeding) for running in prefilling]
+        if sum(left) <= budget:
+            take = left
+        else:
+            take = [budget * n // sum(left) for n in left]
+            behind = sorted(range(len(left)), key=lambda i: take[i] - left[i])  # the most left over first
+            for i in behind[: budget - sum(take)]:  # what rounding down kept back: a token each
+                take[i] += 1
+        return [(running, running.feeding[:n]) for running, n in zip(prefilling, take, strict=True) if n]
 
     def _measure(self, elapsed: float, decoding: int, prefilled: int) -> None:
-        """Running estimates of a decode-only step and of one prefill token's share of a step."""
+        """Running estimates of a decode-only step (per count of decoding rows: a step's cost grows with
+        them) and of one prefill token's share of a step (the step's time less its decoding rows' own)."""
         if decoding and not prefilled:
-            self._decode_step_s = elapsed if self._decode_step_s is None else 0.7 * self._decode_step_s + 0.3 * elapsed
+            previous = self._decode_step_s.get(decoding)
+            self._decode_step_s[decoding] = elapsed if previous is None else 0.7 * previous + 0.3 * elapsed
         elif prefilled:
-            base = self._decode_step_s if decoding and self._decode_step_s is not None else 0.0
+            base = self._decode_step_s.get(decoding) if decoding else 0.0
+            if base is None:  # a fixed chunk (prefill_step_tokens) beside rows never timed alone
+                return
             per_token = max(elapsed - base, 0.0) / prefilled
             if per_token > 0:
                 previous = self._prefill_token_s

@@ -143,7 +143,9 @@ class LeanGlmRunner:
         self.clock: StageClock | None = None  # set one to time the stages of each forward pass
         products = [fn for layer in self.layers for fn in (layer[1], layer[2], layer[4], layer[5])]
         #: decoding rows multiplied in one call with results bit-identical to each row alone (see exact_rows)
-        self.decode_rows = min(exact_rows(p) for p in [*products, self.lm_head])
+        self._exact_rows = {id(p): exact_rows(p) for p in [*products, self.lm_head]}  # per product, for decoding rows
+        #: rows of a step whose every product is exact at once: a prompt's chunk joins decoding rows up to this
+        self.decode_rows = min(self._exact_rows.values())
         # glm-agent's bfloat16 kernel computes a prompt's chunks of fewer than DENSE_MIN_ROWS rows: its build
         # counts in what stored keys and values depend on (the quantized layers' builds count in the weights')
         self._kernel_builds = sorted({p.kernels.path.stem for p in products if isinstance(p, NativeBf16Linear)})
@@ -333,41 +335,47 @@ class LeanGlmRunner:
 
     @torch.inference_mode()
     def forward_batch(
-        self, decoding: Sequence[tuple[KVSlot, int]], prefill: tuple[KVSlot, Sequence[int]] | None = None
-    ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        """One step for many sequences: one new token for each decoding slot, and a chunk of one prompt.
+        self, decoding: Sequence[tuple[KVSlot, int]], prefills: Sequence[tuple[KVSlot, Sequence[int]]] = ()
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """One step for many sequences: one new token for each decoding slot, and a chunk of each prompt in ``prefills``.
 
-        Returns the float32 next-token logits of each decoding slot, and after the chunk. The
-        decoding rows share each weight's read (products over up to ``decode_rows`` rows at once), and
-        a chunk small enough to fit with them joins them; a larger chunk's products are calls of their own. Every sequence's numbers are the ones
-        ``forward`` gives it alone: products whose rows are independent, attention per sequence
-        over its own keys, the chunk computed as ``forward`` computes it.
+        Returns the float32 next-token logits of each decoding slot, and of each prompt after its
+        chunk. The decoding rows share each weight's read (products over up to ``decode_rows`` rows
+        at once), and chunks small enough to fit with them join them; a larger chunk's products are
+        calls of their own. Every sequence's numbers are the ones ``forward`` gives it alone:
+        products whose rows are independent, attention per sequence over its own keys, a chunk
+        computed as ``forward`` computes it.
         """
-        if prefill is not None and not prefill[1]:
-            raise ValueError("a prefill chunk needs at least one token")
-        if len(prefill[1] if prefill else ()) > self.prefill_chunk:
-            raise ValueError(f"a prefill chunk holds at most {self.prefill_chunk} tokens")
         groups: list[_Group] = []
         slots = [slot for slot, _ in decoding]
-        if len({id(slot) for slot in slots}) != len(slots) or (prefill is not None and prefill[0] in slots):
+        every = [*slots, *(slot for slot, _ in prefills)]
+        if len({id(slot) for slot in every}) != len(every):
             raise ValueError("a slot takes part in a step once")
         for slot in slots:
             self._reserve(slot.length + 1, slot)
         counts, ids = [1] * len(slots), [token for _, token in decoding]
-        if prefill is not None:
-            slot, chunk_ids = prefill
+        joined: list[int] = []  # the prefills that join the decoding rows, then those with groups of their own
+        apart: list[int] = []
+        for index, (slot, chunk_ids) in enumerate(prefills):
+            if not chunk_ids:
+                raise ValueError("a prefill chunk needs at least one token")
+            if len(chunk_ids) > self.prefill_chunk:
+                raise ValueError(f"a prefill chunk holds at most {self.prefill_chunk} tokens")
             self._reserve(slot.length + len(chunk_ids), slot)
-            if slots and len(slots) + len(chunk_ids) <= self.decode_rows:
+            if slots and sum(counts) + len(chunk_ids) <= self.decode_rows:
                 # a small chunk joins the decoding rows' products: one read of each weight for the step; its
                 # rows take the path they take alone (a chunk this small is below the dense products too)
                 slots, counts, ids = [*slots, slot], [*counts, len(chunk_ids)], [*ids, *chunk_ids]
+                joined.append(index)
             else:
                 groups.append(_Group([slot], [len(chunk_ids)], list(chunk_ids), None))
+                apart.append(index)
         if slots:
-            groups.insert(0, _Group(slots, counts, ids, self.decode_rows, decoding=len(decoding)))
+            groups.insert(0, _Group(slots, counts, ids, self._exact_rows, decoding=len(decoding)))
         outs = [self._forward_group(group) for group in groups] if len(groups) == 1 else self._forward_groups(groups)
         logits = [row for out in outs for row in out]  # a row per slot, in the order of the groups' slots
-        return logits[: len(decoding)], logits[len(decoding)] if prefill is not None else None
+        chunks = dict(zip([*joined, *apart], logits[len(decoding) :], strict=True))
+        return logits[: len(decoding)], [chunks[index] for index in range(len(prefills))]
 
     def _forward_groups(self, groups: list[_Group]) -> list[torch.Tensor]:
         """Several groups through the layers together (each layer's weights stay warm for the next group)."""
@@ -497,19 +505,27 @@ class _Group:
     """Rows of one step that go through the layers together: decoding rows (one per slot) or one chunk."""
 
     def __init__(
-        self, slots: list[KVSlot], counts: list[int], ids: list[int], rows: int | None, decoding: int = 0
+        self,
+        slots: list[KVSlot],
+        counts: list[int],
+        ids: list[int],
+        rows: dict[int, int] | None,
+        decoding: int = 0,
     ) -> None:
         self.slots, self.counts, self.ids = slots, counts, ids
-        self.rows = rows  # products over at most this many rows per call (None: the whole group, as forward does)
+        # per product (by id), the most rows it multiplies at once with each row's result as alone (None: the
+        # whole group in one call, as forward does)
+        self.rows = rows
         self.decoding = decoding  # the first this many slots are decoding rows (the rest: a prompt's chunk)
         self.cos = self.sin = torch.empty(0)  # the rotary tables, made by _embed_group
         self.masks: list[torch.Tensor | None] = []  # each slot's attention mask, made by _embed_group
 
     def product(self, fn: Any, x: torch.Tensor) -> torch.Tensor:
-        if self.rows is None or x.shape[0] <= self.rows:
+        limit = x.shape[0] if self.rows is None else self.rows[id(fn)]
+        if x.shape[0] <= limit:
             out: torch.Tensor = fn(x)
             return out
-        return torch.cat([fn(x[start : start + self.rows]) for start in range(0, x.shape[0], self.rows)])
+        return torch.cat([fn(x[start : start + limit]) for start in range(0, x.shape[0], limit)])
 
 
 def exact_rows(fn: Any) -> int:

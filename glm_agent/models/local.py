@@ -112,7 +112,10 @@ class LocalModel(BaseChatModel):
     once for all of them; more wait for a seat. A prompt that arrives while others decode is
     prefilled in chunks between their tokens, each step taking at most ``step_ratio`` times a
     decode-only step (default 2; ``prefill_step_tokens`` fixes the chunk instead); alone, a prompt
-    prefills at full speed as before. A sequence's tokens are the ones it gets alone (products whose
+    prefills at full speed as before. Prompts that wait at once go in the order they came;
+    ``share_prefill=True`` prefills them together in equal shares of each step instead, so they
+    finish together and then decode together: a burst of prompts is through sooner (measured at the
+    6B shape: see the README), and the first of them has its first token later. A sequence's tokens are the ones it gets alone (products whose
     rows are independent, attention per sequence). :meth:`engine_info` says how many run and wait;
     ``GenerationStats.batch_sizes`` the batch each token was chosen in. Context policy: a prompt that
     does not fit with ``max_new_tokens`` raises :class:`ContextLengthError`; nothing is cut.
@@ -143,6 +146,7 @@ class LocalModel(BaseChatModel):
         max_batch: int = DEFAULT_MAX_BATCH,
         step_ratio: float = DEFAULT_STEP_RATIO,
         prefill_step_tokens: int | None = None,
+        share_prefill: bool = False,
         **defaults: Any,
     ) -> None:
         self.model = model
@@ -181,6 +185,7 @@ class LocalModel(BaseChatModel):
             max_batch=max_batch,
             step_ratio=step_ratio,
             prefill_step_tokens=prefill_step_tokens,
+            share_prefill=share_prefill,
         )
         self.last_stats: GenerationStats | None = None
 
