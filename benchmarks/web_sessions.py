@@ -212,7 +212,7 @@ class SseSession:
         first: float | None = None
         chat: Any = None
         with self.http.stream("GET", "/gradio_api/queue/data", params={"session_hash": self.session_hash}) as resp:
-            for line in resp.iter_lines():
+            for line in sse_lines(resp.iter_bytes()):
                 if not line.startswith("data:"):
                     continue
                 msg = json.loads(line[5:])
@@ -229,6 +229,19 @@ class SseSession:
 
     def close(self) -> None:
         self.http.close()
+
+
+def sse_lines(chunks: Iterator[bytes]) -> Iterator[str]:
+    """An event stream's lines, split at line ends only as a browser's EventSource splits them (httpx's
+    ``iter_lines`` also splits at U+2028, U+0085 and the like, which a model's text may hold raw)."""
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line.rstrip(b"\r").decode()
+    if pending:
+        yield pending.rstrip(b"\r").decode()
 
 
 class GradioClientSession:

@@ -431,3 +431,16 @@ def test_a_chunk_is_sized_against_a_step_with_as_many_decoding_rows(tokenizer):
     assert engine._chunk_size(1) in (4, 5)  # (2 - 1) x 100 ms (5 but for rounding)
     engine._measure(0.500, 4, 3)  # beside a count never timed alone (a fixed chunk): no estimate from it
     assert engine._prefill_token_s == pytest.approx(0.020)
+    engine._measure(0.600, 7, 10, apart=1)  # a chunk computed apart: a one-row step's read of the weights on top
+    assert engine._prefill_token_s == pytest.approx(0.020)  # (600 - 300 - 100) ms / 10 tokens
+
+
+def test_a_chunk_beside_decoding_rows_stays_small_enough_to_join_their_products(tokenizer):
+    weights = load_model(TINY, dtype="bfloat16", device="cpu", progress=False)
+    engine = LocalModel(weights, tokenizer, prefix_cache=False, max_batch=40)._engine
+    if engine.runner.decode_rows < 2:
+        pytest.skip("glm-agent's bfloat16 kernel is not available here (AVX-512 BF16 and a C compiler)")
+    rows = engine.runner.decode_rows  # 39: the bfloat16 kernel's exact rows
+    engine._measure(0.100, rows - 9, 0)
+    engine._measure(0.120, rows - 9, 10)  # 2 ms a prompt token: time for 50 of them
+    assert engine._chunk_size(rows - 9) == 9  # but 9 more rows still join the decoding rows' products

@@ -30,3 +30,38 @@ def test_overflowing_scores_fall_back_to_the_top_id() -> None:
     sampler = Sampler(temperature=1.0, repetition_penalty=1e-300, history=[2], seed=0)
     assert sampler(SCORES) == 2
     assert Sampler(temperature=1e-4, seed=3)(torch.tensor([3e38, -3e38, 0.0])) == 0
+
+
+def _reference_nucleus(probs: torch.Tensor, top_p: float) -> set[int]:
+    """Top-p by a sort of the whole vocabulary: drop the least likely ids while their mass is <= 1 - top_p."""
+    ordered, order = torch.sort(probs.double(), descending=False)
+    drop = ordered.cumsum(-1) <= 1 - top_p
+    drop[-1] = False  # the most likely id stays
+    return set(order[~drop].tolist())
+
+
+@pytest.mark.parametrize("spread", [0.3, 3.0, 8.0])  # flat (thousands of ids kept) to peaked (a few)
+def test_top_p_keeps_the_ids_a_full_sort_keeps(spread: float) -> None:
+    from glm_agent.engine._decoding import _nucleus
+
+    generator = torch.Generator().manual_seed(int(spread * 10))
+    for _ in range(20):
+        probs = (torch.randn(65024, generator=generator, dtype=torch.float64) * spread).softmax(-1)
+        for top_p in (0.5, 0.8, 0.95):
+            kept, ids = _nucleus(probs, top_p)
+            assert set(ids.tolist()) == _reference_nucleus(probs, top_p)
+            assert (kept[:-1] >= kept[1:]).all()  # most likely first
+
+
+def test_sampling_draws_each_kept_id_as_often_as_its_probability() -> None:
+    scores = torch.tensor([2.0, 1.5, 1.0, 0.2, -1.0, -3.0])
+    probs = scores.softmax(-1)
+    top_p = 0.8  # keeps ids 0-2 (mass above id 2: 0.73 < 0.8; above id 3: 0.90)
+    expected = probs[:3] / probs[:3].sum()
+    sampler = Sampler(temperature=1.0, top_p=top_p, seed=11)
+    counts = torch.bincount(torch.tensor([sampler(scores) for _ in range(20_000)]), minlength=6)
+    assert counts[3:].sum() == 0
+    assert torch.allclose(counts[:3] / 20_000, expected.float(), atol=0.015)
+    plain = Sampler(temperature=1.0, seed=12)
+    counts = torch.bincount(torch.tensor([plain(scores) for _ in range(20_000)]), minlength=6)
+    assert torch.allclose(counts / 20_000, probs, atol=0.015)

@@ -356,7 +356,11 @@ class BatchEngine:
         if self._prefill_token_s is None:
             return min(full, _FIRST_CHUNK)
         room = (self.step_ratio - 1.0) * base
-        return max(1, min(full, int(room / self._prefill_token_s)))
+        size = max(1, min(full, int(room / self._prefill_token_s)))
+        joinable = int(getattr(self.runner, "decode_rows", 0)) - decoding
+        if joinable >= 1:  # a chunk that joins the decoding rows' products adds no read of the weights
+            size = min(size, joinable)
+        return size
 
     def _step(self) -> None:
         for running in list(self._running):
@@ -391,7 +395,7 @@ class BatchEngine:
             return
         elapsed = time.perf_counter() - started
         if not trial:
-            self._measure(elapsed, len(decoding), sum(len(chunk) for _, chunk in chunks))
+            self._measure(elapsed, len(decoding), sum(len(chunk) for _, chunk in chunks), self._apart(decoding, chunks))
         if not chunks:
             self.threads.record(threads, len(decoding), elapsed)
         self.steps += 1
@@ -426,9 +430,23 @@ class BatchEngine:
                 take[i] += 1
         return [(running, running.feeding[:n]) for running, n in zip(prefilling, take, strict=True) if n]
 
-    def _measure(self, elapsed: float, decoding: int, prefilled: int) -> None:
+    def _apart(self, decoding: list[_Running], chunks: list[tuple[_Running, list[int]]]) -> int:
+        """How many of the step's chunks the runner computes as groups of their own (see ``forward_batch``)."""
+        if not decoding or not self.batched:
+            return 0
+        rows, limit, apart = len(decoding), int(getattr(self.runner, "decode_rows", 1)), 0
+        for _, chunk in chunks:
+            if rows + len(chunk) <= limit:
+                rows += len(chunk)
+            else:
+                apart += 1
+        return apart
+
+    def _measure(self, elapsed: float, decoding: int, prefilled: int, apart: int = 0) -> None:
         """Running estimates of a decode-only step (per count of decoding rows: a step's cost grows with
-        them) and of one prefill token's share of a step (the step's time less its decoding rows' own)."""
+        them) and of one more prefill token in a step: the step's time less its decoding rows' own, and
+        less a one-row step for each chunk computed apart (its own read of the weights, paid whatever
+        its size: counted against the chunk's tokens, it would shrink chunks to a token a step)."""
         if decoding and not prefilled:
             previous = self._decode_step_s.get(decoding)
             self._decode_step_s[decoding] = elapsed if previous is None else 0.7 * previous + 0.3 * elapsed
@@ -436,7 +454,8 @@ class BatchEngine:
             base = self._decode_step_s.get(decoding) if decoding else 0.0
             if base is None:  # a fixed chunk (prefill_step_tokens) beside rows never timed alone
                 return
-            per_token = max(elapsed - base, 0.0) / prefilled
+            fixed = apart * self._decode_step_s.get(1, 0.0)
+            per_token = max(elapsed - base - fixed, 0.0) / prefilled
             if per_token > 0:
                 previous = self._prefill_token_s
                 self._prefill_token_s = per_token if previous is None else 0.7 * previous + 0.3 * per_token
