@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -280,6 +281,13 @@ def wait(seconds: float) -> str:
 '''
 
 
+def _as_at_a_terminal() -> None:
+    """In the spawned child: Ctrl-C raises SIGINT's default action, whatever the test runner was started
+    with (a command started with ``&`` by a shell without job control ignores SIGINT, and so would the
+    child it spawns: a Ctrl-C test would then wait forever)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def on_screen(text: str) -> str:
     """A pattern for ``text`` as a terminal shows it: styles (ANSI escapes) may sit between the characters."""
     escapes = r"(?:\x1b\[[0-9;?]*[A-Za-z])*"
@@ -301,6 +309,7 @@ def test_chat_at_a_terminal_ctrl_c_stops_the_agent_and_ctrl_d_leaves(tmp_path):
         cwd=str(REPO),
         encoding="utf-8",
         timeout=None,  # every expect waits for its event: a busy machine is slow, not wrong (pytest-timeout backstops)
+        preexec_fn=_as_at_a_terminal,
     )
     try:
         child.expect(on_screen("[scripted model]"))
@@ -473,6 +482,7 @@ def test_chat_ctrl_c_stops_running_code_and_the_kernel_is_shut_down_on_exit(tmp_
         cwd=str(REPO),
         encoding="utf-8",
         timeout=None,  # every expect waits for its event: a busy machine is slow, not wrong (pytest-timeout backstops)
+        preexec_fn=_as_at_a_terminal,
     )
     try:
         child.expect(on_screen("you> "))
