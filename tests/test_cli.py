@@ -636,3 +636,8 @@ def test_the_local_engine_flags_become_local_model_options():
     assert options == {"max_batch": 4, "share_prefill": True}
     with pytest.raises(SystemExit):
         parser.parse_args(["--max-batch", "0"])
+    from glm_agent.errors import ModelError
+    from glm_agent.models import load_chat_model
+
+    with pytest.raises(ModelError, match="--max-batch, --share-prefill apply to local weights only"):
+        load_chat_model("http://127.0.0.1:9/v1", **options)  # not passed on silently to a server's client

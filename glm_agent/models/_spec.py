@@ -20,6 +20,7 @@ _LOCAL_ONLY = {
     "prompt_cache_dir": "--prompt-cache",
     "prompt_cache_bytes": "--prompt-cache-size",
     "max_batch": "--max-batch",
+    "share_prefill": "--share-prefill",
 }
 
 
