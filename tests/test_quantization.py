@@ -317,11 +317,14 @@ _NATIVE_PROBE = (
     "import logging, torch\n"
     "logging.basicConfig(level=logging.INFO, format='%(message)s')\n"
     "from glm_agent.quantization import QuantizedLinear, QuantSpec, quantize, dequantize\n"
+    "torch.manual_seed(0)\n"
     "p = quantize(torch.randn(16, 256), QuantSpec('int4', 64))\n"
     "layer = QuantizedLinear(p)\n"
     "x = torch.randn(1, 256).bfloat16()\n"
     "ref = x.float() @ dequantize(p).t()\n"
-    "assert float((layer(x).float() - ref).abs().max() / ref.abs().max()) < 1e-2\n"
+    # the activations rounded to int8 per block and a bfloat16 output: up to 1.5% of the largest output
+    # in 300 random draws (1e-2 failed 6% of them)
+    "assert float((layer(x).float() - ref).abs().max() / ref.abs().max()) < 3e-2\n"
     "print('backend', layer.backend)\n"
 )
 
