@@ -17,7 +17,7 @@ iterator polls every millisecond: that measures the client as much as the UI. Bo
 sides start timing with their kernel pool full.
 
 ``--model local`` runs the local engine instead of the scripted model: the 100M ChatGLM3-shaped
-model in bfloat16 (random weights, stop ids off, ``--max-new`` tokens a reply), one model shared by
+model in bfloat16 (random weights, stop ids off, 32 sampled tokens a reply), one model shared by
 every session, in Chat mode. The web UI runs twice, with ``max_batch`` = N (its sessions decode
 together) and with ``max_batch`` = 1 (one generation at a time, the others wait in the UI's
 queue), and the baseline is N threads streaming from one such model in this process. Adds
@@ -143,6 +143,7 @@ finally:
 QUESTION = "What is the mean of these numbers?"
 SEND_INPUTS = [QUESTION, "Code Interpreter", False, "", 0.8, 0.8, 1024]  # box, mode, ask, system, temperature...
 LOCAL_NEW_TOKENS = 32  # --model local: tokens a reply (the UI's slider moves in steps of 16)
+LOCAL_INPUTS = [QUESTION, "Chat", False, "", 0.8, 0.8, LOCAL_NEW_TOKENS]  # --model local: a Chat message
 
 
 def local_model(max_batch: int) -> Any:
@@ -203,11 +204,11 @@ class SseSession:
         self.http = httpx.Client(base_url=url, timeout=httpx.Timeout(120.0))
         self.http.get("/config").raise_for_status()  # the page's client cookie, and the connection open
 
-    def send(self, start: float) -> tuple[float | None, Any]:
+    def send(self, start: float, inputs: list[Any]) -> tuple[float | None, Any]:
         """Run one ``/send``; (seconds from ``start`` to the first streamed reply text, final chatbot)."""
         from gradio_client.utils import apply_diff  # type: ignore[import-untyped]
 
-        payload = {"data": SEND_INPUTS, "fn_index": self.fn_index, "session_hash": self.session_hash}
+        payload = {"data": inputs, "fn_index": self.fn_index, "session_hash": self.session_hash}
         self.http.post("/gradio_api/queue/join", json=payload).raise_for_status()
         first: float | None = None
         chat: Any = None
@@ -252,10 +253,10 @@ class GradioClientSession:
 
         self.client = Client(url, download_files=False, verbose=False)
 
-    def send(self, start: float) -> tuple[float | None, Any]:
+    def send(self, start: float, inputs: list[Any]) -> tuple[float | None, Any]:
         first: float | None = None
         final: Any = None
-        job = self.client.submit(*SEND_INPUTS, api_name="/send")
+        job = self.client.submit(*inputs, api_name="/send")
         for output in job:
             chat = output[0] if isinstance(output, (list, tuple)) else None
             if first is None and has_answer_text(chat):
@@ -277,7 +278,7 @@ def web_episodes(url: str, fn_index: int, n: int, client: str, local: bool = Fal
 
     def episode(i: int) -> tuple[float, float]:
         start = time.perf_counter()
-        first, chat = sessions[i].send(start)
+        first, chat = sessions[i].send(start, LOCAL_INPUTS if local else SEND_INPUTS)
         elapsed = time.perf_counter() - start
         assert has_answer_text(chat) if local else "3.875" in json.dumps(chat), chat
         return first or elapsed, elapsed
@@ -395,8 +396,6 @@ def main() -> None:
 
 def local_report(n: int, client: str) -> dict[str, Any]:
     """``--model local``: the web UI with its sessions decoding together, one at a time, and in-process."""
-    global SEND_INPUTS
-    SEND_INPUTS = [QUESTION, "Chat", False, "", 0.8, 0.8, LOCAL_NEW_TOKENS]
     base_single, _ = in_process_local(1, LOCAL_NEW_TOKENS)
     base_ttft, base_episode = in_process_local(n, LOCAL_NEW_TOKENS)
     web_single, web_ttft, web_episode, _ = through_web(n, 0.0, client, local_batch=n)

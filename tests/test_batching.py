@@ -17,6 +17,7 @@ from glm_agent.models import LocalModel  # noqa: E402
 from glm_agent.web._queue import ModelQueue  # noqa: E402
 from tests._data import TINY_CHECKPOINT as TINY  # noqa: E402
 from tests._data import needs_tiny_checkpoint  # noqa: E402
+from tests._native import needs_native  # noqa: E402
 
 pytestmark = needs_tiny_checkpoint
 PRECISIONS = [("float32", None), ("bfloat16", None), ("bfloat16", "int8"), ("bfloat16", "int4")]
@@ -435,12 +436,12 @@ def test_a_chunk_is_sized_against_a_step_with_as_many_decoding_rows(tokenizer):
     assert engine._prefill_token_s == pytest.approx(0.020)  # (600 - 300 - 100) ms / 10 tokens
 
 
+@needs_native
 def test_a_chunk_beside_decoding_rows_stays_small_enough_to_join_their_products(tokenizer):
     weights = load_model(TINY, dtype="bfloat16", device="cpu", progress=False)
     engine = LocalModel(weights, tokenizer, prefix_cache=False, max_batch=40)._engine
-    if engine.runner.decode_rows < 2:
-        pytest.skip("glm-agent's bfloat16 kernel is not available here (AVX-512 BF16 and a C compiler)")
     rows = engine.runner.decode_rows  # 39: the bfloat16 kernel's exact rows
+    assert rows > 9
     engine._measure(0.100, rows - 9, 0)
     engine._measure(0.120, rows - 9, 10)  # 2 ms a prompt token: time for 50 of them
     assert engine._chunk_size(rows - 9) == 9  # but 9 more rows still join the decoding rows' products

@@ -46,6 +46,7 @@ from glm_agent.quantization._linear import _int4_layout_known as int4_layout_kno
 from tests._data import REPO  # noqa: E402
 from tests._data import TINY_CHECKPOINT as TINY  # noqa: E402
 from tests._data import needs_tiny_checkpoint as needs_tiny  # noqa: E402
+from tests._native import needs_native  # noqa: E402
 
 x86 = pytest.mark.skipif(
     platform.machine().lower() not in ("x86_64", "amd64"), reason="ATEN_CPU_CAPABILITY=avx2 is x86"
@@ -139,10 +140,6 @@ def test_kernels_match_the_dequantized_reference_at_chatglm3_shapes(spec, k):
 
 
 # -- glm-agent's int4/int8 kernels -----------------------------------------------------------------
-needs_native = pytest.mark.skipif(  # .ci/run requires it: there these tests run, never skip
-    native_kernels() is None and os.environ.get("GLM_AGENT_REQUIRE_NATIVE") != "1",
-    reason="glm-agent's CPU kernels cannot be built or run here (they need a C compiler and AVX-512 BF16)",
-)
 
 
 @needs_native

@@ -395,7 +395,10 @@ class BatchEngine:
             return
         elapsed = time.perf_counter() - started
         if not trial:
-            self._measure(elapsed, len(decoding), sum(len(chunk) for _, chunk in chunks), self._apart(decoding, chunks))
+            apart = 0  # chunks the runner computed as groups of their own (each with its own read of the weights)
+            if self.batched and decoding:
+                apart = self.runner.joins(len(decoding), [len(chunk) for _, chunk in chunks]).count(False)
+            self._measure(elapsed, len(decoding), sum(len(chunk) for _, chunk in chunks), apart)
         if not chunks:
             self.threads.record(threads, len(decoding), elapsed)
         self.steps += 1
@@ -429,18 +432,6 @@ class BatchEngine:
             for i in behind[: budget - sum(take)]:  # what rounding down kept back: a token each
                 take[i] += 1
         return [(running, running.feeding[:n]) for running, n in zip(prefilling, take, strict=True) if n]
-
-    def _apart(self, decoding: list[_Running], chunks: list[tuple[_Running, list[int]]]) -> int:
-        """How many of the step's chunks the runner computes as groups of their own (see ``forward_batch``)."""
-        if not decoding or not self.batched:
-            return 0
-        rows, limit, apart = len(decoding), int(getattr(self.runner, "decode_rows", 1)), 0
-        for _, chunk in chunks:
-            if rows + len(chunk) <= limit:
-                rows += len(chunk)
-            else:
-                apart += 1
-        return apart
 
     def _measure(self, elapsed: float, decoding: int, prefilled: int, apart: int = 0) -> None:
         """Running estimates of a decode-only step (per count of decoding rows: a step's cost grows with

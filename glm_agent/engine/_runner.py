@@ -356,15 +356,14 @@ class LeanGlmRunner:
         counts, ids = [1] * len(slots), [token for _, token in decoding]
         joined: list[int] = []  # the prefills that join the decoding rows, then those with groups of their own
         apart: list[int] = []
-        for index, (slot, chunk_ids) in enumerate(prefills):
+        joins = self.joins(len(decoding), [len(chunk_ids) for _, chunk_ids in prefills])
+        for index, ((slot, chunk_ids), join) in enumerate(zip(prefills, joins, strict=True)):
             if not chunk_ids:
                 raise ValueError("a prefill chunk needs at least one token")
             if len(chunk_ids) > self.prefill_chunk:
                 raise ValueError(f"a prefill chunk holds at most {self.prefill_chunk} tokens")
             self._reserve(slot.length + len(chunk_ids), slot)
-            if slots and sum(counts) + len(chunk_ids) <= self.decode_rows:
-                # a small chunk joins the decoding rows' products: one read of each weight for the step; its
-                # rows take the path they take alone (a chunk this small is below the dense products too)
+            if join:
                 slots, counts, ids = [*slots, slot], [*counts, len(chunk_ids)], [*ids, *chunk_ids]
                 joined.append(index)
             else:
@@ -376,6 +375,20 @@ class LeanGlmRunner:
         logits = [row for out in outs for row in out]  # a row per slot, in the order of the groups' slots
         chunks = dict(zip([*joined, *apart], logits[len(decoding) :], strict=True))
         return logits[: len(decoding)], [chunks[index] for index in range(len(prefills))]
+
+    def joins(self, decoding: int, chunks: Sequence[int]) -> list[bool]:
+        """Which of a step's prompt chunks (their lengths, in order) join its ``decoding`` rows' products.
+
+        A chunk joins while the step's rows stay within ``decode_rows``: one read of each weight for the
+        step, and its rows take the path they take alone (a chunk this small is below the dense
+        products too). The others are computed as groups of their own, each with its own read.
+        """
+        rows, out = decoding, []
+        for count in chunks:
+            join = decoding > 0 and rows + count <= self.decode_rows
+            rows += count if join else 0
+            out.append(join)
+        return out
 
     def _forward_groups(self, groups: list[_Group]) -> list[torch.Tensor]:
         """Several groups through the layers together (each layer's weights stay warm for the next group)."""
